@@ -1,0 +1,30 @@
+# The two set-up commands: `make demo` (main job on bundled data) and `make test` (test suite).
+# Both create .venv inside the repo when missing and install atomsift with pinned dependencies.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.atomsift-installed
+
+.PHONY: demo test install bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "atomsift needs Python >= 3.11"'
+	PIP_CONSTRAINT=constraints.txt $(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/atomsift demo
+
+# pytest exits 5 when it collected no test: that must fail, not pass silently.
+test: $(STAMP)
+	@$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no tests" >&2; exit 1; fi; exit $$rc
+
+bench: $(STAMP)
+	$(PY) benchmarks/read_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

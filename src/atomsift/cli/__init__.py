@@ -1,0 +1,68 @@
+"""The `atomsift` command: one typer app, one module per subcommand group."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from atomsift import __version__
+from atomsift.errors import AtomsiftError
+
+app = typer.Typer(
+    name="atomsift",
+    help="Choose pretraining data for interatomic potentials by chemical similarity, then train.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"atomsift {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """atomsift: read atomistic datasets, measure their similarity, pretrain and finetune."""
+
+
+def _register() -> None:
+    from atomsift.cli import data, demo
+
+    app.add_typer(data.app, name="data")
+    app.command("demo")(demo.demo)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script; prints user errors as one paragraph, exit code 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:  # accepted anywhere on the line, handled by the root callback
+        args = ["--debug"] + [a for a in args if a != "--debug"]
+    _register()
+    try:
+        app(args=args, prog_name="atomsift")
+    except AtomsiftError as exc:
+        if debug:
+            raise
+        typer.secho(f"error: {exc.message()}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - last line of defence for the CLI
+        if debug:
+            raise
+        typer.secho(
+            f"error: unexpected {type(exc).__name__}: {exc}. Fix: re-run with --debug for the traceback "
+            "and report it with the command that triggered it.",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        sys.exit(1)

@@ -1,0 +1,3 @@
+from atomsift.cli import main
+
+main()

@@ -1,0 +1,45 @@
+"""Datasets shipped inside the package, readable as 'bundled:NAME'."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from atomsift.errors import ConfigError
+
+# name -> (file in atomsift/data/bundled, format, reader options, one-line description)
+BUNDLED: dict[str, tuple[str, str, dict[str, Any], str]] = {
+    "ethanol": ("rmd17_ethanol_1000.xyz", "extxyz", {}, "1000 rMD17 ethanol frames (PBE/def2-SVP), molecule"),
+    "acac": ("acac_md_300K.xyz", "extxyz", {}, "acetylacetone MD at 300 K (PBE-D3/def2-SVP), molecule"),
+    "oxides": ("oxides_pbe.db", "ase-db", {}, "295 periodic SnO2/IrO2/RuO2/TiO2/VO2 structures (VASP PBE)"),
+    "adsorbates": (
+        "adsorbates_on_metals_structures.json",
+        "adsorbates-json",
+        {},
+        "896 adsorption energies of 8 adsorbates on 7 fcc(111) metal slabs",
+    ),
+    "oc20-frame": ("oc20_adslab_frame.json", "ase-db", {}, "one OC20-style adsorbate+slab frame"),
+    "ethanol-isolated-atoms": ("rmd17_ethanol_isolated_atoms.xyz", "extxyz", {}, "isolated-atom energies, ethanol set"),
+    "acac-isolated-atoms": ("acac_isolated_atoms.xyz", "extxyz", {}, "isolated-atom energies, acac set"),
+}
+
+DEMO_DATASETS = ("ethanol", "acac", "oxides", "adsorbates", "oc20-frame")
+"""The bundled datasets the main job (`make demo`) reports on."""
+
+
+def bundled_dir() -> Path:
+    """Folder holding the bundled files (inside the installed package)."""
+    return Path(str(resources.files("atomsift.data.bundled")))
+
+
+def resolve_bundled(name: str) -> tuple[Path, str, dict[str, Any]]:
+    """(path, format, options) of the bundled dataset `name`."""
+    key = name.strip().lower()
+    if key not in BUNDLED:
+        raise ConfigError(
+            f"no bundled dataset named '{name}'",
+            fix=f"use one of: {', '.join('bundled:' + n for n in BUNDLED)}",
+        )
+    filename, fmt, options, _ = BUNDLED[key]
+    return bundled_dir() / filename, fmt, dict(options)

@@ -1,0 +1,1 @@
+"""One module per on-disk format; each defines a `Dataset` subclass registered in `registry.FORMATS`."""

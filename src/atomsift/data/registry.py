@@ -1,0 +1,130 @@
+"""Format registry (a plain dict), format auto-detection and `open_dataset`."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+from atomsift.data.base import Dataset
+from atomsift.errors import ConfigError, DataError
+
+# name -> "module:Class". Order matters for detection: specific formats before generic ones.
+FORMATS: dict[str, str] = {
+    "ani1x": "atomsift.data.readers.ani1x:ANI1xDataset",
+    "transition1x": "atomsift.data.readers.transition1x:Transition1xDataset",
+    "spice": "atomsift.data.readers.spice:SpiceDataset",
+    "oc-lmdb": "atomsift.data.readers.oc_lmdb:OCLmdbDataset",
+    "aselmdb": "atomsift.data.readers.asedb:AseLmdbDataset",
+    "oc20-extxyz": "atomsift.data.readers.oc20_extxyz:OC20ExtxyzDataset",
+    "qm9-xyz": "atomsift.data.readers.qm9:QM9XyzDataset",
+    "qm9-pyg": "atomsift.data.readers.qm9:QM9PygDataset",
+    "qm9pack": "atomsift.data.readers.qm9:QM9PackDataset",
+    "rmd17": "atomsift.data.readers.rmd17:RMD17Dataset",
+    "sgdml": "atomsift.data.readers.sgdml:SGDMLDataset",
+    "qmof": "atomsift.data.readers.qmof:QMOFDataset",
+    "matbench": "atomsift.data.readers.matbench:MatbenchDataset",
+    "adsorbates-json": "atomsift.data.readers.adsorbates:AdsorbatesJsonDataset",
+    "ase-db": "atomsift.data.readers.asedb:AseDbDataset",
+    "extxyz": "atomsift.data.readers.extxyz:ExtxyzDataset",
+}
+
+ALIASES: dict[str, str] = {
+    "ani-1x": "ani1x",
+    "t1x": "transition1x",
+    "oc20": "oc-lmdb",
+    "oc22": "oc-lmdb",
+    "oc20-lmdb": "oc-lmdb",
+    "oc22-lmdb": "oc-lmdb",
+    "lmdb": "oc-lmdb",
+    "oc20-s2ef": "oc20-extxyz",
+    "md22": "sgdml",
+    "md17": "sgdml",
+    "qm9": "qm9-pyg",
+    "ase-lmdb": "aselmdb",
+    "xyz": "extxyz",
+    "db": "ase-db",
+}
+
+
+def normalize_format(name: str) -> str:
+    """Canonical format name for `name` (case-insensitive, '_' == '-', aliases resolved)."""
+    key = name.strip().lower().replace("_", "-")
+    key = ALIASES.get(key, key)
+    if key not in FORMATS:
+        raise ConfigError(
+            f"unknown format '{name}'",
+            fix=f"use one of: {', '.join(FORMATS)} (or leave --format out to detect it)",
+        )
+    return key
+
+
+def reader_class(name: str) -> type[Dataset]:
+    """The reader class registered as `name`."""
+    module_name, _, class_name = FORMATS[normalize_format(name)].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def detect_format(path: Path) -> str:
+    """Name of the first registered format whose `sniff` accepts `path`."""
+    if not path.exists():
+        raise DataError(
+            "no such file or directory",
+            file=path,
+            fix="check the path (a bundled dataset is named like 'bundled:oxides'; "
+            "see `atomsift data bundled`)",
+        )
+    for name in FORMATS:
+        try:
+            if reader_class(name).sniff(path):
+                return name
+        except (OSError, ValueError, KeyError):
+            continue
+    raise ConfigError(
+        "could not tell the format of this path from its name or contents",
+        file=path,
+        fix=f"pass --format with one of: {', '.join(FORMATS)}",
+    )
+
+
+def _check_options(cls: type[Dataset], options: dict[str, Any], path: Path) -> None:
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if n not in ("self", "path") and p.kind is not p.VAR_POSITIONAL]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"option(s) {', '.join(unknown)} not understood by format '{cls.format_name}'",
+            file=path,
+            fix=f"options of this format: {', '.join(accepted) or 'none'}",
+        )
+
+
+def open_dataset(path: str | Path, format: str | None = None, **options: Any) -> Dataset:
+    """Open a dataset for random access by index.
+
+    Args:
+        path: a file or directory in one of the supported release formats, or 'bundled:NAME'.
+        format: a registered format name; detected from the path when None.
+        **options: reader options (e.g. split='train', level='wb97x_dz', classes='map.pkl').
+            Options that are None are dropped, so CLI flags left out fall back to defaults.
+
+    Returns:
+        A `Dataset`: `len(ds)`, `ds[i]` -> `Record`, `ds.class_labels()`, `ds.metadata()`.
+    """
+    options = {k: v for k, v in options.items() if v is not None}
+    text = str(path)
+    if text.startswith("bundled:"):
+        from atomsift.data.bundled import resolve_bundled
+
+        bundled_path, bundled_format, bundled_options = resolve_bundled(text[len("bundled:") :])
+        path = bundled_path
+        format = format or bundled_format
+        options = {**bundled_options, **options}
+    path = Path(path).expanduser()
+    name = normalize_format(format) if format else detect_format(path)
+    cls = reader_class(name)
+    _check_options(cls, options, path)
+    return cls(path, **options)

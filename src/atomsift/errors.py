@@ -1,0 +1,48 @@
+"""User-facing errors: one paragraph naming the file, the record and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class AtomsiftError(Exception):
+    """An error the user can act on; the CLI prints it without a traceback.
+
+    Args:
+        problem: what went wrong, in one sentence.
+        file: the file (or directory) involved, if any.
+        record: the record (index or id) involved, if any.
+        fix: what the user should do about it.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: str | Path | None = None,
+        record: str | int | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.problem = problem
+        self.file = None if file is None else str(file)
+        self.record = record
+        self.fix = fix
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        parts = [self.problem.rstrip(".") + "."]
+        if self.file is not None:
+            parts.append(f"File: {self.file}.")
+        if self.record is not None:
+            parts.append(f"Record: {self.record}.")
+        if self.fix:
+            parts.append(f"Fix: {self.fix.rstrip('.')}.")
+        return " ".join(parts)
+
+
+class DataError(AtomsiftError):
+    """A dataset file is missing, unreadable, malformed or holds invalid values."""
+
+
+class ConfigError(AtomsiftError):
+    """An option, format name or configuration value is wrong."""
