@@ -1,0 +1,260 @@
+"""Unpickle PyTorch Geometric `Data` objects without torch_geometric (and mostly without torch).
+
+Open Catalyst LMDBs store `pickle.dumps(torch_geometric.data.Data)`. `DataUnpickler` maps every
+`torch_geometric.*` class to a small stand-in (`PygStandIn`) that keeps the pickled state, and
+maps the two torch functions a pickled CPU tensor goes through to numpy versions:
+
+- `torch.storage._load_from_bytes(b)`: `b` is a legacy `torch.save` of one storage: five small
+  protocol-2 pickles (magic number, protocol 1001, sys_info, the storage's persistent id
+  `('storage', torch.<T>Storage, key, location, numel, None)`, the key list), then the element
+  count as 8 little-endian bytes and the raw elements. `load_storage_bytes` checks that layout
+  exactly and returns a 1-D numpy view of the elements; anything else (bfloat16, storage views
+  from very old torch, big-endian files) falls back to torch's own loader.
+- `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`: `rebuild_tensor`
+  slices/strides that numpy array.
+
+So every tensor field comes back as a numpy array (read-only views of the pickle bytes).
+`data_fields(obj)` gives the attributes of a Data object as a dict for both PyG layouts: PyG 2.x
+keeps them in `obj._store._mapping`; PyG < 2 kept them directly in `obj.__dict__`.
+
+Only unpickle data you trust: pickles can run code, and this is no sandbox.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+from typing import Any
+
+import numpy as np
+
+_MAGIC = 0x1950A86A20F9469CFC6C
+_PID_TAIL = b"(X\x07\x00\x00\x00storageq\x00"
+_DTYPES: dict[bytes, np.dtype] = {
+    b"FloatStorage": np.dtype("<f4"),
+    b"DoubleStorage": np.dtype("<f8"),
+    b"HalfStorage": np.dtype("<f2"),
+    b"LongStorage": np.dtype("<i8"),
+    b"IntStorage": np.dtype("<i4"),
+    b"ShortStorage": np.dtype("<i2"),
+    b"CharStorage": np.dtype("i1"),
+    b"ByteStorage": np.dtype("u1"),
+    b"BoolStorage": np.dtype("?"),
+    b"ComplexFloatStorage": np.dtype("<c8"),
+    b"ComplexDoubleStorage": np.dtype("<c16"),
+}
+_known_prefixes: set[bytes] = set()
+
+
+class PygStandIn:
+    """Stand-in for a torch_geometric class: accepts any constructor call, keeps the pickled state."""
+
+    pyg_name = "torch_geometric"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args or kwargs:
+            self.__dict__["_standin_args"] = (args, kwargs)
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (__dict__, __slots__ state)
+            for part in state:
+                if isinstance(part, dict):
+                    self.__dict__.update(part)
+        elif isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.__dict__["_standin_state"] = state
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {self.pyg_name}>"
+
+
+_standin_classes: dict[tuple[str, str], type] = {}
+
+
+def standin_class(module: str, name: str) -> type:
+    """The (cached) stand-in class for `module.name`."""
+    key = (module, name)
+    cls = _standin_classes.get(key)
+    if cls is None:
+        cls = type(name, (PygStandIn,), {"pyg_name": f"{module}.{name}"})
+        _standin_classes[key] = cls
+    return cls
+
+
+def _torch_load_from_bytes(b: bytes) -> Any:
+    import torch.storage  # noqa: PLC0415 - only for the rare layouts the numpy path refuses
+
+    return torch.storage._load_from_bytes(b)
+
+
+def _validated_prefix(prefix: bytes) -> bool:
+    """True when `prefix` is magic, protocol 1001, a little-endian sys_info, then the pid's start."""
+    if prefix in _known_prefixes:
+        return True
+    try:
+        f = io.BytesIO(prefix)
+        ok = pickle.load(f) == _MAGIC and pickle.load(f) == 1001
+        info = pickle.load(f) if ok else {}
+        ok = ok and isinstance(info, dict) and info.get("little_endian") is True
+        ok = ok and f.read() == b"\x80\x02" + _PID_TAIL + b"c"
+    except Exception:  # noqa: BLE001 - any surprise means "not the layout we know"
+        return False
+    if ok and len(_known_prefixes) < 64:
+        _known_prefixes.add(prefix)
+    return ok
+
+
+def load_storage_bytes(b: bytes) -> Any:
+    """A legacy `torch.save` of one storage -> 1-D numpy array of its elements (see module doc).
+
+    Falls back to `torch.storage._load_from_bytes` (returning a torch storage) for any layout
+    other than the plain one.
+    """
+    if type(b) is not bytes:
+        b = bytes(b)
+    i = b.find(b"ctorch\n", 0, 400)
+    if i > 0 and (b[: i + 1] in _known_prefixes or _validated_prefix(b[: i + 1])):
+        j = b.find(b"\n", i + 7, i + 64)
+        dtype = _DTYPES.get(b[i + 7 : j]) if j > 0 else None
+        p = j + 1
+        if dtype is not None and b[p : p + 3] == b"q\x01X":
+            klen = b[p + 3 : p + 7]
+            end_key = p + 7 + int.from_bytes(klen, "little")
+            tail = b"Ntq\x04Q.\x80\x02]q\x00X" + klen + b[p + 7 : end_key] + b"q\x01a."
+            k = b.find(tail, end_key)
+            if k > 0:
+                e = k + len(tail)
+                n = int.from_bytes(b[e : e + 8], "little")
+                if e + 8 + n * dtype.itemsize == len(b):
+                    return np.frombuffer(b, dtype=dtype, count=n, offset=e + 8)
+    return _torch_load_from_bytes(b)
+
+
+def rebuild_tensor(storage: Any, storage_offset: int, size: tuple, stride: tuple, *rest: Any) -> Any:
+    """numpy version of `torch._utils._rebuild_tensor_v2` (and of the older `_rebuild_tensor`)."""
+    if type(storage) is not np.ndarray:
+        from torch._utils import _rebuild_tensor_v2  # noqa: PLC0415 - storage came from torch's loader
+
+        return tensor_to_numpy(_rebuild_tensor_v2(storage, storage_offset, size, stride, *rest))
+    size, stride = tuple(size), tuple(stride)
+    count = math.prod(size)
+    total = storage.shape[0]
+    ndim = len(size)
+    if 0 <= storage_offset and storage_offset + count <= total:  # fast paths: contiguous 1-D, 2-D
+        if ndim == 1 and (stride[0] == 1 or count <= 1):
+            return storage[storage_offset : storage_offset + count]
+        if ndim == 2 and stride[1] == 1 and (stride[0] == size[1] or size[0] <= 1):
+            return storage[storage_offset : storage_offset + count].reshape(size)
+    if count == 0:
+        return np.zeros(size, dtype=storage.dtype)
+    last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if storage_offset < 0 or last >= total or min(stride, default=0) < 0:
+        raise ValueError(f"tensor of size {size}, stride {stride} does not fit its storage of {total}")
+    expected, step = [], 1
+    for n in reversed(size):
+        expected.append(step)
+        step *= n
+    if all(s == c for n, s, c in zip(size, stride, reversed(expected)) if n > 1):
+        return storage[storage_offset : storage_offset + count].reshape(size)
+    item = storage.dtype.itemsize
+    flat = storage[storage_offset:]
+    return np.lib.stride_tricks.as_strided(flat, shape=size, strides=[s * item for s in stride]).copy()
+
+
+def _rebuild_parameter(data: Any, *rest: Any) -> Any:
+    return data
+
+
+def _rebuild_from_type(func: Any, new_type: Any, args: tuple, *rest: Any) -> Any:
+    return func(*args)
+
+
+_PLAIN = {np.ndarray, int, float, str, bool, type(None)}
+
+
+def tensor_to_numpy(value: Any) -> Any:
+    """A torch tensor -> numpy array (bfloat16 goes through float32); anything else unchanged."""
+    if type(value) in _PLAIN:
+        return value
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        t = value.detach().cpu()
+        try:
+            return t.numpy()
+        except TypeError:
+            return t.float().numpy()
+    return value
+
+
+_TORCH_FUNCTIONS = {
+    ("torch.storage", "_load_from_bytes"): load_storage_bytes,
+    ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
+    ("torch._tensor", "_rebuild_from_type"): _rebuild_from_type,
+}
+
+
+_found: dict[tuple[str, str, bool], Any] = {}  # find_class results (imports are process-wide anyway)
+
+
+def _skip(*args: Any) -> None:
+    return None
+
+
+class DataUnpickler(pickle.Unpickler):
+    """Unpickler that maps torch_geometric classes to stand-ins and CPU tensors to numpy arrays.
+
+    With `skip_tensors=True` every tensor loads as None (no bytes parsed): a cheap way to read
+    scalar fields such as `sid` from many records.
+    """
+
+    def __init__(self, file: Any, *, skip_tensors: bool = False) -> None:
+        super().__init__(file)
+        self.skip_tensors = skip_tensors
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = (module, name, self.skip_tensors)
+        found = _found.get(key)
+        if found is None:
+            if module == "torch_geometric" or module.startswith("torch_geometric."):
+                found = standin_class(module, name)
+            elif (module, name) in _TORCH_FUNCTIONS:
+                found = _skip if self.skip_tensors else _TORCH_FUNCTIONS[(module, name)]
+            else:
+                found = super().find_class(module, name)
+            if len(_found) < 256:
+                _found[key] = found
+        return found
+
+
+def loads(data: bytes, *, skip_tensors: bool = False) -> Any:
+    """Unpickle `data` with `DataUnpickler` (tensors -> numpy arrays, PyG classes -> stand-ins)."""
+    return DataUnpickler(io.BytesIO(data), skip_tensors=skip_tensors).load()
+
+
+def is_pyg_data(obj: Any) -> bool:
+    """True for a stand-in of a torch_geometric Data-like object (not a storage or attr class)."""
+    return isinstance(obj, PygStandIn) and not obj.pyg_name.startswith("torch_geometric.data.storage")
+
+
+def data_fields(obj: PygStandIn) -> dict[str, Any]:
+    """Attributes of an unpickled Data stand-in, for PyG 2.x (`_store`) and PyG < 2 (`__dict__`).
+
+    Fields that are None (PyG < 2 kept unset standard attributes such as `x`, `face` as None)
+    and private names (`__num_nodes__`, `_edge_attr_cls`, ...) are left out.
+    """
+    store = obj.__dict__.get("_store")
+    if store is not None:
+        if isinstance(store, PygStandIn):
+            store.__dict__.pop("_parent", None)  # break the Data <-> storage cycle early
+        mapping = store.__dict__.get("_mapping") if isinstance(store, PygStandIn) else None
+        if not isinstance(mapping, dict):
+            raise ValueError(f"{obj!r} has a _store without a _mapping dict")
+        items = mapping.items()
+    else:
+        items = obj.__dict__.items()
+    return {k: tensor_to_numpy(v) for k, v in items if not str(k).startswith("_") and v is not None}
