@@ -19,3 +19,9 @@ def shared_data() -> Path:
             pytest.fail(f"shared data folder missing: {SHARED_DATA}")
         pytest.skip(f"shared data folder not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In CI the real-format fixtures of ../shared/data must be there: stop rather than skip tests."""
+    if os.environ.get("CI", "").lower() == "true" and not SHARED_DATA.is_dir():
+        pytest.exit(f"CI=true but the shared data folder is missing: {SHARED_DATA}", returncode=1)

@@ -18,7 +18,7 @@ def demo(
     from atomsift.data.bundled import DEMO_DATASETS
     from atomsift.data.stats import summarize
 
-    console = Console()
+    console = Console() if Console().is_terminal else Console(width=160)
     table = Table(title="atomsift: bundled datasets", title_justify="left")
     for column in ("dataset", "format", "structures", "atoms", "elements", "periodic",
                    "E mean (eV)", "F rms (eV/A)", "classes"):

@@ -112,6 +112,10 @@ class Dataset(abc.ABC):
             return None
         return np.asarray(["" if label is None else label for label in labels], dtype=object)
 
+    def resolve_target(self, name: str) -> str | None:
+        """Canonical target name for an alias (e.g. QM9 'delta_eps' -> 'gap'), or None if unknown."""
+        return None
+
     def metadata(self) -> dict[str, Any]:
         """Format, path, size and reader-specific counts (e.g. skipped NaN conformers)."""
         return {

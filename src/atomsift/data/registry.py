@@ -106,7 +106,8 @@ def open_dataset(path: str | Path, format: str | None = None, **options: Any) ->
     """Open a dataset for random access by index.
 
     Args:
-        path: a file or directory in one of the supported release formats, or 'bundled:NAME'.
+        path: a file or directory in one of the supported release formats, 'bundled:NAME', or
+            'qm9pack' for the QM9 CSVs inside the installed `qm9pack` package.
         format: a registered format name; detected from the path when None.
         **options: reader options (e.g. split='train', level='wb97x_dz', classes='map.pkl').
             Options that are None are dropped, so CLI flags left out fall back to defaults.
@@ -124,6 +125,8 @@ def open_dataset(path: str | Path, format: str | None = None, **options: Any) ->
         format = format or bundled_format
         options = {**bundled_options, **options}
     path = Path(path).expanduser()
+    if format is None and text == "qm9pack" and not path.exists():
+        format = "qm9pack"  # the CSVs inside the installed qm9pack wheel
     name = normalize_format(format) if format else detect_format(path)
     cls = reader_class(name)
     _check_options(cls, options, path)

@@ -23,14 +23,9 @@ def resolve_target(ds: Dataset, targets: dict[str, Any], name: str) -> str:
     """The key of `targets` meant by `name`: exact, the reader's aliases, then case/underscore-blind."""
     if name in targets:
         return name
-    resolver = getattr(ds, "resolve_target", None)
-    if callable(resolver):
-        try:
-            canonical = resolver(name)
-        except (KeyError, ValueError):
-            canonical = None
-        if canonical in targets:
-            return canonical
+    canonical = ds.resolve_target(name)
+    if canonical in targets:
+        return canonical
     matches = [key for key in targets if _norm(key) == _norm(name)]
     if len(matches) == 1:
         return matches[0]

@@ -17,7 +17,7 @@ BUNDLED: dict[str, tuple[str, str, dict[str, Any], str]] = {
         "adsorbates_on_metals_structures.json",
         "adsorbates-json",
         {},
-        "896 adsorption energies of 8 adsorbates on 7 fcc(111) metal slabs",
+        "882 adsorption energies of 8 adsorbates on 7 fcc(111) metal slabs",
     ),
     "oc20-frame": ("oc20_adslab_frame.json", "ase-db", {}, "one OC20-style adsorbate+slab frame"),
     "ethanol-isolated-atoms": ("rmd17_ethanol_isolated_atoms.xyz", "extxyz", {}, "isolated-atom energies, ethanol set"),
