@@ -222,6 +222,11 @@ def test_sgdml_md22_split(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="train_size"):
         SGDMLDataset(small, split="train")
     assert len(SGDMLDataset(small, split="val", train_size=40)) == 2
+    short = tmp_path / "md22_AT-AT-short.npz"
+    write_sgdml(short, 60, name="AT-AT")  # JMP's AT-AT train size (3000) exceeds the file
+    with pytest.raises(ConfigError, match="train_size 3000 leaves no test frames") as err:
+        SGDMLDataset(short, split="train")
+    assert "md22_AT-AT-short.npz" in str(err.value)
 
 
 def test_sgdml_bad_input(tmp_path: Path) -> None:

@@ -88,12 +88,16 @@ def test_nan_skipped_and_missing_gradient(tmp_path: Path) -> None:
     a["dft_total_gradient"][7, 2, 0] = np.nan
     b = spice_molecule(rng, [1, 1], 2)
     del b["dft_total_gradient"], b["formation_energy"]
-    ds = SpiceDataset(write_spice(tmp_path / "nan.h5", {"methane": a, "hydrogen": b}))
+    path = write_spice(tmp_path / "nan.h5", {"methane": a, "hydrogen": b})
+    with pytest.raises(DataError, match="2 conformer\\(s\\) have a NaN") as err:
+        SpiceDataset(path)  # NaN is bad input unless the user asks to skip it
+    assert "nan.h5" in str(err.value) and "methane/3" in str(err.value) and "skip_nan=true" in str(err.value)
+    ds = open_dataset(path, skip_nan=True)
     assert len(ds) == 2 + 298 and ds.metadata()["n_skipped_nan"] == 2
     ids = [r.id for r in ds]
     assert ids[:2] == ["hydrogen/0", "hydrogen/1"] and "methane/3" not in ids and "methane/7" not in ids
     assert ds[0].forces is None and ds[0].targets == {} and ds.metadata()["n_molecules_without_gradient"] == 1
-    again = SpiceDataset(ds.path)
+    again = SpiceDataset(ds.path, skip_nan=True)
     for i in np.random.default_rng(2).permutation(len(ds))[:50]:
         assert again[int(i)].id == ids[i] and np.array_equal(again[int(i)].positions, ds[int(i)].positions)
 

@@ -5,21 +5,26 @@
 - `open_h5`: open read-only with a clear `DataError` for truncated or corrupt files.
 - `read_rows`: a dataset slice whose h5py errors become `DataError`s naming file and record.
 - `RowBlock` / `block_rows_for`: the bounded block of rows a reader keeps for sequential reads.
+- `GroupedH5Dataset`: the base of the three readers (records are rows of per-group arrays).
 """
 
 from __future__ import annotations
 
+import abc
+import bisect
 import functools
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import h5py
 import numpy as np
 
+from atomsift.data.base import Dataset
 from atomsift.data.readers._common import open_failed
+from atomsift.data.record import Record
 from atomsift.errors import DataError
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -61,6 +66,12 @@ def open_h5(path: Path, what: str) -> h5py.File:
     HDF5's default locking is kept: read-only opens share the lock, and a process that opens the same
     file again with h5py's defaults (tests, user code) would otherwise fail on mismatched lock flags.
     """
+    if path.is_dir():
+        raise DataError(
+            f"the {what} must be a file, but this path is a directory",
+            file=path,
+            fix="point to the .h5/.hdf5 file itself, or choose another --format",
+        )
     try:
         fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
         fapl.set_sieve_buf_size(SIEVE_BYTES)
@@ -254,3 +265,166 @@ class GroupCache:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["maxsize"])
+
+
+class GroupedH5Dataset(Dataset):
+    """Base of the HDF5 readers whose records are the rows of per-group arrays (ANI-1x, Transition-1x, SPICE).
+
+    The index lists the kept groups: class label, atoms, raw rows, the raw rows kept (None = all)
+    and cumulative record offsets. A read goes through a bounded block of converted rows (`RowBlock`),
+    so sequential access costs one HDF5 read per block.
+
+    Subclasses call `_build_index()` at the end of `__init__`, index each group with `_add_group`, and
+    supply `_make_entry` (per-group datasets and values, cached), `_row_bytes`, `_read_block` and
+    `_record`. `format_name` is the kind `sniff_kind` reports for the format.
+
+    Class attributes:
+        file_what: how an open error names the file (e.g. 'ANI-1x HDF5 file').
+        block_extra: keys of the cached group entry that every block carries in `RowBlock.extra`.
+    """
+
+    file_what: ClassVar[str] = "HDF5 file"
+    block_extra: ClassVar[tuple[str, ...]] = ("numbers",)
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self._labels: list[str] = []  # class label of each kept group
+        self._natoms: list[int] = []
+        self._nrows: list[int] = []  # raw rows (conformers, frames) of each kept group
+        self._valid: list[np.ndarray | None] = []  # raw rows kept; None = all rows
+        self._offsets: list[int] = [0]
+        self.n_skipped_nan = 0
+        self._block: RowBlock | None = None
+        self._last = -1
+        self._groups = GroupCache()
+
+    # -- subclass interface -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def _build_index(self) -> None:
+        """Index the file's groups through `_add_group`."""
+
+    @abc.abstractmethod
+    def _make_entry(self, g: int) -> dict[str, Any]:
+        """Datasets and per-group values (at least `block_extra`) of kept group `g`."""
+
+    @abc.abstractmethod
+    def _row_bytes(self, g: int) -> int:
+        """Bytes of one converted row of group `g` (sets the block size)."""
+
+    @abc.abstractmethod
+    def _read_block(self, g: int, entry: dict[str, Any], sel: slice, record: str) -> dict[str, np.ndarray]:
+        """Converted arrays of raw rows `sel` of group `g`, keyed by name (first axis = row)."""
+
+    @abc.abstractmethod
+    def _record(self, g: int, row: int, block: RowBlock, j: int) -> Record:
+        """The record of raw row `row` of group `g`, which is row `j` of `block`."""
+
+    def _group_id(self, g: int) -> str:
+        """Id prefix of group `g`'s records (its class label unless overridden)."""
+        return self._labels[g]
+
+    # -- index ------------------------------------------------------------------------------------
+    def _open(self) -> h5py.File:
+        return open_h5(self.path, self.file_what)
+
+    def _top_group(self, f: h5py.File, name: str, fix: str) -> h5py.Group:
+        """Top-level group `name`; DataError when it is a dangling link, damaged, or not a group."""
+        try:
+            group = f[name]
+        except (KeyError, OSError) as exc:  # a dangling link or a damaged object header
+            raise DataError(f"cannot open group '{name}': {exc}", file=self.path, record=name, fix=fix) from None
+        if not isinstance(group, h5py.Group):
+            raise DataError(f"top-level object '{name}' is not a group", file=self.path, record=name, fix=fix)
+        return group
+
+    def _row_datasets(
+        self, group: h5py.Group, name: str, pos_key: str, energy_key: str, *, layout_fix: str, shape_fix: str
+    ) -> tuple[h5py.Dataset, h5py.Dataset, int, int]:
+        """Positions (M, N, 3) and energy (M,) datasets of top-level group `name`, with N (atoms) and
+        M (rows), checked against its `atomic_numbers` (N,); DataError naming the shapes when they disagree."""
+        numbers = get_dataset(group, "atomic_numbers", self.path, layout_fix)
+        pos = get_dataset(group, pos_key, self.path, layout_fix)
+        energy = get_dataset(group, energy_key, self.path, layout_fix)
+        natoms = int(numbers.shape[0]) if numbers.ndim == 1 else -1
+        nrows = int(pos.shape[0]) if pos.ndim == 3 else -1
+        if natoms < 1 or pos.shape[1:] != (natoms, 3) or energy.shape != (nrows,):
+            raise DataError(
+                f"shapes disagree in group '{name}': atomic_numbers {numbers.shape}, {pos_key} {pos.shape}, "
+                f"{energy_key} {energy.shape}",
+                file=self.path,
+                record=name,
+                fix=shape_fix,
+            )
+        return pos, energy, natoms, nrows
+
+    def _nan_force_rows(
+        self, forces: h5py.Dataset, key: str, name: str, shape: tuple[int, int, int], fix: str
+    ) -> np.ndarray:
+        """(M,) bool: rows of `forces` (or gradient) holding a NaN; DataError when its shape is not `shape`."""
+        if forces.shape != shape:
+            raise DataError(
+                f"{key} has shape {forces.shape} in group '{name}', expected {shape}",
+                file=self.path,
+                record=name,
+                fix=fix,
+            )
+        return nan_rows(forces, self.path, name)
+
+    def _add_group(self, label: str, natoms: int, nrows: int, bad: np.ndarray | None = None) -> bool:
+        """Index a group of `nrows` rows of `natoms` atoms, less the rows flagged in `bad` (M,) bool,
+        which count in `n_skipped_nan`. False (nothing indexed) when no row is left."""
+        n_bad = 0 if bad is None else int(bad.sum())
+        self.n_skipped_nan += n_bad
+        if n_bad == nrows:
+            return False
+        self._labels.append(label)
+        self._natoms.append(natoms)
+        self._nrows.append(nrows)
+        self._valid.append(np.flatnonzero(~bad).astype(np.int32) if n_bad else None)
+        self._offsets.append(self._offsets[-1] + nrows - n_bad)
+        return True
+
+    def _require_rows(self, message: str, fix: str) -> None:
+        """DataError(message) when no group was indexed."""
+        if not self._labels:
+            raise DataError(message, file=self.path, fix=fix)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _length(self) -> int:
+        return self._offsets[-1]
+
+    def _group(self, g: int) -> dict[str, Any]:
+        """The entry of kept group `g` (cached per open handle)."""
+        return self._groups.get(self.handle(), g, lambda: self._make_entry(g))
+
+    def _load_block(self, g: int, row: int, index: int) -> RowBlock:
+        start, stop = block_range(row, self._nrows[g], index, self._last, block_rows_for(self._row_bytes(g)))
+        entry = self._group(g)
+        arrays = self._read_block(g, entry, np.s_[start:stop], f"{self._group_id(g)}/{row}")
+        return RowBlock(g, start, stop, arrays, {key: entry[key] for key in self.block_extra})
+
+    def _read(self, index: int) -> Record:
+        g = bisect.bisect_right(self._offsets, index) - 1
+        k = index - self._offsets[g]
+        valid = self._valid[g]
+        row = k if valid is None else int(valid[k])
+        block = self._block
+        if block is None or not block.holds(g, row):
+            block = self._block = self._load_block(g, row, index)
+        self._last = index
+        return self._record(g, row, block, row - block.start)
+
+    # -- fast paths -------------------------------------------------------------------------------
+    @classmethod
+    def sniff(cls, path: Path) -> bool:
+        return sniff_kind(Path(path)) == cls.format_name
+
+    def class_labels(self) -> np.ndarray:
+        counts = np.diff(np.asarray(self._offsets, dtype=np.int64))
+        return np.repeat(np.asarray(self._labels, dtype=object), counts)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_block"] = None
+        state["_last"] = -1
+        return state

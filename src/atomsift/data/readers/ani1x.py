@@ -8,36 +8,25 @@ skipped (counted in `metadata()['n_skipped_nan']`).
 
 from __future__ import annotations
 
-import bisect
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from atomsift.data.base import Dataset
-from atomsift.data.readers._h5 import (
-    GroupCache,
-    RowBlock,
-    block_range,
-    block_rows_for,
-    get_dataset,
-    nan_rows,
-    open_h5,
-    read_rows,
-    sniff_kind,
-)
+from atomsift.data.readers._h5 import GroupedH5Dataset, RowBlock, get_dataset, read_rows
 from atomsift.data.record import Record
 from atomsift.data.units import HARTREE_TO_EV
 from atomsift.errors import ConfigError, DataError
 
 _FIX_LAYOUT = "ANI-1x groups need 'atomic_numbers', 'coordinates' and '<level>.energy' (see FORMATS.md)"
+_FIX_SHAPES = "expected (Na,), (Nc, Na, 3) and (Nc,); repair or remove this group"
 
 
 _RELEASE_LEVELS_WITH_FORCES = ("wb97x_dz", "wb97x_tz")
 
 
-class ANI1xDataset(Dataset):
+class ANI1xDataset(GroupedH5Dataset):
     """ANI-1x conformers at one level of theory, in eV, eV/A and A.
 
     Args:
@@ -52,6 +41,7 @@ class ANI1xDataset(Dataset):
     format_name = "ani1x"
     description = "ANI-1x release HDF5 (one group per formula; Hartree, Hartree/A)"
     source_units = {"energy": "hartree", "forces": "hartree/angstrom", "positions": "angstrom"}
+    file_what = "ANI-1x HDF5 file"
 
     def __init__(self, path: str | Path, *, level: str = "wb97x_dz", min_atoms: int | None = None) -> None:
         super().__init__(path)
@@ -64,23 +54,11 @@ class ANI1xDataset(Dataset):
         self._energy_key = f"{level}.energy"
         self._forces_key = f"{level}.forces"
         self._has_forces = False
-        self._names: list[str] = []  # kept groups (at least one valid conformer)
-        self._natoms: list[int] = []
-        self._nconf: list[int] = []  # raw conformers per kept group
-        self._valid: list[np.ndarray | None] = []  # raw rows kept; None = all rows
-        self._offsets: list[int] = [0]
-        self.n_skipped_nan = 0
         self.n_groups_below_min_atoms = 0
         self.n_groups_empty = 0
-        self._block: RowBlock | None = None
-        self._last = -1
-        self._groups = GroupCache()
         self._build_index()
 
-    # -- index ----------------------------------------------------------------------------------
-    def _open(self) -> h5py.File:
-        return open_h5(self.path, "ANI-1x HDF5 file")
-
+    # -- index (kept groups: at least one valid conformer; class label = group name) -------------
     def _build_index(self) -> None:
         f = self.handle()
         names = list(f.keys())
@@ -112,36 +90,17 @@ class ANI1xDataset(Dataset):
             )
         for name in names:
             self._index_group(f, name)
-        if not self._names:
-            raise DataError(
-                f"no usable conformers at level '{self.level}' ({self.n_skipped_nan} skipped for NaN, "
-                f"{self.n_groups_below_min_atoms} groups below min_atoms)",
-                file=self.path,
-                fix="choose another level, lower min_atoms, or check the file",
-            )
+        self._require_rows(
+            f"no usable conformers at level '{self.level}' ({self.n_skipped_nan} skipped for NaN, "
+            f"{self.n_groups_below_min_atoms} groups below min_atoms)",
+            fix="choose another level, lower min_atoms, or check the file",
+        )
 
     def _index_group(self, f: h5py.File, name: str) -> None:
-        try:
-            group = f[name]
-        except (KeyError, OSError) as exc:  # a dangling link or a damaged object header
-            raise DataError(
-                f"cannot open group '{name}': {exc}", file=self.path, record=name, fix=_FIX_LAYOUT
-            ) from None
-        if not isinstance(group, h5py.Group):
-            raise DataError(f"top-level object '{name}' is not a group", file=self.path, record=name, fix=_FIX_LAYOUT)
-        numbers = get_dataset(group, "atomic_numbers", self.path, _FIX_LAYOUT)
-        coords = get_dataset(group, "coordinates", self.path, _FIX_LAYOUT)
-        energy = get_dataset(group, self._energy_key, self.path, _FIX_LAYOUT)
-        natoms = int(numbers.shape[0]) if numbers.ndim == 1 else -1
-        nconf = int(coords.shape[0]) if coords.ndim == 3 else -1
-        if natoms < 1 or coords.shape[1:] != (natoms, 3) or energy.shape != (nconf,):
-            raise DataError(
-                f"shapes disagree in group '{name}': atomic_numbers {numbers.shape}, coordinates "
-                f"{coords.shape}, {self._energy_key} {energy.shape}",
-                file=self.path,
-                record=name,
-                fix="expected (Na,), (Nc, Na, 3) and (Nc,); repair or remove this group",
-            )
+        group = self._top_group(f, name, _FIX_LAYOUT)
+        _, energy, natoms, nconf = self._row_datasets(
+            group, name, "coordinates", self._energy_key, layout_fix=_FIX_LAYOUT, shape_fix=_FIX_SHAPES
+        )
         if self.min_atoms is not None and natoms < self.min_atoms:
             self.n_groups_below_min_atoms += 1
             return
@@ -153,53 +112,28 @@ class ANI1xDataset(Dataset):
             forces = get_dataset(
                 group, self._forces_key, self.path, f"every group needs '{self._forces_key}' when the first has it"
             )
-            if forces.shape != (nconf, natoms, 3):
-                raise DataError(
-                    f"{self._forces_key} has shape {forces.shape} in group '{name}', expected ({nconf}, {natoms}, 3)",
-                    file=self.path,
-                    record=name,
-                    fix="repair or remove this group",
-                )
-            bad |= nan_rows(forces, self.path, name)
-        n_bad = int(bad.sum())
-        if n_bad == nconf:
-            self.n_skipped_nan += n_bad
-            return
-        self.n_skipped_nan += n_bad
-        self._names.append(name)
-        self._natoms.append(natoms)
-        self._nconf.append(nconf)
-        self._valid.append(np.flatnonzero(~bad).astype(np.int32) if n_bad else None)
-        self._offsets.append(self._offsets[-1] + nconf - n_bad)
+            shape = (nconf, natoms, 3)
+            bad |= self._nan_force_rows(forces, self._forces_key, name, shape, "repair or remove this group")
+        self._add_group(name, natoms, nconf, bad)
 
     # -- reading --------------------------------------------------------------------------------
-    def _length(self) -> int:
-        return self._offsets[-1]
+    def _make_entry(self, g: int) -> dict[str, Any]:
+        """Datasets and atomic numbers of kept group `g`."""
+        name = self._labels[g]
+        group = self.handle()[name]
+        entry = {
+            "coordinates": group["coordinates"],
+            "energy": group[self._energy_key],
+            "numbers": read_rows(group["atomic_numbers"], np.s_[:], self.path, name).astype(np.int64),
+        }
+        if self._has_forces:
+            entry["forces"] = group[self._forces_key]
+        return entry
 
-    def _group(self, g: int) -> dict[str, Any]:
-        """Datasets and atomic numbers of kept group `g` (cached)."""
+    def _row_bytes(self, g: int) -> int:
+        return self._natoms[g] * 3 * 8 * (2 if self._has_forces else 1) + 8
 
-        def make() -> dict[str, Any]:
-            name = self._names[g]
-            group = self.handle()[name]
-            entry = {
-                "coordinates": group["coordinates"],
-                "energy": group[self._energy_key],
-                "numbers": read_rows(group["atomic_numbers"], np.s_[:], self.path, name).astype(np.int64),
-            }
-            if self._has_forces:
-                entry["forces"] = group[self._forces_key]
-            return entry
-
-        return self._groups.get(self.handle(), g, make)
-
-    def _load_block(self, g: int, row: int, index: int) -> RowBlock:
-        natoms = self._natoms[g]
-        rows = block_rows_for(natoms * 3 * 8 * (2 if self._has_forces else 1) + 8)
-        start, stop = block_range(row, self._nconf[g], index, self._last, rows)
-        entry = self._group(g)
-        record = f"{self._names[g]}/{row}"
-        sel = np.s_[start:stop]
+    def _read_block(self, g: int, entry: dict[str, Any], sel: slice, record: str) -> dict[str, np.ndarray]:
         pos = read_rows(entry["coordinates"], sel, self.path, record).astype(np.float64)
         energy = read_rows(entry["energy"], sel, self.path, record) * HARTREE_TO_EV
         arrays = {"positions": pos, "energy": energy}
@@ -207,20 +141,11 @@ class ANI1xDataset(Dataset):
             forces = read_rows(entry["forces"], sel, self.path, record).astype(np.float64)
             forces *= HARTREE_TO_EV
             arrays["forces"] = forces
-        return RowBlock(g, start, stop, arrays, {"numbers": entry["numbers"]})
+        return arrays
 
-    def _read(self, index: int) -> Record:
-        g = bisect.bisect_right(self._offsets, index) - 1
-        k = index - self._offsets[g]
-        valid = self._valid[g]
-        row = k if valid is None else int(valid[k])
-        block = self._block
-        if block is None or not block.holds(g, row):
-            block = self._block = self._load_block(g, row, index)
-        self._last = index
-        j = row - block.start
+    def _record(self, g: int, row: int, block: RowBlock, j: int) -> Record:
         arrays = block.arrays
-        name = self._names[g]
+        name = self._labels[g]
         return Record(
             numbers=block.extra["numbers"].copy(),
             positions=arrays["positions"][j].copy(),
@@ -231,31 +156,16 @@ class ANI1xDataset(Dataset):
             info={"level": self.level},
         )
 
-    # -- fast paths -----------------------------------------------------------------------------
-    @classmethod
-    def sniff(cls, path: Path) -> bool:
-        return sniff_kind(Path(path)) == "ani1x"
-
-    def class_labels(self) -> np.ndarray:
-        counts = np.diff(np.asarray(self._offsets, dtype=np.int64))
-        return np.repeat(np.asarray(self._names, dtype=object), counts)
-
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
         meta.update(
             level=self.level,
             energy_key=self._energy_key,
             forces_key=self._forces_key if self._has_forces else None,
-            n_groups=len(self._names),
+            n_groups=len(self._labels),
             n_skipped_nan=self.n_skipped_nan,
             n_groups_empty=self.n_groups_empty,
             min_atoms=self.min_atoms,
             n_groups_below_min_atoms=self.n_groups_below_min_atoms,
         )
         return meta
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_block"] = None
-        state["_last"] = -1
-        return state

@@ -1,4 +1,5 @@
-"""Revised MD17 (`rmd17/npz_data/rmd17_<molecule>.npz`), plus the npz access shared with `sgdml`.
+"""Revised MD17 (`rmd17/npz_data/rmd17_<molecule>.npz`), plus the npz access and the frame selection
+(`NpzFramesDataset`) shared with `sgdml`.
 
 Layout (FORMATS.md): `nuclear_charges` (N,), `coords` (F, N, 3) A, `energies` (F,) kcal/mol,
 `forces` (F, N, 3) kcal/mol/A, and `old_indices`, `old_energies`, `old_forces` (never read here).
@@ -11,6 +12,7 @@ compressed npz (`np.savez_compressed`) are read whole, once per process, on firs
 
 from __future__ import annotations
 
+import abc
 import re
 import struct
 import zipfile
@@ -51,7 +53,11 @@ def check_split(split: str | None, path: Path) -> str | None:
         return None
     key = str(split).strip().lower()
     if key not in SPLITS:
-        raise ConfigError(f"option split={split!r} is not one of {', '.join(SPLITS)}", file=path)
+        raise ConfigError(
+            f"option split={split!r} is not one of {', '.join(SPLITS)}",
+            file=path,
+            fix=f"pass --split {' / '.join(SPLITS)}, or leave it out to read every frame",
+        )
     return key
 
 
@@ -212,7 +218,69 @@ def read_index_file(split_file: str | Path, n: int, path: Path) -> np.ndarray:
     return idx
 
 
-class RMD17Dataset(Dataset):
+class NpzFramesDataset(Dataset):
+    """Base of the readers of one molecule's npz trajectory (rMD17, sGDML): all frames, JMP's split,
+    or the frames of an index file.
+
+    Subclasses call `super().__init__(path, split, split_file)`, set `n_frames`, `_numbers` (N,) and
+    `_label` (class label and id prefix), then `_select_frames`; they supply `_frame_values`.
+    """
+
+    def __init__(self, path: str | Path, split: str | None, split_file: str | Path | None) -> None:
+        super().__init__(path)
+        self.split = check_split(split, self.path)
+        if self.split is not None and split_file is not None:
+            raise ConfigError("options split and split_file exclude each other", file=self.path, fix="pass one")
+        self.split_file = None if split_file is None else str(split_file)
+        self.n_frames = 0
+        self._numbers = np.zeros(0, dtype=np.int64)
+        self._label = ""
+        self._frames: np.ndarray | None = None
+
+    def _select_frames(self, n_train_val: tuple[int, int] | None) -> None:
+        """The frames of `split` (JMP's (n_train, n_val), required when split is set) or of
+        `split_file`; DataError when none is left."""
+        if self.split is not None:
+            assert n_train_val is not None, "JMP split sizes are needed with split"
+            self._frames = jmp_split(self.n_frames, *n_train_val, self.split)
+        elif self.split_file is not None:
+            self._frames = read_index_file(self.split_file, self.n_frames, self.path)
+        if self._length() == 0:
+            what = f" in split '{self.split}'" if self.split else ""
+            raise DataError(f"the dataset holds no frames{what}", file=self.path, fix="check the file and the split")
+
+    @abc.abstractmethod
+    def _frame_values(self, npz: NpzMembers, frame: int) -> tuple[np.ndarray, float, np.ndarray]:
+        """Positions (N, 3) A, energy eV and forces (N, 3) eV/A of `frame`."""
+
+    def _open(self) -> NpzMembers:
+        return NpzMembers(self.path)
+
+    def _length(self) -> int:
+        return self.n_frames if self._frames is None else int(self._frames.shape[0])
+
+    def _read(self, index: int) -> Record:
+        frame = index if self._frames is None else int(self._frames[index])
+        positions, energy, forces = self._frame_values(self.handle(), frame)
+        return Record(
+            numbers=self._numbers.copy(),
+            positions=positions,
+            energy=energy,
+            forces=forces,
+            class_label=self._label,
+            id=f"{self._label}/{frame}",
+            info={"frame": frame},
+        )
+
+    def frame_indices(self) -> np.ndarray:
+        """(len,) frame index in the npz of each record."""
+        return np.arange(self.n_frames, dtype=np.int64) if self._frames is None else self._frames.copy()
+
+    def class_labels(self) -> np.ndarray:
+        return np.full(self._length(), self._label, dtype=object)
+
+
+class RMD17Dataset(NpzFramesDataset):
     """Revised MD17 frames of one molecule, in eV, eV/A and A.
 
     Args:
@@ -231,13 +299,9 @@ class RMD17Dataset(Dataset):
     source_units = {"energy": "kcal/mol", "forces": "kcal/mol/angstrom", "positions": "angstrom"}
 
     def __init__(self, path: str | Path, *, split: str | None = None, split_file: str | Path | None = None) -> None:
-        super().__init__(path)
-        self.split = check_split(split, self.path)
-        if self.split is not None and split_file is not None:
-            raise ConfigError("options split and split_file exclude each other", file=self.path, fix="pass one")
-        self.split_file = None if split_file is None else str(split_file)
+        super().__init__(path, split, split_file)
         stem = self.path.stem
-        self.molecule = stem[len("rmd17_") :] if stem.startswith("rmd17_") and len(stem) > 6 else stem
+        self.molecule = self._label = stem[len("rmd17_") :] if stem.startswith("rmd17_") and len(stem) > 6 else stem
         npz = self.handle()
         shapes = {k: npz.header(k)[0] for k in ("nuclear_charges", "coords", "energies", "forces")}
         natoms = shapes["nuclear_charges"][0] if len(shapes["nuclear_charges"]) == 1 else -1
@@ -255,44 +319,18 @@ class RMD17Dataset(Dataset):
             )
         self.n_frames = int(nframes)
         self._numbers = np.array(npz.array("nuclear_charges"), dtype=np.int64)
-        self._frames: np.ndarray | None = None
-        if self.split is not None:
-            self._frames = jmp_split(self.n_frames, RMD17_TRAIN, RMD17_VAL, self.split)
-        elif split_file is not None:
-            self._frames = read_index_file(split_file, self.n_frames, self.path)
-        if self._length() == 0:
-            what = f" in split '{self.split}'" if self.split else ""
-            raise DataError(f"the dataset holds no frames{what}", file=self.path, fix="check the file and the split")
+        self._select_frames((RMD17_TRAIN, RMD17_VAL))
 
     @classmethod
     def sniff(cls, path: Path) -> bool:
         return npz_has_keys(path, ("nuclear_charges",), damaged_prefixes=("rmd17_",))
 
-    def _open(self) -> NpzMembers:
-        return NpzMembers(self.path)
-
-    def _length(self) -> int:
-        return self.n_frames if self._frames is None else int(self._frames.shape[0])
-
-    def _read(self, index: int) -> Record:
-        frame = index if self._frames is None else int(self._frames[index])
-        npz = self.handle()
-        return Record(
-            numbers=self._numbers.copy(),
-            positions=np.array(npz.array("coords")[frame], dtype=np.float64),
-            energy=float(npz.array("energies")[frame]) * KCAL_PER_MOL_TO_EV,
-            forces=np.array(npz.array("forces")[frame], dtype=np.float64) * KCAL_PER_MOL_TO_EV,
-            class_label=self.molecule,
-            id=f"{self.molecule}/{frame}",
-            info={"frame": frame},
+    def _frame_values(self, npz: NpzMembers, frame: int) -> tuple[np.ndarray, float, np.ndarray]:
+        return (
+            np.array(npz.array("coords")[frame], dtype=np.float64),
+            float(npz.array("energies")[frame]) * KCAL_PER_MOL_TO_EV,
+            np.array(npz.array("forces")[frame], dtype=np.float64) * KCAL_PER_MOL_TO_EV,
         )
-
-    def frame_indices(self) -> np.ndarray:
-        """(len,) frame index in the npz of each record."""
-        return np.arange(self.n_frames, dtype=np.int64) if self._frames is None else self._frames.copy()
-
-    def class_labels(self) -> np.ndarray:
-        return np.full(self._length(), self.molecule, dtype=object)
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()

@@ -13,16 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from atomsift.data.base import Dataset
-from atomsift.data.readers.rmd17 import (
-    JMP_SEED,
-    NpzMembers,
-    check_split,
-    jmp_split,
-    npz_has_keys,
-    read_index_file,
-)
-from atomsift.data.record import Record
+from atomsift.data.readers.rmd17 import NpzFramesDataset, NpzMembers, npz_has_keys
 from atomsift.data.units import energy_factor, length_factor
 from atomsift.errors import ConfigError, DataError
 
@@ -52,7 +43,7 @@ def md22_train_size(*names: str) -> int | None:
     return None
 
 
-class SGDMLDataset(Dataset):
+class SGDMLDataset(NpzFramesDataset):
     """Frames of one sGDML npz file (MD22, original MD17), in eV, eV/A and A.
 
     Args:
@@ -81,19 +72,15 @@ class SGDMLDataset(Dataset):
         train_size: int | None = None,
         split_file: str | Path | None = None,
     ) -> None:
-        super().__init__(path)
-        self.split = check_split(split, self.path)
-        if self.split is not None and split_file is not None:
-            raise ConfigError("options split and split_file exclude each other", file=self.path, fix="pass one")
+        super().__init__(path, split, split_file)
         if train_size is not None and (type(train_size) is not int or train_size < 1):
             raise ConfigError(f"option train_size={train_size!r} must be a positive integer", file=self.path)
-        self.split_file = None if split_file is None else str(split_file)
         npz = self.handle()
         stem = self.path.stem
         for prefix in ("md22_", "md17_"):
             if stem.startswith(prefix) and len(stem) > len(prefix):
                 stem = stem[len(prefix) :]
-        self.name = npz.scalar_text("name") or stem
+        self.name = self._label = npz.scalar_text("name") or stem
         self.theory = npz.scalar_text("theory")
         e_unit = npz.scalar_text("e_unit", "kcal/mol") or "kcal/mol"
         r_unit = npz.scalar_text("r_unit", "Ang") or "Ang"
@@ -111,7 +98,7 @@ class SGDMLDataset(Dataset):
         self.units = {"energy": e_unit, "forces": f"{e_unit}/{r_unit}", "positions": r_unit}
         self._check_shapes(npz)
         self._numbers = np.array(npz.array("z"), dtype=np.int64)
-        self._frames: np.ndarray | None = None
+        n_train_val = None
         if self.split is not None:
             size = train_size if train_size is not None else md22_train_size(self.name, stem)
             if size is None:
@@ -120,14 +107,16 @@ class SGDMLDataset(Dataset):
                     file=self.path,
                     fix=f"pass train_size= with split=; known MD22 sizes: {MD22_TRAIN_SIZES}",
                 )
-            self.train_size = min(int(size), self.n_frames)
+            if int(size) >= self.n_frames:
+                raise ConfigError(
+                    f"train_size {int(size)} leaves no test frames: the file holds {self.n_frames} frames",
+                    file=self.path,
+                    fix="pass a smaller train_size= (JMP's MD22 sizes assume the full release files)",
+                )
+            self.train_size = int(size)
             n_val = int(self.train_size * VAL_FRACTION)
-            self._frames = jmp_split(self.n_frames, self.train_size - n_val, n_val, self.split, JMP_SEED)
-        elif split_file is not None:
-            self._frames = read_index_file(split_file, self.n_frames, self.path)
-        if self._length() == 0:
-            what = f" in split '{self.split}'" if self.split else ""
-            raise DataError(f"the dataset holds no frames{what}", file=self.path, fix="check the file and the split")
+            n_train_val = (self.train_size - n_val, n_val)
+        self._select_frames(n_train_val)
 
     def _check_shapes(self, npz: NpzMembers) -> None:
         shapes = {k: npz.header(k)[0] for k in ("R", "z", "E", "F")}
@@ -154,34 +143,12 @@ class SGDMLDataset(Dataset):
     def sniff(cls, path: Path) -> bool:
         return npz_has_keys(path, ("R", "z", "E"), damaged_prefixes=("md22_", "md17_"))
 
-    def _open(self) -> NpzMembers:
-        return NpzMembers(self.path)
-
-    def _length(self) -> int:
-        return self.n_frames if self._frames is None else int(self._frames.shape[0])
-
-    def _read(self, index: int) -> Record:
-        frame = index if self._frames is None else int(self._frames[index])
-        npz = self.handle()
+    def _frame_values(self, npz: NpzMembers, frame: int) -> tuple[np.ndarray, float, np.ndarray]:
         positions = np.array(npz.array("R")[frame], dtype=np.float64)
         if self._r_factor != 1.0:
             positions *= self._r_factor
-        return Record(
-            numbers=self._numbers.copy(),
-            positions=positions,
-            energy=float(np.asarray(npz.array("E")[frame]).reshape(-1)[0]) * self._e_factor,
-            forces=np.array(npz.array("F")[frame], dtype=np.float64) * self._f_factor,
-            class_label=self.name,
-            id=f"{self.name}/{frame}",
-            info={"frame": frame},
-        )
-
-    def frame_indices(self) -> np.ndarray:
-        """(len,) frame index in the npz of each record."""
-        return np.arange(self.n_frames, dtype=np.int64) if self._frames is None else self._frames.copy()
-
-    def class_labels(self) -> np.ndarray:
-        return np.full(self._length(), self.name, dtype=object)
+        energy = float(np.asarray(npz.array("E")[frame]).reshape(-1)[0]) * self._e_factor
+        return positions, energy, np.array(npz.array("F")[frame], dtype=np.float64) * self._f_factor
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()

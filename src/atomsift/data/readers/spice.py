@@ -5,12 +5,12 @@ Layout (FORMATS.md): one top-level group per molecule with `atomic_numbers` (N,)
 (M, N, 3) float32, `formation_energy` (M,) float64, `subset` and `smiles` (1,) strings, and more.
 Each dataset's `attrs['units']` names its unit (release: bohr, hartree, hartree/bohr); it is honoured
 per dataset, with the release units as the fallback when the attribute is missing.
-Forces = -gradient. Conformers whose energy or gradient holds a NaN are skipped and counted.
+Forces = -gradient. A conformer whose energy or gradient holds a NaN is an error naming it, unless
+`skip_nan=True`, which leaves such conformers out and counts them.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,19 +19,12 @@ import h5py
 import numpy as np
 
 from atomsift.data import units
-from atomsift.data.base import Dataset
 from atomsift.data.readers._h5 import (
-    GroupCache,
+    GroupedH5Dataset,
     RowBlock,
-    block_range,
-    block_rows_for,
     decode_text,
-    get_dataset,
-    nan_rows,
     optional_dataset,
-    open_h5,
     read_rows,
-    sniff_kind,
     string_attr,
 )
 from atomsift.data.record import Record
@@ -47,9 +40,10 @@ _KIND = {
     FORMATION: units.energy_factor,
 }
 _FIX_LAYOUT = f"SPICE molecule groups need 'atomic_numbers', '{POSITIONS}' and '{ENERGY}' (see FORMATS.md)"
+_FIX_SHAPES = "expected (N,), (M, N, 3) and (M,); repair or remove this molecule"
 
 
-class SpiceDataset(Dataset):
+class SpiceDataset(GroupedH5Dataset):
     """SPICE conformers in eV, eV/A and A.
 
     Args:
@@ -63,29 +57,21 @@ class SpiceDataset(Dataset):
     format_name = "spice"
     description = "SPICE 1.1.x HDF5 (one group per molecule; units from attrs, bohr/hartree)"
     source_units = {"energy": "hartree", "forces": "hartree/bohr (gradient)", "positions": "bohr"}
+    file_what = "SPICE HDF5 file"
+    block_extra = ("numbers", "subset", "smiles")
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, skip_nan: bool = False) -> None:
         super().__init__(path)
-        self._names: list[str] = []
-        self._natoms: list[int] = []
-        self._nconf: list[int] = []
-        self._valid: list[np.ndarray | None] = []
+        self.skip_nan = bool(skip_nan)
+        self._first_nan: str | None = None
         self._factors: list[tuple[float, float, float | None, float | None]] = []  # pos, energy, grad, formation
-        self._offsets: list[int] = [0]
-        self.n_skipped_nan = 0
         self.n_groups_empty = 0
         self.units_seen: Counter[str] = Counter()  # "dataset: unit" -> groups
         self.units_defaulted: Counter[str] = Counter()  # dataset -> groups lacking attrs['units']
         self._factor_cache: dict[tuple[str, str], float] = {}
-        self._block: RowBlock | None = None
-        self._last = -1
-        self._groups = GroupCache()
         self._build_index()
 
-    # -- index ----------------------------------------------------------------------------------
-    def _open(self) -> h5py.File:
-        return open_h5(self.path, "SPICE HDF5 file")
-
+    # -- index (kept groups: at least one valid conformer; class label = group name) -------------
     def _factor(self, dset: h5py.Dataset, key: str) -> float:
         unit = string_attr(dset, "units")
         if unit is None:
@@ -115,35 +101,24 @@ class SpiceDataset(Dataset):
             raise DataError("the file holds no molecule groups", file=self.path, fix="check that this is a SPICE file")
         for name in names:
             self._index_group(f, name)
-        if not self._names:
+        if self._first_nan is not None and not self.skip_nan:
             raise DataError(
-                f"no usable conformers ({self.n_skipped_nan} skipped for NaN, {self.n_groups_empty} empty groups)",
+                f"{self.n_skipped_nan} conformer(s) have a NaN energy or gradient",
                 file=self.path,
-                fix="check the file",
+                record=self._first_nan,
+                fix="repair the file, or pass -o skip_nan=true to leave those conformers out (they are counted "
+                "in the metadata as n_skipped_nan)",
             )
+        self._require_rows(
+            f"no usable conformers ({self.n_skipped_nan} skipped for NaN, {self.n_groups_empty} empty groups)",
+            fix="check the file",
+        )
 
     def _index_group(self, f: h5py.File, name: str) -> None:
-        try:
-            group = f[name]
-        except (KeyError, OSError) as exc:  # a dangling link or a damaged object header
-            raise DataError(
-                f"cannot open group '{name}': {exc}", file=self.path, record=name, fix=_FIX_LAYOUT
-            ) from None
-        if not isinstance(group, h5py.Group):
-            raise DataError(f"top-level object '{name}' is not a group", file=self.path, record=name, fix=_FIX_LAYOUT)
-        numbers = get_dataset(group, "atomic_numbers", self.path, _FIX_LAYOUT)
-        pos = get_dataset(group, POSITIONS, self.path, _FIX_LAYOUT)
-        energy = get_dataset(group, ENERGY, self.path, _FIX_LAYOUT)
-        natoms = int(numbers.shape[0]) if numbers.ndim == 1 else -1
-        nconf = int(pos.shape[0]) if pos.ndim == 3 else -1
-        if natoms < 1 or pos.shape[1:] != (natoms, 3) or energy.shape != (nconf,):
-            raise DataError(
-                f"shapes disagree in group '{name}': atomic_numbers {numbers.shape}, {POSITIONS} {pos.shape}, "
-                f"{ENERGY} {energy.shape}",
-                file=self.path,
-                record=name,
-                fix="expected (N,), (M, N, 3) and (M,); repair or remove this molecule",
-            )
+        group = self._top_group(f, name, _FIX_LAYOUT)
+        pos, energy, natoms, nconf = self._row_datasets(
+            group, name, POSITIONS, ENERGY, layout_fix=_FIX_LAYOUT, shape_fix=_FIX_SHAPES
+        )
         if nconf == 0:
             self.n_groups_empty += 1
             return
@@ -157,55 +132,33 @@ class SpiceDataset(Dataset):
         )
         bad = np.isnan(read_rows(energy, np.s_[:], self.path, name))
         if grad is not None:
-            if grad.shape != (nconf, natoms, 3):
-                raise DataError(
-                    f"{GRADIENT} has shape {grad.shape} in group '{name}', expected ({nconf}, {natoms}, 3)",
-                    file=self.path,
-                    record=name,
-                    fix="repair or remove this molecule",
-                )
-            bad |= nan_rows(grad, self.path, name)
-        n_bad = int(bad.sum())
-        self.n_skipped_nan += n_bad
-        if n_bad == nconf:
-            return
-        self._names.append(name)
-        self._natoms.append(natoms)
-        self._nconf.append(nconf)
-        self._valid.append(np.flatnonzero(~bad).astype(np.int32) if n_bad else None)
-        self._factors.append(factors)
-        self._offsets.append(self._offsets[-1] + nconf - n_bad)
+            bad |= self._nan_force_rows(grad, GRADIENT, name, (nconf, natoms, 3), "repair or remove this molecule")
+        if self._first_nan is None and bad.any():
+            self._first_nan = f"{name}/{int(np.flatnonzero(bad)[0])}"
+        if self._add_group(name, natoms, nconf, bad):
+            self._factors.append(factors)
 
     # -- reading --------------------------------------------------------------------------------
-    def _length(self) -> int:
-        return self._offsets[-1]
+    def _make_entry(self, g: int) -> dict[str, Any]:
+        """Datasets, atomic numbers and strings of molecule `g`."""
+        name = self._labels[g]
+        group = self.handle()[name]
+        _, _, f_grad, f_form = self._factors[g]
+        return {
+            POSITIONS: group[POSITIONS],
+            ENERGY: group[ENERGY],
+            GRADIENT: group[GRADIENT] if f_grad is not None else None,
+            FORMATION: group[FORMATION] if f_form is not None else None,
+            "numbers": read_rows(group["atomic_numbers"], np.s_[:], self.path, name).astype(np.int64),
+            "subset": decode_text(group["subset"][()]) if "subset" in group else None,
+            "smiles": decode_text(group["smiles"][()]) if "smiles" in group else None,
+        }
 
-    def _group(self, g: int) -> dict[str, Any]:
-        """Datasets, atomic numbers and strings of molecule `g` (cached)."""
+    def _row_bytes(self, g: int) -> int:
+        return self._natoms[g] * 3 * 8 * 2 + 16
 
-        def make() -> dict[str, Any]:
-            name = self._names[g]
-            group = self.handle()[name]
-            _, _, f_grad, f_form = self._factors[g]
-            return {
-                POSITIONS: group[POSITIONS],
-                ENERGY: group[ENERGY],
-                GRADIENT: group[GRADIENT] if f_grad is not None else None,
-                FORMATION: group[FORMATION] if f_form is not None else None,
-                "numbers": read_rows(group["atomic_numbers"], np.s_[:], self.path, name).astype(np.int64),
-                "subset": decode_text(group["subset"][()]) if "subset" in group else None,
-                "smiles": decode_text(group["smiles"][()]) if "smiles" in group else None,
-            }
-
-        return self._groups.get(self.handle(), g, make)
-
-    def _load_block(self, g: int, row: int, index: int) -> RowBlock:
+    def _read_block(self, g: int, entry: dict[str, Any], sel: slice, record: str) -> dict[str, np.ndarray]:
         f_pos, f_energy, f_grad, f_form = self._factors[g]
-        rows = block_rows_for(self._natoms[g] * 3 * 8 * 2 + 16)
-        start, stop = block_range(row, self._nconf[g], index, self._last, rows)
-        entry = self._group(g)
-        record = f"{self._names[g]}/{row}"
-        sel = np.s_[start:stop]
         pos = read_rows(entry[POSITIONS], sel, self.path, record).astype(np.float64)
         pos *= f_pos
         arrays = {"positions": pos, "energy": read_rows(entry[ENERGY], sel, self.path, record) * f_energy}
@@ -215,20 +168,11 @@ class SpiceDataset(Dataset):
             arrays["forces"] = forces
         if f_form is not None:
             arrays["formation_energy"] = read_rows(entry[FORMATION], sel, self.path, record) * f_form
-        return RowBlock(g, start, stop, arrays, {k: entry[k] for k in ("numbers", "subset", "smiles")})
+        return arrays
 
-    def _read(self, index: int) -> Record:
-        g = bisect.bisect_right(self._offsets, index) - 1
-        k = index - self._offsets[g]
-        valid = self._valid[g]
-        row = k if valid is None else int(valid[k])
-        block = self._block
-        if block is None or not block.holds(g, row):
-            block = self._block = self._load_block(g, row, index)
-        self._last = index
-        j = row - block.start
+    def _record(self, g: int, row: int, block: RowBlock, j: int) -> Record:
         arrays, extra = block.arrays, block.extra
-        name = self._names[g]
+        name = self._labels[g]
         forces = arrays.get("forces")
         formation = arrays.get("formation_energy")
         return Record(
@@ -242,29 +186,19 @@ class SpiceDataset(Dataset):
             info={"subset": extra["subset"], "smiles": extra["smiles"]},
         )
 
-    # -- fast paths -----------------------------------------------------------------------------
-    @classmethod
-    def sniff(cls, path: Path) -> bool:
-        return sniff_kind(Path(path)) == "spice"
-
-    def class_labels(self) -> np.ndarray:
-        counts = np.diff(np.asarray(self._offsets, dtype=np.int64))
-        return np.repeat(np.asarray(self._names, dtype=object), counts)
-
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
         meta.update(
-            n_molecules=len(self._names),
+            n_molecules=len(self._labels),
             n_skipped_nan=self.n_skipped_nan,
             n_groups_empty=self.n_groups_empty,
             n_molecules_without_gradient=sum(1 for fac in self._factors if fac[2] is None),
             units_seen=dict(self.units_seen),
             units_defaulted=dict(self.units_defaulted),
         )
+        seen: dict[str, list[str]] = {}
+        for entry in self.units_seen:  # "dataset: unit" -> the units this file really uses
+            key, _, unit = entry.partition(": ")
+            seen.setdefault(key, []).append(unit)
+        meta["source_units"] = {key: " / ".join(sorted(units)) for key, units in seen.items()}
         return meta
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_block"] = None
-        state["_last"] = -1
-        return state

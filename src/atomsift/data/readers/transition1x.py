@@ -8,24 +8,13 @@ and subgroups `reactant`, `transition_state`, `product` that repeat path frames 
 
 from __future__ import annotations
 
-import bisect
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from atomsift.data.base import Dataset
-from atomsift.data.readers._h5 import (
-    GroupCache,
-    RowBlock,
-    block_range,
-    block_rows_for,
-    get_dataset,
-    open_h5,
-    read_rows,
-    sniff_kind,
-)
+from atomsift.data.readers._h5 import GroupedH5Dataset, RowBlock, get_dataset, read_rows
 from atomsift.data.record import Record
 from atomsift.errors import ConfigError, DataError
 
@@ -47,7 +36,7 @@ _FIX_LAYOUT = (
 )
 
 
-class Transition1xDataset(Dataset):
+class Transition1xDataset(GroupedH5Dataset):
     """Transition-1x reaction-path frames, in eV, eV/A and A (the file's own units).
 
     Args:
@@ -62,6 +51,8 @@ class Transition1xDataset(Dataset):
     format_name = "transition1x"
     description = "Transition-1x HDF5 (reaction paths by formula; eV, eV/A)"
     source_units = {"energy": "eV", "forces": "eV/angstrom", "positions": "angstrom"}
+    file_what = "Transition-1x HDF5 file"
+    block_extra = ("numbers", "reference")
 
     def __init__(self, path: str | Path, *, split: str | None = None) -> None:
         super().__init__(path)
@@ -72,22 +63,12 @@ class Transition1xDataset(Dataset):
                 fix="use split=train, val or test, or leave it out for every frame under /data",
             )
         self.split = None if split == "data" else split
-        self._formulas: list[str] = []  # per reaction
-        self._rxns: list[str] = []
+        self._rxns: list[str] = []  # per reaction (its class label is its formula)
         self._paths: list[str] = []  # HDF5 path of each reaction group
-        self._natoms: list[int] = []
-        self._nframes: list[int] = []
-        self._offsets: list[int] = [0]
         self.n_reactions_empty = 0
-        self._block: RowBlock | None = None
-        self._last = -1
-        self._groups = GroupCache()
         self._build_index()
 
     # -- index ----------------------------------------------------------------------------------
-    def _open(self) -> h5py.File:
-        return open_h5(self.path, "Transition-1x HDF5 file")
-
     def _split_root(self, f: h5py.File) -> h5py.Group:
         name = self.split or "data"
         root = f.get(name)
@@ -117,12 +98,10 @@ class Transition1xDataset(Dataset):
                 )
             for rxn in group.keys():
                 self._index_reaction(group, formula, rxn)
-        if not self._formulas:
-            raise DataError(
-                f"no reaction frames under '/{self.split or 'data'}'",
-                file=self.path,
-                fix="check the file (it should hold /data/<formula>/<rxn>/positions) or choose another split",
-            )
+        self._require_rows(
+            f"no reaction frames under '/{self.split or 'data'}'",
+            fix="check the file (it should hold /data/<formula>/<rxn>/positions) or choose another split",
+        )
 
     def _index_reaction(self, group: h5py.Group, formula: str, rxn: str) -> None:
         node = group.get(rxn)
@@ -147,69 +126,52 @@ class Transition1xDataset(Dataset):
         if nframes == 0:
             self.n_reactions_empty += 1
             return
-        self._formulas.append(formula)
+        self._add_group(formula, natoms, nframes)
         self._rxns.append(rxn)
         self._paths.append(node.name)
-        self._natoms.append(natoms)
-        self._nframes.append(nframes)
-        self._offsets.append(self._offsets[-1] + nframes)
 
     # -- reading --------------------------------------------------------------------------------
-    def _length(self) -> int:
-        return self._offsets[-1]
+    def _group_id(self, g: int) -> str:
+        return f"{self._labels[g]}/{self._rxns[g]}"
 
-    def _group(self, g: int) -> dict[str, Any]:
-        """Datasets, atomic numbers and reference energy of reaction `g` (cached; shapes checked)."""
+    def _make_entry(self, g: int) -> dict[str, Any]:
+        """Datasets, atomic numbers and reference energy of reaction `g` (shapes checked)."""
+        natoms, nframes = self._natoms[g], self._nrows[g]
+        node = self.handle()[self._paths[g]]
+        record = self._group_id(g)
+        energy = get_dataset(node, ENERGY_KEY, self.path, _FIX_LAYOUT)
+        forces = get_dataset(node, FORCES_KEY, self.path, _FIX_LAYOUT)
+        if energy.shape != (nframes,) or forces.shape != (nframes, natoms, 3):
+            raise DataError(
+                f"'{node.name}' has {ENERGY_KEY} {energy.shape} and {FORCES_KEY} {forces.shape}, "
+                f"expected ({nframes},) and ({nframes}, {natoms}, 3)",
+                file=self.path,
+                record=f"{record}/0",
+                fix="repair or remove this reaction",
+            )
+        numbers = read_rows(node["atomic_numbers"], np.s_[:], self.path, record).astype(np.int64)
+        zs = numbers.tolist()
+        known = all(z in REFERENCE_ENERGIES for z in zs)
+        return {
+            "positions": node["positions"],
+            "energy": energy,
+            "forces": forces,
+            "numbers": numbers,
+            "reference": sum(REFERENCE_ENERGIES[z] for z in zs) if known else None,
+        }
 
-        def make() -> dict[str, Any]:
-            natoms, nframes = self._natoms[g], self._nframes[g]
-            node = self.handle()[self._paths[g]]
-            record = f"{self._formulas[g]}/{self._rxns[g]}"
-            energy = get_dataset(node, ENERGY_KEY, self.path, _FIX_LAYOUT)
-            forces = get_dataset(node, FORCES_KEY, self.path, _FIX_LAYOUT)
-            if energy.shape != (nframes,) or forces.shape != (nframes, natoms, 3):
-                raise DataError(
-                    f"'{node.name}' has {ENERGY_KEY} {energy.shape} and {FORCES_KEY} {forces.shape}, "
-                    f"expected ({nframes},) and ({nframes}, {natoms}, 3)",
-                    file=self.path,
-                    record=f"{record}/0",
-                    fix="repair or remove this reaction",
-                )
-            numbers = read_rows(node["atomic_numbers"], np.s_[:], self.path, record).astype(np.int64)
-            zs = numbers.tolist()
-            known = all(z in REFERENCE_ENERGIES for z in zs)
-            return {
-                "positions": node["positions"],
-                "energy": energy,
-                "forces": forces,
-                "numbers": numbers,
-                "reference": sum(REFERENCE_ENERGIES[z] for z in zs) if known else None,
-            }
+    def _row_bytes(self, g: int) -> int:
+        return self._natoms[g] * 3 * 8 * 2 + 8
 
-        return self._groups.get(self.handle(), g, make)
-
-    def _load_block(self, g: int, row: int, index: int) -> RowBlock:
-        natoms, nframes = self._natoms[g], self._nframes[g]
-        start, stop = block_range(row, nframes, index, self._last, block_rows_for(natoms * 3 * 8 * 2 + 8))
-        entry = self._group(g)
-        record = f"{self._formulas[g]}/{self._rxns[g]}/{row}"
-        sel = np.s_[start:stop]
-        arrays = {
+    def _read_block(self, g: int, entry: dict[str, Any], sel: slice, record: str) -> dict[str, np.ndarray]:
+        return {
             key: read_rows(entry[key], sel, self.path, record).astype(np.float64, copy=False)
             for key in ("positions", "energy", "forces")
         }
-        return RowBlock(g, start, stop, arrays, {"numbers": entry["numbers"], "reference": entry["reference"]})
 
-    def _read(self, index: int) -> Record:
-        g = bisect.bisect_right(self._offsets, index) - 1
-        row = index - self._offsets[g]
-        block = self._block
-        if block is None or not block.holds(g, row):
-            block = self._block = self._load_block(g, row, index)
-        self._last = index
-        j = row - block.start
+    def _record(self, g: int, row: int, block: RowBlock, j: int) -> Record:
         arrays = block.arrays
-        formula, rxn = self._formulas[g], self._rxns[g]
+        formula, rxn = self._labels[g], self._rxns[g]
         energy = float(arrays["energy"][j])
         reference = block.extra["reference"]
         targets = {} if reference is None else {"atomization_energy": energy - reference}
@@ -224,29 +186,14 @@ class Transition1xDataset(Dataset):
             info={"rxn": rxn, "frame": row},
         )
 
-    # -- fast paths -----------------------------------------------------------------------------
-    @classmethod
-    def sniff(cls, path: Path) -> bool:
-        return sniff_kind(Path(path)) == "transition1x"
-
-    def class_labels(self) -> np.ndarray:
-        counts = np.diff(np.asarray(self._offsets, dtype=np.int64))
-        return np.repeat(np.asarray(self._formulas, dtype=object), counts)
-
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
         meta.update(
             split=self.split,
-            n_formulas=len(set(self._formulas)),
-            n_reactions=len(self._formulas),
+            n_formulas=len(set(self._labels)),
+            n_reactions=len(self._labels),
             n_reactions_empty=self.n_reactions_empty,
             energy_key=ENERGY_KEY,
             forces_key=FORCES_KEY,
         )
         return meta
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_block"] = None
-        state["_last"] = -1
-        return state
