@@ -387,3 +387,15 @@ def test_truncated_aselmdb_is_an_error_not_a_crash(tmp_path, frames):
     # reading a truncated map would kill the process with SIGBUS: check in a child process
     code = f"from atomsift.data import open_dataset\ntry:\n    open_dataset({str(cut)!r})\nexcept Exception:\n    pass\n"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_extxyz_hints_at_other_label_keys(tmp_path):
+    path = tmp_path / "ref.xyz"
+    path.write_text('2\nREF_energy=-1.5 pbc="F F F" Properties=species:S:1:pos:R:3:REF_forces:R:3\n'
+                    "H 0 0 0 0.1 0 0\nH 0 0 1 -0.1 0 0\n")
+    ds = open_dataset(path)
+    assert ds[0].energy is None and ds[0].forces is None
+    hints = " ".join(ds.metadata()["hints"])
+    assert "energy_key=REF_energy" in hints and "forces_key=REF_forces" in hints
+    fixed = open_dataset(path, energy_key="REF_energy", forces_key="REF_forces")
+    assert fixed[0].energy == -1.5 and fixed[0].forces[0, 0] == 0.1 and "hints" not in fixed.metadata()

@@ -233,14 +233,23 @@ def test_matbench_bad_inputs(tmp_path, monkeypatch):
     assert "mb-phonons-05" in str(err.value)
 
 
-def test_matbench_official_validation_ids_match(tmp_path):
-    """The official file (when the matbench wheel is installed) uses the same id rule."""
+def test_matbench_official_folds_select_the_official_ids(tmp_path):
+    """With the matbench wheel installed (`make` installs it with --no-deps), fold 0 of a phonons file
+    in the release layout (1,265 rows) yields exactly the official fold-0 test ids, in file order."""
     official = matbench_module.find_validation_file()
     if official is None:
-        pytest.skip("matbench package not installed")
+        pytest.skip("matbench package not installed (make test installs it)")
     splits = json.loads(official.read_text())["splits"]["matbench_phonons"]["fold_0"]
     ids = sorted(splits["train"] + splits["test"])
     assert ids[0] == "mb-phonons-0001" and ids[-1] == "mb-phonons-1265"
+    path = make_matbench(tmp_path, n=1265)
+    test = open_dataset(path, fold=0, fold_part="test")
+    train = open_dataset(path, fold=0, fold_part="train")
+    assert len(test) == len(splits["test"]) == 253 and len(train) == len(splits["train"]) == 1012
+    got = [test[i].id for i in range(len(test))]
+    assert sorted(got) == sorted(splits["test"]) and got == sorted(got)
+    row = int(got[0].rsplit("-", 1)[1]) - 1  # value of row i is 100 + 7 i
+    assert test[0].targets["last phdos peak"] == 100.0 + 7 * row
 
 
 # -- adsorbates on metals -------------------------------------------------------------------------

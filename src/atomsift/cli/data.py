@@ -48,7 +48,7 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.10g}"
     if isinstance(value, list):
         return " ".join(map(str, value))
     return str(value)
@@ -81,9 +81,11 @@ def inspect(
             continue
         table.add_row(key, _fmt(value))
     for key, value in summary["metadata"].items():
-        if key not in ("path", "format", "n_structures"):
+        if key not in ("path", "format", "n_structures", "hints"):
             table.add_row(f"meta.{key}", _fmt(value))
     console.print(table)
+    for hint in summary["metadata"].get("hints", []):
+        console.print(f"[yellow]hint:[/yellow] {hint}")
 
 
 @app.command()

@@ -277,6 +277,16 @@ class ExtxyzDataset(Dataset):
                     file=self.path,
                     fix=f"choose {option} from: {', '.join(sorted(where)) or 'none'}",
                 )
+        # the default keys are absent but others look like labels (e.g. MACE's REF_energy): say so
+        self.hints: list[str] = []
+        for option, key, where in (("energy_key", energy_key, first.values), ("forces_key", forces_key, first.arrays)):
+            stem = key.rsplit("_", 1)[-1].lower()
+            alternatives = sorted(k for k in where if stem in k.lower() and k != key)
+            if key not in where and alternatives:
+                self.hints.append(
+                    f"no '{key}' in the first frame; it has {', '.join(alternatives)}: "
+                    f"pass -o {option}={alternatives[0]} to read it"
+                )
 
     # -- index --------------------------------------------------------------------------------
     def _scan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -482,4 +492,6 @@ class ExtxyzDataset(Dataset):
         meta = super().metadata()
         meta.update({"energy_key": self.energy_key, "forces_key": self.forces_key, "class_key": self.class_key,
                      "n_atoms_total": int(self._natoms.sum())})
+        if self.hints:
+            meta["hints"] = self.hints
         return meta

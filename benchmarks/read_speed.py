@@ -1,0 +1,239 @@
+"""Reading speed and memory of atomsift's readers.
+
+Prints one table: records/s of sequential `ds[i]` reads for every reader on real fixtures and on small
+generated files in the release layouts, then records/s and resident memory while iterating a generated
+~1 GB file in the ANI-1x layout (memory must stay flat: no whole-file loads).
+
+    .venv/bin/python benchmarks/read_speed.py            # full run (~1 GB written under benchmarks/_work)
+    .venv/bin/python benchmarks/read_speed.py --large-gb 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import platform
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import lmdb
+import numpy as np
+import psutil
+import torch
+
+from atomsift.data import open_dataset
+from atomsift.data.bundled import bundled_dir
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "_work"
+SHARED = HERE.parents[1] / "shared" / "data"
+
+
+def rate(ds, min_seconds: float = 1.0, limit: int | None = None) -> tuple[float, int, float]:
+    """Sequential reads of ds[0..n): (records/s, records read, mean atoms per record)."""
+    n = len(ds) if limit is None else min(len(ds), limit)
+    count, atoms = 0, 0
+    start = time.perf_counter()
+    while True:
+        for i in range(n):
+            atoms += ds[i].natoms
+        count += n
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return count / elapsed, count, atoms / count
+
+
+# -- generated files in release layouts --------------------------------------------------------------
+def ethanol_frames() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(numbers (9,), positions (F,9,3) A, energies (F,) eV, forces (F,9,3) eV/A) of the bundled rMD17 ethanol."""
+    from ase.io import read
+
+    frames = read(bundled_dir() / "rmd17_ethanol_1000.xyz", index=":")
+    return (
+        frames[0].numbers,
+        np.stack([a.positions for a in frames]),
+        np.array([a.get_potential_energy() for a in frames]),
+        np.stack([a.get_forces() for a in frames]),
+    )
+
+
+def write_oc_lmdb(folder: Path, n_records: int, n_files: int = 2) -> Path:
+    """OC20-style LMDB folder of pickled torch_geometric Data (newer writer names), ethanol molecules."""
+    from torch_geometric.data import Data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    numbers, pos, energy, forces = ethanol_frames()
+    per_file = -(-n_records // n_files)
+    k = 0
+    for f in range(n_files):
+        env = lmdb.open(str(folder / f"data.{f:04d}.lmdb"), subdir=False, map_size=2**34, meminit=False)
+        with env.begin(write=True) as txn:
+            m = min(per_file, n_records - k)
+            for j in range(m):
+                i = k % len(pos)
+                data = Data(
+                    pos=torch.tensor(pos[i], dtype=torch.float32),
+                    cell=torch.eye(3).unsqueeze(0) * 20.0,
+                    atomic_numbers=torch.tensor(numbers, dtype=torch.float32),
+                    natoms=len(numbers),
+                    tags=torch.zeros(len(numbers), dtype=torch.long),
+                    fixed=torch.zeros(len(numbers)),
+                    sid=k,
+                    fid=0,
+                    energy=float(energy[i]),
+                    forces=torch.tensor(forces[i], dtype=torch.float32),
+                )
+                txn.put(str(j).encode(), pickle.dumps(data, protocol=-1))
+                k += 1
+            txn.put(b"length", pickle.dumps(m, protocol=-1))
+        env.close()
+    return folder
+
+
+def write_rmd17(path: Path, n_frames: int) -> Path:
+    """rMD17 npz (kcal/mol, kcal/mol/A) from the ethanol frames, tiled to n_frames."""
+    numbers, pos, energy, forces = ethanol_frames()
+    reps = -(-n_frames // len(pos))
+    kcal = 0.0433641
+    np.savez(
+        path,
+        nuclear_charges=numbers,
+        coords=np.tile(pos, (reps, 1, 1))[:n_frames],
+        energies=np.tile(energy / kcal, reps)[:n_frames],
+        forces=np.tile(forces / kcal, (reps, 1, 1))[:n_frames],
+        old_indices=np.arange(n_frames),
+        old_energies=np.tile(energy / kcal, reps)[:n_frames],
+        old_forces=np.tile(forces / kcal, (reps, 1, 1))[:n_frames],
+    )
+    return path
+
+
+def write_large_ani1x(path: Path, target_gb: float, seed: int = 0) -> tuple[Path, int]:
+    """An ANI-1x-layout HDF5 of about target_gb GB with random CHNO molecules (5-24 atoms).
+
+    Per group: atomic_numbers uint8, coordinates float32 A, wb97x_dz.energy float64 Ha,
+    wb97x_dz.forces float32 Ha/A, wb97x_tz.energy / .forces, ccsd(t)_cbs.energy (mostly NaN), as in the release.
+    """
+    rng = np.random.default_rng(seed)
+    per_conf_bytes = lambda n: n * 3 * 4 * 3 + 8 * 3  # coords + 2 force sets + 3 energies
+    written, groups, conformers = 0, 0, 0
+    target = int(target_gb * 1e9)
+    with h5py.File(path, "w") as f:
+        while written < target:
+            counts = rng.integers(0, [9, 17, 4, 5])
+            counts[0] = max(counts[0], 1)
+            counts[1] = max(counts[1], 4)
+            name = "".join(f"{s}{c}" for s, c in zip("CHNO", counts, strict=True))
+            if name in f:
+                continue
+            numbers = np.repeat(np.array([6, 1, 7, 8], dtype=np.uint8), counts)
+            n, m = len(numbers), int(rng.integers(200, 3000))
+            g = f.create_group(name)
+            g["atomic_numbers"] = numbers
+            g["coordinates"] = (rng.normal(size=(m, n, 3)) * 1.5).astype(np.float32)
+            g["wb97x_dz.energy"] = -40.0 * n + rng.normal(size=m)
+            g["wb97x_dz.forces"] = (rng.normal(size=(m, n, 3)) * 0.05).astype(np.float32)
+            g["wb97x_tz.energy"] = -40.0 * n + rng.normal(size=m)
+            g["wb97x_tz.forces"] = (rng.normal(size=(m, n, 3)) * 0.05).astype(np.float32)
+            cc = np.full(m, np.nan)
+            cc[: m // 10] = -40.0 * n
+            g["ccsd(t)_cbs.energy"] = cc
+            written += m * per_conf_bytes(n)
+            groups += 1
+            conformers += m
+    return path, conformers
+
+
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def iterate_large(path: Path, limit: int | None) -> dict[str, float]:
+    """Sequential pass over the large file: rate, RSS at start/middle/end and peak, random-access rate."""
+    ds = open_dataset(path, format="ani1x")
+    n = len(ds) if limit is None else min(limit, len(ds))
+    rss0 = rss_mb()
+    peak = rss0
+    marks = {}
+    start = time.perf_counter()
+    for i in range(n):
+        ds[i]
+        if i % 20_000 == 0:
+            peak = max(peak, rss_mb())
+        if i == n // 2:
+            marks["rss_mid"] = rss_mb()
+    seq = n / (time.perf_counter() - start)
+    peak = max(peak, rss_mb())
+    idx = np.random.default_rng(0).integers(0, len(ds), 20_000)
+    start = time.perf_counter()
+    for i in idx:
+        ds[int(i)]
+    rnd = len(idx) / (time.perf_counter() - start)
+    return {"n": n, "seq": seq, "random": rnd, "rss_start": rss0, "rss_mid": marks.get("rss_mid", rss0),
+            "rss_end": rss_mb(), "rss_peak": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--large-gb", type=float, default=1.0, help="size of the generated ANI-1x-layout file")
+    parser.add_argument("--large-limit", type=int, default=None, help="read only the first N records of it")
+    parser.add_argument("--lmdb-records", type=int, default=50_000)
+    args = parser.parse_args()
+    WORK.mkdir(exist_ok=True)
+    torch.set_num_threads(1)
+
+    cases: list[tuple[str, str, str | None, dict]] = [
+        ("ANI-1x fixture (real, 5 groups)", str(SHARED / "fixtures/ani1x/ani1_n5.hdf5"), "ani1x", {}),
+        ("SPICE fixture (real, 2 molecules)", str(SHARED / "fixtures/spice/SPICE-1.1.4_n2.hdf5"), "spice", {}),
+        ("QM9 raw xyz tarball (real, 10)", str(SHARED / "fixtures/qm9/first10.tar.bz2"), "qm9-xyz", {}),
+        ("extxyz rMD17 ethanol (bundled)", "bundled:ethanol", None, {}),
+        ("extxyz acac MD (bundled)", "bundled:acac", None, {}),
+        ("ASE SQLite oxides (bundled)", "bundled:oxides", None, {}),
+        ("adsorbates JSON (bundled)", "bundled:adsorbates", None, {}),
+    ]
+    lmdb_dir = WORK / "oc_lmdb_ethanol"
+    if not (lmdb_dir / "data.0001.lmdb").exists():
+        write_oc_lmdb(lmdb_dir, args.lmdb_records)
+    cases.append((f"OC LMDB, ethanol x {args.lmdb_records} (generated)", str(lmdb_dir), "oc-lmdb", {}))
+    npz = WORK / "rmd17_ethanol.npz"
+    if not npz.exists():
+        write_rmd17(npz, 100_000)
+    cases.append(("rMD17 npz, 100k frames (generated)", str(npz), "rmd17", {}))
+    aselmdb = WORK / "ethanol.aselmdb"
+    if not aselmdb.exists():
+        from atomsift.data.readers.asedb import write_aselmdb
+
+        src = open_dataset("bundled:ethanol")
+        write_aselmdb(aselmdb, (src[i] for i in range(len(src))), metadata={}, total=len(src), progress=False)
+    cases.append(("ASE-LMDB ethanol (converted)", str(aselmdb), "aselmdb", {}))
+
+    print(f"# atomsift reading benchmark  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print()
+    print(f"| {'reader / file':<44} | {'format':<10} | {'records':>8} | {'atoms/rec':>9} | {'records/s':>10} |")
+    print(f"|{'-' * 46}|{'-' * 12}|{'-' * 10}|{'-' * 11}|{'-' * 12}|")
+    for label, path, fmt, opts in cases:
+        ds = open_dataset(path, format=fmt, **opts)
+        r, _, atoms = rate(ds, limit=20_000)
+        print(f"| {label:<44} | {ds.format_name:<10} | {len(ds):>8} | {atoms:>9.1f} | {r:>10.0f} |", flush=True)
+
+    large = WORK / f"ani1x_layout_{args.large_gb:g}GB.h5"
+    if not large.exists():
+        t0 = time.perf_counter()
+        _, n_conf = write_large_ani1x(large, args.large_gb)
+        print(f"\n(generated {large.name}: {large.stat().st_size / 1e9:.2f} GB, {n_conf} conformers, "
+              f"{time.perf_counter() - t0:.0f} s)")
+    res = iterate_large(large, args.large_limit)
+    print()
+    print(f"Large ANI-1x-layout file: {large.stat().st_size / 1e9:.2f} GB")
+    print("| records read | sequential rec/s | random rec/s | RSS start MB | RSS middle MB | RSS end MB | RSS peak MB |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {res['n']} | {res['seq']:.0f} | {res['random']:.0f} | {res['rss_start']:.0f} | {res['rss_mid']:.0f} "
+          f"| {res['rss_end']:.0f} | {res['rss_peak']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
