@@ -199,6 +199,32 @@ def generated_cases(work: Path) -> list[tuple[str, str, str | None, dict]]:
     return cases
 
 
+def unpickle_comparison(folder: Path, n: int = 20_000) -> tuple[float, float]:
+    """Values/s of decoding the same LMDB values: (atomsift's pyg_pickle.loads, pickle.loads with
+    torch_geometric installed followed by .numpy() of each tensor, i.e. what a reader would do)."""
+    import pickle as std_pickle
+
+    import lmdb
+    import torch
+
+    from atomsift.data.readers.pyg_pickle import loads
+
+    env = lmdb.open(str(folder / "data.0000.lmdb"), subdir=False, readonly=True, lock=False)
+    with env.begin() as txn:
+        values = [txn.get(str(i).encode()) for i in range(n)]
+    env.close()
+    start = time.perf_counter()
+    for v in values:
+        loads(v)
+    ours = n / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for v in values:
+        data = std_pickle.loads(v)
+        {k: (t.numpy() if isinstance(t, torch.Tensor) else t) for k, t in data.to_dict().items()}
+    theirs = n / (time.perf_counter() - start)
+    return ours, theirs
+
+
 def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
@@ -275,6 +301,15 @@ def main() -> None:
         ds = open_dataset(path, format=fmt, **opts)
         r, _, atoms = rate(ds, limit=20_000)
         print(f"| {label:<44} | {ds.format_name:<15} | {len(ds):>8} | {atoms:>9.1f} | {r:>10.0f} |", flush=True)
+
+    ours, theirs = unpickle_comparison(lmdb_dir)
+    print()
+    print("Decoding the OC LMDB values (pickled torch_geometric Data of ethanol), side by side:")
+    print("| decoder | values/s |")
+    print("|---|---|")
+    print(f"| atomsift pyg_pickle.loads (no torch_geometric) | {ours:.0f} |")
+    print(f"| pickle.loads with torch_geometric, tensors to numpy | {theirs:.0f} |")
+    print(f"| ratio | {ours / theirs:.1f}x |")
 
     large = WORK / f"ani1x_layout_{args.large_gb:g}GB.h5"
     if not large.exists():
