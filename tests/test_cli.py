@@ -67,7 +67,7 @@ def test_unknown_target_lists_the_available_ones():
 
 
 def test_demo_prints_table_and_saves_json(tmp_path):
-    proc = run("demo", "--out", str(tmp_path))
+    proc = run("demo", "--out", str(tmp_path), "--no-csi")  # the CSI part: tests/test_csi_pipeline.py
     assert proc.returncode == 0, proc.stderr
     for name in ("bundled:ethanol", "bundled:acac", "bundled:oxides", "bundled:adsorbates", "bundled:oc20-frame"):
         assert name in proc.stdout

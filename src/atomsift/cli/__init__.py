@@ -33,9 +33,10 @@ def _root(
 
 
 def _register() -> None:
-    from atomsift.cli import data, demo
+    from atomsift.cli import csi, data, demo
 
     app.add_typer(data.app, name="data")
+    app.command("csi")(csi.csi)
     app.command("demo")(demo.demo)
 
 

@@ -1,0 +1,65 @@
+"""`atomsift csi`: rank upstream datasets by their Chemical Similarity Index to downstream sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+import yaml
+from rich.console import Console
+
+DATASET_HELP = (
+    "NAME=PATH[,key=value...]; keys format, sampling (balanced|random), n_samples, and reader options "
+    "(split, classes, level, ...). Repeatable."
+)
+
+
+def csi(
+    upstream: list[str] | None = typer.Option(None, "--upstream", "-u", help="Upstream candidate: " + DATASET_HELP),
+    downstream: list[str] | None = typer.Option(None, "--downstream", "-d", help="Downstream set: " + DATASET_HELP),
+    out: Path = typer.Option(..., "--out", help="Output folder (csi.json, csi.csv, csi_bars.png, subsets/, cache/)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with any of these settings (see configs/)."),
+    extractor: str | None = typer.Option(None, "--extractor", help="sevenn (default), chgnet, soap, soap-full."),
+    aggregation: str | None = typer.Option(None, "--aggregation", help="flat (default: every atom), mean, sum, max."),
+    n_samples: int | None = typer.Option(None, "--n-samples", help="Structures per dataset (default 10000)."),
+    bootstrap: int | None = typer.Option(None, "--bootstrap", help="Bootstrap resamples for intervals (0: off; default 100)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of sampling and bootstrap (default 0)."),
+    shrinkage: str | None = typer.Option(None, "--shrinkage", help="Covariance shrinkage: a weight in [0,1] or 'auto'."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Statistics cache (default OUT/cache)."),
+    recompute: bool = typer.Option(False, "--recompute", help="Replace cached statistics whose settings differ."),
+    device: str | None = typer.Option(None, "--device", help="Torch device of the extractor (default cpu)."),
+) -> None:
+    """Rank upstream datasets by CSI to each downstream set (lowest first), with bootstrap intervals."""
+    from atomsift.csi.config import load_config, parse_dataset_arg
+
+    overrides = {
+        "upstream": dict(parse_dataset_arg(a) for a in upstream or []),
+        "downstream": dict(parse_dataset_arg(a) for a in downstream or []),
+        "extractor": extractor,
+        "aggregation": aggregation,
+        "n_samples": n_samples,
+        "bootstrap": bootstrap,
+        "seed": seed,
+        "shrinkage": None if shrinkage is None else (shrinkage if shrinkage == "auto" else float(shrinkage)),
+        "cache_dir": None if cache_dir is None else str(cache_dir),
+        "recompute": recompute or None,
+        "device": device,
+    }
+    overrides["upstream"] = {k: v.model_dump() for k, v in overrides["upstream"].items()}
+    overrides["downstream"] = {k: v.model_dump() for k, v in overrides["downstream"].items()}
+    run_and_report(load_config(config, overrides), out)
+
+
+def run_and_report(cfg, out: Path, console: Console | None = None) -> list[dict]:
+    """Save the resolved config, run CSI, print the ranked tables, write json/csv/png into `out`."""
+    from atomsift.csi.pipeline import run_csi
+    from atomsift.csi.report import print_tables, write_outputs
+
+    console = console or (Console() if Console().is_terminal else Console(width=140))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "csi_config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    rows = run_csi(cfg, out)
+    print_tables(rows, console)
+    paths = write_outputs(rows, out)
+    console.print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
+    return rows

@@ -1,0 +1,6 @@
+"""CSI: the Chemical Similarity Index, a Frechet distance between per-atom feature distributions.
+
+    CSI(u, d) = ||mu_u - mu_d||^2 + Tr(S_u + S_d - 2 (S_u S_d)^(1/2))
+
+computed in float64 from streaming sufficient statistics of backbone features (PAPER.md section 2).
+"""

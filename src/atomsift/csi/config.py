@@ -1,0 +1,107 @@
+"""CSI run configuration: a pydantic model that rejects unknown keys (YAML file and CLI flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from atomsift.errors import ConfigError
+
+
+class DatasetSpec(BaseModel):
+    """One dataset of a CSI run: where it is, how to read it, how to sample it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    format: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="reader options, e.g. split, classes, level")
+    sampling: Literal["balanced", "random"] | None = Field(
+        None, description="default: balanced for upstream, random for downstream"
+    )
+    n_samples: int | None = Field(None, ge=1, description="default: the run's n_samples")
+
+
+class CSIConfig(BaseModel):
+    """Settings of `atomsift csi` (defaults follow PAPER.md section 2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upstream: dict[str, DatasetSpec] = Field(default_factory=dict)
+    downstream: dict[str, DatasetSpec] = Field(default_factory=dict)
+    extractor: str = "sevenn"
+    extractor_options: dict[str, Any] = Field(default_factory=dict)
+    aggregation: Literal["flat", "mean", "sum", "max"] = "flat"
+    n_samples: int = Field(10_000, ge=1, description="structures per dataset")
+    seed: int = 0
+    bootstrap: int = Field(100, ge=0, description="bootstrap resamples for the intervals (0: off)")
+    groups: int = Field(32, ge=2, description="random blocks of whole structures resampled by the bootstrap")
+    confidence: float = Field(0.95, gt=0, lt=1)
+    shrinkage: float | Literal["auto"] | None = Field(
+        None, description="covariance shrinkage towards a scaled identity: a weight in [0, 1], 'auto', or none"
+    )
+    batch_size: int = Field(16, ge=1, description="structures per extractor call")
+    device: str = "cpu"
+    cache_dir: str | None = Field(None, description="default: OUT/cache")
+    recompute: bool = False
+
+    @field_validator("shrinkage")
+    @classmethod
+    def _shrinkage_range(cls, value: Any) -> Any:
+        if isinstance(value, float) and not 0.0 <= value <= 1.0:
+            raise ValueError("shrinkage weight must lie in [0, 1]")
+        return value
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> CSIConfig:
+    """Config from a YAML file (optional) with CLI overrides on top; ConfigError naming bad keys."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read the config file ({exc})", file=path, fix="check the path and YAML syntax") from None
+        if not isinstance(data, dict):
+            raise ConfigError("the config file must hold a mapping", file=path, fix="see configs/csi_demo.yaml")
+    for key, value in overrides.items():
+        if key in ("upstream", "downstream"):
+            data.setdefault(key, {}).update(value)
+        elif value is not None:
+            data[key] = value
+    try:
+        return CSIConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(
+            f"invalid CSI settings ({problems})",
+            file=path,
+            fix="see configs/csi_demo.yaml for every key; unknown keys are rejected",
+        ) from None
+
+
+def parse_dataset_arg(text: str) -> tuple[str, DatasetSpec]:
+    """'NAME=PATH[,key=value...]' -> (name, spec); keys format, sampling, n_samples; others are reader options."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise ConfigError(f"dataset argument '{text}' is not NAME=PATH", fix="write it like ani1x=/data/ani1x.h5")
+    parts = rest.split(",")
+    path_parts = [parts[0]]
+    options: dict[str, Any] = {}
+    for part in parts[1:]:
+        key, eq, value = part.partition("=")
+        if not eq:
+            path_parts.append(part)  # a comma inside the path
+            continue
+        options[key.strip()] = yaml.safe_load(value) if value else value
+    spec: dict[str, Any] = {"path": ",".join(path_parts)}
+    for key in ("format", "sampling", "n_samples"):
+        if key in options:
+            spec[key] = options.pop(key)
+    spec["options"] = options
+    try:
+        return name.strip(), DatasetSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise ConfigError(f"dataset argument '{text}': {exc.errors()[0]['msg']}", fix="see `atomsift csi --help`") from None
