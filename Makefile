@@ -27,6 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/read_speed.py
+	$(PY) benchmarks/frechet_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -4,3 +4,8 @@
 
 computed in float64 from streaming sufficient statistics of backbone features (PAPER.md section 2).
 """
+
+from atomsift.csi.frechet import FrechetReference, frechet_distance, shrink_covariance
+from atomsift.csi.statistics import GaussianStats, GroupedStats
+
+__all__ = ["FrechetReference", "GaussianStats", "GroupedStats", "frechet_distance", "shrink_covariance"]

@@ -24,7 +24,7 @@ def print_tables(rows: list[dict[str, Any]], console: Console | None = None) -> 
         sub = sorted((r for r in rows if r["downstream"] == down), key=lambda r: r["rank"])
         table = Table(title=f"CSI to downstream '{down}' (lower = closer; {sub[0]['extractor']}, {sub[0]['aggregation']})",
                       title_justify="left")
-        for col in ("rank", "upstream", "CSI", "interval", "atoms/obs (up)", "structures (up)"):
+        for col in ("rank", "upstream", "CSI", "interval", "observations (up)", "structures (up)"):
             table.add_column(col, justify="left" if col == "upstream" else "right")
         for r in sub:
             interval = "-" if r["ci_low"] is None else f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
@@ -59,7 +59,7 @@ def bar_chart(rows: list[dict[str, Any]], path: Path) -> None:
     lookup = {(r["downstream"], r["upstream"]): r for r in rows}
     width = 0.8 / len(ups)
     x = np.arange(len(downs))
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(downs) * max(1, len(ups) / 3)), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(downs) * max(1, len(ups) / 3)), 4.0))
     for k, up in enumerate(ups):
         vals, lo, hi = [], [], []
         for down in downs:
@@ -68,12 +68,13 @@ def bar_chart(rows: list[dict[str, Any]], path: Path) -> None:
             vals.append(v)
             lo.append(0.0 if r is None or r["ci_low"] is None else max(v - r["ci_low"], 0.0))
             hi.append(0.0 if r is None or r["ci_high"] is None else max(r["ci_high"] - v, 0.0))
-        ax.bar(x + (k - (len(ups) - 1) / 2) * width, vals, width, yerr=[lo, hi], capsize=3, label=up)
+        bars = ax.bar(x + (k - (len(ups) - 1) / 2) * width, vals, width, yerr=[lo, hi], capsize=3, label=up)
+        ax.bar_label(bars, labels=[f"{v:.3g}" for v in vals], padding=2, fontsize=7)
     ax.set_xticks(x, downs)
     ax.set_xlabel("downstream dataset")
     extractor, aggregation = rows[0]["extractor"], rows[0]["aggregation"]
     ax.set_ylabel(f"CSI ({extractor}, {aggregation})")
-    ax.set_title("Chemical Similarity Index: lower = better aligned")
+    ax.set_title("CSI per downstream set (lower = better aligned)", fontsize=10)
     ax.legend(title="upstream", fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
