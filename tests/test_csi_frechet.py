@@ -201,3 +201,15 @@ def test_oas_weight_close_to_scikit_learn():
         s = np.cov(x, rowvar=False)
         alpha = 1.0 - float(shrink_covariance(s, n)[0, 1] / s[0, 1])
         assert alpha == pytest.approx(alpha_sklearn, rel=0.02)
+
+
+def test_negative_variances_are_refused():
+    import numpy as np
+    import pytest
+
+    from atomsift.csi import frechet_distance
+    from atomsift.errors import ConfigError
+
+    m = np.zeros(3)
+    with pytest.raises(ConfigError, match="negative variances"):
+        frechet_distance(m, -np.eye(3), m, np.eye(3))

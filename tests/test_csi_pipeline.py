@@ -161,3 +161,53 @@ def test_demo_csi_settings_are_valid_and_rank_as_documented(tmp_path):
     rows = run_csi(cfg, tmp_path)
     best = {r["downstream"]: r["upstream"] for r in rows if r["rank"] == 1}
     assert best == {"ethanol": "acac", "oxides": "oxides"}
+
+
+def test_copies_of_a_structure_share_a_bootstrap_group(tmp_path):
+    """Balanced sampling of a small class repeats structures; all copies must sit in one bootstrap group,
+    and the cache file also holds mu, sigma, n and d."""
+    from ase.io import write
+
+    from atomsift.data import open_dataset
+
+    small = tmp_path / "small.xyz"
+    write(small, [open_dataset("bundled:ethanol")[i].to_atoms() for i in range(3)], format="extxyz")
+    cfg = config(tmp_path, upstream={"small": DatasetSpec(path=str(small), n_samples=12)}, bootstrap=0)
+    rows = run_csi(cfg, tmp_path / "out")
+    assert rows[0]["n_structures_upstream"] == 12 and rows[0]["n_unique_upstream"] == 3
+    arrays = np.load(next((tmp_path / "cache").glob("upstream-small*.npz")))
+    counts = arrays["counts"]
+    assert counts.sum() == 108  # 12 draws x 9 atoms
+    # each group holds copies of a single structure: its mean row is that structure's mean row exactly
+    # (copies spread over groups would give mixtures of the three structures)
+    ds = open_dataset(str(small))
+    own = [f.mean(axis=0) for f in RadialExtractor().features([ds[i] for i in range(3)])]
+    for k in np.flatnonzero(counts):
+        group_mean = arrays["sums"][k] / counts[k]
+        assert min(np.abs(group_mean - m).max() for m in own) < 1e-12, k
+    assert arrays["mu"].shape == (13,) and arrays["sigma"].shape == (13, 13)
+    assert int(arrays["n"]) == 108 and int(arrays["d"]) == 13
+
+
+def test_memory_budget_limits_groups_or_refuses(tmp_path):
+    with pytest.raises(ConfigError, match="stats_memory_gb") as err:
+        run_csi(config(tmp_path, stats_memory_gb=1e-6), tmp_path / "out")
+    assert "soap instead of soap-full" in str(err.value)
+    with pytest.warns(UserWarning, match="bootstrap groups fit"):
+        run_csi(config(tmp_path / "w", stats_memory_gb=13 * 13 * 8 * 3 * 4 / 2**30), tmp_path / "out_w")
+
+
+def test_unusable_device_and_too_few_structures(tmp_path):
+    with pytest.raises(ConfigError, match="not available here"):
+        run_csi(config(tmp_path, device="cuda:3"), tmp_path / "out")
+    with pytest.warns(UserWarning, match="fewer than 2 distinct structures"):
+        rows = run_csi(config(tmp_path / "one", n_samples=1), tmp_path / "out_one")
+    assert all(r["ci_low"] is None for r in rows)
+
+
+def test_duplicate_dataset_names_are_refused(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "atomsift.cli", "csi", "-u", "a=bundled:acac", "-u", "a=bundled:oxides",
+         "-d", "b=bundled:ethanol", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "'a' is given twice" in proc.stderr and "Traceback" not in proc.stderr

@@ -30,11 +30,11 @@ def csi(
     device: str | None = typer.Option(None, "--device", help="Torch device of the extractor (default cpu)."),
 ) -> None:
     """Rank upstream datasets by CSI to each downstream set (lowest first), with bootstrap intervals."""
-    from atomsift.csi.config import load_config, parse_dataset_arg
+    from atomsift.csi.config import load_config
 
     overrides = {
-        "upstream": dict(parse_dataset_arg(a) for a in upstream or []),
-        "downstream": dict(parse_dataset_arg(a) for a in downstream or []),
+        "upstream": _named(upstream, "--upstream"),
+        "downstream": _named(downstream, "--downstream"),
         "extractor": extractor,
         "aggregation": aggregation,
         "n_samples": n_samples,
@@ -48,6 +48,20 @@ def csi(
     overrides["upstream"] = {k: v.model_dump() for k, v in overrides["upstream"].items()}
     overrides["downstream"] = {k: v.model_dump() for k, v in overrides["downstream"].items()}
     run_and_report(load_config(config, overrides), out)
+
+
+def _named(args: list[str] | None, flag: str) -> dict:
+    """{name: DatasetSpec} from NAME=PATH arguments; a name given twice is an error, not a silent overwrite."""
+    from atomsift.csi.config import parse_dataset_arg
+    from atomsift.errors import ConfigError
+
+    out: dict = {}
+    for arg in args or []:
+        name, spec = parse_dataset_arg(arg)
+        if name in out:
+            raise ConfigError(f"{flag} name '{name}' is given twice", fix="give every dataset its own NAME")
+        out[name] = spec
+    return out
 
 
 def run_and_report(cfg, out: Path, console: Console | None = None) -> list[dict]:

@@ -44,6 +44,9 @@ class CSIConfig(BaseModel):
         None, description="covariance shrinkage towards a scaled identity: a weight in [0, 1], 'auto', or none"
     )
     batch_size: int = Field(16, ge=1, description="structures per extractor call")
+    stats_memory_gb: float = Field(
+        4.0, gt=0, description="memory for all grouped statistics of the run (groups x d^2 float64 per dataset)"
+    )
     device: str = "cpu"
     cache_dir: str | None = Field(None, description="default: OUT/cache")
     recompute: bool = False

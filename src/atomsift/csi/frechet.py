@@ -56,6 +56,11 @@ def _check_gaussian(mu: object, sigma: object, name: str) -> tuple[np.ndarray, n
             f"{name}: the covariance is not symmetric (max |S - S^T| = {asym:.3g}, max |S| = {scale:.3g})",
             fix="pass a covariance matrix (e.g. GaussianStats.covariance())",
         )
+    if (np.diag(s_a) < -1e-12 * max(scale, 1e-300)).any():
+        raise ConfigError(
+            f"{name}: the covariance has negative variances on its diagonal (min {float(np.diag(s_a).min()):.3g})",
+            fix="pass a covariance matrix (positive semi-definite)",
+        )
     return mu_a, 0.5 * (s_a + s_a.T)
 
 

@@ -39,6 +39,7 @@ class DatasetStats:
     role: str
     grouped: GroupedStats
     n_structures: int
+    n_unique: int
     sampling: str
     cached: bool
 
@@ -52,9 +53,26 @@ def _sub_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:4], "little")
 
 
-def _n_groups(cfg: CSIConfig, n_structures: int) -> int:
-    """Bootstrap groups: at most one per structure, so no group is empty."""
-    return max(2, min(cfg.groups, n_structures))
+def _n_groups(cfg: CSIConfig, n_structures: int, dim: int) -> int:
+    """Bootstrap groups: at most one per distinct structure (no empty group), and few enough that every
+    dataset's groups x d x d float64 fit the run's memory budget together."""
+    n_sets = len(cfg.upstream) + len(cfg.downstream)
+    per_matrix = dim * dim * 8
+    affordable = int(cfg.stats_memory_gb * 2**30 // (n_sets * per_matrix))
+    if affordable < 2:
+        raise ConfigError(
+            f"features of width d={dim} need {per_matrix / 2**30:.2f} GiB per covariance matrix; {n_sets} datasets "
+            f"with at least 2 bootstrap groups each exceed stats_memory_gb={cfg.stats_memory_gb}",
+            fix="use a narrower extractor (e.g. soap instead of soap-full, or fewer species), compare fewer "
+            "datasets per run, or raise stats_memory_gb in the config",
+        )
+    if affordable < min(cfg.groups, n_structures):
+        warnings.warn(
+            f"only {affordable} bootstrap groups fit stats_memory_gb={cfg.stats_memory_gb} at d={dim}: the "
+            "intervals are coarser (raise stats_memory_gb for more)",
+            stacklevel=2,
+        )
+    return max(2, min(cfg.groups, n_structures, affordable))
 
 
 def sample_indices(ds: Dataset, spec: DatasetSpec, role: str, cfg: CSIConfig) -> tuple[np.ndarray, str]:
@@ -74,15 +92,18 @@ def sample_indices(ds: Dataset, spec: DatasetSpec, role: str, cfg: CSIConfig) ->
 
 
 def _accumulate(
-    ds: Dataset, indices: np.ndarray, extractor: FeatureExtractor, cfg: CSIConfig, label: str
+    ds: Dataset, indices: np.ndarray, extractor: FeatureExtractor, cfg: CSIConfig, n_groups: int, label: str
 ) -> GroupedStats:
-    """Run the extractor over the sampled structures; structure at sample position j goes to group j % K
-    (the sample is in random order, so groups are random blocks of whole structures)."""
-    n_groups = _n_groups(cfg, len(indices))
-    grouped = GroupedStats(extractor.dim, n_groups=n_groups)
+    """Run the extractor over the sampled structures and accumulate grouped statistics.
+
+    The k-th distinct structure of the sample (in its random order) goes to group k % K, and every copy of a
+    structure drawn more than once (balanced sampling of small classes) goes with it, so the bootstrap never
+    splits copies of one structure across groups (which would make the intervals too narrow)."""
     positions: dict[int, list[int]] = {}
     for j, idx in enumerate(indices.tolist()):
         positions.setdefault(idx, []).append(j)
+    group_of = {idx: k % n_groups for k, idx in enumerate(positions)}
+    grouped = GroupedStats(extractor.dim, n_groups=n_groups)
     unique = sorted(positions)  # read in index order (fast for every reader); each structure extracted once
     with tqdm(total=len(indices), desc=f"features {label}", unit="struct") as bar:
         for start in range(0, len(unique), cfg.batch_size):
@@ -91,8 +112,8 @@ def _accumulate(
             features = extractor.features(records)
             for idx, feats in zip(batch, features, strict=True):
                 rows = aggregate([feats], cfg.aggregation)
-                for j in positions[idx]:
-                    grouped.update(j % n_groups, rows)
+                for _ in positions[idx]:
+                    grouped.update(group_of[idx], rows)
                 bar.update(len(positions[idx]))
     return grouped
 
@@ -103,6 +124,7 @@ def dataset_stats(
     """Sample, then load or compute the grouped statistics of one dataset."""
     ds = open_dataset(spec.path, format=spec.format, **spec.options)
     indices, method = sample_indices(ds, spec, role, cfg)
+    n_groups = _n_groups(cfg, len(np.unique(indices)), extractor.dim)  # before any work: may refuse the run
     subset_file = out / "subsets" / f"{role}-{name}.json"
     save_subset(subset_file, indices, dataset=spec.path, format=ds.format_name, role=role, method=method,
                 seed=cfg.seed, n_total=len(ds))
@@ -121,18 +143,21 @@ def dataset_stats(
         "sampling": method,
         "n_samples": int(len(indices)),
         "seed": cfg.seed,
-        "groups": _n_groups(cfg, len(indices)),
+        "groups": n_groups,
         "indices_sha256": hashlib.sha256(indices.astype(np.int64).tobytes()).hexdigest()[:16],
     }
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     cache_file = cache_dir / f"{role}-{name}.{extractor.name}.{cfg.aggregation}.npz"
     cached = lookup(cache_file, provenance, recompute=cfg.recompute)
     if cached is not None:
-        grouped = GroupedStats.from_arrays(cached)
+        grouped = GroupedStats.from_arrays({k: cached[k] for k in ("counts", "sums", "outers")})
     else:
-        grouped = _accumulate(ds, indices, extractor, cfg, f"{role}:{name}")
-        save_stats(cache_file, grouped.to_arrays(), provenance)
-    return DatasetStats(name, role, grouped, int(len(indices)), method, cached is not None)
+        grouped = _accumulate(ds, indices, extractor, cfg, n_groups, f"{role}:{name}")
+        total = grouped.total()
+        summary = {"mu": total.mean, "sigma": total.covariance(), "n": np.int64(total.n), "d": np.int64(total.dim)}
+        save_stats(cache_file, {**grouped.to_arrays(), **summary}, provenance)
+    return DatasetStats(name, role, grouped, int(len(indices)), int(len(np.unique(indices))), method,
+                        cached is not None)
 
 
 def _moments(stats: GaussianStats, cfg: CSIConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +178,11 @@ def score(up: list[DatasetStats], down: list[DatasetStats], cfg: CSIConfig) -> l
         ref = FrechetReference(*_moments(dn.grouped.total(), cfg))
         values = {u.name: ref.distance(*_moments(u.grouped.total(), cfg)) for u in up}
         reps: dict[str, list[float]] = {u.name: [] for u in up}
-        if cfg.bootstrap > 0:
+        too_few = [d.name for d in [dn, *up] if d.n_unique < 2]
+        if cfg.bootstrap > 0 and too_few:
+            warnings.warn(f"no bootstrap interval: {', '.join(too_few)} sampled fewer than 2 distinct structures",
+                          stacklevel=2)
+        if cfg.bootstrap > 0 and not too_few:
             down_reps = dn.grouped.bootstrap(cfg.bootstrap, _sub_seed(cfg.seed, f"down:{dn.name}"))
             up_reps = {u.name: u.grouped.bootstrap(cfg.bootstrap, _sub_seed(cfg.seed, f"up:{u.name}")) for u in up}
             for down_b in tqdm(down_reps, total=cfg.bootstrap, desc=f"bootstrap {dn.name}", unit="rep", leave=False):
@@ -182,6 +211,8 @@ def score(up: list[DatasetStats], down: list[DatasetStats], cfg: CSIConfig) -> l
                     "n_obs_downstream": dn.n_obs,
                     "n_structures_upstream": u.n_structures,
                     "n_structures_downstream": dn.n_structures,
+                    "n_unique_upstream": u.n_unique,
+                    "n_unique_downstream": dn.n_unique,
                     "sampling_upstream": u.sampling,
                     "sampling_downstream": dn.sampling,
                 }
@@ -196,6 +227,7 @@ def run_csi(cfg: CSIConfig, out: Path) -> list[dict[str, Any]]:
             "CSI needs at least one upstream and one downstream dataset",
             fix="pass --upstream NAME=PATH and --downstream NAME=PATH (or list them in --config)",
         )
+    _check_device(cfg.device)
     options = dict(cfg.extractor_options)
     if cfg.extractor.startswith("soap") and "species" not in options:
         options["species"] = _species_of(cfg)
@@ -208,6 +240,22 @@ def run_csi(cfg: CSIConfig, out: Path) -> list[dict[str, Any]]:
     for row in rows:
         row.update(extractor=extractor.name, aggregation=cfg.aggregation)
     return rows
+
+
+def _check_device(device: str) -> None:
+    """ConfigError for a torch device this machine cannot use (before any model is loaded)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown torch device '{device}' ({exc})", fix="use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(
+            f"device '{device}' is not available here (torch {torch.__version__}, "
+            f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} CUDA devices)",
+            fix="use --device cpu, or install a CUDA build of torch on a machine with a GPU",
+        )
 
 
 def _species_of(cfg: CSIConfig) -> list[int]:

@@ -12,7 +12,8 @@ from rich.table import Table
 
 COLUMNS = (
     "downstream", "upstream", "rank", "csi", "ci_low", "ci_high", "bootstrap_bias", "n_obs_upstream", "n_obs_downstream",
-    "n_structures_upstream", "n_structures_downstream", "sampling_upstream", "sampling_downstream",
+    "n_structures_upstream", "n_structures_downstream", "n_unique_upstream", "n_unique_downstream",
+    "sampling_upstream", "sampling_downstream",
     "extractor", "aggregation",
 )
 
