@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
@@ -40,6 +41,11 @@ def _register() -> None:
     app.command("demo")(demo.demo)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Warnings on the command line: one line, no source echo (--debug restores Python's format)."""
+    typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script; prints user errors as one paragraph, exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -47,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     if debug:  # accepted anywhere on the line, handled by the root callback
         args = ["--debug"] + [a for a in args if a != "--debug"]
     _register()
+    if not debug:
+        warnings.showwarning = _one_line_warning
     try:
         app(args=args, prog_name="atomsift")
     except AtomsiftError as exc:
