@@ -211,3 +211,46 @@ def test_duplicate_dataset_names_are_refused(tmp_path):
          "-d", "b=bundled:ethanol", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "'a' is given twice" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_one_tiny_upstream_keeps_the_other_intervals(tmp_path):
+    from ase.io import write
+
+    from atomsift.data import open_dataset
+
+    one = tmp_path / "one.xyz"
+    write(one, [open_dataset("bundled:ethanol")[0].to_atoms()], format="extxyz")
+    cfg = config(tmp_path, upstream={"one": DatasetSpec(path=str(one)), "acac": DatasetSpec(path="bundled:acac")})
+    with pytest.warns(UserWarning, match="involving one"):
+        rows = {r["upstream"]: r for r in run_csi(cfg, tmp_path / "out")}
+    assert rows["one"]["ci_low"] is None
+    assert rows["acac"]["ci_low"] is not None and rows["acac"]["ci_low"] <= rows["acac"]["csi"] <= rows["acac"]["ci_high"]
+
+
+def test_refused_run_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    run_csi(config(tmp_path), out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="other settings"):
+        run_csi(config(tmp_path, n_samples=61), out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["csi", "-u", "a=bundled:acac", "-d", "b=bundled:ethanol", "--shrinkage", "abc"], "--shrinkage 'abc'"),
+        (["data", "inspect", "bundled:acac", "--max-records", "0"], "--max-records must be at least 1"),
+    ],
+)
+def test_more_bad_cli_input_is_one_paragraph(tmp_path, args, needle):
+    proc = subprocess.run([sys.executable, "-m", "atomsift.cli", *args, *(["--out", str(tmp_path)] if args[0] == "csi" else [])],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_config_dataset_list_instead_of_mapping(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("upstream:\n  - bundled:acac\n")
+    with pytest.raises(ConfigError, match="must map dataset names"):
+        load_config(path, {})

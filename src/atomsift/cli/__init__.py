@@ -33,7 +33,14 @@ def _root(
     """atomsift: read atomistic datasets, measure their similarity, pretrain and finetune."""
 
 
+_REGISTERED = False
+
+
 def _register() -> None:
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    _REGISTERED = True
     from atomsift.cli import csi, data, demo
 
     app.add_typer(data.app, name="data")

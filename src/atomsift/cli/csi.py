@@ -40,7 +40,7 @@ def csi(
         "n_samples": n_samples,
         "bootstrap": bootstrap,
         "seed": seed,
-        "shrinkage": None if shrinkage is None else (shrinkage if shrinkage == "auto" else float(shrinkage)),
+        "shrinkage": _shrinkage(shrinkage),
         "cache_dir": None if cache_dir is None else str(cache_dir),
         "recompute": recompute or None,
         "device": device,
@@ -48,6 +48,18 @@ def csi(
     overrides["upstream"] = {k: v.model_dump() for k, v in overrides["upstream"].items()}
     overrides["downstream"] = {k: v.model_dump() for k, v in overrides["downstream"].items()}
     run_and_report(load_config(config, overrides), out)
+
+
+def _shrinkage(text: str | None) -> float | str | None:
+    """--shrinkage: 'auto' or a weight in [0, 1]."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        from atomsift.errors import ConfigError
+
+        raise ConfigError(f"--shrinkage '{text}' is neither 'auto' nor a number", fix="use --shrinkage auto or e.g. 0.1") from None
 
 
 def _named(args: list[str] | None, flag: str) -> dict:
@@ -70,9 +82,8 @@ def run_and_report(cfg, out: Path, console: Console | None = None) -> list[dict]
     from atomsift.csi.report import print_tables, write_outputs
 
     console = console or (Console() if Console().is_terminal else Console(width=140))
-    out.mkdir(parents=True, exist_ok=True)
+    rows = run_csi(cfg, out)  # refuses mismatched caches before it writes anything into `out`
     (out / "csi_config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    rows = run_csi(cfg, out)
     print_tables(rows, console)
     paths = write_outputs(rows, out)
     console.print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")

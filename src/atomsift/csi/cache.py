@@ -29,19 +29,16 @@ def dataset_fingerprint(ds: Dataset) -> str:
 
     Cheap (no data read): a re-downloaded or edited file changes it, so stale statistics are not reused.
     """
-    files = [ds.path] if ds.path.is_file() else sorted(p for p in ds.path.rglob("*") if p.is_file())
+    files = [ds.path] if ds.path.is_file() else sorted(
+        p for p in ds.path.rglob("*") if p.is_file() and not p.name.endswith("-lock")  # LMDB lock files change
+    )
     h = hashlib.sha256()
     meta = ds.metadata()
     h.update(json.dumps({"format": ds.format_name, "n": len(ds), "meta": meta}, sort_keys=True, default=str).encode())
-    for p in files[:10_000]:
+    for p in files:
         st = p.stat()
         h.update(f"{p.relative_to(ds.path) if p != ds.path else p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
-
-
-def provenance_key(provenance: dict[str, Any]) -> str:
-    """Short stable hash of a provenance dict (used in cache file names)."""
-    return hashlib.sha256(json.dumps(provenance, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def save_stats(path: Path, arrays: dict[str, np.ndarray], provenance: dict[str, Any]) -> Path:
@@ -85,8 +82,8 @@ def lookup(path: Path, provenance: dict[str, Any], recompute: bool = False) -> d
     if not path.exists():
         return None
     arrays, stored = load_stats(path)
-    stored_core = {k: v for k, v in stored.items() if k not in ("atomsift_version", "cache_format")}
-    wanted = json.loads(json.dumps(provenance, sort_keys=True, default=str))
+    stored_core = {k: v for k, v in stored.items() if k != "cache_format"}
+    wanted = json.loads(json.dumps({**provenance, "atomsift_version": __version__}, sort_keys=True, default=str))
     if stored_core == wanted and stored.get("cache_format") == CACHE_FORMAT:
         return arrays
     if recompute:

@@ -69,6 +69,15 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> CSIConfig:
             raise ConfigError(f"cannot read the config file ({exc})", file=path, fix="check the path and YAML syntax") from None
         if not isinstance(data, dict):
             raise ConfigError("the config file must hold a mapping", file=path, fix="see configs/csi_demo.yaml")
+    for key in ("upstream", "downstream"):
+        if data.get(key) is None:
+            data.pop(key, None)
+        elif not isinstance(data[key], dict):
+            raise ConfigError(
+                f"'{key}' must map dataset names to settings, got {type(data[key]).__name__}",
+                file=path,
+                fix=f"write it like  {key}:\n  ani1x: {{path: /data/ani1x.h5}}",
+            )
     for key, value in overrides.items():
         if key in ("upstream", "downstream"):
             data.setdefault(key, {}).update(value)
@@ -98,7 +107,10 @@ def parse_dataset_arg(text: str) -> tuple[str, DatasetSpec]:
         if not eq:
             path_parts.append(part)  # a comma inside the path
             continue
-        options[key.strip()] = yaml.safe_load(value) if value else value
+        try:
+            options[key.strip()] = yaml.safe_load(value) if value else value
+        except yaml.YAMLError:
+            options[key.strip()] = value  # not a YAML scalar: keep the text
     spec: dict[str, Any] = {"path": ",".join(path_parts)}
     for key in ("format", "sampling", "n_samples"):
         if key in options:

@@ -118,16 +118,28 @@ def _accumulate(
     return grouped
 
 
-def dataset_stats(
+@dataclass
+class _Plan:
+    """What one dataset needs, settled before any file is written (a mismatched cache refuses the run)."""
+
+    name: str
+    role: str
+    ds: Dataset
+    indices: np.ndarray
+    method: str
+    n_groups: int
+    provenance: dict[str, Any]
+    cache_file: Path
+    cached: dict[str, np.ndarray] | None
+
+
+def plan_dataset(
     name: str, spec: DatasetSpec, role: str, extractor: FeatureExtractor, cfg: CSIConfig, out: Path
-) -> DatasetStats:
-    """Sample, then load or compute the grouped statistics of one dataset."""
+) -> _Plan:
+    """Open and sample a dataset, build its provenance and look its statistics up in the cache."""
     ds = open_dataset(spec.path, format=spec.format, **spec.options)
     indices, method = sample_indices(ds, spec, role, cfg)
-    n_groups = _n_groups(cfg, len(np.unique(indices)), extractor.dim)  # before any work: may refuse the run
-    subset_file = out / "subsets" / f"{role}-{name}.json"
-    save_subset(subset_file, indices, dataset=spec.path, format=ds.format_name, role=role, method=method,
-                seed=cfg.seed, n_total=len(ds))
+    n_groups = _n_groups(cfg, len(np.unique(indices)), extractor.dim)  # may refuse the run: too wide for memory
     provenance = {
         "dataset": name,
         "role": role,
@@ -149,15 +161,22 @@ def dataset_stats(
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     cache_file = cache_dir / f"{role}-{name}.{extractor.name}.{cfg.aggregation}.npz"
     cached = lookup(cache_file, provenance, recompute=cfg.recompute)
-    if cached is not None:
-        grouped = GroupedStats.from_arrays({k: cached[k] for k in ("counts", "sums", "outers")})
+    return _Plan(name, role, ds, indices, method, n_groups, provenance, cache_file, cached)
+
+
+def dataset_stats(plan: _Plan, extractor: FeatureExtractor, cfg: CSIConfig, out: Path) -> DatasetStats:
+    """Save the sample's indices, then load or compute (and cache) its grouped statistics."""
+    save_subset(out / "subsets" / f"{plan.role}-{plan.name}.json", plan.indices, dataset=plan.provenance["path"],
+                format=plan.ds.format_name, role=plan.role, method=plan.method, seed=cfg.seed, n_total=len(plan.ds))
+    if plan.cached is not None:
+        grouped = GroupedStats.from_arrays({k: plan.cached[k] for k in ("counts", "sums", "outers")})
     else:
-        grouped = _accumulate(ds, indices, extractor, cfg, n_groups, f"{role}:{name}")
+        grouped = _accumulate(plan.ds, plan.indices, extractor, cfg, plan.n_groups, f"{plan.role}:{plan.name}")
         total = grouped.total()
         summary = {"mu": total.mean, "sigma": total.covariance(), "n": np.int64(total.n), "d": np.int64(total.dim)}
-        save_stats(cache_file, {**grouped.to_arrays(), **summary}, provenance)
-    return DatasetStats(name, role, grouped, int(len(indices)), int(len(np.unique(indices))), method,
-                        cached is not None)
+        save_stats(plan.cache_file, {**grouped.to_arrays(), **summary}, plan.provenance)
+    return DatasetStats(plan.name, plan.role, grouped, int(len(plan.indices)), int(len(np.unique(plan.indices))),
+                        plan.method, plan.cached is not None)
 
 
 def _moments(stats: GaussianStats, cfg: CSIConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -178,20 +197,23 @@ def score(up: list[DatasetStats], down: list[DatasetStats], cfg: CSIConfig) -> l
         ref = FrechetReference(*_moments(dn.grouped.total(), cfg))
         values = {u.name: ref.distance(*_moments(u.grouped.total(), cfg)) for u in up}
         reps: dict[str, list[float]] = {u.name: [] for u in up}
-        too_few = [d.name for d in [dn, *up] if d.n_unique < 2]
-        if cfg.bootstrap > 0 and too_few:
-            warnings.warn(f"no bootstrap interval: {', '.join(too_few)} sampled fewer than 2 distinct structures",
+        # a set with fewer than 2 distinct structures cannot be resampled: no interval for its pairs only
+        able = [u for u in up if u.n_unique >= 2] if dn.n_unique >= 2 else []
+        unable = [d.name for d in [dn, *up] if d.n_unique < 2]
+        if cfg.bootstrap > 0 and unable:
+            warnings.warn(f"no bootstrap interval involving {', '.join(unable)}: fewer than 2 distinct structures",
                           stacklevel=2)
-        if cfg.bootstrap > 0 and not too_few:
+        if cfg.bootstrap > 0 and able:
             down_reps = dn.grouped.bootstrap(cfg.bootstrap, _sub_seed(cfg.seed, f"down:{dn.name}"))
-            up_reps = {u.name: u.grouped.bootstrap(cfg.bootstrap, _sub_seed(cfg.seed, f"up:{u.name}")) for u in up}
+            up_reps = {u.name: u.grouped.bootstrap(cfg.bootstrap, _sub_seed(cfg.seed, f"up:{u.name}")) for u in able}
             for down_b in tqdm(down_reps, total=cfg.bootstrap, desc=f"bootstrap {dn.name}", unit="rep", leave=False):
-                up_b = {u.name: next(up_reps[u.name]) for u in up}
-                if min(down_b.n, *(s.n for s in up_b.values())) < 2:
+                up_b = {u.name: next(up_reps[u.name]) for u in able}
+                if down_b.n < 2:
                     continue  # a replicate drew too few observations for a covariance (tiny samples only)
                 ref_b = FrechetReference(*_moments(down_b, cfg))
-                for u in up:
-                    reps[u.name].append(ref_b.distance(*_moments(up_b[u.name], cfg)))
+                for u in able:
+                    if up_b[u.name].n >= 2:
+                        reps[u.name].append(ref_b.distance(*_moments(up_b[u.name], cfg)))
         ranked = sorted(up, key=lambda u: values[u.name])
         for rank, u in enumerate(ranked, start=1):
             r = np.asarray(reps[u.name])
@@ -229,13 +251,15 @@ def run_csi(cfg: CSIConfig, out: Path) -> list[dict[str, Any]]:
         )
     _check_device(cfg.device)
     options = dict(cfg.extractor_options)
-    if cfg.extractor.startswith("soap") and "species" not in options:
+    if cfg.extractor == "soap-full" and "species" not in options:  # plain soap does not depend on species
         options["species"] = _species_of(cfg)
     if cfg.device != "cpu":
         options.setdefault("device", cfg.device)
     extractor = get_extractor(cfg.extractor, **options)
-    up = [dataset_stats(n, s, "upstream", extractor, cfg, out) for n, s in cfg.upstream.items()]
-    down = [dataset_stats(n, s, "downstream", extractor, cfg, out) for n, s in cfg.downstream.items()]
+    plans = [plan_dataset(n, s, "upstream", extractor, cfg, out) for n, s in cfg.upstream.items()]
+    plans += [plan_dataset(n, s, "downstream", extractor, cfg, out) for n, s in cfg.downstream.items()]
+    stats = [dataset_stats(p, extractor, cfg, out) for p in plans]
+    up, down = stats[: len(cfg.upstream)], stats[len(cfg.upstream) :]
     rows = score(up, down, cfg)
     for row in rows:
         row.update(extractor=extractor.name, aggregation=cfg.aggregation)

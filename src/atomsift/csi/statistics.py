@@ -144,7 +144,10 @@ class GaussianStats:
             )
         mu = self.total / self.n
         cov = (self.outer - self.n * np.outer(mu, mu)) / (self.n - ddof)
-        return 0.5 * (cov + cov.T)
+        cov = 0.5 * (cov + cov.T)
+        # a (near-)constant channel can come out as -1e-14 from the subtraction: a variance is >= 0
+        np.fill_diagonal(cov, np.maximum(np.diag(cov), 0.0))
+        return cov
 
     def all_reduce(self) -> None:
         """Sum n, total and outer across torch.distributed ranks (SUM on float64); no-op otherwise."""

@@ -23,7 +23,8 @@ def random_indices(n_total: int, n: int, seed: int = 0) -> np.ndarray:
     if n < 0:
         raise ConfigError(f"number of samples must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
-    return rng.permutation(n_total)[: min(n, n_total)].astype(np.int64)
+    # Generator.choice without replacement needs O(n) memory only when n is a large share of n_total
+    return rng.choice(n_total, size=min(n, n_total), replace=False).astype(np.int64)
 
 
 def class_balanced_indices(labels: Sequence[str] | np.ndarray, n: int, seed: int = 0) -> np.ndarray:

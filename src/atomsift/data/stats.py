@@ -44,6 +44,8 @@ def summarize(
     `forces_rms_eV_per_A` is sqrt(mean of F^2 over every atom and Cartesian component).
     Energies in eV; a target's mean in the unit the reader documents for it.
     """
+    if max_records is not None and max_records < 1:
+        raise ConfigError(f"--max-records must be at least 1, got {max_records}", fix="leave it out to read everything")
     n_total = len(ds)
     if n_total == 0:
         raise DataError("the dataset holds no structures", file=ds.path, fix="check the path, split and filters")
