@@ -119,6 +119,25 @@ def _accumulate(
 
 
 @dataclass
+class _Sample:
+    """One opened dataset and its sample (independent of the extractor)."""
+
+    name: str
+    spec: DatasetSpec
+    role: str
+    ds: Dataset
+    indices: np.ndarray
+    method: str
+
+
+def open_and_sample(name: str, spec: DatasetSpec, role: str, cfg: CSIConfig) -> _Sample:
+    """Open a dataset and draw its sample, once per run."""
+    ds = open_dataset(spec.path, format=spec.format, **spec.options)
+    indices, method = sample_indices(ds, spec, role, cfg)
+    return _Sample(name, spec, role, ds, indices, method)
+
+
+@dataclass
 class _Plan:
     """What one dataset needs, settled before any file is written (a mismatched cache refuses the run)."""
 
@@ -133,12 +152,11 @@ class _Plan:
     cached: dict[str, np.ndarray] | None
 
 
-def plan_dataset(
-    name: str, spec: DatasetSpec, role: str, extractor: FeatureExtractor, cfg: CSIConfig, out: Path
-) -> _Plan:
-    """Open and sample a dataset, build its provenance and look its statistics up in the cache."""
-    ds = open_dataset(spec.path, format=spec.format, **spec.options)
-    indices, method = sample_indices(ds, spec, role, cfg)
+def plan_dataset(sample: _Sample, extractor: FeatureExtractor, cfg: CSIConfig, out: Path) -> _Plan:
+    """Build a sampled dataset's provenance and look its statistics up in the cache."""
+    name, spec, role, ds, indices, method = (
+        sample.name, sample.spec, sample.role, sample.ds, sample.indices, sample.method
+    )
     n_groups = _n_groups(cfg, len(np.unique(indices)), extractor.dim)  # may refuse the run: too wide for memory
     provenance = {
         "dataset": name,
@@ -250,14 +268,15 @@ def run_csi(cfg: CSIConfig, out: Path) -> list[dict[str, Any]]:
             fix="pass --upstream NAME=PATH and --downstream NAME=PATH (or list them in --config)",
         )
     _check_device(cfg.device)
+    samples = [open_and_sample(n, s, "upstream", cfg) for n, s in cfg.upstream.items()]
+    samples += [open_and_sample(n, s, "downstream", cfg) for n, s in cfg.downstream.items()]
     options = dict(cfg.extractor_options)
     if cfg.extractor == "soap-full" and "species" not in options:  # plain soap does not depend on species
-        options["species"] = _species_of(cfg)
+        options["species"] = _species_of(samples)
     if cfg.device != "cpu":
         options.setdefault("device", cfg.device)
     extractor = get_extractor(cfg.extractor, **options)
-    plans = [plan_dataset(n, s, "upstream", extractor, cfg, out) for n, s in cfg.upstream.items()]
-    plans += [plan_dataset(n, s, "downstream", extractor, cfg, out) for n, s in cfg.downstream.items()]
+    plans = [plan_dataset(sample, extractor, cfg, out) for sample in samples]
     stats = [dataset_stats(p, extractor, cfg, out) for p in plans]
     up, down = stats[: len(cfg.upstream)], stats[len(cfg.upstream) :]
     rows = score(up, down, cfg)
@@ -282,13 +301,10 @@ def _check_device(device: str) -> None:
         )
 
 
-def _species_of(cfg: CSIConfig) -> list[int]:
-    """Union of the elements of every sampled structure (SOAP needs one fixed species list for all sets)."""
+def _species_of(samples: list[_Sample]) -> list[int]:
+    """Union of the elements of every sampled structure (SOAP-full needs one fixed species list for all sets)."""
     species: set[int] = set()
-    for role, specs in (("upstream", cfg.upstream), ("downstream", cfg.downstream)):
-        for _name, spec in specs.items():
-            ds = open_dataset(spec.path, format=spec.format, **spec.options)
-            indices, _ = sample_indices(ds, spec, role, cfg)
-            for i in np.unique(indices).tolist():
-                species.update(int(z) for z in np.unique(ds[i].numbers))
+    for sample in samples:
+        for i in np.unique(sample.indices).tolist():
+            species.update(int(z) for z in np.unique(sample.ds[i].numbers))
     return sorted(species)
