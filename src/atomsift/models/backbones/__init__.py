@@ -1,0 +1,1 @@
+"""Backbone implementations; the registry (atomsift.models.registry) maps names to them."""

@@ -1,0 +1,212 @@
+"""Saving and loading models: atomsift checkpoints, fairchem-core 1.10 GemNet-OC files and JMP checkpoints.
+
+    save_checkpoint(model, "runs/x/model.pt", ema_state_dict=ema)     # atomic write
+    model = load_checkpoint("runs/x/model.pt")                        # EMA weights when the file has them
+    model = load_checkpoint("jmp-s.pt")                               # JMP (Lightning) checkpoint
+    model = load_checkpoint("gemnet_oc_base_s2ef_all.pt")             # fairchem-core 1.10 checkpoint
+
+An atomsift checkpoint is a dict: {"format": "atomsift.model", "format_version": 1, "atomsift_version",
+"backbone": {"name", "hparams"}, "heads": {name: HeadSpec dict}, "state_dict" (keys "backbone.*", "heads.*",
+scale factors included), "ema_state_dict" (optional, same keys), "metadata"}. Only tensors, numbers, strings,
+lists and dicts: it loads with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atomsift.errors import ConfigError, DataError
+
+FORMAT = "atomsift.model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadReport:
+    """What happened when weights were loaded: keys the model expected but the file lacked, and the reverse."""
+
+    source: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    used_ema: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.missing and not self.unexpected
+
+    def summary(self) -> str:
+        """One paragraph for logs and the CLI."""
+        parts = [f"loaded {self.source} ({'EMA' if self.used_ema else 'raw'} weights)"]
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing key(s): {_head(self.missing)}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected key(s): {_head(self.unexpected)}")
+        parts.extend(self.notes)
+        return "; ".join(parts)
+
+
+def _head(keys: list[str], n: int = 5) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def save_checkpoint(
+    model,
+    path: str | os.PathLike,
+    *,
+    ema_state_dict: dict[str, torch.Tensor] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write `model` (an AtomsModel) as an atomsift checkpoint, atomically (temporary file + rename)."""
+    from atomsift import __version__
+
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "atomsift_version": __version__,
+        "backbone": {"name": model.backbone.name, "hparams": model.backbone.hparams()},
+        "heads": {name: spec.model_dump() for name, spec in model.head_specs.items()},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": {**model.metadata, **(metadata or {})},
+    }
+    if ema_state_dict is not None:
+        payload["ema_state_dict"] = {k: v.detach().cpu() for k, v in ema_state_dict.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint_file(path: str | os.PathLike, *, trusted: bool = False) -> dict[str, Any]:
+    """torch.load a checkpoint onto the CPU, with clear errors for missing, truncated or foreign files.
+
+    Args:
+        trusted: allow arbitrary pickled Python objects (fairchem / Lightning files may hold some). Only for
+            files from a source you trust: unpickling can run code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("checkpoint file not found", file=path, fix="check the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except Exception as exc:  # torch raises several types for these cases
+        text = str(exc)
+        if not trusted and "Unsupported global" in text:
+            found = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "a Python class"
+            raise ConfigError(
+                f"the checkpoint holds Python objects besides tensors ({found}), which are not loaded by default "
+                "because unpickling can run code",
+                file=path,
+                fix="if you trust the file's source, load it with trusted=True (CLI: --trust-checkpoint)",
+            ) from None
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text else ""
+        raise DataError(
+            f"cannot read the checkpoint ({type(exc).__name__}: {detail[:200]}); the file may be truncated or not a "
+            "PyTorch checkpoint",
+            file=path,
+            fix="re-download or re-save the checkpoint",
+        ) from None
+    if not isinstance(obj, dict):
+        raise DataError(
+            f"the checkpoint holds a {type(obj).__name__}, not a dict of weights", file=path,
+            fix="save models with atomsift.models.save_checkpoint",
+        )
+    return obj
+
+
+def checkpoint_kind(obj: dict[str, Any]) -> str:
+    """'atomsift', 'fairchem' or 'jmp' for a loaded checkpoint dict; 'unknown' otherwise."""
+    if obj.get("format") == FORMAT:
+        return "atomsift"
+    state = obj.get("state_dict")
+    if isinstance(obj.get("config"), dict) and isinstance(obj["config"].get("model"), dict) and isinstance(state, dict):
+        return "fairchem"
+    if isinstance(state, dict) and any(k.startswith("backbone.") for k in state) and any(
+        k.startswith("embedding.atom_embedding.") for k in state
+    ):
+        return "jmp"
+    return "unknown"
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu", trusted: bool = False,
+    strict: bool = True,
+):
+    """Load an atomsift, fairchem-core 1.10 (GemNet-OC) or JMP checkpoint as an AtomsModel in eval mode.
+
+    Args:
+        ema: use the exponential-moving-average weights when the file has them (the weights to evaluate).
+        device: where to put the model.
+        trusted: allow pickled Python objects in the file (see read_checkpoint_file).
+        strict: raise when keys are missing or unexpected (the report is on `model.load_report` either way).
+
+    Returns:
+        AtomsModel with `.load_report` (a LoadReport).
+    """
+    path = Path(path)
+    obj = read_checkpoint_file(path, trusted=trusted)
+    kind = checkpoint_kind(obj)
+    if kind == "atomsift":
+        model, report = _from_atomsift(obj, path, ema=ema)
+    elif kind == "fairchem":
+        from atomsift.models.backbones.gemnet_oc.checkpoints import model_from_fairchem
+
+        model, report = model_from_fairchem(obj, source=str(path))
+    elif kind == "jmp":
+        from atomsift.models.backbones.gemnet_oc.checkpoints import model_from_jmp
+
+        model, report = model_from_jmp(obj, source=str(path), ema=ema)
+    else:
+        raise DataError(
+            f"unrecognised checkpoint layout (top-level keys: {_head(sorted(map(str, obj)), 8)})",
+            file=path,
+            fix="atomsift reads its own checkpoints, fairchem-core 1.10 checkpoints ({'config': {'model': ...}, "
+            "'state_dict': ...}) and JMP checkpoints ('state_dict' with backbone.* and embedding.* keys)",
+        )
+    if strict and not report.clean:
+        raise DataError(
+            f"the weights do not fit the model: {report.summary()}", file=path,
+            fix="pass strict=False to load what fits (the report lists the rest)",
+        )
+    model.load_report = report
+    return model.to(device).eval()
+
+
+def _from_atomsift(obj: dict[str, Any], path: Path, *, ema: bool):
+    from atomsift.models.model import AtomsModel
+    from atomsift.models.registry import build_backbone
+
+    version = obj.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(
+            f"checkpoint format version {version} is not supported (this atomsift reads {FORMAT_VERSION})",
+            file=path, fix="upgrade atomsift, or re-save the model with this version",
+        )
+    try:
+        spec = obj["backbone"]
+        backbone = build_backbone(spec["name"], **spec["hparams"])
+        model = AtomsModel(backbone, obj["heads"], metadata=obj.get("metadata"))
+    except KeyError as exc:
+        raise DataError(f"checkpoint lacks the key {exc}", file=path, fix="re-save the model") from None
+    state = obj["state_dict"]
+    used_ema = bool(ema and obj.get("ema_state_dict"))
+    if used_ema:
+        state = obj["ema_state_dict"]
+    result = model.load_state_dict(state, strict=False)
+    report = LoadReport(str(path), list(result.missing_keys), list(result.unexpected_keys), used_ema=used_ema)
+    return model, report

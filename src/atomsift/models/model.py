@@ -1,0 +1,154 @@
+"""A backbone with named heads, and prediction in physical units (eV, eV/A), also as an ASE calculator.
+
+    model = AtomsModel(build_backbone("painn"), {"energy": {"kind": "energy", "forces": "gradient"}})
+    out = model(batch)                          # {"energy": (B,), "forces": (N, 3)}
+    results = model.predict(list_of_atoms)      # [{"energy": float eV, "forces": (n, 3) eV/A}, ...]
+    atoms.calc = model.as_calculator()          # run MD or a relaxation in ASE
+
+Several heads (e.g. one per pretraining dataset) share one backbone; `head=` picks one, the default is the
+first. State-dict keys are "backbone.*" and "heads.<name>.*".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from atomsift.errors import ConfigError
+from atomsift.models.base import Backbone
+from atomsift.models.heads import HeadSpec, build_head, parse_head_spec
+
+
+class AtomsModel(nn.Module):
+    """Backbone + named heads.
+
+    Args:
+        backbone: any atomsift Backbone.
+        heads: name -> HeadSpec (or its dict form); the first one is the default head.
+        metadata: free-form information kept in checkpoints (training data, normalisers, provenance).
+    """
+
+    def __init__(
+        self, backbone: Backbone, heads: dict[str, HeadSpec | dict], metadata: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__()
+        if not heads:
+            raise ConfigError("a model needs at least one head", fix="pass heads={'energy': {'kind': 'energy'}}")
+        self.backbone = backbone
+        self.head_specs: dict[str, HeadSpec] = {
+            name: spec if isinstance(spec, HeadSpec) else parse_head_spec(spec, name) for name, spec in heads.items()
+        }
+        self.heads = nn.ModuleDict(
+            {
+                name: build_head(spec, backbone.node_dim, backbone.edge_dim, backbone.num_elements)
+                for name, spec in self.head_specs.items()
+            }
+        )
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    @property
+    def default_head(self) -> str:
+        return next(iter(self.head_specs))
+
+    def head_name(self, head: str | None) -> str:
+        """Resolve `head` (None -> the default); ConfigError naming the heads for an unknown one."""
+        if head is None:
+            return self.default_head
+        if head not in self.head_specs:
+            raise ConfigError(f"the model has no head '{head}'", fix=f"use one of: {', '.join(self.head_specs)}")
+        return head
+
+    def forward(self, batch, head: str | None = None, create_graph: bool | None = None) -> dict[str, Tensor]:
+        """Run the backbone and one head.
+
+        Args:
+            batch: an atomsift.graph.AtomsBatch.
+            head: head name (None: the default head).
+            create_graph: keep the graph of gradient forces for a loss on them (default: self.training).
+
+        Returns:
+            {"energy": (B,) eV, "forces": (N, 3) eV/A} for energy heads, {"property": (B, k)} for property heads.
+        """
+        name = self.head_name(head)
+        spec = self.head_specs[name]
+        positions = None
+        if spec.forces == "gradient":
+            if not batch.positions.requires_grad:
+                batch = dataclasses.replace(batch, positions=batch.positions.detach().requires_grad_(True))
+            positions = batch.positions
+        with torch.set_grad_enabled(torch.is_grad_enabled() or spec.forces == "gradient"):
+            out = self.backbone(batch)
+            return self.heads[name](
+                out, batch, positions=positions, create_graph=self.training if create_graph is None else create_graph
+            )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def predict(
+        self,
+        structures: Sequence[Any],
+        head: str | None = None,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Predict every structure (ase.Atoms or atomsift Records), in eval mode.
+
+        Returns:
+            one dict per structure: "energy" (float, eV) and "forces" ((n, 3) float64, eV/A) for energy heads,
+            "property" ((k,) float64) for property heads.
+        """
+        from atomsift.graph import collate
+
+        name = self.head_name(head)
+        was_training = self.training
+        self.eval()
+        results: list[dict[str, Any]] = []
+        starts = range(0, len(structures), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="predict", unit="batch")
+        try:
+            for start in starts:
+                chunk = structures[start : start + batch_size]
+                batch = collate(chunk, dtype=self.dtype).to(self.device)
+                with torch.no_grad() if self.head_specs[name].forces != "gradient" else torch.enable_grad():
+                    out = self(batch, head=name, create_graph=False)
+                results.extend(_split(out, batch))
+        finally:
+            self.train(was_training)
+        return results
+
+    def as_calculator(self, head: str | None = None, **kwargs: Any):
+        """An ASE calculator (energy, free_energy, forces) that runs this model; see AtomsiftCalculator."""
+        from atomsift.models.calculator import AtomsiftCalculator
+
+        return AtomsiftCalculator(self, head=self.head_name(head), **kwargs)
+
+
+def _split(out: dict[str, Tensor], batch) -> list[dict[str, Any]]:
+    """Per-structure float64 numpy results from batched outputs."""
+    counts = batch.natoms.tolist()
+    rows: list[dict[str, Any]] = [{} for _ in counts]
+    if "energy" in out:
+        for row, e in zip(rows, out["energy"].detach().double().cpu().tolist()):
+            row["energy"] = float(e)
+    if "forces" in out:
+        forces = out["forces"].detach().double().cpu().numpy()
+        for row, f in zip(rows, np.split(forces, np.cumsum(counts)[:-1])):
+            row["forces"] = f
+    if "property" in out:
+        for row, p in zip(rows, out["property"].detach().double().cpu().numpy()):
+            row["property"] = p
+    return rows
