@@ -305,20 +305,20 @@ def test_register_extractor(monkeypatch, ethanol):
     assert get_extractor("count-atoms").scale == 3.0
     with pytest.raises(ConfigError):
         register_extractor("bad:name", CountAtoms)
-    # what the backbones work will do: "checkpoint:PATH" passes PATH to the factory registered as "checkpoint"
-    register_extractor("checkpoint", lambda path, **kw: CountAtoms(path, **kw))
-    ex = get_extractor("checkpoint:/models/gemnet.ckpt", scale=0.5)
+    # "NAME:ARG" passes ARG to the factory registered as NAME
+    register_extractor("count-file", lambda path, **kw: CountAtoms(path, **kw))
+    ex = get_extractor("count-file:/models/gemnet.ckpt", scale=0.5)
     assert ex.path == "/models/gemnet.ckpt" and ex.scale == 0.5
     with pytest.raises(DataError, match="ethanol"):
         ex.features([with_element(ethanol[0], 10, "ethanol/neon")])
 
 
-def test_checkpoint_without_backbones_is_a_config_error():
-    assert "checkpoint" not in EXTRACTORS
-    with pytest.raises(ConfigError) as err:
-        get_extractor("checkpoint:/x.pt")
-    message = str(err.value)
-    assert "backbones" in message and "register_extractor" in message
+def test_checkpoint_extractor_missing_file_is_a_data_error(tmp_path):
+    assert "checkpoint" in EXTRACTORS
+    with pytest.raises(DataError, match="not found"):
+        get_extractor(f"checkpoint:{tmp_path / 'absent.pt'}")
+    with pytest.raises(ConfigError, match="options are"):
+        get_extractor(f"checkpoint:{tmp_path / 'absent.pt'}", layer_count=3)
 
 
 def test_unknown_extractor_and_options():

@@ -41,9 +41,10 @@ def _register() -> None:
     if _REGISTERED:
         return
     _REGISTERED = True
-    from atomsift.cli import csi, data, demo
+    from atomsift.cli import csi, data, demo, model
 
     app.add_typer(data.app, name="data")
+    app.add_typer(model.app, name="model")
     app.command("csi")(csi.csi)
     app.command("demo")(demo.demo)
 

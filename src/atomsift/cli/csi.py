@@ -19,7 +19,12 @@ def csi(
     downstream: list[str] | None = typer.Option(None, "--downstream", "-d", help="Downstream set: " + DATASET_HELP),
     out: Path = typer.Option(..., "--out", help="Output folder (csi.json, csi.csv, csi_bars.png, subsets/, cache/)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file with any of these settings (see configs/)."),
-    extractor: str | None = typer.Option(None, "--extractor", help="sevenn (default), chgnet, soap, soap-full."),
+    extractor: str | None = typer.Option(
+        None, "--extractor", help="sevenn (default), chgnet, soap, soap-full, checkpoint:PATH (a model file)."
+    ),
+    extractor_option: list[str] | None = typer.Option(
+        None, "--extractor-option", "-x", help="Extractor option KEY=VALUE (repeatable), e.g. -x trusted=true."
+    ),
     aggregation: str | None = typer.Option(None, "--aggregation", help="flat (default: every atom), mean, sum, max."),
     n_samples: int | None = typer.Option(None, "--n-samples", help="Structures per dataset (default 10000)."),
     bootstrap: int | None = typer.Option(None, "--bootstrap", help="Bootstrap resamples for intervals (0: off; default 100)."),
@@ -36,6 +41,7 @@ def csi(
         "upstream": _named(upstream, "--upstream"),
         "downstream": _named(downstream, "--downstream"),
         "extractor": extractor,
+        "extractor_options": _extractor_options(extractor_option),
         "aggregation": aggregation,
         "n_samples": n_samples,
         "bootstrap": bootstrap,
@@ -48,6 +54,13 @@ def csi(
     overrides["upstream"] = {k: v.model_dump() for k, v in overrides["upstream"].items()}
     overrides["downstream"] = {k: v.model_dump() for k, v in overrides["downstream"].items()}
     run_and_report(load_config(config, overrides), out)
+
+
+def _extractor_options(pairs: list[str] | None) -> dict | None:
+    """-x KEY=VALUE pairs as a dict (values parsed as JSON where they can be); None when none given."""
+    from atomsift.cli.data import parse_options
+
+    return parse_options(pairs) or None
 
 
 def _shrinkage(text: str | None) -> float | str | None:

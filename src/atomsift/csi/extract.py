@@ -5,9 +5,9 @@
     rows = ex.features(records)                  # list of (n_atoms_i, ex.dim) float64 arrays
     x = aggregate(rows, "flat")                  # (sum n_atoms_i, dim): every atom one observation
 
-Extractors are built by factories kept in `EXTRACTORS`, a plain dict; `register_extractor` adds one (the
-backbones work registers "checkpoint" there). Importing this module is cheap: model libraries are imported
-inside the factories, when an extractor is actually built. See docs/extractors.md.
+Extractors are built by factories kept in `EXTRACTORS`, a plain dict; `register_extractor` adds one.
+"checkpoint:PATH" reads model checkpoints (extractors/checkpoint.py). Importing this module is cheap: model
+libraries are imported inside the factories, when an extractor is actually built. See docs/extractors.md.
 """
 
 from __future__ import annotations
@@ -213,8 +213,23 @@ def _soap_full(
     )
 
 
+def _checkpoint(
+    path: str,
+    *,
+    device: str = "cpu",
+    batch_size: int = 32,
+    ema: bool = True,
+    trusted: bool = False,
+    dtype: str = "float32",
+) -> FeatureExtractor:
+    from atomsift.csi.extractors.checkpoint import CheckpointExtractor
+
+    return CheckpointExtractor(path, device=device, batch_size=batch_size, ema=ema, trusted=trusted, dtype=dtype)
+
+
 EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
     "sevenn": _sevenn,
+    "checkpoint": _checkpoint,
     "chgnet": _chgnet,
     "soap": _soap,
     "soap-full": _soap_full,
@@ -246,8 +261,8 @@ def register_extractor(name: str, factory: Callable[..., FeatureExtractor], *, r
 def get_extractor(spec: str, **options: Any) -> FeatureExtractor:
     """Build the extractor named by `spec`: "sevenn" (default) | "chgnet" | "soap" | "soap-full" | "NAME:ARG".
 
-    "checkpoint:PATH" builds EXTRACTORS["checkpoint"](PATH, **options); that factory arrives with the
-    backbones work (atomsift GemNet-OC / PaiNN checkpoints, JMP / fairchem files).
+    "checkpoint:PATH" builds EXTRACTORS["checkpoint"](PATH, **options): the backbone embeddings of an atomsift
+    (PaiNN, GemNet-OC), JMP or fairchem-core 1.10 GemNet-OC checkpoint.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError("empty feature extractor name", fix=f"use one of: {', '.join(EXTRACTORS)}")
@@ -256,19 +271,9 @@ def get_extractor(spec: str, **options: Any) -> FeatureExtractor:
     key = name.strip().lower().replace("_", "-")
     args: tuple[Any, ...] = (arg,) if sep else ()
     if key not in EXTRACTORS:
-        if key == "checkpoint":
-            raise ConfigError(
-                f"feature extractor '{text}': no extractor for checkpoint files is registered yet; atomsift "
-                "checkpoints (GemNet-OC, PaiNN) and JMP / fairchem GemNet-OC files arrive with the backbones work",
-                fix=(
-                    "use --extractor sevenn, chgnet, soap or soap-full for now, or register a factory in Python: "
-                    "atomsift.csi.extract.register_extractor('checkpoint', lambda path, **kw: MyExtractor(path)) "
-                    "(see docs/extractors.md)"
-                ),
-            )
         raise ConfigError(
             f"unknown feature extractor '{text}'",
-            fix=f"use one of: {', '.join(EXTRACTORS)} (or 'checkpoint:PATH' once registered), or add one "
+            fix=f"use one of: {', '.join(EXTRACTORS)} (checkpoint as 'checkpoint:PATH'), or add one "
             "with atomsift.csi.extract.register_extractor",
         )
     if sep and not arg:
