@@ -29,8 +29,16 @@ def _painn() -> Backbone:
     return PaiNN(hidden=16, num_layers=2, num_rbf=8, cutoff=4.5)
 
 
+def _gemnet_oc() -> Backbone:
+    from atomsift.models.backbones.gemnet_oc.model import GemNetOC
+
+    torch.manual_seed(0)
+    return GemNetOC.from_preset("tiny", direct_forces=False)  # the edge output branch is unused by -dE/dx
+
+
 BACKBONES: dict[str, Callable[[], Backbone]] = {
     "painn": _painn,
+    "gemnet_oc": _gemnet_oc,
 }
 
 

@@ -1,0 +1,486 @@
+"""GemNet-OC message-passing blocks: interaction block (triplet, quadruplet, atom-edge, edge-atom and
+atom-atom interactions), atom update block and output block.
+
+Submodule names equal fairchem-core 1.10's (``trip_interaction.mlp_cbf.bilinear.linear.weight``,
+``out_blocks.0.seq_energy_pre.0.linear.weight``, ...), so fairchem state_dicts load by key.
+
+Notation: an edge ``c -> a`` has source c and target a; ``m`` holds one embedding per directed edge of
+the main graph, ``h`` one per atom. ``id_swap[e]`` is the index of the reverse edge of ``e``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import Tensor, nn
+
+from atomsift.models.backbones.gemnet_oc.layers import (
+    Dense,
+    EdgeEmbedding,
+    EfficientInteractionBilinear,
+    ResidualLayer,
+)
+from atomsift.models.backbones.gemnet_oc.scaling import ScaleFactor
+
+__all__ = [
+    "AtomUpdateBlock",
+    "InteractionBlock",
+    "OutputBlock",
+    "PairInteraction",
+    "QuadrupletInteraction",
+    "TripletInteraction",
+    "scatter_sum",
+]
+
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+
+
+def scatter_sum(values: Tensor, index: Tensor, size: int) -> Tensor:
+    """Sum rows of ``values`` (n, ...) into ``size`` rows by ``index`` (n,) -> (size, ...)."""
+    out = values.new_zeros((size, *values.shape[1:]))
+    return out.index_add_(0, index, values)
+
+
+def _residual_stack(units: int, count: int, activation: str | None) -> nn.ModuleList:
+    return nn.ModuleList([ResidualLayer(units, activation=activation) for _ in range(count)])
+
+
+class TripletInteraction(nn.Module):
+    """Message passing over triplets ``b -> a <- c``: the message of edge ``b -> a`` (or of atom b)
+    is modulated by the radial basis of ``b -> a`` and the circular basis of the angle c-a-b, and summed
+    into edge ``c -> a`` (or, with a second aggregation, into atom a).
+
+    Args:
+        emb_size_in: size of the incoming embeddings (edge size, or atom size for atom-to-edge).
+        emb_size_out: size of the output embeddings.
+        emb_size_trip_in: down-projected size before the bilinear layer.
+        emb_size_trip_out: size after the bilinear layer.
+        emb_size_rbf: size of the (shared) radial basis projection.
+        emb_size_cbf: size of the (shared) circular basis projection.
+        symmetric_mp: also update the reverse edge (two up-projections, merged through id_swap).
+        swap_output: without symmetric_mp, write the result to the reverse edge.
+        activation: activation of the dense layers.
+    """
+
+    def __init__(
+        self,
+        emb_size_in: int,
+        emb_size_out: int,
+        emb_size_trip_in: int,
+        emb_size_trip_out: int,
+        emb_size_rbf: int,
+        emb_size_cbf: int,
+        symmetric_mp: bool = True,
+        swap_output: bool = True,
+        activation: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.symmetric_mp = symmetric_mp
+        self.swap_output = swap_output
+        self.dense_ba = Dense(emb_size_in, emb_size_in, activation=activation, bias=False)
+        self.mlp_rbf = Dense(emb_size_rbf, emb_size_in, activation=None, bias=False)
+        self.scale_rbf = ScaleFactor()
+        self.mlp_cbf = EfficientInteractionBilinear(emb_size_trip_in, emb_size_cbf, emb_size_trip_out)
+        self.scale_cbf_sum = ScaleFactor()
+        self.down_projection = Dense(emb_size_in, emb_size_trip_in, activation=activation, bias=False)
+        self.up_projection_ca = Dense(emb_size_trip_out, emb_size_out, activation=activation, bias=False)
+        if symmetric_mp:
+            self.up_projection_ac = Dense(emb_size_trip_out, emb_size_out, activation=activation, bias=False)
+
+    def forward(
+        self,
+        m: Tensor,
+        bases: dict[str, Any],
+        idx: dict[str, Tensor],
+        id_swap: Tensor,
+        expand_idx: Tensor | None = None,
+        idx_agg2: Tensor | None = None,
+        idx_agg2_inner: Tensor | None = None,
+        agg2_out_size: int | None = None,
+    ) -> Tensor:
+        """Args:
+            m: (E_in, emb_size_in) input embeddings (edges, or atoms when ``expand_idx`` is given).
+            bases: {"rad": (E_b, emb_size_rbf), "cir": (rad_W1, sph) from BasisEmbedding}.
+            idx: triplet indices {"in", "out", "out_agg"} (T,).
+            id_swap: (E,) reverse edge of each main-graph edge.
+            expand_idx: (E_b,) atom of each edge b->a (atom-to-edge: atoms are expanded to edges).
+            idx_agg2, idx_agg2_inner, agg2_out_size: second aggregation edges -> atoms (edge-to-atom).
+
+        Returns:
+            (E, emb_size_out) edge embeddings, or (agg2_out_size, emb_size_out) atom embeddings.
+        """
+        x_ba = self.dense_ba(m)
+        if expand_idx is not None:
+            x_ba = x_ba[expand_idx]
+        x_ba = self.scale_rbf(x_ba * self.mlp_rbf(bases["rad"]), ref=x_ba)
+        x_ba = self.down_projection(x_ba)
+        x_ba = x_ba[idx["in"]]  # (T, emb_size_trip_in)
+        x = self.mlp_cbf(
+            basis=bases["cir"],
+            m=x_ba,
+            idx_agg_outer=idx["out"],
+            idx_agg_inner=idx["out_agg"],
+            idx_agg2_outer=idx_agg2,
+            idx_agg2_inner=idx_agg2_inner,
+            agg2_out_size=agg2_out_size,
+        )
+        x = self.scale_cbf_sum(x, ref=x_ba)
+        if self.symmetric_mp:
+            x_ca = self.up_projection_ca(x)
+            x_ac = self.up_projection_ac(x)[id_swap]  # the same message, written to the reverse edge
+            return (x_ca + x_ac) * _INV_SQRT_2
+        if self.swap_output:
+            x = x[id_swap]
+        return self.up_projection_ca(x)
+
+
+class QuadrupletInteraction(nn.Module):
+    """Message passing over quadruplets ``d -> b -> a <- c``: the message of edge ``d -> b`` passes the
+    radial basis of d-b, the circular basis of (d_ba, angle a-b-d) and the spherical basis of
+    (d_ca, angle c-a-b, dihedral c-a-b-d), and is summed into edge ``c -> a``.
+
+    Args:
+        emb_size_edge: edge embedding size.
+        emb_size_quad_in: down-projected size before the bilinear layer.
+        emb_size_quad_out: size after the bilinear layer.
+        emb_size_rbf, emb_size_cbf, emb_size_sbf: sizes of the shared basis projections.
+        symmetric_mp: also update the reverse edge.
+        activation: activation of the dense layers.
+    """
+
+    def __init__(
+        self,
+        emb_size_edge: int,
+        emb_size_quad_in: int,
+        emb_size_quad_out: int,
+        emb_size_rbf: int,
+        emb_size_cbf: int,
+        emb_size_sbf: int,
+        symmetric_mp: bool = True,
+        activation: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.symmetric_mp = symmetric_mp
+        self.dense_db = Dense(emb_size_edge, emb_size_edge, activation=activation, bias=False)
+        self.mlp_rbf = Dense(emb_size_rbf, emb_size_edge, activation=None, bias=False)
+        self.scale_rbf = ScaleFactor()
+        self.mlp_cbf = Dense(emb_size_cbf, emb_size_quad_in, activation=None, bias=False)
+        self.scale_cbf = ScaleFactor()
+        self.mlp_sbf = EfficientInteractionBilinear(emb_size_quad_in, emb_size_sbf, emb_size_quad_out)
+        self.scale_sbf_sum = ScaleFactor()
+        self.down_projection = Dense(emb_size_edge, emb_size_quad_in, activation=activation, bias=False)
+        self.up_projection_ca = Dense(emb_size_quad_out, emb_size_edge, activation=activation, bias=False)
+        if symmetric_mp:
+            self.up_projection_ac = Dense(emb_size_quad_out, emb_size_edge, activation=activation, bias=False)
+
+    def forward(self, m: Tensor, bases: dict[str, Any], idx: dict[str, Any], id_swap: Tensor) -> Tensor:
+        """Args:
+            m: (E, emb_size_edge) edge embeddings.
+            bases: {"rad": (E, emb_size_rbf), "cir": (T_in, emb_size_cbf), "sph": (rad_W1, sph)}.
+            idx: quadruplet indices from get_quadruplets.
+            id_swap: (E,) reverse edge of each edge.
+
+        Returns:
+            (E, emb_size_edge).
+        """
+        x_db = self.dense_db(m)
+        x_db = self.scale_rbf(x_db * self.mlp_rbf(bases["rad"]), ref=x_db)
+        x_db = self.down_projection(x_db)
+        x_db = x_db[idx["triplet_in"]["in"]]  # (T_in, emb_size_quad_in), one row per triplet d->b->a
+        x_db = self.scale_cbf(x_db * self.mlp_cbf(bases["cir"]), ref=x_db)
+        x_db = x_db[idx["trip_in_to_quad"]]  # (Q, emb_size_quad_in)
+        x = self.mlp_sbf(bases["sph"], x_db, idx["out"], idx["out_agg"])
+        x = self.scale_sbf_sum(x, ref=x_db)
+        if self.symmetric_mp:
+            x_ca = self.up_projection_ca(x)
+            x_ac = self.up_projection_ac(x)[id_swap]
+            return (x_ca + x_ac) * _INV_SQRT_2
+        return self.up_projection_ca(x)
+
+
+class PairInteraction(nn.Module):
+    """Atom-to-atom message passing on the a2a graph, with a bilinear layer over the radial basis.
+
+    Args:
+        emb_size_atom: atom embedding size.
+        emb_size_pair_in: down-projected size before the bilinear layer.
+        emb_size_pair_out: size after the bilinear layer.
+        emb_size_rbf: size of the radial basis projection.
+        activation: activation of the dense layers.
+    """
+
+    def __init__(
+        self,
+        emb_size_atom: int,
+        emb_size_pair_in: int,
+        emb_size_pair_out: int,
+        emb_size_rbf: int,
+        activation: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.bilinear = Dense(emb_size_rbf * emb_size_pair_in, emb_size_pair_out, activation=None, bias=False)
+        self.scale_rbf_sum = ScaleFactor()
+        self.down_projection = Dense(emb_size_atom, emb_size_pair_in, activation=activation, bias=False)
+        self.up_projection = Dense(emb_size_pair_out, emb_size_atom, activation=activation, bias=False)
+
+    def forward(self, h: Tensor, rad_basis: Tensor, edge_index: Tensor, target_neighbor_idx: Tensor) -> Tensor:
+        """Args:
+            h: (N, emb_size_atom) atom embeddings.
+            rad_basis: (N, emb_size_rbf, Kmax) radial basis padded per target atom.
+            edge_index: (2, E_a2a) [source, target] of the a2a graph (sorted by target).
+            target_neighbor_idx: (E_a2a,) slot of each edge among its target's edges.
+
+        Returns:
+            (N, emb_size_atom).
+        """
+        num_atoms = h.shape[0]
+        x_b = self.down_projection(h)
+        x_ba = x_b[edge_index[0]]  # (E_a2a, emb_size_pair_in)
+        kmax = int(target_neighbor_idx.max()) + 1 if target_neighbor_idx.numel() > 0 else 0
+        x2 = x_ba.new_zeros(num_atoms, kmax, x_ba.shape[-1])
+        x2[edge_index[1], target_neighbor_idx] = x_ba
+        x_ba2 = rad_basis @ x2  # (N, emb_size_rbf, emb_size_pair_in)
+        h_out = self.bilinear(x_ba2.reshape(num_atoms, -1))
+        h_out = self.scale_rbf_sum(h_out, ref=x_ba)
+        return self.up_projection(h_out)
+
+
+class AtomUpdateBlock(nn.Module):
+    """Sum the edge embeddings (times a radial projection) into their target atoms, then an MLP.
+
+    Args:
+        emb_size_atom: atom embedding size.
+        emb_size_edge: edge embedding size.
+        emb_size_rbf: size of the radial basis projection.
+        nHidden: number of residual layers.
+        activation: activation of the dense layers.
+    """
+
+    def __init__(
+        self,
+        emb_size_atom: int,
+        emb_size_edge: int,
+        emb_size_rbf: int,
+        nHidden: int,
+        activation: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.dense_rbf = Dense(emb_size_rbf, emb_size_edge, activation=None, bias=False)
+        self.scale_sum = ScaleFactor()
+        self.layers = self.get_mlp(emb_size_edge, emb_size_atom, nHidden, activation)
+
+    @staticmethod
+    def get_mlp(units_in: int, units: int, nHidden: int, activation: str | None) -> nn.ModuleList:
+        """A Dense layer units_in -> units (only when the sizes differ), then nHidden residual layers."""
+        mlp: list[nn.Module] = []
+        if units_in != units:
+            mlp.append(Dense(units_in, units, activation=activation, bias=False))
+        mlp += [ResidualLayer(units, nLayers=2, activation=activation) for _ in range(nHidden)]
+        return nn.ModuleList(mlp)
+
+    def forward(self, h: Tensor, m: Tensor, basis_rad: Tensor, idx_atom: Tensor) -> Tensor:
+        """h (N, atom), m (E, edge), basis_rad (E, emb_size_rbf), idx_atom (E,) target atoms -> (N, atom)."""
+        x = m * self.dense_rbf(basis_rad)
+        x = self.scale_sum(scatter_sum(x, idx_atom, h.shape[0]), ref=m)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class OutputBlock(AtomUpdateBlock):
+    """Per-block output: atom features for the energy and (direct forces) edge features for the forces.
+
+    Args:
+        emb_size_atom, emb_size_edge, emb_size_rbf: embedding sizes.
+        nHidden: residual layers before adding the atom embedding.
+        nHidden_afteratom: residual layers after adding it (0: no skip from the atom embedding).
+        activation: activation of the dense layers.
+        direct_forces: also produce edge features (seq_forces, dense_rbf_F, scale_rbf_F).
+    """
+
+    def __init__(
+        self,
+        emb_size_atom: int,
+        emb_size_edge: int,
+        emb_size_rbf: int,
+        nHidden: int,
+        nHidden_afteratom: int,
+        activation: str | None = None,
+        direct_forces: bool = True,
+    ) -> None:
+        super().__init__(emb_size_atom, emb_size_edge, emb_size_rbf, nHidden, activation=activation)
+        self.direct_forces = direct_forces
+        self.seq_energy_pre = self.layers  # the same modules under a second name, as in fairchem
+        self.seq_energy2 = None
+        if nHidden_afteratom >= 1:
+            self.seq_energy2 = self.get_mlp(emb_size_atom, emb_size_atom, nHidden_afteratom, activation)
+        if direct_forces:
+            self.scale_rbf_F = ScaleFactor()
+            self.seq_forces = self.get_mlp(emb_size_edge, emb_size_edge, nHidden, activation)
+            self.dense_rbf_F = Dense(emb_size_rbf, emb_size_edge, activation=None, bias=False)
+
+    def forward(self, h: Tensor, m: Tensor, basis_rad: Tensor, idx_atom: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Returns (N, emb_size_atom) atom features and (E, emb_size_edge) edge features (None without
+        direct forces)."""
+        x = m * self.dense_rbf(basis_rad)
+        x_E = self.scale_sum(scatter_sum(x, idx_atom, h.shape[0]), ref=m)
+        for layer in self.seq_energy_pre:
+            x_E = layer(x_E)
+        if self.seq_energy2 is not None:
+            x_E = (x_E + h) * _INV_SQRT_2
+            for layer in self.seq_energy2:
+                x_E = layer(x_E)
+        if not self.direct_forces:
+            return x_E, None
+        x_F = m
+        for layer in self.seq_forces:
+            x_F = layer(x_F)
+        x_F = self.scale_rbf_F(x_F * self.dense_rbf_F(basis_rad), ref=x_F)
+        return x_E, x_F
+
+
+class InteractionBlock(nn.Module):
+    """One GemNet-OC interaction block: edge updates from triplets (+ quadruplets, + atom-to-edge),
+    atom updates (+ edge-to-atom, + atom-to-atom), then edges refreshed from the new atom embeddings.
+
+    Args: embedding sizes as in GemNetOC (``emb_size_a2a_*`` = GemNetOC's ``emb_size_aint_*``),
+        num_before_skip / num_after_skip (edge residual layers around the skip connection),
+        num_concat (residual layers after the atom-to-edge concatenation), num_atom (atom update layers),
+        num_atom_emb_layers (residual layers on the atom embedding), the four interaction switches, activation.
+    """
+
+    def __init__(
+        self,
+        emb_size_atom: int,
+        emb_size_edge: int,
+        emb_size_trip_in: int,
+        emb_size_trip_out: int,
+        emb_size_quad_in: int,
+        emb_size_quad_out: int,
+        emb_size_a2a_in: int,
+        emb_size_a2a_out: int,
+        emb_size_rbf: int,
+        emb_size_cbf: int,
+        emb_size_sbf: int,
+        num_before_skip: int,
+        num_after_skip: int,
+        num_concat: int,
+        num_atom: int,
+        num_atom_emb_layers: int = 0,
+        quad_interaction: bool = False,
+        atom_edge_interaction: bool = False,
+        edge_atom_interaction: bool = False,
+        atom_interaction: bool = False,
+        activation: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.dense_ca = Dense(emb_size_edge, emb_size_edge, activation=activation, bias=False)
+        self.trip_interaction = TripletInteraction(
+            emb_size_edge, emb_size_edge, emb_size_trip_in, emb_size_trip_out, emb_size_rbf, emb_size_cbf,
+            symmetric_mp=True, swap_output=True, activation=activation,
+        )
+        self.quad_interaction = (
+            QuadrupletInteraction(
+                emb_size_edge, emb_size_quad_in, emb_size_quad_out, emb_size_rbf, emb_size_cbf, emb_size_sbf,
+                symmetric_mp=True, activation=activation,
+            )
+            if quad_interaction
+            else None
+        )
+        self.atom_edge_interaction = (
+            TripletInteraction(
+                emb_size_atom, emb_size_edge, emb_size_trip_in, emb_size_trip_out, emb_size_rbf, emb_size_cbf,
+                symmetric_mp=True, swap_output=True, activation=activation,
+            )
+            if atom_edge_interaction
+            else None
+        )
+        self.edge_atom_interaction = (
+            TripletInteraction(
+                emb_size_edge, emb_size_atom, emb_size_trip_in, emb_size_trip_out, emb_size_rbf, emb_size_cbf,
+                symmetric_mp=False, swap_output=False, activation=activation,
+            )
+            if edge_atom_interaction
+            else None
+        )
+        self.atom_interaction = (
+            PairInteraction(emb_size_atom, emb_size_a2a_in, emb_size_a2a_out, emb_size_rbf, activation=activation)
+            if atom_interaction
+            else None
+        )
+        self.layers_before_skip = _residual_stack(emb_size_edge, num_before_skip, activation)
+        self.layers_after_skip = _residual_stack(emb_size_edge, num_after_skip, activation)
+        self.atom_emb_layers = _residual_stack(emb_size_atom, num_atom_emb_layers, activation)
+        self.atom_update = AtomUpdateBlock(emb_size_atom, emb_size_edge, emb_size_rbf, num_atom, activation=activation)
+        self.concat_layer = EdgeEmbedding(emb_size_atom, emb_size_edge, emb_size_edge, activation=activation)
+        self.residual_m = _residual_stack(emb_size_edge, num_concat, activation)
+        # the merged sums are divided by sqrt(number of summands) to keep their variance
+        self.inv_sqrt_num_eint = 1.0 / math.sqrt(2.0 + quad_interaction + atom_edge_interaction)
+        self.inv_sqrt_num_aint = 1.0 / math.sqrt(1.0 + edge_atom_interaction + atom_interaction)
+
+    def forward(
+        self,
+        h: Tensor,
+        m: Tensor,
+        bases_qint: dict[str, Any],
+        bases_e2e: dict[str, Any],
+        bases_a2e: dict[str, Any],
+        bases_e2a: dict[str, Any],
+        basis_a2a_rad: Tensor | None,
+        basis_atom_update: Tensor,
+        edge_index_main: Tensor,
+        a2ee2a_graph: dict[str, Tensor],
+        a2a_graph: dict[str, Tensor],
+        id_swap: Tensor,
+        trip_idx_e2e: dict[str, Tensor],
+        trip_idx_a2e: dict[str, Tensor],
+        trip_idx_e2a: dict[str, Tensor],
+        quad_idx: dict[str, Any],
+    ) -> tuple[Tensor, Tensor]:
+        """Update atom embeddings h (N, emb_size_atom) and edge embeddings m (E, emb_size_edge)."""
+        num_atoms = h.shape[0]
+        x = self.dense_ca(m) + self.trip_interaction(m, bases_e2e, trip_idx_e2e, id_swap)
+        if self.quad_interaction is not None:
+            x = x + self.quad_interaction(m, bases_qint, quad_idx, id_swap)
+        if self.atom_edge_interaction is not None:
+            x = x + self.atom_edge_interaction(
+                h, bases_a2e, trip_idx_a2e, id_swap, expand_idx=a2ee2a_graph["edge_index"][0]
+            )
+        x = x * self.inv_sqrt_num_eint
+
+        h_new = h
+        if self.edge_atom_interaction is not None:
+            h_new = h_new + self.edge_atom_interaction(
+                m,
+                bases_e2a,
+                trip_idx_e2a,
+                id_swap,
+                idx_agg2=a2ee2a_graph["edge_index"][1],
+                idx_agg2_inner=a2ee2a_graph["target_neighbor_idx"],
+                agg2_out_size=num_atoms,
+            )
+        if self.atom_interaction is not None:
+            h_new = h_new + self.atom_interaction(
+                h, basis_a2a_rad, a2a_graph["edge_index"], a2a_graph["target_neighbor_idx"]
+            )
+        h = h_new * self.inv_sqrt_num_aint
+
+        # edge update with a skip connection
+        for layer in self.layers_before_skip:
+            x = layer(x)
+        m = (m + x) * _INV_SQRT_2
+        for layer in self.layers_after_skip:
+            m = layer(m)
+
+        # atom update with a skip connection
+        for layer in self.atom_emb_layers:
+            h = layer(h)
+        h = (h + self.atom_update(h, m, basis_atom_update, edge_index_main[1])) * _INV_SQRT_2
+
+        # edges refreshed from the updated atoms
+        m2 = self.concat_layer(h, m, edge_index_main)
+        for layer in self.residual_m:
+            m2 = layer(m2)
+        m = (m + m2) * _INV_SQRT_2
+        return h, m

@@ -1,0 +1,484 @@
+"""GemNet-OC backbone (Gasteiger et al. 2022) in pure PyTorch, weight-compatible with fairchem-core 1.10.
+
+    from atomsift.models.backbones.gemnet_oc.model import GemNetOC
+    model = GemNetOC.from_preset("S")            # JMP-S sizes (presets.py); "L", "small", "tiny"
+    out = model(batch)                           # batch: atomsift.graph.AtomsBatch
+    out.node    # (N, emb_size_atom) per-atom features after fairchem's out_mlp_E
+    out.edge    # (E, emb_size_edge) per-edge features after out_mlp_F (direct_forces models), else None
+    out.edge_unit  # (E, 3) unit vector source -> target: F[target] += f_e * edge_unit[e]
+
+The heads (fairchem's ``out_energy`` / ``out_forces``) are outside the backbone; compat.py has modules that
+apply them as fairchem does. Module names (and so state_dict keys) equal fairchem's GemNetOC without
+``out_energy`` and ``out_forces``. Hyperparameters keep fairchem's names and meanings, except that
+``num_elements`` counts embedded elements (atomic numbers 1..num_elements), so the Backbone attribute
+``num_elements`` (exclusive upper bound) is one larger.
+
+For gradient forces, set ``batch.positions.requires_grad_(True)`` before calling the backbone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from atomsift.errors import ConfigError
+from atomsift.models.backbones.gemnet_oc.bases import CircularBasisLayer, RadialBasis, SphericalBasisLayer
+from atomsift.models.backbones.gemnet_oc.blocks import InteractionBlock, OutputBlock
+from atomsift.models.backbones.gemnet_oc.graphs import (
+    GraphSettings,
+    InteractionGraphs,
+    build_interaction_graphs,
+    resolve_cutoffs,
+    resolve_max_neighbors,
+)
+from atomsift.models.backbones.gemnet_oc.layers import (
+    AtomEmbedding,
+    BasisEmbedding,
+    Dense,
+    EdgeEmbedding,
+    ResidualLayer,
+)
+from atomsift.models.backbones.gemnet_oc.scaling import fit_scale_factors, unfitted_scale_factors
+from atomsift.models.backbones.gemnet_oc.utils import get_angle, inner_product_clamped
+from atomsift.models.base import Backbone, BackboneOutput, no_neighbours_error
+
+__all__ = ["GemNetOC", "GemNetOCOutput", "ensure_scale_factors"]
+
+log = logging.getLogger(__name__)
+
+# fairchem's GemNet-OC "silu" / "swish" is the scaled SiLU (JMP: "scaled_silu"); fairchem 1.10 has no other
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "scaled_silu": "silu"}
+
+
+@dataclass
+class GemNetOCOutput(BackboneOutput):
+    """BackboneOutput plus GemNet-OC specifics.
+
+    Attributes:
+        id_swap: (E,) index of the reverse of each main-graph edge.
+        num_neighbors: (B,) main-graph edges per structure (each structure's edges are contiguous).
+        node_blocks: per-block atom features (num_blocks + 1 tensors (N, emb_size_atom)), before out_mlp_E.
+        edge_blocks: per-block edge features before out_mlp_F (direct-force models), else empty.
+    """
+
+    id_swap: Tensor | None = None
+    num_neighbors: Tensor | None = None
+    node_blocks: list[Tensor] = field(default_factory=list)
+    edge_blocks: list[Tensor] = field(default_factory=list)
+
+
+class GemNetOC(Backbone):
+    """GemNet-OC backbone. Arguments as fairchem-core 1.10's GemNetOC (see presets.py for values):
+
+    Args:
+        num_spherical, num_radial: angular / radial basis sizes.
+        num_blocks: interaction blocks.
+        emb_size_atom, emb_size_edge: atom / edge embedding sizes (node_dim / edge_dim).
+        emb_size_trip_in/out, emb_size_quad_in/out, emb_size_aint_in/out: bilinear layer sizes.
+        emb_size_rbf, emb_size_cbf, emb_size_sbf: shared basis projection sizes.
+        num_before_skip, num_after_skip, num_concat, num_atom, num_output_afteratom, num_atom_emb_layers,
+            num_global_out_layers: residual layer counts.
+        direct_forces: build the per-edge force features (out_mlp_F); False for gradient-force models.
+        use_pbc: honour the batch's cells and pbc flags (False: treat every structure as a molecule).
+        cutoff, cutoff_qint, cutoff_aeaint, cutoff_aint: graph cutoffs in A (None: fairchem's fallback).
+        max_neighbors, max_neighbors_qint, max_neighbors_aeaint, max_neighbors_aint: neighbour limits.
+        enforce_max_neighbors_strictly: exactly max_neighbors per atom (else ties within 0.01 are kept).
+        rbf, rbf_spherical, envelope, cbf, sbf: basis specs, e.g. {"name": "gaussian"}.
+        activation: "silu" (the scaled SiLU; "swish" and "scaled_silu" are aliases).
+        quad_interaction, atom_edge_interaction, edge_atom_interaction, atom_interaction: switches.
+        scale_basis: scale factors on the raw bases.
+        qint_tags: atom tags whose edges take part in quadruplet interactions.
+        num_elements: atomic numbers 1..num_elements can be embedded.
+        absolute_rbf_cutoff: if set, every radial basis scales distances by this cutoff (A) instead of its
+            graph's cutoff (JMP's ``absolute_rbf_cutoff``, 12 A in its models); None: fairchem's behaviour.
+    """
+
+    name: ClassVar[str] = "gemnet_oc"
+
+    def __init__(
+        self,
+        *,
+        num_spherical: int,
+        num_radial: int,
+        num_blocks: int,
+        emb_size_atom: int,
+        emb_size_edge: int,
+        emb_size_trip_in: int,
+        emb_size_trip_out: int,
+        emb_size_quad_in: int,
+        emb_size_quad_out: int,
+        emb_size_aint_in: int,
+        emb_size_aint_out: int,
+        emb_size_rbf: int,
+        emb_size_cbf: int,
+        emb_size_sbf: int,
+        num_before_skip: int,
+        num_after_skip: int,
+        num_concat: int,
+        num_atom: int,
+        num_output_afteratom: int,
+        num_atom_emb_layers: int = 0,
+        num_global_out_layers: int = 2,
+        direct_forces: bool = True,
+        use_pbc: bool = True,
+        cutoff: float = 6.0,
+        cutoff_qint: float | None = None,
+        cutoff_aeaint: float | None = None,
+        cutoff_aint: float | None = None,
+        max_neighbors: int = 50,
+        max_neighbors_qint: int | None = None,
+        max_neighbors_aeaint: int | None = None,
+        max_neighbors_aint: int | None = None,
+        enforce_max_neighbors_strictly: bool = True,
+        rbf: dict[str, Any] | None = None,
+        rbf_spherical: dict[str, Any] | None = None,
+        envelope: dict[str, Any] | None = None,
+        cbf: dict[str, Any] | None = None,
+        sbf: dict[str, Any] | None = None,
+        activation: str = "silu",
+        quad_interaction: bool = False,
+        atom_edge_interaction: bool = False,
+        edge_atom_interaction: bool = False,
+        atom_interaction: bool = False,
+        scale_basis: bool = False,
+        qint_tags: Iterable[int] = (0, 1, 2),
+        num_elements: int = 83,
+        absolute_rbf_cutoff: float | None = None,
+    ) -> None:
+        super().__init__()
+        if num_blocks < 1:
+            raise ConfigError(f"GemNet-OC needs num_blocks >= 1, got {num_blocks}", fix="set num_blocks to 1 or more")
+        if not isinstance(activation, str) or activation.lower() not in _ACTIVATIONS:
+            raise ConfigError(f"unknown GemNet-OC activation {activation!r}", fix="use 'silu' (the scaled SiLU)")
+        rbf = dict(rbf) if rbf else {"name": "gaussian"}
+        rbf_spherical = dict(rbf_spherical) if rbf_spherical else None
+        envelope = dict(envelope) if envelope else {"name": "polynomial", "exponent": 5}
+        cbf = dict(cbf) if cbf else {"name": "spherical_harmonics"}
+        sbf = dict(sbf) if sbf else {"name": "spherical_harmonics"}
+        qint_tags = tuple(int(t) for t in qint_tags)
+        self._hparams: dict[str, Any] = {
+            "num_spherical": num_spherical, "num_radial": num_radial, "num_blocks": num_blocks,
+            "emb_size_atom": emb_size_atom, "emb_size_edge": emb_size_edge,
+            "emb_size_trip_in": emb_size_trip_in, "emb_size_trip_out": emb_size_trip_out,
+            "emb_size_quad_in": emb_size_quad_in, "emb_size_quad_out": emb_size_quad_out,
+            "emb_size_aint_in": emb_size_aint_in, "emb_size_aint_out": emb_size_aint_out,
+            "emb_size_rbf": emb_size_rbf, "emb_size_cbf": emb_size_cbf, "emb_size_sbf": emb_size_sbf,
+            "num_before_skip": num_before_skip, "num_after_skip": num_after_skip, "num_concat": num_concat,
+            "num_atom": num_atom, "num_output_afteratom": num_output_afteratom,
+            "num_atom_emb_layers": num_atom_emb_layers, "num_global_out_layers": num_global_out_layers,
+            "direct_forces": direct_forces, "use_pbc": use_pbc,
+            "cutoff": cutoff, "cutoff_qint": cutoff_qint, "cutoff_aeaint": cutoff_aeaint, "cutoff_aint": cutoff_aint,
+            "max_neighbors": max_neighbors, "max_neighbors_qint": max_neighbors_qint,
+            "max_neighbors_aeaint": max_neighbors_aeaint, "max_neighbors_aint": max_neighbors_aint,
+            "enforce_max_neighbors_strictly": enforce_max_neighbors_strictly,
+            "rbf": rbf, "rbf_spherical": rbf_spherical, "envelope": envelope, "cbf": cbf, "sbf": sbf,
+            "activation": activation, "quad_interaction": quad_interaction,
+            "atom_edge_interaction": atom_edge_interaction, "edge_atom_interaction": edge_atom_interaction,
+            "atom_interaction": atom_interaction, "scale_basis": scale_basis,
+            "qint_tags": list(qint_tags), "num_elements": num_elements,
+            "absolute_rbf_cutoff": absolute_rbf_cutoff,
+        }
+        act = _ACTIVATIONS[activation.lower()]
+        self.num_blocks = num_blocks
+        self.direct_forces = direct_forces
+        self.quad_interaction = quad_interaction
+        self.atom_edge_interaction = atom_edge_interaction
+        self.edge_atom_interaction = edge_atom_interaction
+        self.atom_interaction = atom_interaction
+        self.node_dim = emb_size_atom
+        self.edge_dim = emb_size_edge if direct_forces else None
+        self.num_elements = num_elements + 1  # Backbone convention: exclusive upper bound
+        self._warned_no_qint_tags = False
+
+        switches = {"quad": quad_interaction, "aeaint": atom_edge_interaction or edge_atom_interaction,
+                    "aint": atom_interaction}
+        cutoffs = resolve_cutoffs(cutoff, cutoff_qint, cutoff_aeaint, cutoff_aint, **switches)
+        limits = resolve_max_neighbors(max_neighbors, max_neighbors_qint, max_neighbors_aeaint, max_neighbors_aint,
+                                       **switches)
+        self.graph_settings = GraphSettings(
+            *cutoffs, *limits,
+            enforce_max_neighbors_strictly=enforce_max_neighbors_strictly, use_pbc=use_pbc,
+            quad_interaction=quad_interaction, atom_edge_interaction=atom_edge_interaction,
+            edge_atom_interaction=edge_atom_interaction, atom_interaction=atom_interaction, qint_tags=qint_tags,
+        )
+        self._absolute_rbf_cutoff = absolute_rbf_cutoff
+        self._init_bases(num_radial, num_spherical, rbf, rbf_spherical or rbf, envelope, cbf, sbf, scale_basis)
+        self._init_shared_projections(num_radial, num_spherical, emb_size_rbf, emb_size_cbf, emb_size_sbf)
+
+        self.atom_emb = AtomEmbedding(emb_size_atom, num_elements)
+        self.edge_emb = EdgeEmbedding(emb_size_atom, num_radial, emb_size_edge, activation=act)
+        self.int_blocks = nn.ModuleList(
+            InteractionBlock(
+                emb_size_atom=emb_size_atom, emb_size_edge=emb_size_edge,
+                emb_size_trip_in=emb_size_trip_in, emb_size_trip_out=emb_size_trip_out,
+                emb_size_quad_in=emb_size_quad_in, emb_size_quad_out=emb_size_quad_out,
+                emb_size_a2a_in=emb_size_aint_in, emb_size_a2a_out=emb_size_aint_out,
+                emb_size_rbf=emb_size_rbf, emb_size_cbf=emb_size_cbf, emb_size_sbf=emb_size_sbf,
+                num_before_skip=num_before_skip, num_after_skip=num_after_skip, num_concat=num_concat,
+                num_atom=num_atom, num_atom_emb_layers=num_atom_emb_layers,
+                quad_interaction=quad_interaction, atom_edge_interaction=atom_edge_interaction,
+                edge_atom_interaction=edge_atom_interaction, atom_interaction=atom_interaction, activation=act,
+            )
+            for _ in range(num_blocks)
+        )
+        self.out_blocks = nn.ModuleList(
+            OutputBlock(
+                emb_size_atom=emb_size_atom, emb_size_edge=emb_size_edge, emb_size_rbf=emb_size_rbf,
+                nHidden=num_atom, nHidden_afteratom=num_output_afteratom, activation=act,
+                direct_forces=direct_forces,
+            )
+            for _ in range(num_blocks + 1)
+        )
+        self.out_mlp_E = nn.Sequential(
+            Dense(emb_size_atom * (num_blocks + 1), emb_size_atom, activation=act),
+            *[ResidualLayer(emb_size_atom, activation=act) for _ in range(num_global_out_layers)],
+        )
+        if direct_forces:
+            self.out_mlp_F = nn.Sequential(
+                Dense(emb_size_edge * (num_blocks + 1), emb_size_edge, activation=act),
+                *[ResidualLayer(emb_size_edge, activation=act) for _ in range(num_global_out_layers)],
+            )
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _init_bases(self, num_radial, num_spherical, rbf, rbf_spherical, envelope, cbf, sbf, scale_basis) -> None:
+        """Radial / circular / spherical bases, shared where fairchem shares them."""
+        s = self.graph_settings
+
+        def radial(cutoff: float, spec: dict) -> RadialBasis:
+            cutoff = self._absolute_rbf_cutoff or cutoff
+            return RadialBasis(num_radial=num_radial, cutoff=cutoff, rbf=spec, envelope=envelope,
+                               scale_basis=scale_basis)
+
+        self.radial_basis = radial(s.cutoff, rbf)
+        radial_spherical = radial(s.cutoff, rbf_spherical)  # shared by several angular bases
+        if self.quad_interaction:
+            self.cbf_basis_qint = CircularBasisLayer(num_spherical, radial(s.cutoff_qint, rbf_spherical), cbf,
+                                                     scale_basis)
+            self.sbf_basis_qint = SphericalBasisLayer(num_spherical, radial_spherical, sbf, scale_basis)
+        if self.atom_edge_interaction:
+            self.radial_basis_aeaint = radial(s.cutoff_aeaint, rbf)
+            self.cbf_basis_aeint = CircularBasisLayer(num_spherical, radial_spherical, cbf, scale_basis)
+        if self.edge_atom_interaction:
+            self.radial_basis_aeaint = radial(s.cutoff_aeaint, rbf)
+            self.cbf_basis_eaint = CircularBasisLayer(num_spherical, radial(s.cutoff_aeaint, rbf_spherical), cbf,
+                                                      scale_basis)
+        if self.atom_interaction:
+            self.radial_basis_aint = radial(s.cutoff_aint, rbf)
+        self.cbf_basis_tint = CircularBasisLayer(num_spherical, radial_spherical, cbf, scale_basis)
+
+    def _init_shared_projections(self, num_radial, num_spherical, emb_size_rbf, emb_size_cbf, emb_size_sbf) -> None:
+        """Basis down-projections shared by all interaction blocks."""
+
+        def dense() -> Dense:
+            return Dense(num_radial, emb_size_rbf, activation=None, bias=False)
+
+        if self.quad_interaction:
+            self.mlp_rbf_qint = dense()
+            self.mlp_cbf_qint = BasisEmbedding(num_radial, emb_size_cbf, num_spherical)
+            self.mlp_sbf_qint = BasisEmbedding(num_radial, emb_size_sbf, num_spherical**2)
+        if self.atom_edge_interaction:
+            self.mlp_rbf_aeint = dense()
+            self.mlp_cbf_aeint = BasisEmbedding(num_radial, emb_size_cbf, num_spherical)
+        if self.edge_atom_interaction:
+            self.mlp_rbf_eaint = dense()
+            self.mlp_cbf_eaint = BasisEmbedding(num_radial, emb_size_cbf, num_spherical)
+        if self.atom_interaction:
+            self.mlp_rbf_aint = BasisEmbedding(num_radial, emb_size_rbf)
+        self.mlp_rbf_tint = dense()
+        self.mlp_cbf_tint = BasisEmbedding(num_radial, emb_size_cbf, num_spherical)
+        self.mlp_rbf_h = dense()
+        self.mlp_rbf_out = dense()
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> GemNetOC:
+        """Build from a named preset of presets.py ("S", "L", "small", "tiny"), updated by ``overrides``."""
+        from atomsift.models.backbones.gemnet_oc.presets import PRESETS
+
+        if preset not in PRESETS:
+            raise ConfigError(f"GemNet-OC has no preset {preset!r}", fix=f"use one of: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[preset], **overrides})
+
+    def hparams(self) -> dict[str, Any]:
+        """Constructor keyword arguments (JSON-able); ``GemNetOC(**model.hparams())`` rebuilds the architecture."""
+        return {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+                for k, v in self._hparams.items()}
+
+    # ------------------------------------------------------------------ forward
+
+    def _quad_angles(self, graphs: InteractionGraphs) -> tuple[Tensor, Tensor, Tensor]:
+        """cos(c-a-b) per output triplet, cos(a-b-d) per input triplet, dihedral c-a-b-d per quadruplet."""
+        v_main, v_qint, q = graphs.main["vector"], graphs.qint["vector"], graphs.quad_idx
+        v_ba = v_qint[q["triplet_in"]["out"]]
+        v_db = v_main[q["triplet_in"]["in"]]
+        cos_abd = inner_product_clamped(v_ba, v_db)
+        v_db_cross = torch.cross(v_db, v_ba, dim=-1)[q["trip_in_to_quad"]]
+        v_ca = v_main[q["triplet_out"]["out"]]
+        v_ba = v_qint[q["triplet_out"]["in"]]
+        cos_cab = inner_product_clamped(v_ca, v_ba)
+        v_ca_cross = torch.cross(v_ca, v_ba, dim=-1)[q["trip_out_to_quad"]]
+        return cos_cab, cos_abd, get_angle(v_ca_cross, v_db_cross)
+
+    def _bases(self, g: InteractionGraphs, num_atoms: int) -> dict[str, Any]:
+        """Raw bases and their shared projections, as fairchem's ``get_bases``."""
+        main = g.main
+        rad_main = self.radial_basis(main["distance"])
+        out: dict[str, Any] = {"rad_raw": rad_main, "qint": {}, "a2e": {}, "e2a": {}, "a2a_rad": None}
+        t = g.trip_idx_e2e
+        cos_cab = inner_product_clamped(main["vector"][t["out"]], main["vector"][t["in"]])
+        rad_cir_e2e, cir_e2e = self.cbf_basis_tint(main["distance"], cos_cab)
+
+        if self.quad_interaction:
+            q = g.quad_idx
+            cos_cab_q, cos_abd, angle_cabd = self._quad_angles(g)
+            rad_cir_q, cir_q = self.cbf_basis_qint(g.qint["distance"], cos_abd)
+            rad_sph_q, sph_q = self.sbf_basis_qint(main["distance"], cos_cab_q[q["trip_out_to_quad"]], angle_cabd)
+            out["qint"] = {
+                "rad": self.mlp_rbf_qint(rad_main),
+                "cir": _embed_basis(self.mlp_cbf_qint, rad_basis=rad_cir_q, sph_basis=cir_q,
+                                    idx_sph_outer=q["triplet_in"]["out"]),
+                "sph": _embed_basis(self.mlp_sbf_qint, rad_basis=rad_sph_q, sph_basis=sph_q,
+                                    idx_sph_outer=q["out"], idx_sph_inner=q["out_agg"]),
+            }
+        if self.atom_edge_interaction:
+            a = g.trip_idx_a2e
+            rad_a2ee2a = self.radial_basis_aeaint(g.a2ee2a["distance"])
+            cos_a2e = inner_product_clamped(main["vector"][a["out"]], g.a2ee2a["vector"][a["in"]])
+            rad_cir_a2e, cir_a2e = self.cbf_basis_aeint(main["distance"], cos_a2e)
+            out["a2e"] = {
+                "rad": self.mlp_rbf_aeint(rad_a2ee2a),
+                "cir": _embed_basis(self.mlp_cbf_aeint, rad_basis=rad_cir_a2e, sph_basis=cir_a2e,
+                                    idx_sph_outer=a["out"], idx_sph_inner=a["out_agg"]),
+            }
+        if self.edge_atom_interaction:
+            e = g.trip_idx_e2a
+            cos_e2a = inner_product_clamped(g.a2ee2a["vector"][e["out"]], main["vector"][e["in"]])
+            rad_cir_e2a, cir_e2a = self.cbf_basis_eaint(g.a2ee2a["distance"], cos_e2a)
+            out["e2a"] = {
+                "rad": self.mlp_rbf_eaint(rad_main),
+                "cir": _embed_basis(
+                    self.mlp_cbf_eaint, rad_basis=rad_cir_e2a, sph_basis=cir_e2a,
+                    idx_rad_outer=g.a2ee2a["edge_index"][1], idx_rad_inner=g.a2ee2a["target_neighbor_idx"],
+                    idx_sph_outer=e["out"], idx_sph_inner=e["out_agg"], num_atoms=num_atoms,
+                ),
+            }
+        if self.atom_interaction:
+            out["a2a_rad"] = self.mlp_rbf_aint(
+                rad_basis=self.radial_basis_aint(g.a2a["distance"]),
+                idx_rad_outer=g.a2a["edge_index"][1], idx_rad_inner=g.a2a["target_neighbor_idx"],
+                num_atoms=num_atoms,
+            )
+        out["e2e"] = {
+            "rad": self.mlp_rbf_tint(rad_main),
+            "cir": _embed_basis(self.mlp_cbf_tint, rad_basis=rad_cir_e2e, sph_basis=cir_e2e,
+                                idx_sph_outer=t["out"], idx_sph_inner=t["out_agg"]),
+        }
+        out["atom_update"] = self.mlp_rbf_h(rad_main)
+        out["output"] = self.mlp_rbf_out(rad_main)
+        return out
+
+    def build_graphs(self, batch: Any) -> InteractionGraphs:
+        """The four graphs and index sets of ``batch`` (DataError if a structure has no edges at all)."""
+        graphs = build_interaction_graphs(batch, self.graph_settings)
+        error = no_neighbours_error(
+            batch,
+            torch.bincount(graphs.main["edge_index"][1], minlength=batch.num_atoms),
+            self.graph_settings.cutoff,
+            self.name,
+        )
+        if error is not None:
+            raise error
+        if self.quad_interaction and not self._warned_no_qint_tags:
+            tags = torch.as_tensor(self.graph_settings.qint_tags, device=batch.tags.device)
+            if not bool(torch.isin(batch.tags, tags).any()):
+                log.warning(
+                    "GemNet-OC: no atom of this batch has a tag in qint_tags=%s, so quadruplet interactions "
+                    "contribute nothing (JMP tags all atoms of non-OC structures 2)",
+                    list(self.graph_settings.qint_tags),
+                )
+                self._warned_no_qint_tags = True
+        return graphs
+
+    def forward(self, batch: Any) -> GemNetOCOutput:
+        """Embed a batch: per-atom features (N, emb_size_atom) and, with direct forces, per-edge features."""
+        self.check_batch(batch)
+        g = self.build_graphs(batch)
+        num_atoms = batch.num_atoms
+        b = self._bases(g, num_atoms)
+        edge_index = g.main["edge_index"]
+        idx_t = edge_index[1]
+
+        h = self.atom_emb(batch.numbers)
+        m = self.edge_emb(h, b["rad_raw"], edge_index)
+        x_E, x_F = self.out_blocks[0](h, m, b["output"], idx_t)
+        xs_E, xs_F = [x_E], [x_F]
+        for i, block in enumerate(self.int_blocks):
+            h, m = block(
+                h=h, m=m, bases_qint=b["qint"], bases_e2e=b["e2e"], bases_a2e=b["a2e"], bases_e2a=b["e2a"],
+                basis_a2a_rad=b["a2a_rad"], basis_atom_update=b["atom_update"], edge_index_main=edge_index,
+                a2ee2a_graph=g.a2ee2a, a2a_graph=g.a2a, id_swap=g.id_swap, trip_idx_e2e=g.trip_idx_e2e,
+                trip_idx_a2e=g.trip_idx_a2e, trip_idx_e2a=g.trip_idx_e2a, quad_idx=g.quad_idx,
+            )
+            x_E, x_F = self.out_blocks[i + 1](h, m, b["output"], idx_t)
+            xs_E.append(x_E)
+            xs_F.append(x_F)
+
+        node = self.out_mlp_E(torch.cat(xs_E, dim=-1))
+        edge = self.out_mlp_F(torch.cat(xs_F, dim=-1)) if self.direct_forces else None
+        return GemNetOCOutput(
+            node=node,
+            edge=edge,
+            edge_index=edge_index,
+            edge_unit=g.main["vector"],
+            id_swap=g.id_swap,
+            num_neighbors=g.main["num_neighbors"],
+            node_blocks=xs_E,
+            edge_blocks=xs_F if self.direct_forces else [],
+        )
+
+
+def _embed_basis(module: BasisEmbedding, **kwargs: Any) -> Any:
+    """``module(**kwargs)``, also for graphs without edges (e.g. no atom with a qint tag, isolated atoms),
+    where BasisEmbedding's reshape of an empty tensor fails: the results are then empty / zero tensors."""
+    rad = kwargs["rad_basis"]
+    if rad.shape[0] > 0:
+        return module(**kwargs)
+    sph = kwargs["sph_basis"]
+    interm = module.weight.shape[-1]
+    rad_W1 = rad.new_zeros((0, interm, sph.shape[-1]))
+    if kwargs.get("idx_rad_inner") is not None:
+        rad_W1 = rad.new_zeros((kwargs["num_atoms"], interm, 0))
+    if kwargs.get("idx_sph_inner") is None:
+        return rad.new_zeros((sph.shape[0], interm))
+    return rad_W1, sph.new_zeros((0, sph.shape[-1], 0))
+
+
+def ensure_scale_factors(
+    model: nn.Module, batches: Iterable[Any], *, forward_fn: Any = None, refit: bool = False
+) -> list[str]:
+    """Fit the model's unfitted scale factors on a few batches (all of them with ``refit``).
+
+    Sets ``model.fitted_scale_factors`` to the names fitted here (so callers can tell the user) and logs a
+    warning naming them. Does nothing when every factor is already fitted and ``refit`` is False.
+
+    Args:
+        model: a GemNetOC (or any module holding its ScaleFactors).
+        batches: a few AtomsBatch objects (fairchem uses 16); read once per factor.
+        forward_fn: called with each batch (default: ``model(batch)``).
+
+    Returns:
+        Module paths of the factors fitted, in fitting order.
+    """
+    todo = unfitted_scale_factors(model)
+    if not todo and not refit:
+        return []
+    fitted = fit_scale_factors(model, batches, forward_fn, refit=refit)
+    names = list(fitted)
+    model.fitted_scale_factors = names
+    log.warning("GemNet-OC: fitted %d scale factor(s) on the given batches: %s", len(names), ", ".join(names))
+    return names
