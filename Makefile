@@ -28,6 +28,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/read_speed.py
 	$(PY) benchmarks/frechet_speed.py
+	$(PY) benchmarks/neighbor_speed.py
+	$(PY) benchmarks/train_step_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -46,3 +46,8 @@ class DataError(AtomsiftError):
 
 class ConfigError(AtomsiftError):
     """An option, format name or configuration value is wrong."""
+
+
+def validation_problems(exc) -> str:
+    """A pydantic ValidationError as one line: 'a.b: message; c: message'."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())

@@ -26,6 +26,10 @@ def init(
     forces: str = typer.Option("gradient", help="Force head: gradient, direct or none."),
     hparam: list[str] | None = typer.Option(None, "--hparam", "-p", help="Backbone hyperparameter KEY=VALUE."),
     seed: int = typer.Option(0, help="Seed of the random initialisation."),
+    fit_scales: str | None = typer.Option(
+        None, "--fit-scales", help="GemNet-OC: fit the scale factors on batches of this dataset (path or bundled:NAME)."
+    ),
+    fit_batches: int = typer.Option(16, help="Batches of 8 structures used by --fit-scales."),
 ) -> None:
     """Write a randomly initialised model (backbone + one energy head) as an atomsift checkpoint."""
     import torch
@@ -41,9 +45,32 @@ def init(
         {"energy": {"kind": "energy", "forces": None if forces == "none" else forces}},
         metadata={"created_by": "atomsift model init", "seed": seed, "preset": preset},
     )
+    fitted: list[str] = []
+    if fit_scales is not None:
+        fitted = _fit_scale_factors(model.backbone, fit_scales, fit_batches, seed)
+        model.metadata["scale_factors_fitted_on"] = fit_scales
     save_checkpoint(model, out)
     n = sum(p.numel() for p in model.parameters())
-    console.print(f"wrote {out}: {model.backbone.name} with {n:,} parameters")
+    console.print(f"wrote {out}: {model.backbone.name} with {n:,} parameters"
+                  + (f", {len(fitted)} scale factors fitted on {fit_scales}" if fit_scales else ""))
+
+
+def _fit_scale_factors(backbone, data: str, num_batches: int, seed: int) -> list[str]:
+    """Fit a GemNet-OC's scale factors on `num_batches` random batches of 8 structures of `data`."""
+    import numpy as np
+
+    from atomsift.errors import ConfigError
+    from atomsift.graph import collate
+
+    if not hasattr(backbone, "int_blocks"):
+        raise ConfigError(f"--fit-scales is for GemNet-OC; '{backbone.name}' has no scale factors")
+    from atomsift.models.backbones.gemnet_oc.model import ensure_scale_factors
+
+    ds = open_from_cli(data, None, None, None, None)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ds))[: 8 * num_batches]
+    batches = [collate([ds[int(i)] for i in order[k : k + 8]]) for k in range(0, len(order), 8)]
+    return ensure_scale_factors(backbone, batches, refit=True)
 
 
 @app.command("info")

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from atomsift.errors import ConfigError
+from atomsift.errors import ConfigError, validation_problems
 
 
 class DatasetSpec(BaseModel):
@@ -86,7 +86,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> CSIConfig:
     try:
         return CSIConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise ConfigError(
             f"invalid CSI settings ({problems})",
             file=path,

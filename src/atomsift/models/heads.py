@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from atomsift.errors import ConfigError
+from atomsift.errors import ConfigError, validation_problems
 from atomsift.models.base import BackboneOutput
 
 ForceMode = Literal["direct", "gradient"]
@@ -198,7 +198,7 @@ def parse_head_spec(value: dict, name: str = "head") -> HeadSpec:
     try:
         return HeadSpec.model_validate(value)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise ConfigError(
             f"invalid configuration for head '{name}': {problems}",
             fix="allowed keys: " + ", ".join(HeadSpec.model_fields),

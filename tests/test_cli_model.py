@@ -1,0 +1,79 @@
+"""`atomsift model ...` and `atomsift csi --extractor checkpoint:PATH` end to end, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from atomsift.data import open_dataset
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "atomsift.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def gemnet_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "goc.pt"
+    proc = run("model", "init", "gemnet_oc", str(path), "--preset", "tiny", "--forces", "direct", "--seed", "3",
+               "--fit-scales", "bundled:ethanol", "--fit-batches", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "scale factors fitted on bundled:ethanol" in proc.stdout
+    return path
+
+
+def test_init_info_convert(gemnet_file, tmp_path):
+    proc = run("model", "info", str(gemnet_file), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["backbone"] == "gemnet_oc" and info["missing_keys"] == [] and info["unexpected_keys"] == []
+    assert info["heads"]["energy"]["forces"] == "direct" and info["parameters"] > 0
+    import torch
+
+    state = torch.load(gemnet_file, weights_only=True)["state_dict"]
+    factors = [float(v) for k, v in state.items() if k.endswith("scale_factor")]
+    assert factors and all(f > 0 for f in factors)  # fitted, stored in the checkpoint (0 = unfitted)
+    out = tmp_path / "copy.pt"
+    proc = run("model", "convert", str(gemnet_file), str(out))
+    assert proc.returncode == 0 and out.is_file(), proc.stderr
+
+
+def test_predict_writes_json_and_mae(gemnet_file, tmp_path):
+    out = tmp_path / "pred.json"
+    proc = run("model", "predict", str(gemnet_file), "bundled:ethanol", "--n", "12", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "forces (meV/A)" in proc.stdout
+    rows = json.loads(out.read_text())["predictions"]
+    ds = open_dataset("bundled:ethanol")
+    assert [r["id"] for r in rows] == [ds[i].id for i in range(12)]
+    assert all(np.isfinite(r["energy_eV"]) and np.array(r["forces_eV_per_A"]).shape == (9, 3) for r in rows)
+
+
+def test_model_errors_are_one_paragraph(tmp_path):
+    proc = run("model", "init", "painn", str(tmp_path / "x.pt"), "-p", "hiden=3")
+    assert proc.returncode == 2 and "hiden" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("model", "info", str(tmp_path / "absent.pt"))
+    assert proc.returncode == 2 and "not found" in proc.stderr
+    proc = run("model", "init", "gemnet_oc", str(tmp_path / "x.pt"), "--preset", "XL")
+    assert proc.returncode == 2 and "preset" in proc.stderr
+
+
+def test_csi_with_checkpoint_extractor(tmp_path):
+    model = tmp_path / "painn.pt"
+    assert run("model", "init", "painn", str(model), "-p", "hidden=16").returncode == 0
+    proc = run(
+        "csi", "-d", "ethanol=bundled:ethanol", "-u", "acac=bundled:acac", "-u", "oxides=bundled:oxides",
+        "--extractor", f"checkpoint:{model}", "-x", "batch_size=8", "--n-samples", "40", "--bootstrap", "0",
+        "--out", str(tmp_path / "csi"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "csi" / "csi.json").read_text())
+    text = json.dumps(result)
+    assert "painn:painn.pt" in text and "acac" in text and "oxides" in text
