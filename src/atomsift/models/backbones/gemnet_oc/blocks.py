@@ -112,10 +112,10 @@ class TripletInteraction(nn.Module):
         """
         x_ba = self.dense_ba(m)
         if expand_idx is not None:
-            x_ba = x_ba[expand_idx]
+            x_ba = x_ba.index_select(0, expand_idx)
         x_ba = self.scale_rbf(x_ba * self.mlp_rbf(bases["rad"]), ref=x_ba)
         x_ba = self.down_projection(x_ba)
-        x_ba = x_ba[idx["in"]]  # (T, emb_size_trip_in)
+        x_ba = x_ba.index_select(0, idx["in"])  # (T, emb_size_trip_in)
         x = self.mlp_cbf(
             basis=bases["cir"],
             m=x_ba,
@@ -128,10 +128,10 @@ class TripletInteraction(nn.Module):
         x = self.scale_cbf_sum(x, ref=x_ba)
         if self.symmetric_mp:
             x_ca = self.up_projection_ca(x)
-            x_ac = self.up_projection_ac(x)[id_swap]  # the same message, written to the reverse edge
+            x_ac = self.up_projection_ac(x).index_select(0, id_swap)  # the same message, written to the reverse edge
             return (x_ca + x_ac) * _INV_SQRT_2
         if self.swap_output:
-            x = x[id_swap]
+            x = x.index_select(0, id_swap)
         return self.up_projection_ca(x)
 
 
@@ -187,14 +187,14 @@ class QuadrupletInteraction(nn.Module):
         x_db = self.dense_db(m)
         x_db = self.scale_rbf(x_db * self.mlp_rbf(bases["rad"]), ref=x_db)
         x_db = self.down_projection(x_db)
-        x_db = x_db[idx["triplet_in"]["in"]]  # (T_in, emb_size_quad_in), one row per triplet d->b->a
+        x_db = x_db.index_select(0, idx["triplet_in"]["in"])  # (T_in, emb_size_quad_in), one per triplet d->b->a
         x_db = self.scale_cbf(x_db * self.mlp_cbf(bases["cir"]), ref=x_db)
-        x_db = x_db[idx["trip_in_to_quad"]]  # (Q, emb_size_quad_in)
+        x_db = x_db.index_select(0, idx["trip_in_to_quad"])  # (Q, emb_size_quad_in)
         x = self.mlp_sbf(bases["sph"], x_db, idx["out"], idx["out_agg"])
         x = self.scale_sbf_sum(x, ref=x_db)
         if self.symmetric_mp:
             x_ca = self.up_projection_ca(x)
-            x_ac = self.up_projection_ac(x)[id_swap]
+            x_ac = self.up_projection_ac(x).index_select(0, id_swap)
             return (x_ca + x_ac) * _INV_SQRT_2
         return self.up_projection_ca(x)
 
@@ -236,10 +236,12 @@ class PairInteraction(nn.Module):
         """
         num_atoms = h.shape[0]
         x_b = self.down_projection(h)
-        x_ba = x_b[edge_index[0]]  # (E_a2a, emb_size_pair_in)
+        x_ba = x_b.index_select(0, edge_index[0])  # (E_a2a, emb_size_pair_in)
         kmax = int(target_neighbor_idx.max()) + 1 if target_neighbor_idx.numel() > 0 else 0
-        x2 = x_ba.new_zeros(num_atoms, kmax, x_ba.shape[-1])
-        x2[edge_index[1], target_neighbor_idx] = x_ba
+        # padded (N, Kmax, emb_size_pair_in) through one flat row index (cheaper than a two-index put)
+        x2 = x_ba.new_zeros(num_atoms * kmax, x_ba.shape[-1])
+        x2.index_copy_(0, edge_index[1] * kmax + target_neighbor_idx, x_ba)
+        x2 = x2.view(num_atoms, kmax, x_ba.shape[-1])
         x_ba2 = rad_basis @ x2  # (N, emb_size_rbf, emb_size_pair_in)
         h_out = self.bilinear(x_ba2.reshape(num_atoms, -1))
         h_out = self.scale_rbf_sum(h_out, ref=x_ba)

@@ -235,7 +235,7 @@ class EdgeEmbedding(nn.Module):
 
     def forward(self, h: Tensor, m: Tensor, edge_index: Tensor) -> Tensor:
         """h (N, atom_features), m (E, edge_features), edge_index (2, E) -> (E, out_features)."""
-        return self.dense(torch.cat([h[edge_index[0]], h[edge_index[1]], m], dim=-1))
+        return self.dense(torch.cat([h.index_select(0, edge_index[0]), h.index_select(0, edge_index[1]), m], dim=-1))
 
 
 # --------------------------------------------------------------------------- efficient bilinear
@@ -244,9 +244,10 @@ class EdgeEmbedding(nn.Module):
 def _to_padded(values: Tensor, outer: Tensor, inner: Tensor, num_outer: int) -> Tensor:
     """Scatter rows ``values[k]`` to ``out[outer[k], inner[k]]`` of a zero (num_outer, Kmax, ...) tensor."""
     kmax = int(inner.max()) + 1 if inner.numel() > 0 else 0
-    out = values.new_zeros((num_outer, kmax, *values.shape[1:]))
-    out[outer, inner] = values
-    return out
+    # one flat row index (index_copy_) is cheaper than a two-index assignment, forwards and backwards
+    out = values.new_zeros((num_outer * kmax, *values.shape[1:]))
+    out.index_copy_(0, outer * kmax + inner, values)
+    return out.view(num_outer, kmax, *values.shape[1:])
 
 
 class BasisEmbedding(nn.Module):
@@ -317,7 +318,7 @@ class BasisEmbedding(nn.Module):
             return rad_W1
         if idx_sph_inner is None:
             # (T, interm, num_spherical) @ (T, num_spherical, 1)
-            return (rad_W1[idx_sph_outer] @ sph_basis[:, :, None]).squeeze(-1)
+            return (rad_W1.index_select(0, idx_sph_outer) @ sph_basis[:, :, None]).squeeze(-1)
         sph = _to_padded(sph_basis, idx_sph_outer, idx_sph_inner, num_edges).transpose(1, 2)
         return rad_W1, sph
 

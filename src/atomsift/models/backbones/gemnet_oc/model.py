@@ -314,14 +314,14 @@ class GemNetOC(Backbone):
     def _quad_angles(self, graphs: InteractionGraphs) -> tuple[Tensor, Tensor, Tensor]:
         """cos(c-a-b) per output triplet, cos(a-b-d) per input triplet, dihedral c-a-b-d per quadruplet."""
         v_main, v_qint, q = graphs.main["vector"], graphs.qint["vector"], graphs.quad_idx
-        v_ba = v_qint[q["triplet_in"]["out"]]
-        v_db = v_main[q["triplet_in"]["in"]]
+        v_ba = v_qint.index_select(0, q["triplet_in"]["out"])
+        v_db = v_main.index_select(0, q["triplet_in"]["in"])
         cos_abd = inner_product_clamped(v_ba, v_db)
-        v_db_cross = torch.cross(v_db, v_ba, dim=-1)[q["trip_in_to_quad"]]
-        v_ca = v_main[q["triplet_out"]["out"]]
-        v_ba = v_qint[q["triplet_out"]["in"]]
+        v_db_cross = torch.cross(v_db, v_ba, dim=-1).index_select(0, q["trip_in_to_quad"])
+        v_ca = v_main.index_select(0, q["triplet_out"]["out"])
+        v_ba = v_qint.index_select(0, q["triplet_out"]["in"])
         cos_cab = inner_product_clamped(v_ca, v_ba)
-        v_ca_cross = torch.cross(v_ca, v_ba, dim=-1)[q["trip_out_to_quad"]]
+        v_ca_cross = torch.cross(v_ca, v_ba, dim=-1).index_select(0, q["trip_out_to_quad"])
         return cos_cab, cos_abd, get_angle(v_ca_cross, v_db_cross)
 
     def _bases(self, g: InteractionGraphs, num_atoms: int) -> dict[str, Any]:
@@ -330,14 +330,16 @@ class GemNetOC(Backbone):
         rad_main = self.radial_basis(main["distance"])
         out: dict[str, Any] = {"rad_raw": rad_main, "qint": {}, "a2e": {}, "e2a": {}, "a2a_rad": None}
         t = g.trip_idx_e2e
-        cos_cab = inner_product_clamped(main["vector"][t["out"]], main["vector"][t["in"]])
+        v_main = main["vector"]
+        cos_cab = inner_product_clamped(v_main.index_select(0, t["out"]), v_main.index_select(0, t["in"]))
         rad_cir_e2e, cir_e2e = self.cbf_basis_tint(main["distance"], cos_cab)
 
         if self.quad_interaction:
             q = g.quad_idx
             cos_cab_q, cos_abd, angle_cabd = self._quad_angles(g)
             rad_cir_q, cir_q = self.cbf_basis_qint(g.qint["distance"], cos_abd)
-            rad_sph_q, sph_q = self.sbf_basis_qint(main["distance"], cos_cab_q[q["trip_out_to_quad"]], angle_cabd)
+            cos_cab_quad = cos_cab_q.index_select(0, q["trip_out_to_quad"])
+            rad_sph_q, sph_q = self.sbf_basis_qint(main["distance"], cos_cab_quad, angle_cabd)
             out["qint"] = {
                 "rad": self.mlp_rbf_qint(rad_main),
                 "cir": _embed_basis(self.mlp_cbf_qint, rad_basis=rad_cir_q, sph_basis=cir_q,
@@ -348,7 +350,8 @@ class GemNetOC(Backbone):
         if self.atom_edge_interaction:
             a = g.trip_idx_a2e
             rad_a2ee2a = self.radial_basis_aeaint(g.a2ee2a["distance"])
-            cos_a2e = inner_product_clamped(main["vector"][a["out"]], g.a2ee2a["vector"][a["in"]])
+            v_a2e = g.a2ee2a["vector"]
+            cos_a2e = inner_product_clamped(v_main.index_select(0, a["out"]), v_a2e.index_select(0, a["in"]))
             rad_cir_a2e, cir_a2e = self.cbf_basis_aeint(main["distance"], cos_a2e)
             out["a2e"] = {
                 "rad": self.mlp_rbf_aeint(rad_a2ee2a),
@@ -357,7 +360,8 @@ class GemNetOC(Backbone):
             }
         if self.edge_atom_interaction:
             e = g.trip_idx_e2a
-            cos_e2a = inner_product_clamped(g.a2ee2a["vector"][e["out"]], main["vector"][e["in"]])
+            v_a2e = g.a2ee2a["vector"]
+            cos_e2a = inner_product_clamped(v_a2e.index_select(0, e["out"]), v_main.index_select(0, e["in"]))
             rad_cir_e2a, cir_e2a = self.cbf_basis_eaint(g.a2ee2a["distance"], cos_e2a)
             out["e2a"] = {
                 "rad": self.mlp_rbf_eaint(rad_main),
