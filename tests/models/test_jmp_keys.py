@@ -260,8 +260,8 @@ def test_not_a_jmp_checkpoint_and_foreign_keys(tiny, weights):
     dropped = "backbone.int_blocks.1.dense_ca.linear.weight"
     extra["state_dict"].pop(dropped)
     _, w, report = jmp.load_jmp_backbone(extra)
-    assert report.unexpected == ["backbone.per_layer_bases.0.x"]
-    assert report.missing == [jmp.jmp_to_atomsift_key(dropped)] and not report.clean
+    assert report.unexpected_keys == ["backbone.per_layer_bases.0.x"]
+    assert report.missing_keys == [jmp.jmp_to_atomsift_key(dropped)] and not report.clean
 
 
 def test_shape_mismatch_names_the_jmp_key(tiny, weights):

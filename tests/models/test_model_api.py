@@ -143,7 +143,7 @@ def test_bad_checkpoint_files(tmp_path):
     torch.save(payload, tmp_path / "extra.pt")
     with pytest.raises(DataError, match="unexpected key"):
         load_checkpoint(tmp_path / "extra.pt")
-    assert load_checkpoint(tmp_path / "extra.pt", strict=False).load_report.unexpected == ["backbone.extra"]
+    assert load_checkpoint(tmp_path / "extra.pt", strict=False).load_report.unexpected_keys == ["backbone.extra"]
 
 
 def test_ase_calculator_relaxes_and_runs_md():

@@ -62,9 +62,11 @@ def _fit_scale_factors(backbone, data: str, num_batches: int, seed: int) -> list
     from atomsift.errors import ConfigError
     from atomsift.graph import collate
 
-    if not hasattr(backbone, "int_blocks"):
-        raise ConfigError(f"--fit-scales is for GemNet-OC; '{backbone.name}' has no scale factors")
     from atomsift.models.backbones.gemnet_oc.model import ensure_scale_factors
+    from atomsift.models.backbones.gemnet_oc.scaling import ScaleFactor
+
+    if not any(isinstance(m, ScaleFactor) for m in backbone.modules()):
+        raise ConfigError(f"--fit-scales is for GemNet-OC; '{backbone.name}' has no scale factors")
 
     ds = open_from_cli(data, None, None, None, None)
     rng = np.random.default_rng(seed)
@@ -93,8 +95,8 @@ def info(
         "edge_dim": model.backbone.edge_dim,
         "heads": {name: spec.model_dump() for name, spec in model.head_specs.items()},
         "used_ema": report.used_ema,
-        "missing_keys": report.missing,
-        "unexpected_keys": report.unexpected,
+        "missing_keys": report.missing_keys,
+        "unexpected_keys": report.unexpected_keys,
         "notes": report.notes,
     }
     if as_json:

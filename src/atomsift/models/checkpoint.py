@@ -29,27 +29,53 @@ FORMAT_VERSION = 1
 
 @dataclass
 class LoadReport:
-    """What happened when weights were loaded: keys the model expected but the file lacked, and the reverse."""
+    """What happened when weights were loaded (atomsift, fairchem and JMP files alike).
 
-    source: str
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
+    Attributes:
+        source: where the weights came from (a path, or a description).
+        missing_keys: model parameters / buffers the weights lacked.
+        unexpected_keys: weights the model has no place for.
+        used_ema: the weights are exponential-moving-average weights.
+        notes: anything else the user should know, one sentence each.
+        unfitted_scale_factors: GemNet-OC scale factors left without a value (fairchem files).
+        ignored_config_keys: config keys accepted without effect (fairchem files).
+    """
+
+    source: str = ""
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
     used_ema: bool = False
     notes: list[str] = field(default_factory=list)
+    unfitted_scale_factors: list[str] = field(default_factory=list)
+    ignored_config_keys: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not self.missing and not self.unexpected
+        """No missing and no unexpected keys (unfitted scale factors are listed, not counted)."""
+        return not self.missing_keys and not self.unexpected_keys
 
     def summary(self) -> str:
         """One paragraph for logs and the CLI."""
         parts = [f"loaded {self.source} ({'EMA' if self.used_ema else 'raw'} weights)"]
-        if self.missing:
-            parts.append(f"{len(self.missing)} missing key(s): {_head(self.missing)}")
-        if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected key(s): {_head(self.unexpected)}")
+        if self.missing_keys:
+            parts.append(f"{len(self.missing_keys)} missing key(s): {_head(self.missing_keys)}")
+        if self.unexpected_keys:
+            parts.append(f"{len(self.unexpected_keys)} unexpected key(s): {_head(self.unexpected_keys)}")
+        if self.unfitted_scale_factors:
+            parts.append(
+                f"{len(self.unfitted_scale_factors)} unfitted scale factor(s): {_head(self.unfitted_scale_factors, 3)}"
+            )
         parts.extend(self.notes)
         return "; ".join(parts)
+
+    def raise_if(self, strict: bool = True) -> None:
+        """With `strict`, raise ConfigError when a weight is missing or unexpected."""
+        if strict and not self.clean:
+            raise ConfigError(
+                f"the weights do not match the model: {len(self.missing_keys)} missing ({_head(self.missing_keys)}), "
+                f"{len(self.unexpected_keys)} unexpected ({_head(self.unexpected_keys)})",
+                fix="check that the checkpoint's config matches its weights, or load with strict=False",
+            )
 
 
 def _head(keys: list[str], n: int = 5) -> str:

@@ -93,6 +93,24 @@ def reduce_atoms(values: Tensor, batch_index: Tensor, num_structures: int, how: 
     raise ConfigError(f"unknown readout '{how}'", fix="use sum, mean or max")
 
 
+def forces_from_edges(per_edge: Tensor, edge_unit: Tensor, target: Tensor, num_atoms: int) -> Tensor:
+    """Direct forces (N, 3): F_i = sum over edges e with target i of f_e * edge_unit_e.
+
+    Args:
+        per_edge: (E,) or (E, 1) force scalar of each edge.
+        edge_unit: (E, 3) unit vector of each edge (the backbone's `edge_unit`).
+        target: (E,) target atom of each edge.
+    """
+    vec = per_edge.reshape(-1, 1) * edge_unit
+    return vec.new_zeros((num_atoms, 3)).index_add(0, target, vec)
+
+
+def gradient_forces(energy: Tensor, positions: Tensor, create_graph: bool) -> Tensor:
+    """Forces (N, 3) = -d(sum of energies)/d positions; `create_graph` keeps the graph to train on forces."""
+    (grad,) = torch.autograd.grad(energy.sum(), positions, create_graph=create_graph)
+    return -grad
+
+
 class EnergyHead(nn.Module):
     """Per-atom MLP reduced over each structure, plus optional direct forces.
 
@@ -131,8 +149,7 @@ class EnergyHead(nn.Module):
         elif self.spec.forces == "gradient":
             if positions is None or not positions.requires_grad:
                 raise RuntimeError("gradient forces need positions with requires_grad set before the backbone ran")
-            (grad,) = torch.autograd.grad(energy.sum(), positions, create_graph=create_graph)
-            result["forces"] = -grad
+            result["forces"] = gradient_forces(energy, positions, create_graph)
         return result
 
 
@@ -153,8 +170,7 @@ class DirectForces(nn.Module):
         if self.edge_mlp is not None:
             if out.edge is None or out.edge_index is None or out.edge_unit is None:
                 raise ConfigError("this direct force head reads edge embeddings, which the backbone did not return")
-            f = self.edge_mlp(out.edge) * out.edge_unit  # (E, 3)
-            return f.new_zeros((num_atoms, 3)).index_add(0, out.edge_index[1], f)
+            return forces_from_edges(self.edge_mlp(out.edge), out.edge_unit, out.edge_index[1], num_atoms)
         if out.vector is None:
             raise ConfigError(
                 "direct forces need edge embeddings or vector features, and this backbone returns neither",

@@ -123,7 +123,7 @@ class AtomsModel(nn.Module):
             for start in starts:
                 chunk = structures[start : start + batch_size]
                 batch = collate(chunk, dtype=self.dtype).to(self.device)
-                with torch.no_grad() if self.head_specs[name].forces != "gradient" else torch.enable_grad():
+                with torch.no_grad():  # forward turns gradients back on for gradient forces
                     out = self(batch, head=name, create_graph=False)
                 results.extend(_split(out, batch))
         finally:

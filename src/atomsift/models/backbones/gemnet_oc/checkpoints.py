@@ -17,20 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 from atomsift.errors import ConfigError
-from atomsift.models.checkpoint import LoadReport
-
-
-def _report_from(source: str, report: Any, *, used_ema: bool = False) -> LoadReport:
-    """atomsift LoadReport from compat's report (missing / unexpected keys, notes, unfitted scale factors)."""
-    notes = list(getattr(report, "notes", []))
-    unfitted = list(getattr(report, "unfitted_scale_factors", []))
-    return LoadReport(
-        source,
-        missing=list(getattr(report, "missing_keys", [])),
-        unexpected=list(getattr(report, "unexpected_keys", [])),
-        used_ema=used_ema,
-        notes=notes + ([f"{len(unfitted)} unfitted scale factor(s): {', '.join(unfitted[:3])}..."] if unfitted else []),
-    )
 
 
 def model_from_fairchem(obj: dict[str, Any], *, source: str):
@@ -39,7 +25,8 @@ def model_from_fairchem(obj: dict[str, Any], *, source: str):
     from atomsift.models.model import AtomsModel
 
     config = obj["config"]["model"]
-    backbone, heads, compat_report = gemnet_from_fairchem(config, obj["state_dict"])
+    backbone, heads, report = gemnet_from_fairchem(config, obj["state_dict"])
+    report.source = source
     if heads.forces_coupled:
         raise ConfigError(
             "this fairchem GemNet-OC uses forces_coupled=True, which atomsift's generic force head does not do",
@@ -54,8 +41,7 @@ def model_from_fairchem(obj: dict[str, Any], *, source: str):
     if forces == "direct":
         head_state["force.edge_mlp.0.weight"] = heads.out_forces.linear.weight.detach()
     result = model.heads["energy"].load_state_dict(head_state, strict=False)
-    report = _report_from(source, compat_report)
-    report.missing += [f"heads.energy.{k}" for k in result.missing_keys if not _is_buffer(model.heads["energy"], k)]
+    report.missing_keys += [f"heads.energy.{k}" for k in result.missing_keys if not _is_buffer(model.heads["energy"], k)]
     return model, report
 
 
@@ -95,6 +81,6 @@ def model_from_jmp(obj: dict[str, Any], *, source: str, ema: bool = True, **kwar
     for name, state in states.items():
         result = model.heads[name].load_state_dict(state, strict=False)
         head = model.heads[name]
-        report.missing += [f"heads.{name}.{k}" for k in result.missing_keys if not _is_buffer(head, k)]
-        report.unexpected += [f"heads.{name}.{k}" for k in result.unexpected_keys]
+        report.missing_keys += [f"heads.{name}.{k}" for k in result.missing_keys if not _is_buffer(head, k)]
+        report.unexpected_keys += [f"heads.{name}.{k}" for k in result.unexpected_keys]
     return model, report

@@ -17,13 +17,14 @@ import dataclasses
 import inspect
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from atomsift.errors import ConfigError
+from atomsift.models.checkpoint import LoadReport
+from atomsift.models.heads import forces_from_edges, gradient_forces, reduce_atoms
 from atomsift.models.backbones.gemnet_oc.layers import Dense
 from atomsift.models.backbones.gemnet_oc.model import GemNetOC, GemNetOCOutput
 from atomsift.models.backbones.gemnet_oc.scaling import ScaleFactor, scale_factors_from_file_dict
@@ -74,79 +75,28 @@ _IGNORED_KEYS: dict[str, str] = {
 _MODEL_NAMES = {"gemnet_oc", "gemnetoc"}
 
 
-@dataclass
-class LoadReport:
-    """What happened when fairchem weights were loaded.
-
-    Attributes:
-        missing_keys: atomsift parameters / buffers with no value in the state_dict (scale factors excepted).
-        unexpected_keys: state_dict entries atomsift has no place for.
-        unfitted_scale_factors: ScaleFactor modules without a value (absent from the state_dict or zero).
-        ignored_config_keys: config keys accepted without effect.
-        notes: anything else the user should know (one sentence each).
-    """
-
-    missing_keys: list[str] = field(default_factory=list)
-    unexpected_keys: list[str] = field(default_factory=list)
-    unfitted_scale_factors: list[str] = field(default_factory=list)
-    ignored_config_keys: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def clean(self) -> bool:
-        """No missing or unexpected weights and no unfitted scale factors."""
-        return not (self.missing_keys or self.unexpected_keys or self.unfitted_scale_factors)
-
-    def raise_if(self, strict: bool = True) -> None:
-        """With ``strict``, raise ConfigError if a weight is missing or unexpected."""
-        if strict and (self.missing_keys or self.unexpected_keys):
-            raise ConfigError(
-                f"fairchem GemNet-OC weights do not match: {len(self.missing_keys)} missing "
-                f"({', '.join(self.missing_keys[:5])}{', ...' if len(self.missing_keys) > 5 else ''}), "
-                f"{len(self.unexpected_keys)} unexpected "
-                f"({', '.join(self.unexpected_keys[:5])}{', ...' if len(self.unexpected_keys) > 5 else ''})",
-                fix="check that the checkpoint's config matches its weights, or load with strict=False",
-            )
-
-
 # --------------------------------------------------------------------------- head maths
 
 
 def energy_from_atoms(per_atom: Tensor, batch_index: Tensor, num_structures: int, extensive: bool = True) -> Tensor:
     """Per-structure energies (B,) from per-atom values (N, 1) or (N,): sum (extensive) or mean over atoms."""
     values = per_atom.reshape(per_atom.shape[0], -1)
-    out = values.new_zeros((num_structures, values.shape[1])).index_add_(0, batch_index, values)
-    if not extensive:
-        counts = torch.bincount(batch_index, minlength=num_structures).clamp(min=1).to(values.dtype)
-        out = out / counts[:, None]
-    return out[:, 0]
+    return reduce_atoms(values, batch_index, num_structures, "sum" if extensive else "mean")[:, 0]
 
 
 def direct_forces_from_edges(
     per_edge: Tensor, edge_unit: Tensor, target: Tensor, num_atoms: int, id_swap: Tensor | None = None
 ) -> Tensor:
-    """Forces (N, 3): F_i = sum over edges e into atom i of f_e * edge_unit_e.
+    """Forces (N, 3) as `forces_from_edges`, optionally with fairchem's ``forces_coupled``.
 
     Args:
-        per_edge: (E, 1) or (E,) scalar per edge.
-        edge_unit: (E, 3) unit vector from the edge's source to its target.
-        target: (E,) target atom of each edge.
         id_swap: (E,) reverse edge of each edge; given, f_e is replaced by the mean over the edge and its
             reverse (fairchem's ``forces_coupled``).
     """
     f = per_edge.reshape(-1)
     if id_swap is not None:
         f = (f + f[id_swap]) / 2
-    vec = f[:, None] * edge_unit
-    return vec.new_zeros((num_atoms, 3)).index_add_(0, target, vec)
-
-
-def gradient_forces(energy: Tensor, positions: Tensor, create_graph: bool = True) -> Tensor:
-    """Forces (N, 3) = -d(sum of energies)/d positions; ``create_graph`` keeps the graph for training."""
-    (grad,) = torch.autograd.grad(
-        energy, positions, grad_outputs=torch.ones_like(energy), create_graph=create_graph
-    )
-    return -grad
+    return forces_from_edges(f, edge_unit, target, num_atoms)
 
 
 class FairchemOutputHeads(nn.Module):
