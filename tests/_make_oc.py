@@ -10,8 +10,11 @@ from typing import Any
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-ADSLAB_JSON = SHARED / "real" / "oc20_adslab_frame.json"
+from atomsift.data.bundled import bundled_dir
+
+# the same file as ../shared/data/real/oc20_adslab_frame.json, shipped with the package (bundled:oc20-frame),
+# so these writers work in a clone that has no shared folder beside it
+ADSLAB_JSON = bundled_dir() / "oc20_adslab_frame.json"
 
 
 def adslab_atoms():
