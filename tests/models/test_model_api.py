@@ -185,3 +185,14 @@ def test_checkpoint_feature_extractor(tmp_path):
     big = Record(numbers=np.array([1, 150]), positions=np.zeros((2, 3)) + [[0, 0, 0], [0, 0, 1]], id="odd")
     with pytest.raises(DataError, match="odd"):
         ex.features([big])
+
+
+def test_unavailable_device_and_bad_cutoff_are_config_errors(tmp_path):
+    path = save_checkpoint(_model(), tmp_path / "m.pt")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="not available here"):
+            load_checkpoint(path, device="cuda")
+    with pytest.raises(ConfigError, match="unknown torch device"):
+        load_checkpoint(path, device="gpu7")
+    with pytest.raises(ConfigError, match="cutoff must be a positive distance"):
+        build_backbone("gemnet_oc", preset="tiny", cutoff=-1.0)

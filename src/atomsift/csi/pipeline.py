@@ -28,6 +28,7 @@ from atomsift.csi.statistics import GaussianStats, GroupedStats
 from atomsift.data import open_dataset
 from atomsift.data.base import Dataset
 from atomsift.data.sampling import class_balanced_indices, random_indices, save_subset
+from atomsift.device import check_device
 from atomsift.errors import ConfigError
 
 
@@ -267,7 +268,7 @@ def run_csi(cfg: CSIConfig, out: Path) -> list[dict[str, Any]]:
             "CSI needs at least one upstream and one downstream dataset",
             fix="pass --upstream NAME=PATH and --downstream NAME=PATH (or list them in --config)",
         )
-    _check_device(cfg.device)
+    check_device(cfg.device)
     samples = [open_and_sample(n, s, "upstream", cfg) for n, s in cfg.upstream.items()]
     samples += [open_and_sample(n, s, "downstream", cfg) for n, s in cfg.downstream.items()]
     options = dict(cfg.extractor_options)
@@ -283,22 +284,6 @@ def run_csi(cfg: CSIConfig, out: Path) -> list[dict[str, Any]]:
     for row in rows:
         row.update(extractor=extractor.name, aggregation=cfg.aggregation)
     return rows
-
-
-def _check_device(device: str) -> None:
-    """ConfigError for a torch device this machine cannot use (before any model is loaded)."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"unknown torch device '{device}' ({exc})", fix="use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise ConfigError(
-            f"device '{device}' is not available here (torch {torch.__version__}, "
-            f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} CUDA devices)",
-            fix="use --device cpu, or install a CUDA build of torch on a machine with a GPU",
-        )
 
 
 def _species_of(samples: list[_Sample]) -> list[int]:

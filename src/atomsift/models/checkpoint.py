@@ -184,6 +184,9 @@ def load_checkpoint(
     Returns:
         AtomsModel with `.load_report` (a LoadReport).
     """
+    from atomsift.device import check_device
+
+    device = check_device(device)
     path = Path(path)
     obj = read_checkpoint_file(path, trusted=trusted)
     kind = checkpoint_kind(obj)

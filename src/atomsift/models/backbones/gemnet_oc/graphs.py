@@ -93,6 +93,11 @@ def resolve_cutoffs(
 
     Returns (cutoff, cutoff_qint, cutoff_aeaint, cutoff_aint). Raises ConfigError if a cutoff exceeds aint.
     """
+    for name, value in (("cutoff", cutoff), ("cutoff_qint", cutoff_qint), ("cutoff_aeaint", cutoff_aeaint),
+                        ("cutoff_aint", cutoff_aint)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"GemNet-OC {name} must be a positive distance (A), got {value!r}",
+                              fix=f"set {name} to e.g. 6.0 (fairchem's default) or 12.0 (JMP)")
     c_ae = cutoff_aeaint if (aeaint and cutoff_aeaint is not None) else cutoff
     c_q = cutoff_qint if (quad and cutoff_qint is not None) else cutoff
     c_a = cutoff_aint if (aint and cutoff_aint is not None) else max(cutoff, c_ae, c_q)
