@@ -153,8 +153,18 @@ def memory_child(atoms: int, structures: int, d: int, seed: int) -> None:
 def memory_table(atom_counts: list[int], structures: int, d: int, seed: int) -> list[dict]:
     rows = []
     for atoms in atom_counts:
-        cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", str(atoms),
-               "--structures", str(structures), "--mem-dim", str(d), "--seed", str(seed)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--memory-child",
+            str(atoms),
+            "--structures",
+            str(structures),
+            "--mem-dim",
+            str(d),
+            "--seed",
+            str(seed),
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(f"  {atoms} atoms/structure: done ({rows[-1]['seconds']:.1f} s)", file=sys.stderr, flush=True)
@@ -174,8 +184,10 @@ def machine() -> str:
         blas_s = f"{blas.get('name')} {blas.get('version')}"
     except Exception:  # noqa: BLE001 - informational only
         blas_s = "unknown BLAS"
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}, "
-            f"scipy {scipy.__version__}, {blas_s}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}, "
+        f"scipy {scipy.__version__}, {blas_s}"
+    )
 
 
 def main() -> None:
@@ -201,37 +213,53 @@ def main() -> None:
     print(f"{args.upstreams} upstream candidates per d, x3 repeats for d <= 1024; n = 4 d features per set)")
     print()
     speed = speed_table(args.dims, args.upstreams, args.seed)
-    print("| d | pairs | scipy sqrtm route s | atomsift reference (once) s | atomsift per pair, excl. reference s "
-          "| atomsift per pair, incl. reference s | ratio excl. | ratio incl. | max rel. diff | sqrtm retries |")
+    print(
+        "| d | pairs | scipy sqrtm route s | atomsift reference (once) s | atomsift per pair, excl. reference s "
+        "| atomsift per pair, incl. reference s | ratio excl. | ratio incl. | max rel. diff | sqrtm retries |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in speed:
-        print(f"| {r['d']} | {r['pairs']} | {r['sqrtm_s']:.3f} | {r['ref_s']:.3f} | {r['pair_excl_s']:.3f} | "
-              f"{r['pair_incl_s']:.3f} | {r['ratio_excl']:.1f}x | {r['ratio_incl']:.1f}x | "
-              f"{r['max_rel_diff']:.1e} | {r['retries']} |")
+        print(
+            f"| {r['d']} | {r['pairs']} | {r['sqrtm_s']:.3f} | {r['ref_s']:.3f} | {r['pair_excl_s']:.3f} | "
+            f"{r['pair_incl_s']:.3f} | {r['ratio_excl']:.1f}x | {r['ratio_incl']:.1f}x | "
+            f"{r['max_rel_diff']:.1e} | {r['retries']} |"
+        )
     print()
-    print("CSI values measured: " + "; ".join(
-        f"d={r['d']}: {r['csi_range'][0]:.6g}..{r['csi_range'][1]:.6g}" for r in speed))
+    print(
+        "CSI values measured: "
+        + "; ".join(f"d={r['d']}: {r['csi_range'][0]:.6g}..{r['csi_range'][1]:.6g}" for r in speed)
+    )
     big = max(speed, key=lambda r: r["d"])
     ok = big["ratio_excl"] >= 3.0 and big["max_rel_diff"] <= 1e-8
-    print(f"Target (d={big['d']}: >= 3x faster per pair, values equal to 1e-8 relative): "
-          f"{'met' if ok else 'NOT met'} ({big['ratio_excl']:.1f}x excl., {big['ratio_incl']:.1f}x incl. "
-          f"reference, max rel. diff {big['max_rel_diff']:.1e})")
+    print(
+        f"Target (d={big['d']}: >= 3x faster per pair, values equal to 1e-8 relative): "
+        f"{'met' if ok else 'NOT met'} ({big['ratio_excl']:.1f}x excl., {big['ratio_incl']:.1f}x incl. "
+        f"reference, max rel. diff {big['max_rel_diff']:.1e})"
+    )
     print()
 
-    print(f"GaussianStats memory: {args.structures} structures, d = {args.mem_dim}, float32 rows generated per "
-          "structure, float64 sums; each case in a fresh process")
+    print(
+        f"GaussianStats memory: {args.structures} structures, d = {args.mem_dim}, float32 rows generated per "
+        "structure, float64 sums; each case in a fresh process"
+    )
     print()
     mem = memory_table(args.atoms, args.structures, args.mem_dim, args.seed)
-    print("| atoms/structure | rows accumulated | tracemalloc peak MB | RSS before MB | RSS after MB "
-          "| peak RSS (VmHWM) MB | all rows as float32 (not stored) MB | seconds |")
+    print(
+        "| atoms/structure | rows accumulated | tracemalloc peak MB | RSS before MB | RSS after MB "
+        "| peak RSS (VmHWM) MB | all rows as float32 (not stored) MB | seconds |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for m in mem:
         store = m["rows"] * args.mem_dim * 4 / 2**20
-        print(f"| {m['atoms']} | {m['rows']} | {m['tracemalloc_peak'] / 2**20:.2f} | {m['rss_before'] / 2**20:.0f} "
-              f"| {m['rss_after'] / 2**20:.0f} | {m['peak_rss'] / 2**20:.0f} | {store:.0f} | {m['seconds']:.1f} |")
+        print(
+            f"| {m['atoms']} | {m['rows']} | {m['tracemalloc_peak'] / 2**20:.2f} | {m['rss_before'] / 2**20:.0f} "
+            f"| {m['rss_after'] / 2**20:.0f} | {m['peak_rss'] / 2**20:.0f} | {store:.0f} | {m['seconds']:.1f} |"
+        )
     print()
-    print(f"# total wall time {time.perf_counter() - start:.0f} s; load average at end (1/5/15 min): "
-          f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"# total wall time {time.perf_counter() - start:.0f} s; load average at end (1/5/15 min): "
+        f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def bench_dataset(name: str, settings_name: str, limit: int, batch_size: int, de
     rows.append((label, "ase.neighborlist (full)", n / t, e / t, e))
 
     try:
-        from matscipy.neighbours import neighbour_list as msp  # noqa: PLC0415
+        from matscipy.neighbours import neighbour_list as msp
     except ImportError:
         msp = None
     if msp is not None:
@@ -112,6 +112,7 @@ def bench_dataset(name: str, settings_name: str, limit: int, batch_size: int, de
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             return total
+
         return run
 
     t, e, _ = timed(ours(None, batches), min_s)
@@ -131,8 +132,9 @@ def main() -> None:
     parser.add_argument("--molecules", type=int, default=1000, help="ethanol frames used")
     parser.add_argument("--crystals", type=int, default=295, help="oxide structures used")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="minimum timing per row")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: ASE and matscipy are single-threaded too)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: ASE and matscipy are single-threaded too)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -118,7 +118,10 @@ def write_large_ani1x(path: Path, target_gb: float, seed: int = 0) -> tuple[Path
     wb97x_dz.forces float32 Ha/A, wb97x_tz.energy / .forces, ccsd(t)_cbs.energy (mostly NaN), as in the release.
     """
     rng = np.random.default_rng(seed)
-    per_conf_bytes = lambda n: n * 3 * 4 * 3 + 8 * 3  # coords + 2 force sets + 3 energies
+
+    def per_conf_bytes(n: int) -> int:
+        return n * 3 * 4 * 3 + 8 * 3  # coords + 2 force sets + 3 energies
+
     written, groups, conformers = 0, 0, 0
     target = int(target_gb * 1e9)
     with h5py.File(path, "w") as f:
@@ -161,8 +164,11 @@ def generated_cases(work: Path) -> list[tuple[str, str, str | None, dict]]:
     cases: list[tuple[str, str, str | None, dict]] = []
     t1x = work / "transition1x.h5"
     if not t1x.exists():
-        reactions = {f"C{a}H{b}O": {f"rxn{r:04d}": t1x_reaction(rng, [6] * a + [1] * b + [8], 100) for r in range(10)}
-                     for a in range(1, 5) for b in range(2, 7)}
+        reactions = {
+            f"C{a}H{b}O": {f"rxn{r:04d}": t1x_reaction(rng, [6] * a + [1] * b + [8], 100) for r in range(10)}
+            for a in range(1, 5)
+            for b in range(2, 7)
+        }
         write_transition1x(t1x, reactions, {"train": list(reactions)[:15], "val": list(reactions)[15:]})
     cases.append(("Transition-1x, 20k frames (generated)", str(t1x), "transition1x", {}))
     slabs = work / "oc_lmdb_slabs"
@@ -185,8 +191,15 @@ def generated_cases(work: Path) -> list[tuple[str, str, str | None, dict]]:
         items = []
         for i in range(20_000):
             z = torch.tensor([6, 1, 1, 1, 1, 8, 1, 6, 1])
-            items.append({"z": z, "pos": torch.randn(len(z), 3), "y": torch.randn(1, 19), "idx": torch.tensor([i]),
-                          "name": f"gdb_{i + 1}"})
+            items.append(
+                {
+                    "z": z,
+                    "pos": torch.randn(len(z), 3),
+                    "y": torch.randn(1, 19),
+                    "idx": torch.tensor([i]),
+                    "name": f"gdb_{i + 1}",
+                }
+            )
         torch.save(items, qm9)
     cases.append(("QM9 PyG qm9_v3.pt, 20k molecules (generated)", str(qm9), "qm9-pyg", {}))
     if not (work / "qmof_database").exists():
@@ -252,8 +265,15 @@ def iterate_large(path: Path, limit: int | None) -> dict[str, float]:
     for i in idx:
         ds[int(i)]
     rnd = len(idx) / (time.perf_counter() - start)
-    return {"n": n, "seq": seq, "random": rnd, "rss_start": rss0, "rss_mid": marks.get("rss_mid", rss0),
-            "rss_end": rss_mb(), "rss_peak": peak}
+    return {
+        "n": n,
+        "seq": seq,
+        "random": rnd,
+        "rss_start": rss0,
+        "rss_mid": marks.get("rss_mid", rss0),
+        "rss_end": rss_mb(),
+        "rss_peak": peak,
+    }
 
 
 def main() -> None:
@@ -291,8 +311,18 @@ def main() -> None:
     cases += generated_cases(WORK)
 
     print(f"# atomsift reading benchmark  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.machine(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
     print(f"# {cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, h5py {h5py.__version__}")
     print()
     print(f"| {'reader / file':<44} | {'format':<15} | {'records':>8} | {'atoms/rec':>9} | {'records/s':>10} |")
@@ -315,18 +345,24 @@ def main() -> None:
     if not large.exists():
         t0 = time.perf_counter()
         _, n_conf = write_large_ani1x(large, args.large_gb)
-        print(f"\n(generated {large.name}: {large.stat().st_size / 1e9:.2f} GB, {n_conf} conformers, "
-              f"{time.perf_counter() - t0:.0f} s)")
+        print(
+            f"\n(generated {large.name}: {large.stat().st_size / 1e9:.2f} GB, {n_conf} conformers, "
+            f"{time.perf_counter() - t0:.0f} s)"
+        )
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         res = pool.apply(iterate_large, (large, args.large_limit))
     print()
     print(f"Large ANI-1x-layout file: {large.stat().st_size / 1e9:.2f} GB")
-    print("| records read | sequential rec/s | random rec/s | RSS after open MB | RSS halfway MB | RSS peak, sequential pass MB | RSS after random reads MB |")
+    print(
+        "| records read | sequential rec/s | random rec/s | RSS after open MB | RSS halfway MB | RSS peak, sequential pass MB | RSS after random reads MB |"
+    )
     print("|---|---|---|---|---|---|---|")
-    print(f"| {res['n']} | {res['seq']:.0f} | {res['random']:.0f} | {res['rss_start']:.0f} | {res['rss_mid']:.0f} "
-          f"| {res['rss_peak']:.0f} | {res['rss_end']:.0f} |")
+    print(
+        f"| {res['n']} | {res['seq']:.0f} | {res['random']:.0f} | {res['rss_start']:.0f} | {res['rss_mid']:.0f} "
+        f"| {res['rss_peak']:.0f} | {res['rss_end']:.0f} |"
+    )
 
 
 if __name__ == "__main__":

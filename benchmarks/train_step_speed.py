@@ -36,15 +36,18 @@ from atomsift.models.registry import presets
 
 DATA = {
     # name: (bundled dataset, structures per batch, GemNet-OC graph overrides)
-    "ethanol": ("bundled:ethanol", 16, {"cutoff": 8.0, "cutoff_qint": 8.0, "cutoff_aeaint": 8.0, "cutoff_aint": 8.0,
-                                        "use_pbc": False}),
+    "ethanol": (
+        "bundled:ethanol",
+        16,
+        {"cutoff": 8.0, "cutoff_qint": 8.0, "cutoff_aeaint": 8.0, "cutoff_aint": 8.0, "use_pbc": False},
+    ),
     "oxides": ("bundled:oxides", 8, {}),
 }
 
 
 def cpu_name() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):  # noqa: SIM115
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -92,10 +95,12 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     with_fairchem = fairchem_available()
-    print(f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {cpu_name()}  "
-          f"{torch.get_num_threads()} threads  torch {torch.__version__}  device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-          + f"  fairchem {'yes' if with_fairchem else 'not installed'}")
+    print(
+        f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {cpu_name()}  "
+        f"{torch.get_num_threads()} threads  torch {torch.__version__}  device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f"  fairchem {'yes' if with_fairchem else 'not installed'}"
+    )
     header = f"{'model':<22} {'data':<8} {'batch':>5} {'atoms':>6} {'ms/step':>9} {'struct/s':>9} {'atoms/s':>9} {'vs fairchem':>11}"
     print(header)
     print("-" * len(header))
@@ -110,9 +115,11 @@ def main() -> None:
                 torch.manual_seed(0)
                 model = AtomsModel(build_backbone("painn"), {"energy": {"kind": "energy", "forces": "gradient"}})
                 model.to(device)
-                sec = time_steps(trainer(model, lambda m=model: (m(batch), batch)), args.min_time, args.min_steps)
-                print(f"{name:<22} {data_name:<8} {batch_size:>5} {natoms:>6} {1000 * sec:>9.1f} "
-                      f"{batch_size / sec:>9.1f} {natoms / sec:>9.0f} {'':>11}")
+                sec = time_steps(trainer(model, lambda m=model, b=batch: (m(b), b)), args.min_time, args.min_steps)
+                print(
+                    f"{name:<22} {data_name:<8} {batch_size:>5} {natoms:>6} {1000 * sec:>9.1f} "
+                    f"{batch_size / sec:>9.1f} {natoms / sec:>9.0f} {'':>11}"
+                )
                 continue
             preset = name.split("-", 1)[1]
             config = {**presets("gemnet_oc")[preset], **graph}
@@ -122,20 +129,24 @@ def main() -> None:
             else:
                 torch.manual_seed(0)
                 state = build_backbone("gemnet_oc", **config).state_dict()
-            backbone, heads, report = gemnet_from_fairchem(config, state)
+            backbone, heads, _ = gemnet_from_fairchem(config, state)
             ours = FairchemGemNetOC(backbone, heads).to(device)
-            sec = time_steps(trainer(ours, lambda m=ours: (m(batch), batch)), args.min_time, args.min_steps)
+            sec = time_steps(trainer(ours, lambda m=ours, b=batch: (m(b), b)), args.min_time, args.min_steps)
             ratio = ""
             if reference is not None:
                 data = to_fairchem_batch(batch)
                 fc_sec = time_steps(
-                    trainer(reference, lambda m=reference: (m(data), batch)), args.min_time, args.min_steps
+                    trainer(reference, lambda m=reference, d=data, b=batch: (m(d), b)), args.min_time, args.min_steps
                 )
                 ratio = f"{fc_sec / sec:.2f}x"
-                print(f"{'fairchem ' + name:<22} {data_name:<8} {batch_size:>5} {natoms:>6} {1000 * fc_sec:>9.1f} "
-                      f"{batch_size / fc_sec:>9.1f} {natoms / fc_sec:>9.0f} {'1.00x':>11}")
-            print(f"{'atomsift ' + name:<22} {data_name:<8} {batch_size:>5} {natoms:>6} {1000 * sec:>9.1f} "
-                  f"{batch_size / sec:>9.1f} {natoms / sec:>9.0f} {ratio:>11}")
+                print(
+                    f"{'fairchem ' + name:<22} {data_name:<8} {batch_size:>5} {natoms:>6} {1000 * fc_sec:>9.1f} "
+                    f"{batch_size / fc_sec:>9.1f} {natoms / fc_sec:>9.0f} {'1.00x':>11}"
+                )
+            print(
+                f"{'atomsift ' + name:<22} {data_name:<8} {batch_size:>5} {natoms:>6} {1000 * sec:>9.1f} "
+                f"{batch_size / sec:>9.1f} {natoms / sec:>9.0f} {ratio:>11}"
+            )
 
 
 if __name__ == "__main__":

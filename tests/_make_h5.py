@@ -44,9 +44,12 @@ def ani1x_group(
     na = numbers.shape[0]
     coords = rng.standard_normal((n_conf, na, 3), dtype=np.float32) * np.float32(1.5)
     out: dict[str, np.ndarray] = {"atomic_numbers": numbers, "coordinates": coords}
-    base = -37.8 * float((numbers == 6).sum()) - 0.5 * float((numbers == 1).sum()) - 54.6 * float(
-        (numbers == 7).sum()
-    ) - 75.0 * float((numbers == 8).sum())
+    base = (
+        -37.8 * float((numbers == 6).sum())
+        - 0.5 * float((numbers == 1).sum())
+        - 54.6 * float((numbers == 7).sum())
+        - 75.0 * float((numbers == 8).sum())
+    )
     levels = ANI_LEVELS_WITH_FORCES if full else ANI_LEVELS_WITH_FORCES[:1]
     for level in levels:
         out[f"{level}.energy"] = base + 0.01 * rng.standard_normal(n_conf)
@@ -96,7 +99,10 @@ def write_synthetic_ani1x(
     stats = {"groups": 0, "conformers": 0, "nan": 0, "bytes": 0}
     formulas = [
         {"C": c, "H": h, "N": n, "O": o}
-        for c in range(9) for n in range(5) for o in range(5) if 1 <= c + n + o <= 10
+        for c in range(9)
+        for n in range(5)
+        for o in range(5)
+        if 1 <= c + n + o <= 10
         for h in range(1, 2 * (c + n) + 3)
     ]
     order = rng.permutation(len(formulas))
@@ -180,8 +186,12 @@ SPICE_UNITS = {
 
 
 def spice_molecule(
-    rng: np.random.Generator, numbers: Iterable[int], n_conf: int, *, subset: str = "SPICE Test Set v1.0",
-    smiles: str = "[H:1][H:2]"
+    rng: np.random.Generator,
+    numbers: Iterable[int],
+    n_conf: int,
+    *,
+    subset: str = "SPICE Test Set v1.0",
+    smiles: str = "[H:1][H:2]",
 ) -> dict[str, np.ndarray]:
     """Arrays of one SPICE molecule (release dtypes; bohr, hartree, hartree/bohr)."""
     z = np.asarray(list(numbers), dtype=np.int16)

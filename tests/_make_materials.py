@@ -103,9 +103,7 @@ def make_matbench(folder: Path, n: int = 12, task: str = "matbench_phonons", tar
 
 def make_folds(folder: Path, task: str, ids: list[str]) -> Path:
     """A `matbench_v0.1_validation.json` with 5 folds: fold k tests ids[k::5]."""
-    splits = {
-        f"fold_{k}": {"train": [x for j, x in enumerate(ids) if j % 5 != k], "test": ids[k::5]} for k in range(5)
-    }
+    splits = {f"fold_{k}": {"train": [x for j, x in enumerate(ids) if j % 5 != k], "test": ids[k::5]} for k in range(5)}
     path = folder / "matbench_v0.1_validation.json"
     path.write_text(json.dumps({"metadata": {"n_splits": 5}, "splits": {task: splits}}))
     return path

@@ -152,8 +152,10 @@ def write_oc20_mapping(path: Path, sids: list[int], symbols: list[str]) -> Path:
 
 def write_oc22_metadata(path: Path, sids: list[int], symbols: list[str]) -> Path:
     """oc22_metadata.pkl: {sid: {'bulk_id': ..., 'bulk_symbols': ..., ...}}."""
-    mapping = {int(s): {"bulk_id": f"mp-{k}", "bulk_symbols": b, "miller_index": (1, 0, 0), "ads_symbols": "*O"}
-               for k, (s, b) in enumerate(zip(sids, symbols))}
+    mapping = {
+        int(s): {"bulk_id": f"mp-{k}", "bulk_symbols": b, "miller_index": (1, 0, 0), "ads_symbols": "*O"}
+        for k, (s, b) in enumerate(zip(sids, symbols))
+    }
     path.write_bytes(pickle.dumps(mapping))
     return path
 
@@ -176,13 +178,22 @@ def extxyz_text(frame: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_s2ef_pair(directory: Path, k: int | str, frames_: list[dict[str, Any]], refs: list[float],
-                    *, compress: bool = True, txt_lines: list[str] | None = None) -> tuple[Path, Path]:
+def write_s2ef_pair(
+    directory: Path,
+    k: int | str,
+    frames_: list[dict[str, Any]],
+    refs: list[float],
+    *,
+    compress: bool = True,
+    txt_lines: list[str] | None = None,
+) -> tuple[Path, Path]:
     """`<k>.extxyz(.xz)` + `<k>.txt(.xz)`; txt lines `random<sid>,frame<fid>,<ref>` unless given."""
     text = "".join(extxyz_text(f) for f in frames_).encode()
-    lines = txt_lines if txt_lines is not None else [
-        f"random{f['sid']},frame{f['fid']},{r:.8f}" for f, r in zip(frames_, refs)
-    ]
+    lines = (
+        txt_lines
+        if txt_lines is not None
+        else [f"random{f['sid']},frame{f['fid']},{r:.8f}" for f, r in zip(frames_, refs)]
+    )
     txt = ("\n".join(lines) + "\n").encode()
     suffix = ".xz" if compress else ""
     xyz_path, txt_path = directory / f"{k}.extxyz{suffix}", directory / f"{k}.txt{suffix}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections import Counter
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +97,7 @@ def test_sample_writes_reproducible_subset(tmp_path):
     assert first["indices"] == second["indices"] and len(first["indices"]) == 70
     assert first["method"] == "balanced" and first["n_classes"] == 7  # one class per metal
     labels = open_dataset("bundled:adsorbates").class_labels()
-    assert Counter(labels[first["indices"]].tolist()) == {m: 10 for m in ("Pt", "Ag", "Ir", "Au", "Pd", "Rh", "Cu")}
+    assert Counter(labels[first["indices"]].tolist()) == dict.fromkeys(("Pt", "Ag", "Ir", "Au", "Pd", "Rh", "Cu"), 10)
 
 
 @pytest.mark.parametrize(

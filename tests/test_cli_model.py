@@ -14,16 +14,28 @@ from atomsift.data import open_dataset
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "atomsift.cli", *args], capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([sys.executable, "-m", "atomsift.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def gemnet_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "goc.pt"
-    proc = run("model", "init", "gemnet_oc", str(path), "--preset", "tiny", "--forces", "direct", "--seed", "3",
-               "--fit-scales", "bundled:ethanol", "--fit-batches", "2")
+    proc = run(
+        "model",
+        "init",
+        "gemnet_oc",
+        str(path),
+        "--preset",
+        "tiny",
+        "--forces",
+        "direct",
+        "--seed",
+        "3",
+        "--fit-scales",
+        "bundled:ethanol",
+        "--fit-batches",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "scale factors fitted on bundled:ethanol" in proc.stdout
     return path
@@ -69,9 +81,23 @@ def test_csi_with_checkpoint_extractor(tmp_path):
     model = tmp_path / "painn.pt"
     assert run("model", "init", "painn", str(model), "-p", "hidden=16").returncode == 0
     proc = run(
-        "csi", "-d", "ethanol=bundled:ethanol", "-u", "acac=bundled:acac", "-u", "oxides=bundled:oxides",
-        "--extractor", f"checkpoint:{model}", "-x", "batch_size=8", "--n-samples", "40", "--bootstrap", "0",
-        "--out", str(tmp_path / "csi"),
+        "csi",
+        "-d",
+        "ethanol=bundled:ethanol",
+        "-u",
+        "acac=bundled:acac",
+        "-u",
+        "oxides=bundled:oxides",
+        "--extractor",
+        f"checkpoint:{model}",
+        "-x",
+        "batch_size=8",
+        "--n-samples",
+        "40",
+        "--bootstrap",
+        "0",
+        "--out",
+        str(tmp_path / "csi"),
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "csi" / "csi.json").read_text())

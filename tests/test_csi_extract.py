@@ -20,7 +20,6 @@ from atomsift.csi.extract import EXTRACTORS, FeatureExtractor, aggregate, get_ex
 from atomsift.data import Record, open_dataset
 from atomsift.errors import ConfigError, DataError
 
-
 # ---- data ------------------------------------------------------------------------------------------------------
 
 

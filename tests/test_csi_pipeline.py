@@ -124,10 +124,27 @@ def test_cli_end_to_end_with_default_extractor(tmp_path):
     """The real default (SevenNet-0) on a few structures: table, csi.json, csi.csv and the chart."""
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "atomsift.cli", "csi", "--upstream", "ethanol_b=bundled:ethanol",
-         "--upstream", "oxides=bundled:oxides", "--downstream", "ethanol=bundled:ethanol",
-         "--n-samples", "12", "--bootstrap", "10", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "atomsift.cli",
+            "csi",
+            "--upstream",
+            "ethanol_b=bundled:ethanol",
+            "--upstream",
+            "oxides=bundled:oxides",
+            "--downstream",
+            "ethanol=bundled:ethanol",
+            "--n-samples",
+            "12",
+            "--bootstrap",
+            "10",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     assert "CSI to downstream 'ethanol'" in proc.stdout
@@ -156,8 +173,13 @@ def test_demo_csi_settings_are_valid_and_rank_as_documented(tmp_path):
 
     cfg = load_config(demo_csi_config(), {})
     assert cfg.extractor == "sevenn" and set(cfg.downstream) == {"ethanol", "oxides"}
-    cfg = cfg.model_copy(update={"extractor": "test-radial", "bootstrap": 0,
-                                 "upstream": {k: v for k, v in cfg.upstream.items() if k != "adsorbates"}})
+    cfg = cfg.model_copy(
+        update={
+            "extractor": "test-radial",
+            "bootstrap": 0,
+            "upstream": {k: v for k, v in cfg.upstream.items() if k != "adsorbates"},
+        }
+    )
     rows = run_csi(cfg, tmp_path)
     best = {r["downstream"]: r["upstream"] for r in rows if r["rank"] == 1}
     assert best == {"ethanol": "acac", "oxides": "oxides"}
@@ -207,8 +229,23 @@ def test_unusable_device_and_too_few_structures(tmp_path):
 
 def test_duplicate_dataset_names_are_refused(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "atomsift.cli", "csi", "-u", "a=bundled:acac", "-u", "a=bundled:oxides",
-         "-d", "b=bundled:ethanol", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "atomsift.cli",
+            "csi",
+            "-u",
+            "a=bundled:acac",
+            "-u",
+            "a=bundled:oxides",
+            "-d",
+            "b=bundled:ethanol",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2 and "'a' is given twice" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -224,7 +261,9 @@ def test_one_tiny_upstream_keeps_the_other_intervals(tmp_path):
     with pytest.warns(UserWarning, match="involving one"):
         rows = {r["upstream"]: r for r in run_csi(cfg, tmp_path / "out")}
     assert rows["one"]["ci_low"] is None
-    assert rows["acac"]["ci_low"] is not None and rows["acac"]["ci_low"] <= rows["acac"]["csi"] <= rows["acac"]["ci_high"]
+    assert (
+        rows["acac"]["ci_low"] is not None and rows["acac"]["ci_low"] <= rows["acac"]["csi"] <= rows["acac"]["ci_high"]
+    )
 
 
 def test_refused_run_writes_nothing(tmp_path):
@@ -244,8 +283,12 @@ def test_refused_run_writes_nothing(tmp_path):
     ],
 )
 def test_more_bad_cli_input_is_one_paragraph(tmp_path, args, needle):
-    proc = subprocess.run([sys.executable, "-m", "atomsift.cli", *args, *(["--out", str(tmp_path)] if args[0] == "csi" else [])],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "atomsift.cli", *args, *(["--out", str(tmp_path)] if args[0] == "csi" else [])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
 
 

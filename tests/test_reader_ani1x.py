@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _make_h5 import ani1x_group, truncate_copy, write_ani1x, write_spice, spice_molecule  # noqa: E402
-
-from atomsift.data import open_dataset  # noqa: E402
-from atomsift.data.readers._h5 import nan_rows  # noqa: E402
-from atomsift.data.readers.ani1x import ANI1xDataset  # noqa: E402
-from atomsift.errors import ConfigError, DataError  # noqa: E402
+from _make_h5 import ani1x_group, spice_molecule, truncate_copy, write_ani1x, write_spice
+from atomsift.data import open_dataset
+from atomsift.data.readers._h5 import nan_rows
+from atomsift.data.readers.ani1x import ANI1xDataset
+from atomsift.errors import ConfigError, DataError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIXTURE = SHARED / "fixtures" / "ani1x" / "ani1_n5.hdf5"

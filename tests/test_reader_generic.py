@@ -288,8 +288,9 @@ def test_write_aselmdb_round_trip(tmp_path, shared_data, frames):
     ]
     for k, src in enumerate(sources):
         records = [src[i] for i in range(min(len(src), 60))]
-        out = write_aselmdb(tmp_path / "out" / f"set{k}.aselmdb", records, {"source_format": src.format_name},
-                            progress=False)
+        out = write_aselmdb(
+            tmp_path / "out" / f"set{k}.aselmdb", records, {"source_format": src.format_name}, progress=False
+        )
         assert sorted(p.name for p in out.parent.iterdir()) == [f"set{j}.aselmdb" for j in range(k + 1)]
         assert detect_format(out) == "aselmdb"
         back = open_dataset(out)
@@ -359,8 +360,9 @@ def test_aselmdb_and_db_readable_after_fork(tmp_path, shared_data):
 
 def test_extxyz_unknown_element_is_named(tmp_path):
     path = tmp_path / "ghost.xyz"
-    path.write_text('2\nenergy=-1.0 pbc="F F F" Properties=species:S:1:pos:R:3:forces:R:3\n'
-                    "Xx 0 0 0 0 0 0\nH 0 0 1 0 0 0\n")
+    path.write_text(
+        '2\nenergy=-1.0 pbc="F F F" Properties=species:S:1:pos:R:3:forces:R:3\nXx 0 0 0 0 0 0\nH 0 0 1 0 0 0\n'
+    )
     _expect(DataError, path, "unknown element symbol 'Xx'", "frame0")
 
 
@@ -385,14 +387,18 @@ def test_truncated_aselmdb_is_an_error_not_a_crash(tmp_path, frames):
         open_dataset(cut)
     assert "cut.aselmdb" in str(err.value)
     # reading a truncated map would kill the process with SIGBUS: check in a child process
-    code = f"from atomsift.data import open_dataset\ntry:\n    open_dataset({str(cut)!r})\nexcept Exception:\n    pass\n"
+    code = (
+        f"from atomsift.data import open_dataset\ntry:\n    open_dataset({str(cut)!r})\nexcept Exception:\n    pass\n"
+    )
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
 def test_extxyz_hints_at_other_label_keys(tmp_path):
     path = tmp_path / "ref.xyz"
-    path.write_text('2\nREF_energy=-1.5 pbc="F F F" Properties=species:S:1:pos:R:3:REF_forces:R:3\n'
-                    "H 0 0 0 0.1 0 0\nH 0 0 1 -0.1 0 0\n")
+    path.write_text(
+        '2\nREF_energy=-1.5 pbc="F F F" Properties=species:S:1:pos:R:3:REF_forces:R:3\n'
+        "H 0 0 0 0.1 0 0\nH 0 0 1 -0.1 0 0\n"
+    )
     ds = open_dataset(path)
     assert ds[0].energy is None and ds[0].forces is None
     hints = " ".join(ds.metadata()["hints"])

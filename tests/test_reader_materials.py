@@ -40,7 +40,7 @@ def test_structure_dict_oxidation_state_and_molecule():
     d["sites"][0]["species"] = [{"element": "Si", "oxidation_state": 4, "occu": 1.0}]
     assert structure_from_dict(d, file="f", record=0)[0].tolist() == [14, 14]
     mol = {"@class": "Molecule", "sites": [{"species": [{"element": "O", "occu": 1}], "xyz": [0, 0, 1]}]}
-    numbers, positions, cell, pbc = structure_from_dict(mol, file="f", record=0)
+    numbers, _positions, cell, pbc = structure_from_dict(mol, file="f", record=0)
     assert numbers.tolist() == [8] and cell is None and not pbc.any()
 
 

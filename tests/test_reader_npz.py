@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _make_npz_qm9 import RMD17_Z, write_rmd17, write_sgdml  # noqa: E402
-
-from atomsift.data import open_dataset  # noqa: E402
-from atomsift.data.readers.rmd17 import NpzMembers, RMD17Dataset, jmp_split  # noqa: E402
-from atomsift.data.readers.sgdml import SGDMLDataset, md22_train_size  # noqa: E402
-from atomsift.errors import ConfigError, DataError  # noqa: E402
+from _make_npz_qm9 import RMD17_Z, write_rmd17, write_sgdml
+from atomsift.data import open_dataset
+from atomsift.data.readers.rmd17 import NpzMembers, RMD17Dataset, jmp_split
+from atomsift.data.readers.sgdml import SGDMLDataset, md22_train_size
+from atomsift.errors import ConfigError, DataError
 
 KCAL = 0.0433641  # eV per kcal/mol (FORMATS.md)
 BOHR = 0.529177

@@ -110,7 +110,7 @@ def test_without_torch_geometric(oc20_dir, fr, monkeypatch):
 
 def test_class_labels_oc20_and_oc22(tmp_path, oc20_dir, fr):
     sids = sorted({f["sid"] for f in fr})
-    symbols = {s: b for s, b in zip(sids, ["Al8Cu8Se16", "Pt4", "Cu2O"])}
+    symbols = dict(zip(sids, ["Al8Cu8Se16", "Pt4", "Cu2O"]))
     m20 = write_oc20_mapping(tmp_path / "oc20_data_mapping.pkl", sids, [symbols[s] for s in sids])
     ds = open_dataset(oc20_dir, classes=m20)
     expected = [symbols[f["sid"]] for f in fr]

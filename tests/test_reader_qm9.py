@@ -12,17 +12,16 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _make_npz_qm9 import (  # noqa: E402
+from _make_npz_qm9 import (
     QM9_XYZ_STARS,
     QM9PACK_HEADER,
     QM9PACK_ROWS,
     write_qm9pack_csv,
     write_tar,
 )
-
-from atomsift.data import open_dataset  # noqa: E402
-from atomsift.data.readers import _qm9_common  # noqa: E402
-from atomsift.data.readers.qm9 import (  # noqa: E402
+from atomsift.data import open_dataset
+from atomsift.data.readers import _qm9_common
+from atomsift.data.readers.qm9 import (
     QM9_ATOMREF_HARTREE,
     QM9_TARGETS,
     QM9PackDataset,
@@ -30,7 +29,7 @@ from atomsift.data.readers.qm9 import (  # noqa: E402
     QM9XyzDataset,
     qm9_target_name,
 )
-from atomsift.errors import ConfigError, DataError  # noqa: E402
+from atomsift.errors import ConfigError, DataError
 
 HARTREE = 27.211386
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "data" / "fixtures" / "qm9" / "first10.tar.bz2"

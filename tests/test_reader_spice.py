@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _make_h5 import spice_molecule, truncate_copy, write_spice  # noqa: E402
-
-from atomsift.data import open_dataset  # noqa: E402
-from atomsift.data.readers.ani1x import ANI1xDataset  # noqa: E402
-from atomsift.data.readers.spice import SpiceDataset  # noqa: E402
-from atomsift.errors import DataError  # noqa: E402
+from _make_h5 import spice_molecule, truncate_copy, write_spice
+from atomsift.data import open_dataset
+from atomsift.data.readers.ani1x import ANI1xDataset
+from atomsift.data.readers.spice import SpiceDataset
+from atomsift.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIXTURE = SHARED / "fixtures" / "spice" / "SPICE-1.1.4_n2.hdf5"

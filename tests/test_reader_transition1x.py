@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _make_h5 import T1X_ENERGY, T1X_FORCES, t1x_reaction, truncate_copy, write_transition1x  # noqa: E402
-
-from atomsift.data import open_dataset  # noqa: E402
-from atomsift.data.readers.ani1x import ANI1xDataset  # noqa: E402
-from atomsift.data.readers.spice import SpiceDataset  # noqa: E402
-from atomsift.data.readers.transition1x import Transition1xDataset  # noqa: E402
-from atomsift.errors import ConfigError, DataError  # noqa: E402
+from _make_h5 import T1X_ENERGY, T1X_FORCES, t1x_reaction, truncate_copy, write_transition1x
+from atomsift.data import open_dataset
+from atomsift.data.readers.ani1x import ANI1xDataset
+from atomsift.data.readers.spice import SpiceDataset
+from atomsift.data.readers.transition1x import Transition1xDataset
+from atomsift.errors import ConfigError, DataError
 
 REF = {1: -13.62222753701504, 6: -1029.4130839658328, 7: -1484.8710358098756, 8: -2041.8396277138045}
 

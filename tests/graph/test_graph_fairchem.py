@@ -1,6 +1,6 @@
 """Our periodic graphs against fairchem's radius_graph_pbc (run in the fairchem side environment).
 
-    /work/fairchem-venv/bin/python -m pytest tests/graph/test_graph_fairchem.py -q
+/work/fairchem-venv/bin/python -m pytest tests/graph/test_graph_fairchem.py -q
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 
 pytest.importorskip("fairchem.core")
 
-import torch  # noqa: E402
-from ase.build import add_adsorbate, bulk, fcc111  # noqa: E402
-from fairchem.core.common.utils import radius_graph_pbc  # noqa: E402
+import torch
+from ase.build import add_adsorbate, bulk, fcc111
+from fairchem.core.common.utils import radius_graph_pbc
 
-from atomsift.graph import collate, radius_graph  # noqa: E402
+from atomsift.graph import collate, radius_graph
 
 
 def _fairchem(batch, cutoff: float, k: int, strict: bool) -> set[tuple]:

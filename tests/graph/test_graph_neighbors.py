@@ -47,8 +47,15 @@ def _structures() -> dict[str, Atoms]:
     slab.rattle(0.05, seed=3)
     slab.positions[0] -= 1.7 * slab.cell[0]  # unwrapped atom
     flat = fcc111("Cu", (2, 2, 2))  # pbc (T, T, F) with a zero third vector
-    return {"benzene": benzene, "cubic": cubic, "triclinic": triclinic, "small": small, "tiny": tiny,
-            "slab": slab, "flat": flat}
+    return {
+        "benzene": benzene,
+        "cubic": cubic,
+        "triclinic": triclinic,
+        "small": small,
+        "tiny": tiny,
+        "slab": slab,
+        "flat": flat,
+    }
 
 
 STRUCTURES = _structures()
@@ -198,6 +205,7 @@ def test_float32_gives_the_same_graph():
     g64 = radius_graph(collate(structures, dtype=F64), 7.0, 20)
     g32 = radius_graph(collate(structures, dtype=torch.float32), 7.0, 20)
     assert g32.distance.dtype == g32.vector.dtype == torch.float32
+
     # the same edges; the order may differ among near-ties (float32 inputs break exact symmetries)
     def edges(g):
         return {tuple(e) for e in torch.cat([g.edge_index.T, g.cell_offsets], dim=1).tolist()}
@@ -236,7 +244,7 @@ def test_batched_equals_one_by_one():
     for strict in (True, False):
         together = radius_graph(batch, 8.0, 10, strict=strict)
         first = 0
-        for b, atoms in enumerate(structures):
+        for atoms in structures:
             alone = radius_graph(collate([atoms], dtype=F64), 8.0, 10, strict=strict)
             mine = (together.edge_index[1] >= first) & (together.edge_index[1] < first + len(atoms))
             assert torch.equal(together.edge_index[:, mine] - first, alone.edge_index)

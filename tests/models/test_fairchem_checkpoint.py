@@ -54,8 +54,9 @@ def test_fairchem_file_loads_and_predicts_like_fairchem_heads(tmp_path, direct):
     want = reference(collate(structures))
     got = model.predict(structures)
     np.testing.assert_allclose([g["energy"] for g in got], want["energy"].detach().numpy(), rtol=1e-5)
-    np.testing.assert_allclose(np.concatenate([g["forces"] for g in got]), want["forces"].detach().numpy(),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.concatenate([g["forces"] for g in got]), want["forces"].detach().numpy(), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_fairchem_file_problems(tmp_path):

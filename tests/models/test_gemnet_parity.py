@@ -29,40 +29,75 @@ import torch
 pytest.importorskip("fairchem.core")
 pytest.importorskip("torch_geometric")
 
-from ase import Atoms  # noqa: E402
-from ase.build import add_adsorbate, fcc111  # noqa: E402
-from fairchem.core.models.gemnet_oc.gemnet_oc import GemNetOC as FairchemGemNetOCModel  # noqa: E402
-from fairchem.core.modules.scaling import ScaleFactor as FairchemScaleFactor  # noqa: E402
-from torch_geometric.data import Batch, Data  # noqa: E402
+from ase import Atoms
+from ase.build import add_adsorbate, fcc111
+from fairchem.core.models.gemnet_oc.gemnet_oc import GemNetOC as FairchemGemNetOCModel
+from fairchem.core.modules.scaling import ScaleFactor as FairchemScaleFactor
+from torch_geometric.data import Batch
 
-from atomsift.data import open_dataset  # noqa: E402
-from atomsift.graph import collate  # noqa: E402
-from atomsift.models.backbones.gemnet_oc.compat import FairchemGemNetOC, gemnet_from_fairchem  # noqa: E402
-from atomsift.models.backbones.gemnet_oc.fairchem_bridge import to_fairchem_batch  # noqa: E402
-from atomsift.models.backbones.gemnet_oc.presets import PRESETS  # noqa: E402
+from atomsift.data import open_dataset
+from atomsift.graph import collate
+from atomsift.models.backbones.gemnet_oc.compat import FairchemGemNetOC, gemnet_from_fairchem
+from atomsift.models.backbones.gemnet_oc.fairchem_bridge import to_fairchem_batch
+from atomsift.models.backbones.gemnet_oc.presets import PRESETS
 
 TOL = 1e-4
 
 TINY = {
     "name": "gemnet_oc",
-    "num_spherical": 3, "num_radial": 8, "num_blocks": 2,
-    "emb_size_atom": 16, "emb_size_edge": 32, "emb_size_trip_in": 8, "emb_size_trip_out": 8,
-    "emb_size_quad_in": 8, "emb_size_quad_out": 8, "emb_size_aint_in": 8, "emb_size_aint_out": 8,
-    "emb_size_rbf": 8, "emb_size_cbf": 8, "emb_size_sbf": 8,
-    "num_before_skip": 1, "num_after_skip": 1, "num_concat": 1, "num_atom": 1, "num_output_afteratom": 1,
-    "num_atom_emb_layers": 1, "num_global_out_layers": 1,
-    "regress_forces": True, "direct_forces": True,
-    "quad_interaction": True, "atom_edge_interaction": True, "edge_atom_interaction": True, "atom_interaction": True,
-    "otf_graph": True, "use_pbc": True, "num_elements": 90,
-    "rbf": {"name": "gaussian"}, "envelope": {"name": "polynomial", "exponent": 5},
-    "cbf": {"name": "spherical_harmonics"}, "sbf": {"name": "legendre_outer"},
+    "num_spherical": 3,
+    "num_radial": 8,
+    "num_blocks": 2,
+    "emb_size_atom": 16,
+    "emb_size_edge": 32,
+    "emb_size_trip_in": 8,
+    "emb_size_trip_out": 8,
+    "emb_size_quad_in": 8,
+    "emb_size_quad_out": 8,
+    "emb_size_aint_in": 8,
+    "emb_size_aint_out": 8,
+    "emb_size_rbf": 8,
+    "emb_size_cbf": 8,
+    "emb_size_sbf": 8,
+    "num_before_skip": 1,
+    "num_after_skip": 1,
+    "num_concat": 1,
+    "num_atom": 1,
+    "num_output_afteratom": 1,
+    "num_atom_emb_layers": 1,
+    "num_global_out_layers": 1,
+    "regress_forces": True,
+    "direct_forces": True,
+    "quad_interaction": True,
+    "atom_edge_interaction": True,
+    "edge_atom_interaction": True,
+    "atom_interaction": True,
+    "otf_graph": True,
+    "use_pbc": True,
+    "num_elements": 90,
+    "rbf": {"name": "gaussian"},
+    "envelope": {"name": "polynomial", "exponent": 5},
+    "cbf": {"name": "spherical_harmonics"},
+    "sbf": {"name": "legendre_outer"},
     # different cutoffs and binding neighbour limits, so every subselection runs
-    "cutoff": 5.0, "cutoff_qint": 4.0, "cutoff_aeaint": 5.5, "cutoff_aint": 6.0,
-    "max_neighbors": 16, "max_neighbors_qint": 6, "max_neighbors_aeaint": 12, "max_neighbors_aint": 24,
+    "cutoff": 5.0,
+    "cutoff_qint": 4.0,
+    "cutoff_aeaint": 5.5,
+    "cutoff_aint": 6.0,
+    "max_neighbors": 16,
+    "max_neighbors_qint": 6,
+    "max_neighbors_aeaint": 12,
+    "max_neighbors_aint": 24,
 }
 OC20_GRAPH = {
-    "cutoff": 12.0, "cutoff_qint": 12.0, "cutoff_aeaint": 12.0, "cutoff_aint": 12.0,
-    "max_neighbors": 30, "max_neighbors_qint": 8, "max_neighbors_aeaint": 20, "max_neighbors_aint": 1000,
+    "cutoff": 12.0,
+    "cutoff_qint": 12.0,
+    "cutoff_aeaint": 12.0,
+    "cutoff_aint": 12.0,
+    "max_neighbors": 30,
+    "max_neighbors_qint": 8,
+    "max_neighbors_aeaint": 20,
+    "max_neighbors_aint": 1000,
 }
 
 
@@ -183,8 +218,15 @@ def test_molecules(molecules, direct_forces):
 @pytest.mark.parametrize("direct_forces", [True, False], ids=["direct", "gradient"])
 def test_molecules_without_pbc(molecules, direct_forces):
     """use_pbc=False: fairchem's torch_cluster graph; limits above every atom's neighbour count."""
-    config = {**TINY, "direct_forces": direct_forces, "use_pbc": False, "max_neighbors": 40,
-              "max_neighbors_qint": 40, "max_neighbors_aeaint": 40, "max_neighbors_aint": 40}
+    config = {
+        **TINY,
+        "direct_forces": direct_forces,
+        "use_pbc": False,
+        "max_neighbors": 40,
+        "max_neighbors_qint": 40,
+        "max_neighbors_aeaint": 40,
+        "max_neighbors_aint": 40,
+    }
     check(config, molecules, seed=2)
 
 
@@ -203,8 +245,12 @@ def test_slabs_oc20_graph(slabs, direct_forces):
 def test_small_cell_and_open_slab(direct_forces):
     """A rattled triclinic 4-atom cell (12 A reaches several images each way) and a Pt(111) slab with
     pbc (True, True, False) whose atoms were shifted out of the cell without wrapping."""
-    tri = Atoms(numbers=[8, 22, 8, 1], scaled_positions=[[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0.1, 0.6, 0.4]],
-                cell=[[3.9, 0, 0], [1.1, 3.7, 0], [0.6, -0.8, 4.2]], pbc=True)
+    tri = Atoms(
+        numbers=[8, 22, 8, 1],
+        scaled_positions=[[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0.1, 0.6, 0.4]],
+        cell=[[3.9, 0, 0], [1.1, 3.7, 0], [0.6, -0.8, 4.2]],
+        pbc=True,
+    )
     tri.rattle(stdev=0.05, seed=5)
     tri.set_tags([2, 2, 2, 2])
     slab = fcc111("Pt", size=(3, 3, 3), vacuum=8.0)
@@ -239,13 +285,19 @@ def test_preset_s(slabs, molecules):
 
 VARIANTS = {
     "sph_harm_sbf_bessel_rbf": {"sbf": {"name": "spherical_harmonics"}, "rbf": {"name": "spherical_bessel"}},
-    "scale_basis_gaussian_cbf": {"scale_basis": True, "cbf": {"name": "gaussian"},
-                                 "rbf_spherical": {"name": "bernstein"}},
+    "scale_basis_gaussian_cbf": {
+        "scale_basis": True,
+        "cbf": {"name": "gaussian"},
+        "rbf_spherical": {"name": "bernstein"},
+    },
     "no_afteratom_layers": {"num_output_afteratom": 0, "num_atom_emb_layers": 0, "activation": "swish"},
-    "only_quadruplets": {"atom_edge_interaction": False, "edge_atom_interaction": False,
-                         "atom_interaction": False},
-    "no_extra_interactions": {"quad_interaction": False, "atom_edge_interaction": False,
-                              "edge_atom_interaction": False, "atom_interaction": False},
+    "only_quadruplets": {"atom_edge_interaction": False, "edge_atom_interaction": False, "atom_interaction": False},
+    "no_extra_interactions": {
+        "quad_interaction": False,
+        "atom_edge_interaction": False,
+        "edge_atom_interaction": False,
+        "atom_interaction": False,
+    },
 }
 
 

@@ -25,20 +25,59 @@ ARCH_KEYS = [k for k in PRESETS["tiny"] if not k.startswith(("cutoff", "max_neig
 # hyper_parameters["backbone"] of the released jmp-s.pt (as printed by JMP's author in nimashoghi/jmp-backbone,
 # notebooks/checkpoint_loading.ipynb), minus the cluster path of its scale file
 RELEASED_JMP_S_BACKBONE = {
-    "num_targets": 1, "num_spherical": 7, "num_radial": 128, "num_blocks": 4, "emb_size_atom": 256,
-    "emb_size_edge": 512, "emb_size_trip_in": 64, "emb_size_trip_out": 64, "emb_size_quad_in": 32,
-    "emb_size_quad_out": 32, "emb_size_aint_in": 64, "emb_size_aint_out": 64, "emb_size_rbf": 16,
-    "emb_size_cbf": 16, "emb_size_sbf": 32, "num_before_skip": 2, "num_after_skip": 2, "num_concat": 1,
-    "num_atom": 3, "num_output_afteratom": 3, "num_atom_emb_layers": 2, "num_global_out_layers": 2,
-    "regress_forces": True, "regress_energy": True, "direct_forces": True, "use_pbc": True,
-    "scale_backprop_forces": False, "rbf": {"name": "gaussian"}, "rbf_spherical": None,
-    "envelope": {"name": "polynomial", "exponent": 5}, "cbf": {"name": "spherical_harmonics"},
-    "sbf": {"name": "legendre_outer"}, "extensive": True, "forces_coupled": False, "activation": "scaled_silu",
-    "quad_interaction": True, "atom_edge_interaction": True, "edge_atom_interaction": True,
-    "atom_interaction": True, "scale_basis": False, "qint_tags": [1, 2], "num_elements": 120, "otf_graph": False,
-    "ln": False, "dropout": None, "scale_file": "base.pt", "replace_scale_factors_with_ln": False,
-    "absolute_rbf_cutoff": 12.0, "learnable_rbf": False, "learnable_rbf_stds": False,
-    "unique_basis_per_layer": False, "old_gaussian_implementation": False, "edge_dropout": 0.1,
+    "num_targets": 1,
+    "num_spherical": 7,
+    "num_radial": 128,
+    "num_blocks": 4,
+    "emb_size_atom": 256,
+    "emb_size_edge": 512,
+    "emb_size_trip_in": 64,
+    "emb_size_trip_out": 64,
+    "emb_size_quad_in": 32,
+    "emb_size_quad_out": 32,
+    "emb_size_aint_in": 64,
+    "emb_size_aint_out": 64,
+    "emb_size_rbf": 16,
+    "emb_size_cbf": 16,
+    "emb_size_sbf": 32,
+    "num_before_skip": 2,
+    "num_after_skip": 2,
+    "num_concat": 1,
+    "num_atom": 3,
+    "num_output_afteratom": 3,
+    "num_atom_emb_layers": 2,
+    "num_global_out_layers": 2,
+    "regress_forces": True,
+    "regress_energy": True,
+    "direct_forces": True,
+    "use_pbc": True,
+    "scale_backprop_forces": False,
+    "rbf": {"name": "gaussian"},
+    "rbf_spherical": None,
+    "envelope": {"name": "polynomial", "exponent": 5},
+    "cbf": {"name": "spherical_harmonics"},
+    "sbf": {"name": "legendre_outer"},
+    "extensive": True,
+    "forces_coupled": False,
+    "activation": "scaled_silu",
+    "quad_interaction": True,
+    "atom_edge_interaction": True,
+    "edge_atom_interaction": True,
+    "atom_interaction": True,
+    "scale_basis": False,
+    "qint_tags": [1, 2],
+    "num_elements": 120,
+    "otf_graph": False,
+    "ln": False,
+    "dropout": None,
+    "scale_file": "base.pt",
+    "replace_scale_factors_with_ln": False,
+    "absolute_rbf_cutoff": 12.0,
+    "learnable_rbf": False,
+    "learnable_rbf_stds": False,
+    "unique_basis_per_layer": False,
+    "old_gaussian_implementation": False,
+    "edge_dropout": 0.1,
 }
 
 
@@ -69,8 +108,10 @@ def _jmp_head(width: int, layers: int, seed: int) -> nn.Sequential:
 
 def _head_dict(model: nn.Module, seed: int, width: int) -> dict[str, torch.Tensor]:
     e, f = _jmp_head(model.node_dim, 3, seed), _jmp_head(width, 3, seed + 1)
-    return {**{f"energy.{k}": v for k, v in e.state_dict().items()},
-            **{f"forces.{k}": v for k, v in f.state_dict().items()}}
+    return {
+        **{f"energy.{k}": v for k, v in e.state_dict().items()},
+        **{f"forces.{k}": v for k, v in f.state_dict().items()},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +135,17 @@ def test_key_rules_map_both_ways(tiny):
         "mlp_sbf_qint.weight": "backbone.bases.mlp_sbf_qint.weight",
         "out_mlp_E.0.linear.weight": "backbone.out_mlp_E.out_mlp.0.linear.weight",
         "out_mlp_F.1.dense_mlp.0.linear.weight": "backbone.out_mlp_F.out_mlp.1.dense_mlp.0.linear.weight",
-        "int_blocks.0.atom_emb_layers.0.dense_mlp.0.linear.weight":
-            "backbone.int_blocks.0.atom_emb_layers.0.dense_mlp.0.linear.weight",
+        "int_blocks.0.atom_emb_layers.0.dense_mlp.0.linear.weight": "backbone.int_blocks.0.atom_emb_layers.0.dense_mlp.0.linear.weight",
         "out_blocks.1.scale_rbf_F.scale_factor": "backbone.out_blocks.1.scale_rbf_F.scale_factor",
     }
     for ours, theirs in examples.items():
         assert jmp.atomsift_to_jmp_key(ours) == theirs
         assert jmp.jmp_to_atomsift_key(theirs) == ours
-    for dropped in ("backbone.bases.radial_basis.rbf.temps", "output.out_energy.0.0.weight",
-                    "task_steps._module_dict._typed_moduledict_oc20.value"):
+    for dropped in (
+        "backbone.bases.radial_basis.rbf.temps",
+        "output.out_energy.0.0.weight",
+        "task_steps._module_dict._typed_moduledict_oc20.value",
+    ):
         assert jmp.jmp_to_atomsift_key(dropped) is None
     with pytest.raises(ConfigError, match="out_energy"):
         jmp.atomsift_to_jmp_key("out_energy.linear.weight")
@@ -124,8 +167,7 @@ def test_jmp_layout_order_and_gaussian_widths(tiny, weights):
             assert torch.equal(state[keys[i + 1]], torch.full((n,), 0.5 * (n - 1) ** 2))
     ema_keys = jmp.jmp_ema_parameter_keys(keys)
     assert ema_keys[0] == jmp.EMBEDDING_KEY
-    assert not any(k.endswith(("scale_factor", "rbf.offset", "rbf.temps")) or ".seq_energy_pre." in k
-                   for k in ema_keys)
+    assert not any(k.endswith(("scale_factor", "rbf.offset", "rbf.temps")) or ".seq_energy_pre." in k for k in ema_keys)
     params = {jmp.atomsift_to_jmp_key(k) for k, _ in tiny.named_parameters()}
     assert set(ema_keys) == params  # one EMA tensor per parameter, the seq_energy_pre aliases counted once
 
@@ -135,8 +177,12 @@ def test_round_trip_values_and_hparams(tiny, weights):
     ckpt = jmp.to_jmp_checkpoint(raw, tiny.hparams(), ema_state_dict=ema)
     params = {k for k, _ in tiny.named_parameters()}
     # JMP's EMA covers parameters only: buffers (scale factors, Gaussian centres) are the state_dict's
-    ema_expected = {k: ema[k.replace(".seq_energy_pre.", ".layers.")] if k.replace(".seq_energy_pre.", ".layers.")
-                    in params else raw[k] for k in raw}
+    ema_expected = {
+        k: ema[k.replace(".seq_energy_pre.", ".layers.")]
+        if k.replace(".seq_energy_pre.", ".layers.") in params
+        else raw[k]
+        for k in raw
+    }
     for use_ema, expected in ((True, ema_expected), (False, raw)):
         w = jmp.read_jmp_checkpoint(ckpt, ema=use_ema)
         assert w.used_ema is use_ema
@@ -154,7 +200,7 @@ def test_embedding_is_mapped_and_required(tiny, weights):
     """Regression for the paper's pitfall: a JMP embedding must land in atomsift's atom_emb, never stay random."""
     raw, ema = weights
     ckpt = jmp.to_jmp_checkpoint(raw, tiny.hparams(), ema_state_dict=ema)
-    backbone, w, report = jmp.load_jmp_backbone(ckpt)
+    backbone, _w, report = jmp.load_jmp_backbone(ckpt)
     assert report.clean and report.used_ema
     ema_embedding = ckpt["optimizer_states"][0]["ema"][0]
     assert torch.equal(backbone.atom_emb.embeddings.weight.detach(), ema_embedding)
@@ -198,7 +244,7 @@ def test_heads_round_trip_and_atomsift_form(tiny, weights):
     spec, state = jmp.atomsift_head_weights(w.heads["oc20"])
     assert spec["hidden"] == tiny.node_dim and spec["num_layers"] == 3 and spec["forces"] == "direct"
     ours = mlp(tiny.node_dim, spec["hidden"], 1, spec["num_layers"], bias=False)
-    ours.load_state_dict({k[len("energy."):]: v for k, v in state.items() if k.startswith("energy.")})
+    ours.load_state_dict({k[len("energy.") :]: v for k, v in state.items() if k.startswith("energy.")})
     theirs = _jmp_head(tiny.node_dim, 3, 10)
     x = torch.randn(7, tiny.node_dim)
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
@@ -214,15 +260,18 @@ def test_released_jmp_s_config_and_size_inference():
     assert not any("ignored" in n for n in notes)
 
     # no hyper_parameters: the architecture is read from the weights' shapes
-    state = {jmp.EMBEDDING_KEY: torch.zeros(120, 256),
-             "backbone.bases.edge_emb.dense.linear.weight": torch.zeros(512, 640),
-             **{f"backbone.int_blocks.{i}.dense_ca.linear.weight": torch.zeros(512, 512) for i in range(4)}}
+    state = {
+        jmp.EMBEDDING_KEY: torch.zeros(120, 256),
+        "backbone.bases.edge_emb.dense.linear.weight": torch.zeros(512, 640),
+        **{f"backbone.int_blocks.{i}.dense_ca.linear.weight": torch.zeros(512, 512) for i in range(4)},
+    }
     w = jmp.read_jmp_checkpoint({"state_dict": state})
     assert w.hparams["num_blocks"] == 4 and w.hparams["emb_size_edge"] == 512
     assert any("JMP-S architecture assumed" in n for n in w.notes)
     with pytest.raises(ConfigError, match="contradicts"):
-        jmp.read_jmp_checkpoint({"state_dict": state, "hyper_parameters": {"backbone": RELEASED_JMP_S_BACKBONE}},
-                                size="L")
+        jmp.read_jmp_checkpoint(
+            {"state_dict": state, "hyper_parameters": {"backbone": RELEASED_JMP_S_BACKBONE}}, size="L"
+        )
     state["backbone.bases.edge_emb.dense.linear.weight"] = torch.zeros(100, 640)
     with pytest.raises(ConfigError, match="size="):
         jmp.read_jmp_checkpoint({"state_dict": state})
@@ -259,7 +308,7 @@ def test_not_a_jmp_checkpoint_and_foreign_keys(tiny, weights):
     extra = dict(ckpt, state_dict={**ckpt["state_dict"], "backbone.per_layer_bases.0.x": torch.zeros(1)})
     dropped = "backbone.int_blocks.1.dense_ca.linear.weight"
     extra["state_dict"].pop(dropped)
-    _, w, report = jmp.load_jmp_backbone(extra)
+    _, _w, report = jmp.load_jmp_backbone(extra)
     assert report.unexpected_keys == ["backbone.per_layer_bases.0.x"]
     assert report.missing_keys == [jmp.jmp_to_atomsift_key(dropped)] and not report.clean
 

@@ -174,8 +174,9 @@ def test_checkpoint_feature_extractor(tmp_path):
     assert ex.dim == TINY["hidden"] and ex.layer == "node" and len(ex.weights_hash()) == 64
     structures = _structures()
     records = [
-        Record(numbers=a.numbers, positions=a.positions, id=f"s{i}", cell=a.cell.array if a.pbc.any() else None,
-               pbc=a.pbc)
+        Record(
+            numbers=a.numbers, positions=a.positions, id=f"s{i}", cell=a.cell.array if a.pbc.any() else None, pbc=a.pbc
+        )
         for i, a in enumerate(structures)
     ]
     rows = ex.features(records)

@@ -30,9 +30,7 @@ def test_defaults_and_hparams_rebuild():
     assert hp == json.loads(json.dumps(hp))
     assert hp["num_layers"] == 3 and hp["num_rbf"] == 20 and hp["cutoff"] == 5.0 and hp["max_neighbors"] is None
     rebuilt = PaiNN(**hp)
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
-        k: v.shape for k, v in model.state_dict().items()
-    }
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     assert "rbf_frequencies" not in model.state_dict()  # derived from cutoff, not stored
 
 

@@ -49,7 +49,7 @@ def _register() -> None:
     app.command("demo")(demo.demo)
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings on the command line: one line, no source echo (--debug restores Python's format)."""
     typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - last line of defence for the CLI
+    except Exception as exc:
         if debug:
             raise
         typer.secho(

@@ -27,9 +27,13 @@ def csi(
     ),
     aggregation: str | None = typer.Option(None, "--aggregation", help="flat (default: every atom), mean, sum, max."),
     n_samples: int | None = typer.Option(None, "--n-samples", help="Structures per dataset (default 10000)."),
-    bootstrap: int | None = typer.Option(None, "--bootstrap", help="Bootstrap resamples for intervals (0: off; default 100)."),
+    bootstrap: int | None = typer.Option(
+        None, "--bootstrap", help="Bootstrap resamples for intervals (0: off; default 100)."
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Seed of sampling and bootstrap (default 0)."),
-    shrinkage: str | None = typer.Option(None, "--shrinkage", help="Covariance shrinkage: a weight in [0,1] or 'auto'."),
+    shrinkage: str | None = typer.Option(
+        None, "--shrinkage", help="Covariance shrinkage: a weight in [0,1] or 'auto'."
+    ),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Statistics cache (default OUT/cache)."),
     recompute: bool = typer.Option(False, "--recompute", help="Replace cached statistics whose settings differ."),
     device: str | None = typer.Option(None, "--device", help="Torch device of the extractor (default cpu)."),
@@ -72,7 +76,9 @@ def _shrinkage(text: str | None) -> float | str | None:
     except ValueError:
         from atomsift.errors import ConfigError
 
-        raise ConfigError(f"--shrinkage '{text}' is neither 'auto' nor a number", fix="use --shrinkage auto or e.g. 0.1") from None
+        raise ConfigError(
+            f"--shrinkage '{text}' is neither 'auto' nor a number", fix="use --shrinkage auto or e.g. 0.1"
+        ) from None
 
 
 def _named(args: list[str] | None, flag: str) -> dict:

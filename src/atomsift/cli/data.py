@@ -58,8 +58,12 @@ def _fmt(value: Any) -> str:
 def inspect(
     path: str = typer.Argument(..., help="Dataset file or directory, or bundled:NAME."),
     format: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),
-    split: str | None = typer.Option(None, "--split", help="Split to read (train, val, test) where the format has splits."),
-    classes: str | None = typer.Option(None, "--classes", help="Class mapping file (OC20 oc20_data_mapping.pkl, OC22 oc22_metadata.pkl)."),
+    split: str | None = typer.Option(
+        None, "--split", help="Split to read (train, val, test) where the format has splits."
+    ),
+    classes: str | None = typer.Option(
+        None, "--classes", help="Class mapping file (OC20 oc20_data_mapping.pkl, OC22 oc22_metadata.pkl)."
+    ),
     target: str | None = typer.Option(None, "--target", help="Report the mean of this target (e.g. U0, gap, bandgap)."),
     option: list[str] | None = typer.Option(None, "--option", "-o", help=OPTION_HELP),
     max_records: int | None = typer.Option(None, "--max-records", help="Only read the first N records."),
@@ -102,7 +106,9 @@ def convert(
     from atomsift.data.readers.asedb import write_aselmdb
 
     if dest.suffix != ".aselmdb":
-        raise ConfigError(f"destination must end in .aselmdb, got '{dest.name}'", file=dest, fix="name it like out.aselmdb")
+        raise ConfigError(
+            f"destination must end in .aselmdb, got '{dest.name}'", file=dest, fix="name it like out.aselmdb"
+        )
     if dest.exists() and not overwrite:
         raise ConfigError("destination exists", file=dest, fix="pass --overwrite or choose another name")
     ds = open_from_cli(src, format, split, classes, option)
@@ -142,8 +148,17 @@ def sample(
         n_classes = len(set(labels.tolist()))
     else:
         raise ConfigError(f"unknown sampling method '{method}'", fix="use --method balanced or --method random")
-    save_subset(out, idx, dataset=str(path), format=ds.format_name, method=method, seed=seed,
-                n_requested=n, n_total=len(ds), n_classes=n_classes)
+    save_subset(
+        out,
+        idx,
+        dataset=str(path),
+        format=ds.format_name,
+        method=method,
+        seed=seed,
+        n_requested=n,
+        n_total=len(ds),
+        n_classes=n_classes,
+    )
     console.print(f"{len(idx)} indices ({method}, seed {seed}) from {len(ds)} structures -> {out}")
 
 

@@ -21,8 +21,17 @@ def demo(
 
     console = Console() if Console().is_terminal else Console(width=160)
     table = Table(title="atomsift: bundled datasets", title_justify="left")
-    for column in ("dataset", "format", "structures", "atoms", "elements", "periodic",
-                   "E mean (eV)", "F rms (eV/A)", "classes"):
+    for column in (
+        "dataset",
+        "format",
+        "structures",
+        "atoms",
+        "elements",
+        "periodic",
+        "E mean (eV)",
+        "F rms (eV/A)",
+        "classes",
+    ):
         table.add_column(column, justify="left" if column in ("dataset", "format", "elements") else "right")
     rows = []
     for name in DEMO_DATASETS:

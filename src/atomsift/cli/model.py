@@ -15,7 +15,9 @@ from atomsift.cli.data import OPTION_HELP, open_from_cli, parse_options
 app = typer.Typer(help="Create, inspect, convert and run model checkpoints.", no_args_is_help=True)
 console = Console()
 
-TRUST_HELP = "Allow pickled Python objects in the file (some fairchem / Lightning files need it); only for trusted files."
+TRUST_HELP = (
+    "Allow pickled Python objects in the file (some fairchem / Lightning files need it); only for trusted files."
+)
 
 
 @app.command("init")
@@ -51,8 +53,10 @@ def init(
         model.metadata["scale_factors_fitted_on"] = fit_scales
     save_checkpoint(model, out)
     n = sum(p.numel() for p in model.parameters())
-    console.print(f"wrote {out}: {model.backbone.name} with {n:,} parameters"
-                  + (f", {len(fitted)} scale factors fitted on {fit_scales}" if fit_scales else ""))
+    console.print(
+        f"wrote {out}: {model.backbone.name} with {n:,} parameters"
+        + (f", {len(fitted)} scale factors fitted on {fit_scales}" if fit_scales else "")
+    )
 
 
 def _fit_scale_factors(backbone, data: str, num_batches: int, seed: int) -> list[str]:
@@ -61,7 +65,6 @@ def _fit_scale_factors(backbone, data: str, num_batches: int, seed: int) -> list
 
     from atomsift.errors import ConfigError
     from atomsift.graph import collate
-
     from atomsift.models.backbones.gemnet_oc.model import ensure_scale_factors
     from atomsift.models.backbones.gemnet_oc.scaling import ScaleFactor
 
@@ -124,7 +127,9 @@ def convert(
     from atomsift.models import load_checkpoint, save_checkpoint
 
     model = load_checkpoint(checkpoint, ema=ema, trusted=trust_checkpoint, strict=strict)
-    save_checkpoint(model, out, metadata={"converted_from": str(checkpoint), "load_report": model.load_report.summary()})
+    save_checkpoint(
+        model, out, metadata={"converted_from": str(checkpoint), "load_report": model.load_report.summary()}
+    )
     console.print(f"{model.load_report.summary()}\nwrote {out}")
 
 

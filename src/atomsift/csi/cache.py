@@ -29,8 +29,14 @@ def dataset_fingerprint(ds: Dataset) -> str:
 
     Cheap (no data read): a re-downloaded or edited file changes it, so stale statistics are not reused.
     """
-    files = [ds.path] if ds.path.is_file() else sorted(
-        p for p in ds.path.rglob("*") if p.is_file() and not p.name.endswith("-lock")  # LMDB lock files change
+    files = (
+        [ds.path]
+        if ds.path.is_file()
+        else sorted(
+            p
+            for p in ds.path.rglob("*")
+            if p.is_file() and not p.name.endswith("-lock")  # LMDB lock files change
+        )
     )
     h = hashlib.sha256()
     meta = ds.metadata()

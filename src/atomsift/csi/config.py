@@ -66,7 +66,9 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> CSIConfig:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read the config file ({exc})", file=path, fix="check the path and YAML syntax") from None
+            raise ConfigError(
+                f"cannot read the config file ({exc})", file=path, fix="check the path and YAML syntax"
+            ) from None
         if not isinstance(data, dict):
             raise ConfigError("the config file must hold a mapping", file=path, fix="see configs/csi_demo.yaml")
     for key in ("upstream", "downstream"):
@@ -119,4 +121,6 @@ def parse_dataset_arg(text: str) -> tuple[str, DatasetSpec]:
     try:
         return name.strip(), DatasetSpec.model_validate(spec)
     except ValidationError as exc:
-        raise ConfigError(f"dataset argument '{text}': {exc.errors()[0]['msg']}", fix="see `atomsift csi --help`") from None
+        raise ConfigError(
+            f"dataset argument '{text}': {exc.errors()[0]['msg']}", fix="see `atomsift csi --help`"
+        ) from None

@@ -128,7 +128,6 @@ class FeatureExtractor(abc.ABC):
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, layer={self.layer!r})"
 
 
-
 class FileWeightsExtractor(FeatureExtractor):
     """An extractor whose weights live in one file: `weights_hash` is that file's sha256, computed once."""
 
@@ -139,6 +138,7 @@ class FileWeightsExtractor(FeatureExtractor):
         if self._weights_sha256 is None:
             self._weights_sha256 = sha256_file(self.weights_path)
         return self._weights_sha256
+
 
 def _describe_numbers(numbers: frozenset[int]) -> str:
     from ase.data import chemical_symbols
@@ -192,8 +192,14 @@ def _soap(
     from atomsift.csi.extractors.soap import SOAPExtractor
 
     return SOAPExtractor(
-        species=species, full=False, r_cut=r_cut, n_max=n_max, l_max=l_max, sigma=sigma,
-        species_weighting=species_weighting, device=device,
+        species=species,
+        full=False,
+        r_cut=r_cut,
+        n_max=n_max,
+        l_max=l_max,
+        sigma=sigma,
+        species_weighting=species_weighting,
+        device=device,
     )
 
 
@@ -208,9 +214,7 @@ def _soap_full(
 ) -> FeatureExtractor:
     from atomsift.csi.extractors.soap import SOAPExtractor
 
-    return SOAPExtractor(
-        species=species, full=True, r_cut=r_cut, n_max=n_max, l_max=l_max, sigma=sigma, device=device
-    )
+    return SOAPExtractor(species=species, full=True, r_cut=r_cut, n_max=n_max, l_max=l_max, sigma=sigma, device=device)
 
 
 def _checkpoint(
@@ -326,7 +330,8 @@ def aggregate(features: Sequence[np.ndarray], how: str = "flat") -> np.ndarray:
     for i, a in enumerate(arrays):
         if a.ndim != 2:
             raise DataError(
-                f"features of structure {i} have shape {a.shape}, expected (n_atoms, d)", record=i,
+                f"features of structure {i} have shape {a.shape}, expected (n_atoms, d)",
+                record=i,
                 fix="pass one 2-D array per structure",
             )
         if a.shape[0] == 0:

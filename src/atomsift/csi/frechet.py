@@ -42,9 +42,7 @@ def _check_gaussian(mu: object, sigma: object, name: str) -> tuple[np.ndarray, n
         raise ConfigError(f"{name}: the mean must be a non-empty vector (d,), got shape {mu_a.shape}")
     d = mu_a.shape[0]
     if s_a.shape != (d, d):
-        raise ConfigError(
-            f"{name}: the covariance must have shape ({d}, {d}) to match the mean, got {s_a.shape}"
-        )
+        raise ConfigError(f"{name}: the covariance must have shape ({d}, {d}) to match the mean, got {s_a.shape}")
     if not np.isfinite(mu_a).all():
         raise ConfigError(f"{name}: the mean contains NaN or inf")
     if not np.isfinite(s_a).all():

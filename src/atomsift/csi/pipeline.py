@@ -156,7 +156,12 @@ class _Plan:
 def plan_dataset(sample: _Sample, extractor: FeatureExtractor, cfg: CSIConfig, out: Path) -> _Plan:
     """Build a sampled dataset's provenance and look its statistics up in the cache."""
     name, spec, role, ds, indices, method = (
-        sample.name, sample.spec, sample.role, sample.ds, sample.indices, sample.method
+        sample.name,
+        sample.spec,
+        sample.role,
+        sample.ds,
+        sample.indices,
+        sample.method,
     )
     n_groups = _n_groups(cfg, len(np.unique(indices)), extractor.dim)  # may refuse the run: too wide for memory
     provenance = {
@@ -172,7 +177,7 @@ def plan_dataset(sample: _Sample, extractor: FeatureExtractor, cfg: CSIConfig, o
         "dim": extractor.dim,
         "aggregation": cfg.aggregation,
         "sampling": method,
-        "n_samples": int(len(indices)),
+        "n_samples": len(indices),
         "seed": cfg.seed,
         "groups": n_groups,
         "indices_sha256": hashlib.sha256(indices.astype(np.int64).tobytes()).hexdigest()[:16],
@@ -185,8 +190,16 @@ def plan_dataset(sample: _Sample, extractor: FeatureExtractor, cfg: CSIConfig, o
 
 def dataset_stats(plan: _Plan, extractor: FeatureExtractor, cfg: CSIConfig, out: Path) -> DatasetStats:
     """Save the sample's indices, then load or compute (and cache) its grouped statistics."""
-    save_subset(out / "subsets" / f"{plan.role}-{plan.name}.json", plan.indices, dataset=plan.provenance["path"],
-                format=plan.ds.format_name, role=plan.role, method=plan.method, seed=cfg.seed, n_total=len(plan.ds))
+    save_subset(
+        out / "subsets" / f"{plan.role}-{plan.name}.json",
+        plan.indices,
+        dataset=plan.provenance["path"],
+        format=plan.ds.format_name,
+        role=plan.role,
+        method=plan.method,
+        seed=cfg.seed,
+        n_total=len(plan.ds),
+    )
     if plan.cached is not None:
         grouped = GroupedStats.from_arrays({k: plan.cached[k] for k in ("counts", "sums", "outers")})
     else:
@@ -194,8 +207,15 @@ def dataset_stats(plan: _Plan, extractor: FeatureExtractor, cfg: CSIConfig, out:
         total = grouped.total()
         summary = {"mu": total.mean, "sigma": total.covariance(), "n": np.int64(total.n), "d": np.int64(total.dim)}
         save_stats(plan.cache_file, {**grouped.to_arrays(), **summary}, plan.provenance)
-    return DatasetStats(plan.name, plan.role, grouped, int(len(plan.indices)), int(len(np.unique(plan.indices))),
-                        plan.method, plan.cached is not None)
+    return DatasetStats(
+        plan.name,
+        plan.role,
+        grouped,
+        len(plan.indices),
+        len(np.unique(plan.indices)),
+        plan.method,
+        plan.cached is not None,
+    )
 
 
 def _moments(stats: GaussianStats, cfg: CSIConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -220,8 +240,9 @@ def score(up: list[DatasetStats], down: list[DatasetStats], cfg: CSIConfig) -> l
         able = [u for u in up if u.n_unique >= 2] if dn.n_unique >= 2 else []
         unable = [d.name for d in [dn, *up] if d.n_unique < 2]
         if cfg.bootstrap > 0 and unable:
-            warnings.warn(f"no bootstrap interval involving {', '.join(unable)}: fewer than 2 distinct structures",
-                          stacklevel=2)
+            warnings.warn(
+                f"no bootstrap interval involving {', '.join(unable)}: fewer than 2 distinct structures", stacklevel=2
+            )
         if cfg.bootstrap > 0 and able:
             down_reps = dn.grouped.bootstrap(cfg.bootstrap, _sub_seed(cfg.seed, f"down:{dn.name}"))
             up_reps = {u.name: u.grouped.bootstrap(cfg.bootstrap, _sub_seed(cfg.seed, f"up:{u.name}")) for u in able}

@@ -11,10 +11,23 @@ from rich.console import Console
 from rich.table import Table
 
 COLUMNS = (
-    "downstream", "upstream", "rank", "csi", "ci_low", "ci_high", "bootstrap_bias", "n_obs_upstream", "n_obs_downstream",
-    "n_structures_upstream", "n_structures_downstream", "n_unique_upstream", "n_unique_downstream",
-    "sampling_upstream", "sampling_downstream",
-    "extractor", "aggregation",
+    "downstream",
+    "upstream",
+    "rank",
+    "csi",
+    "ci_low",
+    "ci_high",
+    "bootstrap_bias",
+    "n_obs_upstream",
+    "n_obs_downstream",
+    "n_structures_upstream",
+    "n_structures_downstream",
+    "n_unique_upstream",
+    "n_unique_downstream",
+    "sampling_upstream",
+    "sampling_downstream",
+    "extractor",
+    "aggregation",
 )
 
 
@@ -23,14 +36,22 @@ def print_tables(rows: list[dict[str, Any]], console: Console | None = None) -> 
     console = console or Console()
     for down in dict.fromkeys(r["downstream"] for r in rows):
         sub = sorted((r for r in rows if r["downstream"] == down), key=lambda r: r["rank"])
-        table = Table(title=f"CSI to downstream '{down}' (lower = closer; {sub[0]['extractor']}, {sub[0]['aggregation']})",
-                      title_justify="left")
+        table = Table(
+            title=f"CSI to downstream '{down}' (lower = closer; {sub[0]['extractor']}, {sub[0]['aggregation']})",
+            title_justify="left",
+        )
         for col in ("rank", "upstream", "CSI", "interval", "observations (up)", "structures (up)"):
             table.add_column(col, justify="left" if col == "upstream" else "right")
         for r in sub:
             interval = "-" if r["ci_low"] is None else f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
-            table.add_row(str(r["rank"]), r["upstream"], f"{r['csi']:.4g}", interval, str(r["n_obs_upstream"]),
-                          str(r["n_structures_upstream"]))
+            table.add_row(
+                str(r["rank"]),
+                r["upstream"],
+                f"{r['csi']:.4g}",
+                interval,
+                str(r["n_obs_upstream"]),
+                str(r["n_structures_upstream"]),
+            )
         console.print(table)
 
 

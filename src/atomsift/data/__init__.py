@@ -1,9 +1,9 @@
 """The data layer: readers for every dataset of the method, records, sampling.
 
-    from atomsift.data import open_dataset
-    ds = open_dataset("ani1x-release.h5")      # format detected from the path
-    rec = ds[0]                                 # Record: numbers, positions (A), energy (eV), forces (eV/A)
-    atoms = rec.to_atoms()                      # ase.Atoms with a SinglePointCalculator
+from atomsift.data import open_dataset
+ds = open_dataset("ani1x-release.h5")      # format detected from the path
+rec = ds[0]                                 # Record: numbers, positions (A), energy (eV), forces (eV/A)
+atoms = rec.to_atoms()                      # ase.Atoms with a SinglePointCalculator
 """
 
 from atomsift.data.base import Dataset

@@ -72,8 +72,7 @@ def detect_format(path: Path) -> str:
         raise DataError(
             "no such file or directory",
             file=path,
-            fix="check the path (a bundled dataset is named like 'bundled:oxides'; "
-            "see `atomsift data bundled`)",
+            fix="check the path (a bundled dataset is named like 'bundled:oxides'; see `atomsift data bundled`)",
         )
     for name in FORMATS:
         try:

@@ -78,7 +78,7 @@ def save_subset(path: str | Path, indices: np.ndarray, **provenance: Any) -> Pat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {**provenance, "n": int(len(indices)), "indices": [int(i) for i in indices]}
+    payload = {**provenance, "n": len(indices), "indices": [int(i) for i in indices]}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -97,5 +97,7 @@ def load_subset(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         payload = json.loads(path.read_text())
         indices = np.asarray(payload.pop("indices"), dtype=np.int64)
     except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"cannot read subset file: {exc}", file=path, fix="re-create it with `atomsift data sample`") from None
+        raise DataError(
+            f"cannot read subset file: {exc}", file=path, fix="re-create it with `atomsift data sample`"
+        ) from None
     return indices, payload

@@ -104,7 +104,7 @@ def summarize(
         "energy_std_eV": math.sqrt(max(e_sq / e_count - (e_sum / e_count) ** 2, 0.0)) if e_count else None,
         "n_with_energy": e_count,
         "forces_rms_eV_per_A": math.sqrt(f_sq / f_count) if f_count else None,
-        "n_classes": int(len(set(labels.tolist()))) if labels is not None else None,
+        "n_classes": len(set(labels.tolist())) if labels is not None else None,
     }
     if target is not None:
         out["target"] = target if target == "energy" else target_key

@@ -1,9 +1,9 @@
 """Batching structures and building neighbour graphs (periodic and not), in pure PyTorch.
 
-    from atomsift.graph import collate, radius_graph, graph_settings_for
-    batch = collate(records)
-    s = graph_settings_for("oc20")
-    graph = radius_graph(batch, s.cutoff, s.max_neighbors, pbc=s.pbc)
+from atomsift.graph import collate, radius_graph, graph_settings_for
+batch = collate(records)
+s = graph_settings_for("oc20")
+graph = radius_graph(batch, s.cutoff, s.max_neighbors, pbc=s.pbc)
 """
 
 from atomsift.graph.batch import AtomsBatch, collate

@@ -205,8 +205,7 @@ def _check(p: _Parts) -> None:
             f"structure is periodic along {p.pbc.tolist()} but its lattice vectors along those "
             "directions are zero or linearly dependent",
             record=p.id,
-            fix="give it a cell with non-degenerate lattice vectors along its periodic directions, "
-            "or set pbc to False",
+            fix="give it a cell with non-degenerate lattice vectors along its periodic directions, or set pbc to False",
         )
     if p.tags.shape != (n,):
         raise DataError(f"tags have shape {p.tags.shape}, expected ({n},)", record=p.id, fix="repair the tags")
@@ -226,9 +225,7 @@ def _stack_target(name: str, values: list[np.ndarray], natoms: list[int], dtype:
     shapes = {v.shape for v in values}
     if len(shapes) == 1:
         return torch.as_tensor(np.stack(values), dtype=tdtype)
-    if all(v.ndim >= 1 and v.shape[0] == n for v, n in zip(values, natoms)) and len(
-        {v.shape[1:] for v in values}
-    ) == 1:
+    if all(v.ndim >= 1 and v.shape[0] == n for v, n in zip(values, natoms)) and len({v.shape[1:] for v in values}) == 1:
         return torch.as_tensor(np.concatenate(values), dtype=tdtype)
     return None
 

@@ -226,9 +226,10 @@ def _complete_cells(cell: Tensor, pbc: Tensor, ids: list[str]) -> Tensor:
     bad = torch.nonzero(any_pbc & ~(unit_det >= 1e-6)).flatten().tolist()
     for b in bad:  # rare: slabs or wires built without a vacuum vector
         periodic = out[b][pbc[b]]
-        if torch.linalg.matrix_rank(periodic).item() < periodic.shape[0] or (
-            torch.linalg.vector_norm(periodic, dim=-1) < 1e-8
-        ).any():
+        if (
+            torch.linalg.matrix_rank(periodic).item() < periodic.shape[0]
+            or (torch.linalg.vector_norm(periodic, dim=-1) < 1e-8).any()
+        ):
             raise DataError(
                 "lattice vectors along periodic directions are zero or linearly dependent",
                 record=ids[b] if b < len(ids) else b,
@@ -331,9 +332,7 @@ def _find_pairs(
     # structures are expanded in groups of similar size (padded to the next power of two), so a
     # batch mixing a 9-atom molecule with a 200-atom slab does not pad every candidate list to 200
     struct_width = torch.pow(2, torch.ceil(torch.log2(natoms.to(torch.float64))).to(torch.int64)).clamp(max=n_max)
-    block_views = {
-        w: blocks[:, :w].reshape(num_structures, w * 3) for w in sorted(set(struct_width.tolist()))
-    }
+    block_views = {w: blocks[:, :w].reshape(num_structures, w * 3) for w in sorted(set(struct_width.tolist()))}
 
     found: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
     images_per_atom = _gather(num_images, atom_struct)
@@ -355,7 +354,9 @@ def _find_pairs(
         pair_width = _gather(struct_width, pair_struct)
         for width, width_blocks in block_views.items():
             sel = torch.where(pair_width == width)[0] if len(block_views) > 1 else None
-            group = [x if sel is None else _gather(x, sel) for x in (pair_target, pair_image, pair_struct, rel, self_slot)]
+            group = [
+                x if sel is None else _gather(x, sel) for x in (pair_target, pair_image, pair_struct, rel, self_slot)
+            ]
             found += _expand(*group, width_blocks, width, ptr, cutoff, max(1, _CANDIDATE_CHUNK // width))
 
     if found:

@@ -1,7 +1,7 @@
 """Neighbour-graph settings of the paper, per dataset (PAPER.md sections 3 and 4).
 
-    settings = graph_settings_for("oc20")           # GraphSettings(cutoff=12.0, max_neighbors=30, pbc=True)
-    graph = radius_graph(batch, settings.cutoff, settings.max_neighbors, pbc=settings.pbc)
+settings = graph_settings_for("oc20")           # GraphSettings(cutoff=12.0, max_neighbors=30, pbc=True)
+graph = radius_graph(batch, settings.cutoff, settings.max_neighbors, pbc=settings.pbc)
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ class GraphSettings:
         if not self.cutoff > 0:
             raise ConfigError(f"graph cutoff must be positive, got {self.cutoff}", fix="use a cutoff in A, e.g. 12.0")
         if int(self.max_neighbors) != self.max_neighbors or self.max_neighbors < 1:
-            raise ConfigError(
-                f"max_neighbors must be a positive integer, got {self.max_neighbors}", fix="use e.g. 30"
-            )
+            raise ConfigError(f"max_neighbors must be a positive integer, got {self.max_neighbors}", fix="use e.g. 30")
 
 
 _MOLECULE_8 = GraphSettings(cutoff=8.0, max_neighbors=30, pbc=False)  # ANI-1x, Transition-1x, QM9

@@ -1,9 +1,9 @@
 """Backbones (GemNet-OC, PaiNN), heads, and loading / predicting with trained models.
 
-    from atomsift.models import load_checkpoint
-    model = load_checkpoint("jmp-s.pt")                  # or an atomsift / fairchem-core 1.10 checkpoint
-    model.predict(list_of_atoms)                         # [{"energy": eV, "forces": (n, 3) eV/A}, ...]
-    atoms.calc = model.as_calculator()
+from atomsift.models import load_checkpoint
+model = load_checkpoint("jmp-s.pt")                  # or an atomsift / fairchem-core 1.10 checkpoint
+model.predict(list_of_atoms)                         # [{"energy": eV, "forces": (n, 3) eV/A}, ...]
+atoms.calc = model.as_calculator()
 """
 
 from atomsift.models.base import Backbone, BackboneOutput

@@ -1,7 +1,7 @@
 """ASE calculator around an atomsift model, so a trained model runs MD and relaxations in ASE.
 
-    atoms.calc = load_checkpoint("model.pt").as_calculator()
-    BFGS(atoms).run(fmax=0.05)
+atoms.calc = load_checkpoint("model.pt").as_calculator()
+BFGS(atoms).run(fmax=0.05)
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def read_checkpoint_file(path: str | os.PathLike, *, trusted: bool = False) -> d
         raise DataError("checkpoint file not found", file=path, fix="check the path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trusted)
-    except Exception as exc:  # torch raises several types for these cases
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for these cases
         text = str(exc)
         if not trusted and "Unsupported global" in text:
             found = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "a Python class"
@@ -149,7 +149,8 @@ def read_checkpoint_file(path: str | os.PathLike, *, trusted: bool = False) -> d
         ) from None
     if not isinstance(obj, dict):
         raise DataError(
-            f"the checkpoint holds a {type(obj).__name__}, not a dict of weights", file=path,
+            f"the checkpoint holds a {type(obj).__name__}, not a dict of weights",
+            file=path,
             fix="save models with atomsift.models.save_checkpoint",
         )
     return obj
@@ -162,15 +163,21 @@ def checkpoint_kind(obj: dict[str, Any]) -> str:
     state = obj.get("state_dict")
     if isinstance(obj.get("config"), dict) and isinstance(obj["config"].get("model"), dict) and isinstance(state, dict):
         return "fairchem"
-    if isinstance(state, dict) and any(k.startswith("backbone.") for k in state) and any(
-        k.startswith("embedding.atom_embedding.") for k in state
+    if (
+        isinstance(state, dict)
+        and any(k.startswith("backbone.") for k in state)
+        and any(k.startswith("embedding.atom_embedding.") for k in state)
     ):
         return "jmp"
     return "unknown"
 
 
 def load_checkpoint(
-    path: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu", trusted: bool = False,
+    path: str | os.PathLike,
+    *,
+    ema: bool = True,
+    device: str | torch.device = "cpu",
+    trusted: bool = False,
     strict: bool = True,
 ):
     """Load an atomsift, fairchem-core 1.10 (GemNet-OC) or JMP checkpoint as an AtomsModel in eval mode.
@@ -209,7 +216,8 @@ def load_checkpoint(
         )
     if strict and not report.clean:
         raise DataError(
-            f"the weights do not fit the model: {report.summary()}", file=path,
+            f"the weights do not fit the model: {report.summary()}",
+            file=path,
             fix="pass strict=False to load what fits (the report lists the rest)",
         )
     model.load_report = report
@@ -224,7 +232,8 @@ def _from_atomsift(obj: dict[str, Any], path: Path, *, ema: bool):
     if version != FORMAT_VERSION:
         raise DataError(
             f"checkpoint format version {version} is not supported (this atomsift reads {FORMAT_VERSION})",
-            file=path, fix="upgrade atomsift, or re-save the model with this version",
+            file=path,
+            fix="upgrade atomsift, or re-save the model with this version",
         )
     try:
         spec = obj["backbone"]

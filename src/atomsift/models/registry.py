@@ -1,8 +1,8 @@
 """Backbone registry: a plain dict from name to "module:Class", imported only when a backbone is built.
 
-    from atomsift.models.registry import build_backbone
-    painn = build_backbone("painn", hidden=64)
-    gemnet = build_backbone("gemnet_oc", preset="S")
+from atomsift.models.registry import build_backbone
+painn = build_backbone("painn", hidden=64)
+gemnet = build_backbone("gemnet_oc", preset="S")
 """
 
 from __future__ import annotations

@@ -62,8 +62,9 @@ def random_periodic(seed: int, n: int = 6, cutoff: float = 4.0, shuffle: bool = 
     rng = np.random.default_rng(seed)
     cell = np.eye(3) * rng.uniform(2.5, 3.5) + rng.uniform(-0.3, 0.3, (3, 3))
     pos = rng.uniform(0, 1, (n, 3)) @ cell
-    g = brute_graph(pos, [cell], [[True, True, True]], np.zeros(n, dtype=int), cutoff,
-                    shuffle_seed=seed if shuffle else None)
+    g = brute_graph(
+        pos, [cell], [[True, True, True]], np.zeros(n, dtype=int), cutoff, shuffle_seed=seed if shuffle else None
+    )
     return g, n
 
 

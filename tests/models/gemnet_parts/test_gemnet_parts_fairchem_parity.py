@@ -1,6 +1,6 @@
 """Parity of the GemNet-OC parts with fairchem-core 1.10 (run in the fairchem venv).
 
-    /work/fairchem-venv/bin/python -m pytest tests/models/gemnet_parts/test_gemnet_parts_fairchem_parity.py -q
+/work/fairchem-venv/bin/python -m pytest tests/models/gemnet_parts/test_gemnet_parts_fairchem_parity.py -q
 """
 
 from __future__ import annotations
@@ -14,19 +14,19 @@ import torch
 pytest.importorskip("fairchem.core")
 pytest.importorskip("torch_sparse")
 
-import fairchem.core.models.gemnet_oc.interaction_indices as fc_idx  # noqa: E402
-import fairchem.core.models.gemnet_oc.layers.base_layers as fc_base  # noqa: E402
-import fairchem.core.models.gemnet_oc.layers.efficient as fc_eff  # noqa: E402
-import fairchem.core.models.gemnet_oc.layers.embedding_block as fc_emb  # noqa: E402
-import fairchem.core.models.gemnet_oc.layers.radial_basis as fc_rbf  # noqa: E402
-import fairchem.core.models.gemnet_oc.layers.spherical_basis as fc_sph  # noqa: E402
-import fairchem.core.models.gemnet_oc.utils as fc_utils  # noqa: E402
-from _gemnet_parts_graphs import random_molecules, random_periodic  # noqa: E402
-from fairchem.core.common.utils import get_max_neighbors_mask as fc_max_neighbors  # noqa: E402
-from fairchem.core.models.gemnet_oc.gemnet_oc import GemNetOC  # noqa: E402
-from fairchem.core.modules.scaling import ScaleFactor as FcScaleFactor  # noqa: E402
+import fairchem.core.models.gemnet_oc.interaction_indices as fc_idx
+import fairchem.core.models.gemnet_oc.layers.base_layers as fc_base
+import fairchem.core.models.gemnet_oc.layers.efficient as fc_eff
+import fairchem.core.models.gemnet_oc.layers.embedding_block as fc_emb
+import fairchem.core.models.gemnet_oc.layers.radial_basis as fc_rbf
+import fairchem.core.models.gemnet_oc.layers.spherical_basis as fc_sph
+import fairchem.core.models.gemnet_oc.utils as fc_utils
+from _gemnet_parts_graphs import random_molecules, random_periodic
+from fairchem.core.common.utils import get_max_neighbors_mask as fc_max_neighbors
+from fairchem.core.models.gemnet_oc.gemnet_oc import GemNetOC
+from fairchem.core.modules.scaling import ScaleFactor as FcScaleFactor
 
-from atomsift.models.backbones.gemnet_oc import bases, indices, layers, scaling, utils  # noqa: E402
+from atomsift.models.backbones.gemnet_oc import bases, indices, layers, scaling, utils
 
 # ----------------------------------------------------------------- helpers
 
@@ -60,7 +60,10 @@ def test_dense_residual_embeddings():
         _copy_into(ours, fc)
         x = torch.randn(7, 6)
         _close(ours(x), fc(x), rtol=0, atol=0)
-    fc, ours = fc_base.ResidualLayer(6, nLayers=2, activation="silu"), layers.ResidualLayer(6, nLayers=2, activation="silu")
+    fc, ours = (
+        fc_base.ResidualLayer(6, nLayers=2, activation="silu"),
+        layers.ResidualLayer(6, nLayers=2, activation="silu"),
+    )
     _copy_into(ours, fc)
     x = torch.randn(7, 6)
     _close(ours(x), fc(x), rtol=0, atol=0)
@@ -93,7 +96,10 @@ def test_basis_embedding_and_bilinear():
         _close(a, b, rtol=0, atol=0)
     _close(be(rad, sph, idx_sph_outer=trip["out"]), fc_be(rad, sph, idx_sph_outer=trip["out"]))
 
-    fc_bil, bil = fc_eff.EfficientInteractionBilinear(cin, interm, cout), layers.EfficientInteractionBilinear(cin, interm, cout)
+    fc_bil, bil = (
+        fc_eff.EfficientInteractionBilinear(cin, interm, cout),
+        layers.EfficientInteractionBilinear(cin, interm, cout),
+    )
     _copy_into(bil, fc_bil)
     _close(bil(ours_basis, m, trip["out"], trip["out_agg"]), fc_bil(fc_basis, m, trip["out"], trip["out_agg"]))
 
@@ -154,7 +160,9 @@ def test_circular_basis(cbf):
         _close(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("sbf", [{"name": "legendre_outer"}, {"name": "spherical_harmonics"}, {"name": "gaussian_outer"}])
+@pytest.mark.parametrize(
+    "sbf", [{"name": "legendre_outer"}, {"name": "spherical_harmonics"}, {"name": "gaussian_outer"}]
+)
 def test_spherical_basis(sbf):
     rb_fc, rb = fc_rbf.RadialBasis(16, 6.0), bases.RadialBasis(16, 6.0)
     fc = fc_sph.SphericalBasisLayer(7, rb_fc, sbf=dict(sbf), scale_basis=True)
@@ -211,12 +219,16 @@ def test_symmetrize_utilities_equal_fairchem():
     g, n = random_periodic(7)
     mask = g["edge_index"][0] < g["edge_index"][1]
     sizes = torch.bincount(torch.zeros(int(mask.sum()), dtype=torch.long), minlength=1)
-    _equal_idx(utils.repeat_blocks(sizes, 2, repeat_inc=int(mask.sum())),
-               fc_utils.repeat_blocks(sizes, 2, continuous_indexing=True, repeat_inc=int(mask.sum())))
+    _equal_idx(
+        utils.repeat_blocks(sizes, 2, repeat_inc=int(mask.sum())),
+        fc_utils.repeat_blocks(sizes, 2, continuous_indexing=True, repeat_inc=int(mask.sum())),
+    )
     offs = -g["cell_offset"].float()
     _equal_idx(utils.get_edge_id(g["edge_index"], offs, n), fc_utils.get_edge_id(g["edge_index"], offs, n))
-    _equal_idx(utils.mask_neighbors(g["num_neighbors"], g["distance"] < 3.0),
-               fc_utils.mask_neighbors(g["num_neighbors"], g["distance"] < 3.0))
+    _equal_idx(
+        utils.mask_neighbors(g["num_neighbors"], g["distance"] < 3.0),
+        fc_utils.mask_neighbors(g["num_neighbors"], g["distance"] < 3.0),
+    )
     tgt = g["edge_index"][1]
     _equal_idx(utils.get_inner_idx(tgt, n), fc_utils.get_inner_idx(tgt, n))
     _equal_idx(utils.ragged_range(torch.tensor([3, 0, 2, 5])), fc_utils.ragged_range(torch.tensor([3, 0, 2, 5])))
@@ -245,7 +257,7 @@ def test_repeat_blocks_random_equal_fairchem():
 
 @pytest.mark.parametrize("strict", [True, False])
 def test_max_neighbors_mask_equal_fairchem(strict):
-    g, n = random_molecules(6, sizes=(6, 9), cutoff=4.0)
+    g, _n = random_molecules(6, sizes=(6, 9), cutoff=4.0)
     natoms = torch.tensor([6, 9])
     d = g["distance"].clone()
     d[3] = d[4]  # a tie
@@ -271,8 +283,11 @@ def test_geometry_helpers_equal_fairchem():
     pos = torch.randn(6, 3, generator=g)
     s, t = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
     off = torch.randn(3, 3, generator=g)
-    for x, y in zip(utils.calculate_interatomic_vectors(pos, s, t, off),
-                    fc_utils.calculate_interatomic_vectors(pos, s, t, off), strict=True):
+    for x, y in zip(
+        utils.calculate_interatomic_vectors(pos, s, t, off),
+        fc_utils.calculate_interatomic_vectors(pos, s, t, off),
+        strict=True,
+    ):
         _close(x, y)
 
 
@@ -295,5 +310,5 @@ def test_scale_factor_state_dict_and_fit_equal_fairchem():
         with module.fit_context_():
             for x, r in zip(xs, refs, strict=True):
                 module(x, ref=r)
-            _, ratio, value = module.fit_()
+            _, _ratio, _value = module.fit_()
     assert float(ours.scale_factor) == pytest.approx(float(fc.scale_factor), rel=1e-12)

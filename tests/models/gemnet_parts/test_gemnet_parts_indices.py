@@ -145,13 +145,19 @@ def _check_agg(out: torch.Tensor, agg: torch.Tensor) -> None:
 
 
 def test_triplets_and_mixed_match_brute_force():
-    for g, n in (random_periodic(0, n=4, cutoff=3.5), random_periodic(1, n=4, cutoff=3.5, shuffle=True),
-                 random_molecules(2)):
+    for g, n in (
+        random_periodic(0, n=4, cutoff=3.5),
+        random_periodic(1, n=4, cutoff=3.5, shuffle=True),
+        random_molecules(2),
+    ):
         trip = get_triplets(g, n)
         assert set(zip(trip["in"].tolist(), trip["out"].tolist(), strict=True)) == _brute_triplets(g)
         _check_agg(trip["out"], trip["out_agg"])
-        sub = {k: v[g["distance"] <= 3.0] if k != "edge_index" else v[:, g["distance"] <= 3.0]
-               for k, v in g.items() if k != "num_neighbors"}
+        sub = {
+            k: v[g["distance"] <= 3.0] if k != "edge_index" else v[:, g["distance"] <= 3.0]
+            for k, v in g.items()
+            if k != "num_neighbors"
+        }
         for g_in, g_out, to_out in ((sub, g, False), (g, sub, False), (g, sub, True)):
             mixed = get_mixed_triplets(g_in, g_out, n, to_outedge=to_out, return_agg_idx=True)
             got = set(zip(mixed["in"].tolist(), mixed["out"].tolist(), strict=True))
@@ -161,8 +167,11 @@ def test_triplets_and_mixed_match_brute_force():
 
 def test_quadruplets_match_brute_force():
     g, n = random_periodic(5, n=3, cutoff=3.2)
-    q = {k: (v[:, g["distance"] <= 2.8] if k == "edge_index" else v[g["distance"] <= 2.8])
-         for k, v in g.items() if k != "num_neighbors"}
+    q = {
+        k: (v[:, g["distance"] <= 2.8] if k == "edge_index" else v[g["distance"] <= 2.8])
+        for k, v in g.items()
+        if k != "num_neighbors"
+    }
     quad = get_quadruplets(g, q, n)
     tin, tout = quad["triplet_in"], quad["triplet_out"]
     got = set()

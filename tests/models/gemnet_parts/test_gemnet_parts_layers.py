@@ -117,8 +117,9 @@ def test_bilinear_with_atom_aggregation_matches_reference():
         out, agg = _random_agg(E, T, gen)
         atom, slot = _random_agg(A, E, gen)
         be = BasisEmbedding(R, I, S)
-        rad_W1, sph_pad = be(rad_e, sph, idx_rad_outer=atom, idx_rad_inner=slot,
-                             idx_sph_outer=out, idx_sph_inner=agg, num_atoms=A)
+        rad_W1, sph_pad = be(
+            rad_e, sph, idx_rad_outer=atom, idx_rad_inner=slot, idx_sph_outer=out, idx_sph_inner=agg, num_atoms=A
+        )
         bil = EfficientInteractionBilinear(Cin, I, Cout)
         got = bil((rad_W1, sph_pad), m, out, agg, atom, slot, A)
 

@@ -125,14 +125,13 @@ class CHGNetExtractor(FileWeightsExtractor):
     def _graph(self, rec: Record) -> Any:
         check_geometry(rec, self.name)
         cell, pos = periodic_cell(rec, self.cutoff)
-        structure = self._Structure(
-            self._Lattice(cell), [int(z) for z in rec.numbers], pos, coords_are_cartesian=True
-        )
+        structure = self._Structure(self._Lattice(cell), [int(z) for z in rec.numbers], pos, coords_are_cartesian=True)
         try:
             return self._converter(structure, graph_id=rec.id).to(self.device)
         except Exception as exc:
             raise DataError(
-                f"CHGNet could not build the graph of this structure: {exc}", record=rec.id,
+                f"CHGNet could not build the graph of this structure: {exc}",
+                record=rec.id,
                 fix="check its cell and positions",
             ) from exc
 

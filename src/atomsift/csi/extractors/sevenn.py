@@ -107,9 +107,7 @@ class SevenNetExtractor(FileWeightsExtractor):
         names = list(model._modules)
         gates = [n for n in names if n.endswith("_equivariant_gate")]
         if not gates:
-            raise ConfigError(
-                f"{path.name} has no equivariant gate module; not a NequIP-style sevenn model", file=path
-            )
+            raise ConfigError(f"{path.name} has no equivariant gate module; not a NequIP-style sevenn model", file=path)
         last_gate = gates[-1]
         cut = names.index(last_gate) + 1
         irreps = model._modules[last_gate].gate.irreps_out

@@ -54,9 +54,7 @@ def _to_numbers(species: Sequence[str | int], option: str = "species") -> list[i
             )
         out.add(z)
     if not out:
-        raise ConfigError(
-            f"the SOAP option `{option}` is empty", fix="list the elements, e.g. species=['H', 'C', 'O']"
-        )
+        raise ConfigError(f"the SOAP option `{option}` is empty", fix="list the elements, e.g. species=['H', 'C', 'O']")
     return sorted(out)
 
 

@@ -16,14 +16,13 @@ from atomsift.data.readers._common import open_failed
 from atomsift.errors import DataError
 
 LMDB_FIX = (
-    "the LMDB file may be truncated or corrupt: compare its size and checksum with the release "
-    "and download it again"
+    "the LMDB file may be truncated or corrupt: compare its size and checksum with the release and download it again"
 )
 
 
 def open_lmdb(path: Path) -> Any:
     """Open one single-file LMDB read-only; DataError when it is not an LMDB or is truncated."""
-    import lmdb  # noqa: PLC0415 - optional dependency of this reader only
+    import lmdb
 
     try:
         env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False, meminit=False)

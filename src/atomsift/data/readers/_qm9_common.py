@@ -23,7 +23,7 @@ QM9_TARGETS: tuple[str, ...] = (
 """Canonical target names in PyG's order (index 0..18)."""
 QM9_TARGET_UNITS: dict[str, str] = {
     "mu": "D", "alpha": "bohr^3", "r2": "bohr^2", "cv": "cal/(mol K)", "A": "GHz", "B": "GHz", "C": "GHz",
-    **{k: "eV" for k in ("homo", "lumo", "gap", "zpve", "U0", "U", "H", "G", "U0_atom", "U_atom", "H_atom", "G_atom")},
+    **dict.fromkeys(("homo", "lumo", "gap", "zpve", "U0", "U", "H", "G", "U0_atom", "U_atom", "H_atom", "G_atom"), "eV"),
 }  # fmt: skip
 QM9_ATOMREF_HARTREE: dict[int, tuple[float, float, float, float]] = {
     1: (-0.500273, -0.498857, -0.497912, -0.510927),

@@ -64,14 +64,14 @@ def _index_torch_zip(path: Path) -> dict[str, Any] | None:
     try:  # torch's own zip reader (C++): fast, and gives each record's offset in the file
         reader = torch._C.PyTorchFileReader(str(path))
         raw = reader.get_record("data.pkl")
-    except Exception:
+    except Exception:  # noqa: BLE001
         return None
     if not hasattr(reader, "get_record_offset"):
         return None
     gc.disable()  # millions of small tuples: the cyclic collector would double the time
     try:
         items = _TensorRefUnpickler(io.BytesIO(raw)).load()
-    except Exception:
+    except Exception:  # noqa: BLE001
         return None
     finally:
         gc.enable()
@@ -140,7 +140,7 @@ def _load_pt(path: Path, allow_pickle: bool) -> list:
         return _PT_CACHE[key]
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         if "weights_only" not in str(exc) and "Weights only" not in str(exc):
             raise open_failed(path, exc, "PyG QM9 file") from None
         if not allow_pickle:
@@ -151,7 +151,7 @@ def _load_pt(path: Path, allow_pickle: bool) -> list:
             ) from None
         try:
             data = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc2:
+        except Exception as exc2:  # noqa: BLE001
             raise open_failed(path, exc2, "PyG QM9 file") from None
     if not isinstance(data, (list, tuple)):
         raise DataError(

@@ -42,7 +42,7 @@ class _Files:
     """Open binary files, one per CSV part; closed together."""
 
     def __init__(self, paths: list[Path]) -> None:
-        self.files = [open(p, "rb") for p in paths]
+        self.files = [open(p, "rb") for p in paths]  # noqa: SIM115
 
     def close(self) -> None:
         for f in self.files:

@@ -68,10 +68,8 @@ class ANI1xDataset(GroupedH5Dataset):
             )
         first = f[names[0]]
         if not isinstance(first, h5py.Group):
-            raise DataError(
-                f"top-level object '{names[0]}' is not a group", file=self.path, fix=_FIX_LAYOUT
-            )
-        levels = sorted(k[: -len(".energy")] for k in first.keys() if k.endswith(".energy"))
+            raise DataError(f"top-level object '{names[0]}' is not a group", file=self.path, fix=_FIX_LAYOUT)
+        levels = sorted(k[: -len(".energy")] for k in first if k.endswith(".energy"))
         if self._energy_key not in first:
             raise DataError(
                 f"level '{self.level}' is not in this file (no '{self._energy_key}' in group '{names[0]}'); "

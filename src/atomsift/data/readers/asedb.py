@@ -261,7 +261,9 @@ class AseDbDataset(Dataset):
                     labels[row_id] = str(kvp[self.class_key])
                 elif self.class_key is not None:
                     raise DataError(
-                        f"class key '{self.class_key}' missing", file=self.path, record=f"row{row_id}",
+                        f"class key '{self.class_key}' missing",
+                        file=self.path,
+                        record=f"row{row_id}",
                         fix="choose a key_value_pair every row has",
                     )
                 else:

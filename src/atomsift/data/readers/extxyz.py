@@ -315,7 +315,9 @@ class ExtxyzDataset(Dataset):
                     if rest.strip():
                         raise DataError(
                             f"blank line {line_no} where frame {len(natoms)} should start, followed by more data",
-                            file=self.path, record=f"frame{len(natoms)}", fix="remove the blank line",
+                            file=self.path,
+                            record=f"frame{len(natoms)}",
+                            fix="remove the blank line",
                         )
                     break
                 try:
@@ -327,13 +329,16 @@ class ExtxyzDataset(Dataset):
                     raise DataError(
                         f"line {line_no} should hold the atom count of frame {len(natoms)} but reads "
                         f"{line[:60].decode(errors='replace').strip()!r}{prev}",
-                        file=self.path, record=f"frame{len(natoms)}", fix="repair the frame's atom count line",
+                        file=self.path,
+                        record=f"frame{len(natoms)}",
+                        fix="repair the frame's atom count line",
                     ) from None
                 for _ in range(n + 1):
                     if not readline():
                         raise DataError(
                             f"file ends inside frame {len(natoms)} (header says {n} atoms)",
-                            file=self.path, record=f"frame{len(natoms)}",
+                            file=self.path,
+                            record=f"frame{len(natoms)}",
                             fix="the file is truncated: re-download it or drop the last frame",
                         )
                     line_no += 1
@@ -358,7 +363,7 @@ class ExtxyzDataset(Dataset):
         if _compressed(self.path):
             return _load_bytes(self.path)
         try:
-            return open(self.path, "rb")  # noqa: SIM115 (closed by Dataset.close)
+            return open(self.path, "rb")
         except OSError as exc:
             raise open_failed(self.path, exc, "extxyz file") from None
 
@@ -389,7 +394,7 @@ class ExtxyzDataset(Dataset):
                 record=f"frame{index}",
                 fix="use chemical symbols H ... Og in the species column (no dummy or ghost atoms)",
             ) from None
-        except Exception as exc:  # ASE raises XYZError, ValueError, IndexError, TypeError
+        except Exception as exc:  # noqa: BLE001 - ASE raises XYZError, ValueError, IndexError, TypeError
             raise DataError(
                 f"cannot parse frame {index} ({type(exc).__name__}: {exc})",
                 file=self.path,
@@ -428,7 +433,9 @@ class ExtxyzDataset(Dataset):
             if self.class_key not in values:
                 raise DataError(
                     f"class key '{self.class_key}' missing from this frame's info",
-                    file=self.path, record=rid, fix="every frame needs the class key, or leave class_key out",
+                    file=self.path,
+                    record=rid,
+                    fix="every frame needs the class key, or leave class_key out",
                 )
             label = str(values.pop(self.class_key))
         else:
@@ -474,7 +481,9 @@ class ExtxyzDataset(Dataset):
                 info = _comment_values(comment)
                 if self.class_key not in info:
                     raise DataError(
-                        f"class key '{self.class_key}' missing", file=self.path, record=f"frame{i}",
+                        f"class key '{self.class_key}' missing",
+                        file=self.path,
+                        record=f"frame{i}",
                         fix="every frame needs the class key, or leave class_key out",
                     )
                 labels.append(str(info[self.class_key]))
@@ -490,8 +499,14 @@ class ExtxyzDataset(Dataset):
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
-        meta.update({"energy_key": self.energy_key, "forces_key": self.forces_key, "class_key": self.class_key,
-                     "n_atoms_total": int(self._natoms.sum())})
+        meta.update(
+            {
+                "energy_key": self.energy_key,
+                "forces_key": self.forces_key,
+                "class_key": self.class_key,
+                "n_atoms_total": int(self._natoms.sum()),
+            }
+        )
         if self.hints:
             meta["hints"] = self.hints
         return meta

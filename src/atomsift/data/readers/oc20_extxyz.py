@@ -294,8 +294,9 @@ class OC20ExtxyzDataset(Dataset):
         except DataError:
             raise
         except Exception as exc:  # noqa: BLE001 - any malformed frame text
-            raise DataError(f"cannot parse frame {j} ({type(exc).__name__}: {exc})", file=file, record=rid,
-                            fix=_FIX) from None
+            raise DataError(
+                f"cannot parse frame {j} ({type(exc).__name__}: {exc})", file=file, record=rid, fix=_FIX
+            ) from None
         ref = float(self._ref[index])
         targets: dict[str, Any] = {"reference_energy": ref}
         if total is not None:

@@ -282,8 +282,12 @@ class OCLmdbDataset(Dataset):
         label = None
         if self.class_map is not None:
             if "sid" not in info:
-                raise DataError("Data has no 'sid' field, needed for class labels", file=file, record=rid,
-                                fix="drop the classes option")
+                raise DataError(
+                    "Data has no 'sid' field, needed for class labels",
+                    file=file,
+                    record=rid,
+                    fix="drop the classes option",
+                )
             label = self.class_map.label(info["sid"], file, rid)
         return Record(
             numbers=numbers,
@@ -313,8 +317,12 @@ class OCLmdbDataset(Dataset):
                 if sid is None:  # a sid stored as a tensor: decode this record fully
                     sid = self._fetch(i)[2].get("sid")
                 if sid is None:
-                    raise DataError("Data has no 'sid' field, needed for class labels",
-                                    file=file, record=key, fix="drop the classes option")
+                    raise DataError(
+                        "Data has no 'sid' field, needed for class labels",
+                        file=file,
+                        record=key,
+                        fix="drop the classes option",
+                    )
                 labels[i] = self.class_map.label(scalar(sid), file, f"{file.name}/{key}")
             self._labels = labels
         return self._labels

@@ -84,7 +84,7 @@ def standin_class(module: str, name: str) -> type:
 
 
 def _torch_load_from_bytes(b: bytes) -> Any:
-    import torch.storage  # noqa: PLC0415 - only for the rare layouts the numpy path refuses
+    import torch.storage
 
     return torch.storage._load_from_bytes(b)
 
@@ -135,14 +135,14 @@ def load_storage_bytes(b: bytes) -> Any:
 def rebuild_tensor(storage: Any, storage_offset: int, size: tuple, stride: tuple, *rest: Any) -> Any:
     """numpy version of `torch._utils._rebuild_tensor_v2` (and of the older `_rebuild_tensor`)."""
     if type(storage) is not np.ndarray:
-        from torch._utils import _rebuild_tensor_v2  # noqa: PLC0415 - storage came from torch's loader
+        from torch._utils import _rebuild_tensor_v2
 
         return tensor_to_numpy(_rebuild_tensor_v2(storage, storage_offset, size, stride, *rest))
     size, stride = tuple(size), tuple(stride)
     count = math.prod(size)
     total = storage.shape[0]
     ndim = len(size)
-    if 0 <= storage_offset and storage_offset + count <= total:  # fast paths: contiguous 1-D, 2-D
+    if storage_offset >= 0 and storage_offset + count <= total:  # fast paths: contiguous 1-D, 2-D
         if ndim == 1 and (stride[0] == 1 or count <= 1):
             return storage[storage_offset : storage_offset + count]
         if ndim == 2 and stride[1] == 1 and (stride[0] == size[1] or size[0] <= 1):

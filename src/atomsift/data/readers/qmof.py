@@ -70,9 +70,7 @@ class QMOFDataset(Dataset):
         self.class_key = class_key
         props = self._properties()
         if not isinstance(props, list):
-            raise DataError(
-                "qmof.json is not a JSON list", file=self.properties_path, fix="use the QMOF release file"
-            )
+            raise DataError("qmof.json is not a JSON list", file=self.properties_path, fix="use the QMOF release file")
         keep: list[int] = []
         levels_seen: set[str] = set()
         for i, item in enumerate(props):

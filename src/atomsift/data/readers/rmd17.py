@@ -125,7 +125,7 @@ class NpzMembers:
                 return shape, dtype, fortran, None
         except DataError:
             raise
-        except Exception as exc:  # zipfile, struct and numpy raise many types for corrupt input
+        except Exception as exc:  # noqa: BLE001 - zipfile, struct and numpy raise many types for corrupt input
             raise self._fail(key, exc) from None
 
     def array(self, key: str, *, allow_pickle: bool = False) -> np.ndarray:
@@ -144,7 +144,7 @@ class NpzMembers:
             else:
                 with self._zip.open(self._infos[key]) as f:
                     arr = np.lib.format.read_array(f, allow_pickle=allow_pickle)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             raise self._fail(key, exc) from None
         self._arrays[key] = arr
         return arr

@@ -73,7 +73,7 @@ class Transition1xDataset(GroupedH5Dataset):
         name = self.split or "data"
         root = f.get(name)
         if not isinstance(root, h5py.Group):
-            present = [k for k in f.keys() if k in ("data", *SPLITS)] or list(f.keys())
+            present = [k for k in f if k in ("data", *SPLITS)] or list(f.keys())
             raise DataError(
                 f"split group '/{name}' is missing; groups present: {', '.join(present) or 'none'}",
                 file=self.path,
@@ -85,7 +85,7 @@ class Transition1xDataset(GroupedH5Dataset):
     def _build_index(self) -> None:
         f = self.handle()
         root = self._split_root(f)
-        for formula in root.keys():
+        for formula in root:
             link = root.get(formula, getlink=True)
             target = link.path if isinstance(link, h5py.SoftLink) else f"{root.name}/{formula}"
             group = f.get(target)
@@ -96,7 +96,7 @@ class Transition1xDataset(GroupedH5Dataset):
                     record=formula,
                     fix="the split links must point to groups under /data; fetch the release file again",
                 )
-            for rxn in group.keys():
+            for rxn in group:
                 self._index_reaction(group, formula, rxn)
         self._require_rows(
             f"no reaction frames under '/{self.split or 'data'}'",

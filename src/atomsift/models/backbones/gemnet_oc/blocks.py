@@ -379,29 +379,56 @@ class InteractionBlock(nn.Module):
         super().__init__()
         self.dense_ca = Dense(emb_size_edge, emb_size_edge, activation=activation, bias=False)
         self.trip_interaction = TripletInteraction(
-            emb_size_edge, emb_size_edge, emb_size_trip_in, emb_size_trip_out, emb_size_rbf, emb_size_cbf,
-            symmetric_mp=True, swap_output=True, activation=activation,
+            emb_size_edge,
+            emb_size_edge,
+            emb_size_trip_in,
+            emb_size_trip_out,
+            emb_size_rbf,
+            emb_size_cbf,
+            symmetric_mp=True,
+            swap_output=True,
+            activation=activation,
         )
         self.quad_interaction = (
             QuadrupletInteraction(
-                emb_size_edge, emb_size_quad_in, emb_size_quad_out, emb_size_rbf, emb_size_cbf, emb_size_sbf,
-                symmetric_mp=True, activation=activation,
+                emb_size_edge,
+                emb_size_quad_in,
+                emb_size_quad_out,
+                emb_size_rbf,
+                emb_size_cbf,
+                emb_size_sbf,
+                symmetric_mp=True,
+                activation=activation,
             )
             if quad_interaction
             else None
         )
         self.atom_edge_interaction = (
             TripletInteraction(
-                emb_size_atom, emb_size_edge, emb_size_trip_in, emb_size_trip_out, emb_size_rbf, emb_size_cbf,
-                symmetric_mp=True, swap_output=True, activation=activation,
+                emb_size_atom,
+                emb_size_edge,
+                emb_size_trip_in,
+                emb_size_trip_out,
+                emb_size_rbf,
+                emb_size_cbf,
+                symmetric_mp=True,
+                swap_output=True,
+                activation=activation,
             )
             if atom_edge_interaction
             else None
         )
         self.edge_atom_interaction = (
             TripletInteraction(
-                emb_size_edge, emb_size_atom, emb_size_trip_in, emb_size_trip_out, emb_size_rbf, emb_size_cbf,
-                symmetric_mp=False, swap_output=False, activation=activation,
+                emb_size_edge,
+                emb_size_atom,
+                emb_size_trip_in,
+                emb_size_trip_out,
+                emb_size_rbf,
+                emb_size_cbf,
+                symmetric_mp=False,
+                swap_output=False,
+                activation=activation,
             )
             if edge_atom_interaction
             else None

@@ -34,14 +34,21 @@ def model_from_fairchem(obj: dict[str, Any], *, source: str):
             fix="use atomsift.models.backbones.gemnet_oc.compat.FairchemGemNetOC for this model",
         )
     forces = None if not heads.regress_forces else ("direct" if heads.direct_forces else "gradient")
-    spec = {"kind": "energy", "forces": forces, "num_layers": 1, "bias": False,
-            "reduce": "sum" if heads.extensive else "mean"}
+    spec = {
+        "kind": "energy",
+        "forces": forces,
+        "num_layers": 1,
+        "bias": False,
+        "reduce": "sum" if heads.extensive else "mean",
+    }
     model = AtomsModel(backbone, {"energy": spec}, metadata={"source": source, "source_kind": "fairchem-core 1.10"})
     head_state = {"energy.0.weight": heads.out_energy.linear.weight.detach()}
     if forces == "direct":
         head_state["force.edge_mlp.0.weight"] = heads.out_forces.linear.weight.detach()
     result = model.heads["energy"].load_state_dict(head_state, strict=False)
-    report.missing_keys += [f"heads.energy.{k}" for k in result.missing_keys if not _is_buffer(model.heads["energy"], k)]
+    report.missing_keys += [
+        f"heads.energy.{k}" for k in result.missing_keys if not _is_buffer(model.heads["energy"], k)
+    ]
     return model, report
 
 
@@ -76,8 +83,15 @@ def model_from_jmp(obj: dict[str, Any], *, source: str, ema: bool = True, **kwar
             f"heads {', '.join(specs)} predict JMP's normalised targets (energy minus a linear reference, divided by "
             "a per-dataset std), not eV"
         )
-    model = AtomsModel(backbone, specs, metadata={"source": source, "source_kind": "JMP", "jmp_tasks": weights.tasks
-                                                  if hasattr(weights, "tasks") else None})
+    model = AtomsModel(
+        backbone,
+        specs,
+        metadata={
+            "source": source,
+            "source_kind": "JMP",
+            "jmp_tasks": weights.tasks if hasattr(weights, "tasks") else None,
+        },
+    )
     for name, state in states.items():
         result = model.heads[name].load_state_dict(state, strict=False)
         head = model.heads[name]

@@ -23,11 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from atomsift.errors import ConfigError
-from atomsift.models.checkpoint import LoadReport
-from atomsift.models.heads import forces_from_edges, gradient_forces, reduce_atoms
 from atomsift.models.backbones.gemnet_oc.layers import Dense
 from atomsift.models.backbones.gemnet_oc.model import GemNetOC, GemNetOCOutput
 from atomsift.models.backbones.gemnet_oc.scaling import ScaleFactor, scale_factors_from_file_dict
+from atomsift.models.checkpoint import LoadReport
+from atomsift.models.heads import forces_from_edges, gradient_forces, reduce_atoms
 
 __all__ = [
     "FairchemGemNetOC",
@@ -145,7 +145,10 @@ class FairchemOutputHeads(nn.Module):
             if out.edge is None:
                 raise ConfigError("the backbone returned no edge features", fix="build it with direct_forces=True")
             result["forces"] = direct_forces_from_edges(
-                self.out_forces(out.edge), out.edge_unit, out.edge_index[1], batch.num_atoms,
+                self.out_forces(out.edge),
+                out.edge_unit,
+                out.edge_index[1],
+                batch.num_atoms,
                 out.id_swap if self.forces_coupled else None,
             )
         else:
@@ -228,8 +231,11 @@ def gemnet_from_fairchem(
     backbone_kwargs, head_kwargs, ignored, notes = _split_config(model_config)
     backbone = GemNetOC(**backbone_kwargs)
     heads = FairchemOutputHeads(
-        backbone.node_dim, backbone.edge_dim, direct_forces=head_kwargs["direct_forces"],
-        regress_forces=bool(head_kwargs["regress_forces"]), extensive=bool(head_kwargs["extensive"]),
+        backbone.node_dim,
+        backbone.edge_dim,
+        direct_forces=head_kwargs["direct_forces"],
+        regress_forces=bool(head_kwargs["regress_forces"]),
+        extensive=bool(head_kwargs["extensive"]),
         forces_coupled=bool(head_kwargs["forces_coupled"]),
     )
     weights = strip_prefixes(state_dict)

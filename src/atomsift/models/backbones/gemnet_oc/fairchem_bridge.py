@@ -22,7 +22,7 @@ def fairchem_available() -> bool:
     try:
         import fairchem.core.models.gemnet_oc.gemnet_oc  # noqa: F401
         import torch_geometric  # noqa: F401
-    except Exception:
+    except Exception:  # noqa: BLE001
         return False
     return True
 

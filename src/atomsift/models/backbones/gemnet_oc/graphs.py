@@ -93,11 +93,17 @@ def resolve_cutoffs(
 
     Returns (cutoff, cutoff_qint, cutoff_aeaint, cutoff_aint). Raises ConfigError if a cutoff exceeds aint.
     """
-    for name, value in (("cutoff", cutoff), ("cutoff_qint", cutoff_qint), ("cutoff_aeaint", cutoff_aeaint),
-                        ("cutoff_aint", cutoff_aint)):
+    for name, value in (
+        ("cutoff", cutoff),
+        ("cutoff_qint", cutoff_qint),
+        ("cutoff_aeaint", cutoff_aeaint),
+        ("cutoff_aint", cutoff_aint),
+    ):
         if value is not None and not value > 0:
-            raise ConfigError(f"GemNet-OC {name} must be a positive distance (A), got {value!r}",
-                              fix=f"set {name} to e.g. 6.0 (fairchem's default) or 12.0 (JMP)")
+            raise ConfigError(
+                f"GemNet-OC {name} must be a positive distance (A), got {value!r}",
+                fix=f"set {name} to e.g. 6.0 (fairchem's default) or 12.0 (JMP)",
+            )
     c_ae = cutoff_aeaint if (aeaint and cutoff_aeaint is not None) else cutoff
     c_q = cutoff_qint if (quad and cutoff_qint is not None) else cutoff
     c_a = cutoff_aint if (aint and cutoff_aint is not None) else max(cutoff, c_ae, c_q)
@@ -135,9 +141,7 @@ def resolve_max_neighbors(
 # --------------------------------------------------------------------------- neighbour selection
 
 
-def max_neighbors_mask(
-    natoms: Tensor, index: Tensor, values: Tensor, max_neighbors: int, strict: bool
-) -> Tensor:
+def max_neighbors_mask(natoms: Tensor, index: Tensor, values: Tensor, max_neighbors: int, strict: bool) -> Tensor:
     """Boolean mask keeping at most ``max_neighbors`` smallest ``values`` per target atom.
 
     Reproduces fairchem's ``get_max_neighbors_mask``, including its tie-breaking: values are placed in a
@@ -222,9 +226,7 @@ def _select_first_graph(
     # the image table exactly as fairchem builds it, so that squared distances match bit for bit
     axes = [torch.arange(-r, r + 1, device=pos.device, dtype=pos.dtype) for r in reps]
     unit_cells = torch.cartesian_prod(*axes).view(-1, 3)  # (C, 3), last axis fastest
-    table = torch.bmm(
-        cell.transpose(1, 2), unit_cells.t().unsqueeze(0).expand(cell.shape[0], -1, -1)
-    )  # (B, 3, C)
+    table = torch.bmm(cell.transpose(1, 2), unit_cells.t().unsqueeze(0).expand(cell.shape[0], -1, -1))  # (B, 3, C)
     widths = [2 * r + 1 for r in reps]
     image = ((offsets[:, 0] + reps[0]) * widths[1] + offsets[:, 1] + reps[1]) * widths[2] + offsets[:, 2] + reps[2]
     shift = table[batch.batch[src], :, image]  # (E, 3)
@@ -256,7 +258,10 @@ def radius_graph_fairchem(batch: Any, radius: float, max_neighbors: int, strict:
     nonzero = distance != 0
     if not bool(nonzero.all()):
         edge_index, offsets, distance_vec, distance = (
-            edge_index[:, nonzero], offsets[nonzero], distance_vec[nonzero], distance[nonzero]
+            edge_index[:, nonzero],
+            offsets[nonzero],
+            distance_vec[nonzero],
+            distance[nonzero],
         )
     return {
         "edge_index": edge_index,
@@ -398,7 +403,11 @@ def build_interaction_graphs(batch: Any, s: GraphSettings) -> InteractionGraphs:
 
     main, id_swap = symmetrize_edges(main, batch.num_structures, batch.batch[main["edge_index"][1]])
     graphs = InteractionGraphs(
-        main=main, a2a=a2a, a2ee2a=a2ee2a, qint=qint, id_swap=id_swap,
+        main=main,
+        a2a=a2a,
+        a2ee2a=a2ee2a,
+        qint=qint,
+        id_swap=id_swap,
         trip_idx_e2e=get_triplets(main, num_atoms=num_atoms),
     )
     if s.quad_interaction:

@@ -36,9 +36,18 @@ from torch import Tensor
 from atomsift.errors import ConfigError, DataError
 
 __all__ = [
-    "ATOMSIFT_TO_JMP", "JMP_TO_ATOMSIFT", "JmpWeights", "atomsift_head_weights", "atomsift_to_jmp_key",
-    "hparams_from_jmp", "jmp_ema_parameter_keys", "jmp_to_atomsift_key", "load_jmp_backbone",
-    "read_jmp_checkpoint", "to_jmp_checkpoint", "to_jmp_state_dict",
+    "ATOMSIFT_TO_JMP",
+    "JMP_TO_ATOMSIFT",
+    "JmpWeights",
+    "atomsift_head_weights",
+    "atomsift_to_jmp_key",
+    "hparams_from_jmp",
+    "jmp_ema_parameter_keys",
+    "jmp_to_atomsift_key",
+    "load_jmp_backbone",
+    "read_jmp_checkpoint",
+    "to_jmp_checkpoint",
+    "to_jmp_state_dict",
 ]
 
 EMBEDDING_KEY = "embedding.atom_embedding.weight"
@@ -69,25 +78,65 @@ JMP_DROPPED: dict[str, str] = {
 
 # JMP BackboneConfig fields copied unchanged into atomsift's GemNetOC (same names, same meaning)
 _COPIED = (
-    "num_spherical", "num_radial", "num_blocks", "emb_size_atom", "emb_size_edge", "emb_size_trip_in",
-    "emb_size_trip_out", "emb_size_quad_in", "emb_size_quad_out", "emb_size_aint_in", "emb_size_aint_out",
-    "emb_size_rbf", "emb_size_cbf", "emb_size_sbf", "num_before_skip", "num_after_skip", "num_concat", "num_atom",
-    "num_output_afteratom", "num_atom_emb_layers", "num_global_out_layers", "direct_forces", "rbf",
-    "rbf_spherical", "envelope", "cbf", "sbf", "quad_interaction", "atom_edge_interaction",
-    "edge_atom_interaction", "atom_interaction", "scale_basis", "qint_tags", "num_elements",
+    "num_spherical",
+    "num_radial",
+    "num_blocks",
+    "emb_size_atom",
+    "emb_size_edge",
+    "emb_size_trip_in",
+    "emb_size_trip_out",
+    "emb_size_quad_in",
+    "emb_size_quad_out",
+    "emb_size_aint_in",
+    "emb_size_aint_out",
+    "emb_size_rbf",
+    "emb_size_cbf",
+    "emb_size_sbf",
+    "num_before_skip",
+    "num_after_skip",
+    "num_concat",
+    "num_atom",
+    "num_output_afteratom",
+    "num_atom_emb_layers",
+    "num_global_out_layers",
+    "direct_forces",
+    "rbf",
+    "rbf_spherical",
+    "envelope",
+    "cbf",
+    "sbf",
+    "quad_interaction",
+    "atom_edge_interaction",
+    "edge_atom_interaction",
+    "atom_interaction",
+    "scale_basis",
+    "qint_tags",
+    "num_elements",
 )
 # JMP fields without effect on the backbone's outputs in atomsift (why)
 _NO_EFFECT = {
-    "num_targets": "the output heads are separate", "regress_energy": "the output heads are separate",
-    "regress_forces": "the output heads are separate", "extensive": "the output heads are separate",
-    "forces_coupled": "not used by JMP's backbone", "use_pbc": "atomsift reads pbc per structure",
-    "otf_graph": "atomsift always builds graphs", "scale_backprop_forces": "not used with direct forces",
-    "scale_file": "scale factors are read from the state_dict", "output_init": "initialisation only",
-    "dropout": "training only", "edge_dropout": "training only (JMP drops edges and rescales when training)",
+    "num_targets": "the output heads are separate",
+    "regress_energy": "the output heads are separate",
+    "regress_forces": "the output heads are separate",
+    "extensive": "the output heads are separate",
+    "forces_coupled": "not used by JMP's backbone",
+    "use_pbc": "atomsift reads pbc per structure",
+    "otf_graph": "atomsift always builds graphs",
+    "scale_backprop_forces": "not used with direct forces",
+    "scale_file": "scale factors are read from the state_dict",
+    "output_init": "initialisation only",
+    "dropout": "training only",
+    "edge_dropout": "training only (JMP drops edges and rescales when training)",
 }
 # JMP fields whose value must be the default for atomsift to reproduce JMP (field -> required value)
-_REQUIRED = {"unique_basis_per_layer": False, "learnable_rbf": False, "learnable_rbf_stds": False, "ln": False,
-             "replace_scale_factors_with_ln": False, "old_gaussian_implementation": False}
+_REQUIRED = {
+    "unique_basis_per_layer": False,
+    "learnable_rbf": False,
+    "learnable_rbf_stds": False,
+    "ln": False,
+    "replace_scale_factors_with_ln": False,
+    "old_gaussian_implementation": False,
+}
 _GRAPH_FIELDS = ("absolute_rbf_cutoff",)
 _ACTIVATION = {"scaled_silu": "silu", "scaled_swish": "silu"}  # fairchem's / atomsift's "silu" is the scaled SiLU
 _SILU_SCALE = 1.0 / 0.6  # ScaledSiLU(x) = SiLU(x) / 0.6
@@ -169,9 +218,18 @@ def jmp_ema_parameter_keys(keys: Iterable[str], *, ignore_scale_factor: bool = T
 
 def _jmp_group(key: str) -> int:
     """Rank of a JMP key in JMP's module order: embedding, bases, edge_emb, blocks, global MLPs, heads."""
-    order = (r"^embedding\.", r"^backbone\.bases\.(?!edge_emb\.)", r"^backbone\.bases\.edge_emb\.",
-             r"^backbone\.int_blocks\.", r"^backbone\.out_blocks\.", r"^backbone\.out_mlp_E\.",
-             r"^backbone\.out_mlp_F\.", r"^backbone\.", r"^output\.out_energy\.", r"^output\.out_forces\.")
+    order = (
+        r"^embedding\.",
+        r"^backbone\.bases\.(?!edge_emb\.)",
+        r"^backbone\.bases\.edge_emb\.",
+        r"^backbone\.int_blocks\.",
+        r"^backbone\.out_blocks\.",
+        r"^backbone\.out_mlp_E\.",
+        r"^backbone\.out_mlp_F\.",
+        r"^backbone\.",
+        r"^output\.out_energy\.",
+        r"^output\.out_forces\.",
+    )
     return next((i for i, p in enumerate(order) if re.match(p, key)), len(order))
 
 
@@ -208,8 +266,10 @@ def _check_is_jmp(obj: Any) -> dict[str, Tensor]:
 def _ema_tensors(obj: Mapping[str, Any]) -> list[Tensor] | None:
     found = [s["ema"] for s in obj.get("optimizer_states") or [] if isinstance(s, Mapping) and len(s.get("ema") or ())]
     if len(found) > 1:
-        raise DataError(f"the checkpoint has EMA weights for {len(found)} optimizers; JMP writes one",
-                        fix="load with ema=False, or pass a JMP checkpoint")
+        raise DataError(
+            f"the checkpoint has EMA weights for {len(found)} optimizers; JMP writes one",
+            fix="load with ema=False, or pass a JMP checkpoint",
+        )
     return list(found[0]) if found else None
 
 
@@ -264,24 +324,38 @@ def hparams_from_jmp(
     hp: dict[str, Any] = {k: cfg[k] for k in _COPIED if k in cfg}
     missing = [k for k in ("num_blocks", "emb_size_atom", "emb_size_edge", "num_radial") if k not in hp]
     if missing:
-        raise ConfigError(f"the JMP backbone config lacks {', '.join(missing)}",
-                          fix="pass size='S' or 'L' for the released JMP checkpoints")
+        raise ConfigError(
+            f"the JMP backbone config lacks {', '.join(missing)}",
+            fix="pass size='S' or 'L' for the released JMP checkpoints",
+        )
     act = str(cfg.get("activation", "scaled_silu")).lower()
     if act not in _ACTIVATION:
-        raise ConfigError(f"JMP activation '{act}' is not supported (atomsift's GemNet-OC has the scaled SiLU only)",
-                          fix="use a checkpoint trained with activation 'scaled_silu' (JMP-S / JMP-L)")
+        raise ConfigError(
+            f"JMP activation '{act}' is not supported (atomsift's GemNet-OC has the scaled SiLU only)",
+            fix="use a checkpoint trained with activation 'scaled_silu' (JMP-S / JMP-L)",
+        )
     hp["activation"] = _ACTIVATION[act]
     for key, value in _REQUIRED.items():
         if bool(cfg.get(key, value)) != value:
-            raise ConfigError(f"JMP option {key}={cfg[key]!r} is not supported by atomsift's GemNet-OC",
-                              fix=f"use a checkpoint trained with {key}={value} (JMP-S / JMP-L)")
+            raise ConfigError(
+                f"JMP option {key}={cfg[key]!r} is not supported by atomsift's GemNet-OC",
+                fix=f"use a checkpoint trained with {key}={value} (JMP-S / JMP-L)",
+            )
     if qint_tags is not None:
         hp["qint_tags"] = list(qint_tags)
     hp.setdefault("qint_tags", [0, 1, 2])
-    hp.update(cutoff=cutoff, cutoff_qint=cutoff, cutoff_aeaint=cutoff, cutoff_aint=cutoff,
-              max_neighbors=max_neighbors, max_neighbors_aeaint=int(max_neighbors * 20 / 30),
-              max_neighbors_qint=int(max_neighbors * 8 / 30), max_neighbors_aint=int(max_neighbors * 1000 / 30),
-              enforce_max_neighbors_strictly=True, use_pbc=True)
+    hp.update(
+        cutoff=cutoff,
+        cutoff_qint=cutoff,
+        cutoff_aeaint=cutoff,
+        cutoff_aint=cutoff,
+        max_neighbors=max_neighbors,
+        max_neighbors_aeaint=int(max_neighbors * 20 / 30),
+        max_neighbors_qint=int(max_neighbors * 8 / 30),
+        max_neighbors_aint=int(max_neighbors * 1000 / 30),
+        enforce_max_neighbors_strictly=True,
+        use_pbc=True,
+    )
     notes: list[str] = []
     requires: dict[str, Any] = {}
     if cfg.get("absolute_rbf_cutoff"):
@@ -289,8 +363,10 @@ def hparams_from_jmp(
     if cfg.get("edge_dropout"):
         notes.append(f"JMP trained with edge dropout {cfg['edge_dropout']} (training only; evaluation drops no edges)")
     if set(hp["qint_tags"]) != {0, 1, 2}:
-        notes.append(f"quadruplets use atoms tagged {hp['qint_tags']}: JMP tags every atom of a non-OC20/OC22 "
-                     "structure 2, so give such structures tag 2 (or pass qint_tags=[0, 1, 2])")
+        notes.append(
+            f"quadruplets use atoms tagged {hp['qint_tags']}: JMP tags every atom of a non-OC20/OC22 "
+            "structure 2, so give such structures tag 2 (or pass qint_tags=[0, 1, 2])"
+        )
     unknown = sorted(set(cfg) - set(_COPIED) - set(_NO_EFFECT) - set(_REQUIRED) - set(_GRAPH_FIELDS) - {"activation"})
     if unknown:
         notes.append(f"JMP backbone option(s) ignored: {', '.join(f'{k}={cfg[k]!r}' for k in unknown)}")
@@ -310,8 +386,10 @@ def _fit_to_model_signature(hp: dict[str, Any], requires: dict[str, Any], notes:
     accepted = set(inspect.signature(GemNetOC.__init__).parameters)
     for key, value in requires.items():
         if key not in accepted:
-            raise ConfigError(f"JMP setting {key}={value!r} has no counterpart in atomsift's GemNetOC",
-                              fix="report this: the checkpoint needs a GemNet-OC option atomsift lacks")
+            raise ConfigError(
+                f"JMP setting {key}={value!r} has no counterpart in atomsift's GemNetOC",
+                fix="report this: the checkpoint needs a GemNet-OC option atomsift lacks",
+            )
         hp[key] = value
 
 
@@ -354,16 +432,24 @@ def read_jmp_checkpoint(
     if config:
         hp, requires, more = hparams_from_jmp(config, cutoff=cutoff, max_neighbors=max_neighbors, qint_tags=qint_tags)
         if size is not None and inferred is not None and size != inferred:
-            raise ConfigError(f"size='{size}' contradicts the checkpoint (its weights are JMP-{inferred})",
-                              fix="leave size unset; the checkpoint's hyper_parameters describe the model")
+            raise ConfigError(
+                f"size='{size}' contradicts the checkpoint (its weights are JMP-{inferred})",
+                fix="leave size unset; the checkpoint's hyper_parameters describe the model",
+            )
     else:
         size = size or inferred
         if size not in ("S", "L"):
-            raise ConfigError("the checkpoint has no hyper_parameters and its weights match neither JMP-S nor JMP-L",
-                              fix="pass size='S' or size='L', or a checkpoint with hyper_parameters['backbone']")
+            raise ConfigError(
+                "the checkpoint has no hyper_parameters and its weights match neither JMP-S nor JMP-L",
+                fix="pass size='S' or size='L', or a checkpoint with hyper_parameters['backbone']",
+            )
         preset = {k: v for k, v in _presets()[size].items() if k in _COPIED}
-        hp, requires, more = hparams_from_jmp({**preset, "activation": "scaled_silu", "absolute_rbf_cutoff": 12.0},
-                                              cutoff=cutoff, max_neighbors=max_neighbors, qint_tags=qint_tags)
+        hp, requires, more = hparams_from_jmp(
+            {**preset, "activation": "scaled_silu", "absolute_rbf_cutoff": 12.0},
+            cutoff=cutoff,
+            max_neighbors=max_neighbors,
+            qint_tags=qint_tags,
+        )
         notes.append(f"no hyper_parameters in the checkpoint: JMP-{size} architecture assumed")
     notes.extend(more)
     _fit_to_model_signature(hp, requires, notes)
@@ -381,8 +467,17 @@ def read_jmp_checkpoint(
             unexpected.append(key)
     _check_widths(backbone, hp)
     heads, tasks = _split_heads(state, hyper)
-    return JmpWeights(backbone=backbone, hparams=hp, heads=heads, tasks=tasks, used_ema=used_ema,
-                      jmp_backbone_config=config, requires=requires, unexpected=unexpected, notes=notes)
+    return JmpWeights(
+        backbone=backbone,
+        hparams=hp,
+        heads=heads,
+        tasks=tasks,
+        used_ema=used_ema,
+        jmp_backbone_config=config,
+        requires=requires,
+        unexpected=unexpected,
+        notes=notes,
+    )
 
 
 def _check_temps(key: str, temps: Tensor) -> None:
@@ -390,21 +485,30 @@ def _check_temps(key: str, temps: Tensor) -> None:
     n = temps.numel()
     expected = torch.full_like(temps, 0.5 * (n - 1) ** 2)
     if n > 1 and not torch.allclose(temps.abs(), expected, rtol=1e-5):
-        raise ConfigError(f"'{key}' holds learned Gaussian widths, which atomsift's GemNet-OC does not support",
-                          fix="use a checkpoint trained with learnable_rbf_stds=False (JMP-S / JMP-L)")
+        raise ConfigError(
+            f"'{key}' holds learned Gaussian widths, which atomsift's GemNet-OC does not support",
+            fix="use a checkpoint trained with learnable_rbf_stds=False (JMP-S / JMP-L)",
+        )
 
 
 def _check_widths(backbone: Mapping[str, Tensor], hp: Mapping[str, Any]) -> None:
     blocks = {int(m[1]) for k in backbone if (m := re.match(r"^int_blocks\.(\d+)\.", k))}
-    checks = [("atom_emb.embeddings.weight", (hp["num_elements"], hp["emb_size_atom"])),
-              ("edge_emb.dense.linear.weight", (hp["emb_size_edge"], None))]
+    checks = [
+        ("atom_emb.embeddings.weight", (hp["num_elements"], hp["emb_size_atom"])),
+        ("edge_emb.dense.linear.weight", (hp["emb_size_edge"], None)),
+    ]
     for key, shape in checks:
         if key in backbone and any(s is not None and s != t for s, t in zip(shape, backbone[key].shape)):
-            raise DataError(f"weight '{key}' has shape {tuple(backbone[key].shape)}, which does not fit the "
-                            "checkpoint's hyper_parameters", fix="check the file, or pass size='S' / 'L'")
+            raise DataError(
+                f"weight '{key}' has shape {tuple(backbone[key].shape)}, which does not fit the "
+                "checkpoint's hyper_parameters",
+                fix="check the file, or pass size='S' / 'L'",
+            )
     if blocks and len(blocks) != hp["num_blocks"]:
-        raise DataError(f"the weights have {len(blocks)} interaction blocks but the architecture {hp['num_blocks']}",
-                        fix="check the file, or pass size='S' / 'L'")
+        raise DataError(
+            f"the weights have {len(blocks)} interaction blocks but the architecture {hp['num_blocks']}",
+            fix="check the file, or pass size='S' / 'L'",
+        )
 
 
 def _split_heads(state: Mapping[str, Tensor], hyper: Mapping[str, Any]) -> tuple[dict, list[dict[str, Any]]]:
@@ -417,13 +521,21 @@ def _split_heads(state: Mapping[str, Tensor], hyper: Mapping[str, Any]) -> tuple
         names = [f"task{i}" for i in indices]
     heads: dict[str, dict[str, Tensor]] = {}
     for i, name in zip(indices, names):
-        heads[name] = {re.sub(rf"^output\.out_(energy|forces)\.{i}\.", r"\1.", k): v for k, v in state.items()
-                       if re.match(rf"^output\.out_(energy|forces)\.{i}\.", k)}
+        heads[name] = {
+            re.sub(rf"^output\.out_(energy|forces)\.{i}\.", r"\1.", k): v
+            for k, v in state.items()
+            if re.match(rf"^output\.out_(energy|forces)\.{i}\.", k)
+        }
     tasks = []
     for t in hyper.get("tasks") or []:
         t = _as_dict(t)
-        tasks.append({"name": t.get("name"), "node_energy_reduction": t.get("node_energy_reduction", "sum"),
-                      "normalization": {k: _as_dict(v) for k, v in _as_dict(t.get("normalization")).items()}})
+        tasks.append(
+            {
+                "name": t.get("name"),
+                "node_energy_reduction": t.get("node_energy_reduction", "sum"),
+                "normalization": {k: _as_dict(v) for k, v in _as_dict(t.get("normalization")).items()},
+            }
+        )
     return heads, tasks
 
 
@@ -447,8 +559,14 @@ def atomsift_head_weights(head: Mapping[str, Tensor]) -> tuple[dict[str, Any], d
         if layers:
             widths[part] = int(head[f"{part}.{layers[0]}.weight"].shape[0])
             widths[f"{part}_layers"] = len(layers)
-    spec = {"kind": "energy", "forces": "direct" if "forces" in widths else None, "hidden": widths.get("energy"),
-            "num_layers": widths.get("energy_layers", 1), "bias": False, "reduce": "sum"}
+    spec = {
+        "kind": "energy",
+        "forces": "direct" if "forces" in widths else None,
+        "hidden": widths.get("energy"),
+        "num_layers": widths.get("energy_layers", 1),
+        "bias": False,
+        "reduce": "sum",
+    }
     return spec, out
 
 
@@ -456,7 +574,9 @@ def atomsift_head_weights(head: Mapping[str, Tensor]) -> tuple[dict[str, Any], d
 
 
 def to_jmp_state_dict(
-    backbone_state_dict: Mapping[str, Tensor], *, heads: Mapping[str, Mapping[str, Tensor]] | None = None,
+    backbone_state_dict: Mapping[str, Tensor],
+    *,
+    heads: Mapping[str, Mapping[str, Tensor]] | None = None,
     task_steps: bool = False,
 ) -> dict[str, Tensor]:
     """atomsift GemNetOC weights (and JMP-layout heads) as a JMP ``state_dict``, in JMP's key order.
@@ -484,16 +604,29 @@ def to_jmp_state_dict(
 
 def _jmp_config_from_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
     cfg = {k: hparams[k] for k in _COPIED if k in hparams}
-    cfg.update(activation="scaled_silu", regress_forces=True, regress_energy=True, use_pbc=True, otf_graph=False,
-               absolute_rbf_cutoff=hparams.get("absolute_rbf_cutoff") or hparams.get("cutoff", 12.0),
-               scale_file=None, dropout=None, edge_dropout=None, unique_basis_per_layer=False,
-               learnable_rbf=False, learnable_rbf_stds=False)
+    cfg.update(
+        activation="scaled_silu",
+        regress_forces=True,
+        regress_energy=True,
+        use_pbc=True,
+        otf_graph=False,
+        absolute_rbf_cutoff=hparams.get("absolute_rbf_cutoff") or hparams.get("cutoff", 12.0),
+        scale_file=None,
+        dropout=None,
+        edge_dropout=None,
+        unique_basis_per_layer=False,
+        learnable_rbf=False,
+        learnable_rbf_stds=False,
+    )
     return cfg
 
 
 def to_jmp_checkpoint(
-    backbone_state_dict: Mapping[str, Tensor], hparams: Mapping[str, Any], *,
-    ema_state_dict: Mapping[str, Tensor] | None = None, heads: Mapping[str, Mapping[str, Tensor]] | None = None,
+    backbone_state_dict: Mapping[str, Tensor],
+    hparams: Mapping[str, Any],
+    *,
+    ema_state_dict: Mapping[str, Tensor] | None = None,
+    heads: Mapping[str, Mapping[str, Tensor]] | None = None,
 ) -> dict[str, Any]:
     """A JMP-style Lightning checkpoint dict: state_dict, hyper_parameters, and the EMA tuple when given.
 
@@ -506,8 +639,10 @@ def to_jmp_checkpoint(
     state = to_jmp_state_dict(backbone_state_dict, heads=heads, task_steps=bool(heads))
     ckpt: dict[str, Any] = {
         "state_dict": state,
-        "hyper_parameters": {"backbone": _jmp_config_from_hparams(hparams),
-                             "tasks": [{"name": n, "node_energy_reduction": "sum"} for n in heads or {}]},
+        "hyper_parameters": {
+            "backbone": _jmp_config_from_hparams(hparams),
+            "tasks": [{"name": n, "node_energy_reduction": "sum"} for n in heads or {}],
+        },
         "optimizer_states": [{}],
     }
     if ema_state_dict is not None:
@@ -541,9 +676,16 @@ def load_jmp_backbone(obj: Mapping[str, Any], *, source: str = "JMP checkpoint",
         if key in expected and tuple(expected[key].shape) != tuple(value.shape):
             raise DataError(
                 f"weight '{atomsift_to_jmp_key(key)}' has shape {tuple(value.shape)} but the architecture needs "
-                f"{tuple(expected[key].shape)}", file=source, fix="check the checkpoint's hyper_parameters['backbone']",
+                f"{tuple(expected[key].shape)}",
+                file=source,
+                fix="check the checkpoint's hyper_parameters['backbone']",
             )
     result = backbone.load_state_dict(weights.backbone, strict=False)
-    report = LoadReport(source, list(result.missing_keys), list(result.unexpected_keys) + weights.unexpected,
-                        used_ema=weights.used_ema, notes=list(weights.notes))
+    report = LoadReport(
+        source,
+        list(result.missing_keys),
+        list(result.unexpected_keys) + weights.unexpected,
+        used_ema=weights.used_ema,
+        notes=list(weights.notes),
+    )
     return backbone, weights, report

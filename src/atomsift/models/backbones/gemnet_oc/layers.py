@@ -178,7 +178,7 @@ class ResidualLayer(nn.Module):
         )
         self.inv_sqrt_2 = 1.0 / math.sqrt(2.0)
 
-    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (fairchem's argument name)
+    def forward(self, input: Tensor) -> Tensor:
         return (input + self.dense_mlp(input)) * self.inv_sqrt_2
 
 

@@ -162,25 +162,51 @@ class GemNetOC(Backbone):
         sbf = dict(sbf) if sbf else {"name": "spherical_harmonics"}
         qint_tags = tuple(int(t) for t in qint_tags)
         self._hparams: dict[str, Any] = {
-            "num_spherical": num_spherical, "num_radial": num_radial, "num_blocks": num_blocks,
-            "emb_size_atom": emb_size_atom, "emb_size_edge": emb_size_edge,
-            "emb_size_trip_in": emb_size_trip_in, "emb_size_trip_out": emb_size_trip_out,
-            "emb_size_quad_in": emb_size_quad_in, "emb_size_quad_out": emb_size_quad_out,
-            "emb_size_aint_in": emb_size_aint_in, "emb_size_aint_out": emb_size_aint_out,
-            "emb_size_rbf": emb_size_rbf, "emb_size_cbf": emb_size_cbf, "emb_size_sbf": emb_size_sbf,
-            "num_before_skip": num_before_skip, "num_after_skip": num_after_skip, "num_concat": num_concat,
-            "num_atom": num_atom, "num_output_afteratom": num_output_afteratom,
-            "num_atom_emb_layers": num_atom_emb_layers, "num_global_out_layers": num_global_out_layers,
-            "direct_forces": direct_forces, "use_pbc": use_pbc,
-            "cutoff": cutoff, "cutoff_qint": cutoff_qint, "cutoff_aeaint": cutoff_aeaint, "cutoff_aint": cutoff_aint,
-            "max_neighbors": max_neighbors, "max_neighbors_qint": max_neighbors_qint,
-            "max_neighbors_aeaint": max_neighbors_aeaint, "max_neighbors_aint": max_neighbors_aint,
+            "num_spherical": num_spherical,
+            "num_radial": num_radial,
+            "num_blocks": num_blocks,
+            "emb_size_atom": emb_size_atom,
+            "emb_size_edge": emb_size_edge,
+            "emb_size_trip_in": emb_size_trip_in,
+            "emb_size_trip_out": emb_size_trip_out,
+            "emb_size_quad_in": emb_size_quad_in,
+            "emb_size_quad_out": emb_size_quad_out,
+            "emb_size_aint_in": emb_size_aint_in,
+            "emb_size_aint_out": emb_size_aint_out,
+            "emb_size_rbf": emb_size_rbf,
+            "emb_size_cbf": emb_size_cbf,
+            "emb_size_sbf": emb_size_sbf,
+            "num_before_skip": num_before_skip,
+            "num_after_skip": num_after_skip,
+            "num_concat": num_concat,
+            "num_atom": num_atom,
+            "num_output_afteratom": num_output_afteratom,
+            "num_atom_emb_layers": num_atom_emb_layers,
+            "num_global_out_layers": num_global_out_layers,
+            "direct_forces": direct_forces,
+            "use_pbc": use_pbc,
+            "cutoff": cutoff,
+            "cutoff_qint": cutoff_qint,
+            "cutoff_aeaint": cutoff_aeaint,
+            "cutoff_aint": cutoff_aint,
+            "max_neighbors": max_neighbors,
+            "max_neighbors_qint": max_neighbors_qint,
+            "max_neighbors_aeaint": max_neighbors_aeaint,
+            "max_neighbors_aint": max_neighbors_aint,
             "enforce_max_neighbors_strictly": enforce_max_neighbors_strictly,
-            "rbf": rbf, "rbf_spherical": rbf_spherical, "envelope": envelope, "cbf": cbf, "sbf": sbf,
-            "activation": activation, "quad_interaction": quad_interaction,
-            "atom_edge_interaction": atom_edge_interaction, "edge_atom_interaction": edge_atom_interaction,
-            "atom_interaction": atom_interaction, "scale_basis": scale_basis,
-            "qint_tags": list(qint_tags), "num_elements": num_elements,
+            "rbf": rbf,
+            "rbf_spherical": rbf_spherical,
+            "envelope": envelope,
+            "cbf": cbf,
+            "sbf": sbf,
+            "activation": activation,
+            "quad_interaction": quad_interaction,
+            "atom_edge_interaction": atom_edge_interaction,
+            "edge_atom_interaction": edge_atom_interaction,
+            "atom_interaction": atom_interaction,
+            "scale_basis": scale_basis,
+            "qint_tags": list(qint_tags),
+            "num_elements": num_elements,
             "absolute_rbf_cutoff": absolute_rbf_cutoff,
         }
         act = _ACTIVATIONS[activation.lower()]
@@ -195,16 +221,25 @@ class GemNetOC(Backbone):
         self.num_elements = num_elements + 1  # Backbone convention: exclusive upper bound
         self._warned_no_qint_tags = False
 
-        switches = {"quad": quad_interaction, "aeaint": atom_edge_interaction or edge_atom_interaction,
-                    "aint": atom_interaction}
+        switches = {
+            "quad": quad_interaction,
+            "aeaint": atom_edge_interaction or edge_atom_interaction,
+            "aint": atom_interaction,
+        }
         cutoffs = resolve_cutoffs(cutoff, cutoff_qint, cutoff_aeaint, cutoff_aint, **switches)
-        limits = resolve_max_neighbors(max_neighbors, max_neighbors_qint, max_neighbors_aeaint, max_neighbors_aint,
-                                       **switches)
+        limits = resolve_max_neighbors(
+            max_neighbors, max_neighbors_qint, max_neighbors_aeaint, max_neighbors_aint, **switches
+        )
         self.graph_settings = GraphSettings(
-            *cutoffs, *limits,
-            enforce_max_neighbors_strictly=enforce_max_neighbors_strictly, use_pbc=use_pbc,
-            quad_interaction=quad_interaction, atom_edge_interaction=atom_edge_interaction,
-            edge_atom_interaction=edge_atom_interaction, atom_interaction=atom_interaction, qint_tags=qint_tags,
+            *cutoffs,
+            *limits,
+            enforce_max_neighbors_strictly=enforce_max_neighbors_strictly,
+            use_pbc=use_pbc,
+            quad_interaction=quad_interaction,
+            atom_edge_interaction=atom_edge_interaction,
+            edge_atom_interaction=edge_atom_interaction,
+            atom_interaction=atom_interaction,
+            qint_tags=qint_tags,
         )
         self._absolute_rbf_cutoff = absolute_rbf_cutoff
         self._init_bases(num_radial, num_spherical, rbf, rbf_spherical or rbf, envelope, cbf, sbf, scale_basis)
@@ -214,22 +249,38 @@ class GemNetOC(Backbone):
         self.edge_emb = EdgeEmbedding(emb_size_atom, num_radial, emb_size_edge, activation=act)
         self.int_blocks = nn.ModuleList(
             InteractionBlock(
-                emb_size_atom=emb_size_atom, emb_size_edge=emb_size_edge,
-                emb_size_trip_in=emb_size_trip_in, emb_size_trip_out=emb_size_trip_out,
-                emb_size_quad_in=emb_size_quad_in, emb_size_quad_out=emb_size_quad_out,
-                emb_size_a2a_in=emb_size_aint_in, emb_size_a2a_out=emb_size_aint_out,
-                emb_size_rbf=emb_size_rbf, emb_size_cbf=emb_size_cbf, emb_size_sbf=emb_size_sbf,
-                num_before_skip=num_before_skip, num_after_skip=num_after_skip, num_concat=num_concat,
-                num_atom=num_atom, num_atom_emb_layers=num_atom_emb_layers,
-                quad_interaction=quad_interaction, atom_edge_interaction=atom_edge_interaction,
-                edge_atom_interaction=edge_atom_interaction, atom_interaction=atom_interaction, activation=act,
+                emb_size_atom=emb_size_atom,
+                emb_size_edge=emb_size_edge,
+                emb_size_trip_in=emb_size_trip_in,
+                emb_size_trip_out=emb_size_trip_out,
+                emb_size_quad_in=emb_size_quad_in,
+                emb_size_quad_out=emb_size_quad_out,
+                emb_size_a2a_in=emb_size_aint_in,
+                emb_size_a2a_out=emb_size_aint_out,
+                emb_size_rbf=emb_size_rbf,
+                emb_size_cbf=emb_size_cbf,
+                emb_size_sbf=emb_size_sbf,
+                num_before_skip=num_before_skip,
+                num_after_skip=num_after_skip,
+                num_concat=num_concat,
+                num_atom=num_atom,
+                num_atom_emb_layers=num_atom_emb_layers,
+                quad_interaction=quad_interaction,
+                atom_edge_interaction=atom_edge_interaction,
+                edge_atom_interaction=edge_atom_interaction,
+                atom_interaction=atom_interaction,
+                activation=act,
             )
             for _ in range(num_blocks)
         )
         self.out_blocks = nn.ModuleList(
             OutputBlock(
-                emb_size_atom=emb_size_atom, emb_size_edge=emb_size_edge, emb_size_rbf=emb_size_rbf,
-                nHidden=num_atom, nHidden_afteratom=num_output_afteratom, activation=act,
+                emb_size_atom=emb_size_atom,
+                emb_size_edge=emb_size_edge,
+                emb_size_rbf=emb_size_rbf,
+                nHidden=num_atom,
+                nHidden_afteratom=num_output_afteratom,
+                activation=act,
                 direct_forces=direct_forces,
             )
             for _ in range(num_blocks + 1)
@@ -252,22 +303,25 @@ class GemNetOC(Backbone):
 
         def radial(cutoff: float, spec: dict) -> RadialBasis:
             cutoff = self._absolute_rbf_cutoff or cutoff
-            return RadialBasis(num_radial=num_radial, cutoff=cutoff, rbf=spec, envelope=envelope,
-                               scale_basis=scale_basis)
+            return RadialBasis(
+                num_radial=num_radial, cutoff=cutoff, rbf=spec, envelope=envelope, scale_basis=scale_basis
+            )
 
         self.radial_basis = radial(s.cutoff, rbf)
         radial_spherical = radial(s.cutoff, rbf_spherical)  # shared by several angular bases
         if self.quad_interaction:
-            self.cbf_basis_qint = CircularBasisLayer(num_spherical, radial(s.cutoff_qint, rbf_spherical), cbf,
-                                                     scale_basis)
+            self.cbf_basis_qint = CircularBasisLayer(
+                num_spherical, radial(s.cutoff_qint, rbf_spherical), cbf, scale_basis
+            )
             self.sbf_basis_qint = SphericalBasisLayer(num_spherical, radial_spherical, sbf, scale_basis)
         if self.atom_edge_interaction:
             self.radial_basis_aeaint = radial(s.cutoff_aeaint, rbf)
             self.cbf_basis_aeint = CircularBasisLayer(num_spherical, radial_spherical, cbf, scale_basis)
         if self.edge_atom_interaction:
             self.radial_basis_aeaint = radial(s.cutoff_aeaint, rbf)
-            self.cbf_basis_eaint = CircularBasisLayer(num_spherical, radial(s.cutoff_aeaint, rbf_spherical), cbf,
-                                                      scale_basis)
+            self.cbf_basis_eaint = CircularBasisLayer(
+                num_spherical, radial(s.cutoff_aeaint, rbf_spherical), cbf, scale_basis
+            )
         if self.atom_interaction:
             self.radial_basis_aint = radial(s.cutoff_aint, rbf)
         self.cbf_basis_tint = CircularBasisLayer(num_spherical, radial_spherical, cbf, scale_basis)
@@ -306,8 +360,10 @@ class GemNetOC(Backbone):
 
     def hparams(self) -> dict[str, Any]:
         """Constructor keyword arguments (JSON-able); ``GemNetOC(**model.hparams())`` rebuilds the architecture."""
-        return {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
-                for k, v in self._hparams.items()}
+        return {
+            k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+            for k, v in self._hparams.items()
+        }
 
     # ------------------------------------------------------------------ forward
 
@@ -342,10 +398,16 @@ class GemNetOC(Backbone):
             rad_sph_q, sph_q = self.sbf_basis_qint(main["distance"], cos_cab_quad, angle_cabd)
             out["qint"] = {
                 "rad": self.mlp_rbf_qint(rad_main),
-                "cir": _embed_basis(self.mlp_cbf_qint, rad_basis=rad_cir_q, sph_basis=cir_q,
-                                    idx_sph_outer=q["triplet_in"]["out"]),
-                "sph": _embed_basis(self.mlp_sbf_qint, rad_basis=rad_sph_q, sph_basis=sph_q,
-                                    idx_sph_outer=q["out"], idx_sph_inner=q["out_agg"]),
+                "cir": _embed_basis(
+                    self.mlp_cbf_qint, rad_basis=rad_cir_q, sph_basis=cir_q, idx_sph_outer=q["triplet_in"]["out"]
+                ),
+                "sph": _embed_basis(
+                    self.mlp_sbf_qint,
+                    rad_basis=rad_sph_q,
+                    sph_basis=sph_q,
+                    idx_sph_outer=q["out"],
+                    idx_sph_inner=q["out_agg"],
+                ),
             }
         if self.atom_edge_interaction:
             a = g.trip_idx_a2e
@@ -355,8 +417,13 @@ class GemNetOC(Backbone):
             rad_cir_a2e, cir_a2e = self.cbf_basis_aeint(main["distance"], cos_a2e)
             out["a2e"] = {
                 "rad": self.mlp_rbf_aeint(rad_a2ee2a),
-                "cir": _embed_basis(self.mlp_cbf_aeint, rad_basis=rad_cir_a2e, sph_basis=cir_a2e,
-                                    idx_sph_outer=a["out"], idx_sph_inner=a["out_agg"]),
+                "cir": _embed_basis(
+                    self.mlp_cbf_aeint,
+                    rad_basis=rad_cir_a2e,
+                    sph_basis=cir_a2e,
+                    idx_sph_outer=a["out"],
+                    idx_sph_inner=a["out_agg"],
+                ),
             }
         if self.edge_atom_interaction:
             e = g.trip_idx_e2a
@@ -366,21 +433,32 @@ class GemNetOC(Backbone):
             out["e2a"] = {
                 "rad": self.mlp_rbf_eaint(rad_main),
                 "cir": _embed_basis(
-                    self.mlp_cbf_eaint, rad_basis=rad_cir_e2a, sph_basis=cir_e2a,
-                    idx_rad_outer=g.a2ee2a["edge_index"][1], idx_rad_inner=g.a2ee2a["target_neighbor_idx"],
-                    idx_sph_outer=e["out"], idx_sph_inner=e["out_agg"], num_atoms=num_atoms,
+                    self.mlp_cbf_eaint,
+                    rad_basis=rad_cir_e2a,
+                    sph_basis=cir_e2a,
+                    idx_rad_outer=g.a2ee2a["edge_index"][1],
+                    idx_rad_inner=g.a2ee2a["target_neighbor_idx"],
+                    idx_sph_outer=e["out"],
+                    idx_sph_inner=e["out_agg"],
+                    num_atoms=num_atoms,
                 ),
             }
         if self.atom_interaction:
             out["a2a_rad"] = self.mlp_rbf_aint(
                 rad_basis=self.radial_basis_aint(g.a2a["distance"]),
-                idx_rad_outer=g.a2a["edge_index"][1], idx_rad_inner=g.a2a["target_neighbor_idx"],
+                idx_rad_outer=g.a2a["edge_index"][1],
+                idx_rad_inner=g.a2a["target_neighbor_idx"],
                 num_atoms=num_atoms,
             )
         out["e2e"] = {
             "rad": self.mlp_rbf_tint(rad_main),
-            "cir": _embed_basis(self.mlp_cbf_tint, rad_basis=rad_cir_e2e, sph_basis=cir_e2e,
-                                idx_sph_outer=t["out"], idx_sph_inner=t["out_agg"]),
+            "cir": _embed_basis(
+                self.mlp_cbf_tint,
+                rad_basis=rad_cir_e2e,
+                sph_basis=cir_e2e,
+                idx_sph_outer=t["out"],
+                idx_sph_inner=t["out_agg"],
+            ),
         }
         out["atom_update"] = self.mlp_rbf_h(rad_main)
         out["output"] = self.mlp_rbf_out(rad_main)
@@ -423,10 +501,22 @@ class GemNetOC(Backbone):
         xs_E, xs_F = [x_E], [x_F]
         for i, block in enumerate(self.int_blocks):
             h, m = block(
-                h=h, m=m, bases_qint=b["qint"], bases_e2e=b["e2e"], bases_a2e=b["a2e"], bases_e2a=b["e2a"],
-                basis_a2a_rad=b["a2a_rad"], basis_atom_update=b["atom_update"], edge_index_main=edge_index,
-                a2ee2a_graph=g.a2ee2a, a2a_graph=g.a2a, id_swap=g.id_swap, trip_idx_e2e=g.trip_idx_e2e,
-                trip_idx_a2e=g.trip_idx_a2e, trip_idx_e2a=g.trip_idx_e2a, quad_idx=g.quad_idx,
+                h=h,
+                m=m,
+                bases_qint=b["qint"],
+                bases_e2e=b["e2e"],
+                bases_a2e=b["a2e"],
+                bases_e2a=b["e2a"],
+                basis_a2a_rad=b["a2a_rad"],
+                basis_atom_update=b["atom_update"],
+                edge_index_main=edge_index,
+                a2ee2a_graph=g.a2ee2a,
+                a2a_graph=g.a2a,
+                id_swap=g.id_swap,
+                trip_idx_e2e=g.trip_idx_e2e,
+                trip_idx_a2e=g.trip_idx_a2e,
+                trip_idx_e2a=g.trip_idx_e2a,
+                quad_idx=g.quad_idx,
             )
             x_E, x_F = self.out_blocks[i + 1](h, m, b["output"], idx_t)
             xs_E.append(x_E)

@@ -202,7 +202,11 @@ def fit_scale_factors(
                     stats, ratio, value = module.fit_()
                 log.info(
                     "scale factor %s: var_in %.4g, var_out %.4g, ratio %.4g -> %.4g",
-                    name, stats["variance_in"], stats["variance_out"], ratio, value,
+                    name,
+                    stats["variance_in"],
+                    stats["variance_out"],
+                    ratio,
+                    value,
                 )
                 fitted[name] = value
     finally:
