@@ -8,21 +8,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from atomsift.data.spec import DatasetSpec, parse_dataset_arg
 from atomsift.errors import ConfigError, validation_problems
 
-
-class DatasetSpec(BaseModel):
-    """One dataset of a CSI run: where it is, how to read it, how to sample it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: str
-    format: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict, description="reader options, e.g. split, classes, level")
-    sampling: Literal["balanced", "random"] | None = Field(
-        None, description="default: balanced for upstream, random for downstream"
-    )
-    n_samples: int | None = Field(None, ge=1, description="default: the run's n_samples")
+__all__ = ["CSIConfig", "DatasetSpec", "load_config", "parse_dataset_arg"]
 
 
 class CSIConfig(BaseModel):
@@ -93,34 +82,4 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> CSIConfig:
             f"invalid CSI settings ({problems})",
             file=path,
             fix="see configs/csi_demo.yaml for every key; unknown keys are rejected",
-        ) from None
-
-
-def parse_dataset_arg(text: str) -> tuple[str, DatasetSpec]:
-    """'NAME=PATH[,key=value...]' -> (name, spec); keys format, sampling, n_samples; others are reader options."""
-    name, sep, rest = text.partition("=")
-    if not sep or not name or not rest:
-        raise ConfigError(f"dataset argument '{text}' is not NAME=PATH", fix="write it like ani1x=/data/ani1x.h5")
-    parts = rest.split(",")
-    path_parts = [parts[0]]
-    options: dict[str, Any] = {}
-    for part in parts[1:]:
-        key, eq, value = part.partition("=")
-        if not eq:
-            path_parts.append(part)  # a comma inside the path
-            continue
-        try:
-            options[key.strip()] = yaml.safe_load(value) if value else value
-        except yaml.YAMLError:
-            options[key.strip()] = value  # not a YAML scalar: keep the text
-    spec: dict[str, Any] = {"path": ",".join(path_parts)}
-    for key in ("format", "sampling", "n_samples"):
-        if key in options:
-            spec[key] = options.pop(key)
-    spec["options"] = options
-    try:
-        return name.strip(), DatasetSpec.model_validate(spec)
-    except ValidationError as exc:
-        raise ConfigError(
-            f"dataset argument '{text}': {exc.errors()[0]['msg']}", fix="see `atomsift csi --help`"
         ) from None

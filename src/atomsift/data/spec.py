@@ -1,0 +1,102 @@
+"""The dataset spec shared by every command: where a dataset is, how to read it, how to sample it.
+
+On the command line a dataset is `NAME=PATH[,key=value...]` (or a bare PATH where one dataset is meant); in
+YAML it is `NAME: {path: PATH, key: value, ...}`. Keys that are not the spec's own fields are reader options
+(split, classes, level, energy_key, ...), written inline or under `options:`; the reader rejects the ones it
+does not know. Values are YAML scalars (atomsift.settings.parse_value).
+
+    name, spec = parse_dataset_arg("t1x=/data/transition1x.h5,split=train,n_samples=500")
+    ds = open_spec(spec)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from atomsift.data.base import Dataset
+from atomsift.errors import ConfigError
+from atomsift.settings import parse_value, validate
+
+
+class DatasetSpec(BaseModel):
+    """One dataset: path (file, folder, glob or bundled:NAME), format, reader options, sampling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    format: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="reader options, e.g. split, classes, level")
+    sampling: Literal["balanced", "random"] | None = Field(
+        None, description="balanced (per class) or random; each command documents its default"
+    )
+    n_samples: int | None = Field(None, ge=1, description="structures to draw (default: the command's n_samples)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inline_reader_options(cls, data: Any) -> Any:
+        """Keys that are not fields of the spec are reader options: {path, split: train} == {path, options: {split}}."""
+        if not isinstance(data, dict):
+            return data
+        fields = set(cls.model_fields)
+        extra = {k: v for k, v in data.items() if k not in fields}
+        if not extra:
+            return data
+        options = dict(data.get("options") or {})
+        clash = sorted(set(extra) & set(options))
+        if clash:
+            raise ValueError(f"reader option(s) {', '.join(clash)} given both inline and under 'options'")
+        return {**{k: v for k, v in data.items() if k in fields}, "options": {**options, **extra}}
+
+    def reader_kwargs(self) -> dict[str, Any]:
+        return {"format": self.format, **self.options}
+
+
+def parse_dataset_arg(
+    text: str, spec_cls: type[DatasetSpec] = DatasetSpec, *, default_name: str | None = None
+) -> tuple[str, DatasetSpec]:
+    """'NAME=PATH[,key=value...]' -> (name, spec). With `default_name`, a bare 'PATH[,key=value...]' is allowed.
+
+    A comma that is not followed by key=value belongs to the path. Values are parsed with `parse_value`.
+    """
+    head, *rest = text.split(",")
+    name, sep, path = head.partition("=")
+    if not sep or "/" in name or not name or not path:
+        if default_name is None or not head or ("=" in head and not path):
+            raise ConfigError(
+                f"dataset argument '{text}' is not NAME=PATH[,key=value...]",
+                fix="write it like ani1x=/data/ani1x.h5 or t1x=/data/transition1x.h5,split=train",
+            )
+        name, path = default_name, head
+    path_parts = [path]
+    values: dict[str, Any] = {}
+    for part in rest:
+        key, eq, value = part.partition("=")
+        if not eq:
+            if values:
+                raise ConfigError(
+                    f"dataset argument '{text}': '{part}' after the options is not key=value",
+                    fix="put options after the path: NAME=PATH,key=value,key=value",
+                )
+            path_parts.append(part)  # a comma inside the path
+            continue
+        values[key.strip()] = parse_value(value.strip())
+    spec = validate(spec_cls, {"path": ",".join(path_parts), **values}, example="docs/cli.md")
+    return name.strip(), spec
+
+
+def open_spec(spec: DatasetSpec, name: str | None = None) -> Dataset:
+    """Open the dataset a spec names; an unknown reader option names the spec's own keys as well."""
+    from atomsift.data import open_dataset
+
+    try:
+        return open_dataset(spec.path, **spec.reader_kwargs())
+    except ConfigError as exc:
+        if "not understood by format" not in exc.problem:
+            raise
+        own = ", ".join(k for k in type(spec).model_fields if k != "options")
+        where = f"dataset '{name}': " if name else ""
+        raise ConfigError(
+            where + exc.problem, file=exc.file, fix=f"{exc.fix}; keys of a dataset entry itself: {own}"
+        ) from None

@@ -1,0 +1,192 @@
+"""The command vocabulary's shared parts: value parsing, YAML settings with `key=value` overrides, output rules.
+
+Every command that has settings resolves them the same way (docs/cli.md):
+
+    cfg = resolve_settings(PretrainConfig, config_file, flags={"seed": 3}, overrides=["lr=1e-4", "data.path=x.xyz"])
+
+1. the YAML file given with `--config` (optional),
+2. then the command's own flags that the user gave (None = not given),
+3. then trailing `key=value` overrides, nested keys joined by dots,
+
+validated by a pydantic model that rejects unknown keys. Values on the command line are YAML scalars
+everywhere (`3` is an int, `1e-4` a float, `true` a bool, `[1, 2]` a list, `null` None, anything else text).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from atomsift.errors import ConfigError, validation_problems
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as a YAML scalar or flow collection; text that is not valid YAML stays text.
+
+    '3' -> 3, '1e-4' -> 0.0001, 'true' -> True, 'null' -> None, '[1, 2]' -> [1, 2], 'a.h5' -> 'a.h5'.
+    """
+    if text == "":
+        return ""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _looks_like_float(value):
+        return float(value)  # YAML 1.1 reads '1e-4' (no dot) as text; people mean a number
+    if isinstance(value, dict | list | str | int | float | bool) or value is None:
+        return value
+    return text  # dates and other YAML types: keep what the user typed
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(value) and any(c in text for c in "eE.") and not text.strip().startswith(("0x", "."))
+
+
+def parse_key_values(pairs: list[str] | None, what: str = "option") -> dict[str, Any]:
+    """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'} with `parse_value`; ConfigError for an item without '='."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} '{pair}' is not KEY=VALUE", fix="write it like key=value, e.g. seed=3")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """data['a']['b'] = value for key 'a.b', creating intermediate mappings; ConfigError over a non-mapping."""
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"override key '{key}' has an empty part", fix="join nested keys with single dots: a.b.c")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(
+                f"override '{key}' goes inside '{where}', which holds {type(child).__name__} {child!r}, not settings",
+                fix=f"override '{where}' itself, or check the key against the config",
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def load_yaml(path: str | Path | None, example: str = "configs/") -> dict[str, Any]:
+    """The mapping in a YAML file ({} for None); ConfigError naming the file for missing, unreadable or bad YAML."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError("--config names a folder, not a YAML file", file=path, fix="give the path of a .yaml file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file ({exc.strerror})", file=path, fix="check the path") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"the config file is not valid YAML{where}", file=path, fix="fix the YAML syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"the config file holds a {type(data).__name__}, not a mapping of settings",
+            file=path,
+            fix=f"write settings as 'key: value' lines (see {example})",
+        )
+    return data
+
+
+def validate(model: type[M], data: dict[str, Any], *, source: str | Path | None = None, example: str = "") -> M:
+    """`model.model_validate(data)`, with a ConfigError listing every bad or unknown key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"invalid settings ({validation_problems(exc)})",
+            file=source,
+            fix="unknown keys are rejected; " + (f"see {example} for every key" if example else "check the spelling"),
+        ) from None
+
+
+def resolve_settings(
+    model: type[M],
+    config: str | Path | None = None,
+    *,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+    example: str = "",
+) -> M:
+    """Settings from `base` (e.g. a preset), the YAML `config`, the given `flags` and `key=value` overrides.
+
+    Flags whose value is None were not given and do not count. Overrides are applied last, nested keys joined
+    by dots; an override's value is parsed with `parse_value`.
+    """
+    data: dict[str, Any] = _deep_merge(dict(base or {}), load_yaml(config, example or "configs/"))
+    for key, value in (flags or {}).items():
+        if value is not None:
+            set_dotted(data, key, value)
+    for key, value in parse_key_values(overrides, "override").items():
+        set_dotted(data, key, value)
+    return validate(model, data, source=config, example=example)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`; mappings merge key by key, everything else is replaced."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def check_output_file(path: str | Path, overwrite: bool, *, what: str = "output file") -> Path:
+    """Refuse to write a file over a folder, or over an existing file without --overwrite; make its parent."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"--out names an existing folder, but this command writes a file ({what})",
+            file=path,
+            fix=f"give a file name, e.g. --out {path / 'out'}{_suffix_hint(what)}",
+        )
+    if path.exists() and not overwrite:
+        raise ConfigError(
+            f"the {what} exists", file=path, fix="pass --overwrite to replace it, or choose another --out"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _suffix_hint(what: str) -> str:
+    for suffix in (".json", ".pt", ".aselmdb", ".yaml"):
+        if suffix in what:
+            return suffix
+    return ""
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Refuse a run folder that is an existing file; create it otherwise (runs reuse what matches inside)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            "--out names an existing file, but this command writes a folder",
+            file=path,
+            fix="choose a folder name for --out",
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,99 @@
+"""The shared command vocabulary: value parsing, dotted overrides, YAML + flags + overrides, output rules."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from atomsift.data.spec import DatasetSpec, parse_dataset_arg
+from atomsift.errors import ConfigError
+from atomsift.settings import check_output_dir, check_output_file, parse_value, resolve_settings
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("3", 3),
+        ("1e-4", 1e-4),
+        ("1.5e3", 1500.0),
+        ("true", True),
+        ("null", None),
+        ("[1, 2]", [1, 2]),
+        ("a.h5", "a.h5"),
+        ("bundled:acac", "bundled:acac"),
+        ("0.9", 0.9),
+        ("{a: 1}", {"a": 1}),
+        ("", ""),
+    ],
+)
+def test_parse_value_is_a_yaml_scalar(text, value):
+    assert parse_value(text) == value
+    assert type(parse_value(text)) is type(value)
+
+
+class Inner(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = "x"
+    size: int = 1
+
+
+class Outer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lr: float = 1e-3
+    seed: int = 0
+    data: Inner = Inner()
+
+
+def test_file_then_flags_then_overrides(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: 0.1\nseed: 5\ndata: {path: a.xyz, size: 2}\n")
+    out = resolve_settings(Outer, cfg, flags={"seed": 7, "lr": None}, overrides=["data.path=b.xyz", "lr=1e-4"])
+    assert out == Outer(lr=1e-4, seed=7, data=Inner(path="b.xyz", size=2))
+
+
+def test_unknown_keys_and_bad_files_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="data.sise"):
+        resolve_settings(Outer, None, overrides=["data.sise=3"])
+    with pytest.raises(ConfigError, match="not KEY=VALUE"):
+        resolve_settings(Outer, None, overrides=["lr"])
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("lr: 0.1\n")
+    with pytest.raises(ConfigError, match="goes inside 'lr'"):
+        resolve_settings(Outer, flat, overrides=["lr.x=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        resolve_settings(Outer, bad)
+    with pytest.raises(ConfigError, match="folder"):
+        resolve_settings(Outer, tmp_path)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="not a mapping"):
+        resolve_settings(Outer, lst)
+
+
+def test_dataset_arg_inline_options_and_bare_path():
+    name, spec = parse_dataset_arg("t1x=/d/a,b.h5,split=train,n_samples=50,format=transition1x")
+    assert name == "t1x" and spec.path == "/d/a,b.h5" and spec.n_samples == 50
+    assert spec.options == {"split": "train"} and spec.format == "transition1x"
+    assert DatasetSpec.model_validate({"path": "p", "split": "val"}) == DatasetSpec(path="p", options={"split": "val"})
+    name, spec = parse_dataset_arg("data/x.xyz,energy_key=E", default_name="data")
+    assert (name, spec.path, spec.options) == ("data", "data/x.xyz", {"energy_key": "E"})
+    with pytest.raises(ConfigError, match="NAME=PATH"):
+        parse_dataset_arg("data/x.xyz")
+    with pytest.raises(ConfigError, match="n_samples"):
+        parse_dataset_arg("a=x.xyz,n_samples=0")
+
+
+def test_output_rules(tmp_path):
+    target = tmp_path / "f.json"
+    check_output_file(target, overwrite=False)
+    target.write_text("{}")
+    with pytest.raises(ConfigError, match="--overwrite"):
+        check_output_file(target, overwrite=False)
+    check_output_file(target, overwrite=True)
+    with pytest.raises(ConfigError, match="existing folder"):
+        check_output_file(tmp_path, overwrite=True)
+    with pytest.raises(ConfigError, match="existing file"):
+        check_output_dir(target)
+    assert check_output_dir(tmp_path / "run").is_dir()
