@@ -79,9 +79,46 @@ def test_mixed_records_and_atoms_and_round_trip():
     assert batch.energy.tolist() == [1.0, 1.0]
 
 
-def test_missing_labels_give_none():
-    batch = collate([_record(3, energy=1.0), _record(4)])
-    assert batch.energy is None and batch.forces is None
+def test_missing_labels_are_kept_with_masks():
+    recs = [_record(3, energy=1.0, forces=np.ones((3, 3))), _record(4), _record(2, energy=-2.0)]
+    recs[1].targets["gap"] = 0.5
+    batch = collate(recs)
+    assert batch.energy.tolist() == [1.0, 0.0, -2.0] and batch.energy_mask.tolist() == [True, False, True]
+    assert batch.forces.shape == (9, 3) and batch.forces_mask.tolist() == [True, False, False]
+    assert batch.forces[:3].eq(1).all() and batch.forces[3:].eq(0).all()
+    assert batch.targets["gap"].tolist() == [0.0, 0.5, 0.0] and batch.target_masks["gap"].tolist() == [0, 1, 0]
+    assert collate([_record(3)]).energy is None
+
+
+def test_declared_per_atom_targets_and_shape_errors():
+    recs = [_record(3), _record(2)]
+    recs[0].targets["q"] = np.arange(3.0)
+    recs[1].targets["q"] = np.arange(2.0)
+    batch = collate(recs, atom_targets=["q"])
+    assert batch.targets["q"].tolist() == [0, 1, 2, 0, 1] and batch.atom_targets == ("q",)
+    assert "q" not in collate(recs).targets  # undeclared and shapes differ: not guessed per-atom
+    with pytest.raises(DataError, match="one shape"):
+        collate(recs, targets=["q"])
+    recs[1].targets["q"] = np.arange(5.0)
+    with pytest.raises(DataError, match="per-atom label 'q'"):
+        collate(recs, atom_targets=["q"])
+
+
+def test_sub_batch_and_graph_groups():
+    from atomsift.graph import GraphSettings
+    from atomsift.graph.batch import graph_groups, sub_batch
+
+    recs = [_record(3, rid="a", energy=1.0), _record(4, rid="b"), _record(2, rid="c", energy=3.0)]
+    mol, per = GraphSettings(8.0, 30, False), GraphSettings(12.0, 30, True)
+    batch = collate(recs, dataset=[0, 1, 0], dataset_names=["m", "p"], dataset_graphs=[mol, per])
+    groups = graph_groups(batch)
+    assert [(g, i.tolist()) for g, i in groups] == [(mol, [0, 2]), (per, [1])]
+    sub, atoms = sub_batch(batch, groups[0][1])
+    assert sub.ids == ["a", "c"] and atoms.tolist() == [0, 1, 2, 7, 8] and sub.batch.tolist() == [0, 0, 0, 1, 1]
+    assert sub.energy.tolist() == [1.0, 3.0] and sub.dataset.tolist() == [0, 0]
+    same = collate(recs, dataset=[0, 0, 0], dataset_names=["m"], dataset_graphs=[mol])
+    assert [(g, i) for g, i in graph_groups(same)] == [(mol, None)]
+    assert graph_groups(collate(recs)) == [(None, None)]
 
 
 def test_to_converts_floats_only():

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from atomsift.data.record import Record
 from atomsift.errors import DataError
+from atomsift.graph.settings import GraphSettings
 
 _GRAM_EPS = 1e-10  # Gram determinant of unit lattice vectors below this = degenerate
 _INFO_SKIP = {"atomsift_id", "class_label"}  # ase.Atoms.info keys that are not targets
@@ -41,12 +42,19 @@ class AtomsBatch:
         tags: (N,) int64 OC20 tags (0 subsurface, 1 surface, 2 adsorbate); UNTAGGED (2) where the data has
             none, as JMP tags molecules and bulk, so GemNet-OC's quadruplets (qint_tags [1, 2]) reach them.
         ids: B record ids.
-        energy: (B,) eV, or None when any structure lacks an energy.
-        forces: (N, 3) eV/A, or None when any structure lacks forces.
-        targets: other labels by name: (B,) for scalars, (B, ...) for fixed-shape arrays,
-            (N, ...) for per-atom arrays. A label is kept only when every structure has it.
+        energy: (B,) eV, zero where `energy_mask` is False; None when no structure has an energy.
+        forces: (N, 3) eV/A, zero for structures whose `forces_mask` is False; None when none has forces.
+        targets: other labels by name, zero where missing: (B, ...) per structure, or (N, ...) per atom for
+            the names in `atom_targets` (declared by the caller, never guessed from shapes).
         fixed: (N,) bool atoms held fixed in the reference calculation (OC20), or None when no
             structure says; False for structures without the information.
+        energy_mask: (B,) bool structures that have an energy (None with `energy`).
+        forces_mask: (B,) bool structures that have forces (None with `forces`).
+        target_masks: name -> (B,) bool structures that have that target.
+        atom_targets: names of the per-atom entries of `targets`.
+        dataset: (B,) int64 index of each structure's dataset (task) in `dataset_names`, or None.
+        dataset_names: names of the datasets the batch may hold.
+        dataset_graphs: graph settings per dataset (None: the backbone's own), aligned with `dataset_names`.
     """
 
     numbers: Tensor
@@ -61,6 +69,13 @@ class AtomsBatch:
     forces: Tensor | None = None
     targets: dict[str, Tensor] = field(default_factory=dict)
     fixed: Tensor | None = None
+    energy_mask: Tensor | None = None
+    forces_mask: Tensor | None = None
+    target_masks: dict[str, Tensor] = field(default_factory=dict)
+    atom_targets: tuple[str, ...] = ()
+    dataset: Tensor | None = None
+    dataset_names: tuple[str, ...] = ()
+    dataset_graphs: tuple[GraphSettings | None, ...] = ()
 
     @property
     def num_structures(self) -> int:
@@ -94,6 +109,7 @@ class AtomsBatch:
             if isinstance(value, Tensor) or value is None:
                 changes[f.name] = move(value)
         changes["targets"] = {k: move(v) for k, v in self.targets.items()}
+        changes["target_masks"] = {k: move(v) for k, v in self.target_masks.items()}
         changes["ids"] = list(self.ids)
         return replace(self, **changes)
 
@@ -219,28 +235,77 @@ def _check(p: _Parts) -> None:
         )
 
 
-def _stack_target(name: str, values: list[np.ndarray], natoms: list[int], dtype: torch.dtype) -> Tensor | None:
-    """(B, ...) when all shapes agree, (N, ...) for per-atom arrays, None when neither fits."""
-    tdtype = dtype if any(v.dtype.kind == "f" for v in values) else torch.int64
-    shapes = {v.shape for v in values}
-    if len(shapes) == 1:
-        return torch.as_tensor(np.stack(values), dtype=tdtype)
-    if all(v.ndim >= 1 and v.shape[0] == n for v, n in zip(values, natoms)) and len({v.shape[1:] for v in values}) == 1:
-        return torch.as_tensor(np.concatenate(values), dtype=tdtype)
-    return None
+def _stack_labels(
+    name: str,
+    values: list[np.ndarray | None],
+    natoms: list[int],
+    per_atom: bool,
+    dtype: torch.dtype,
+    ids: list[str],
+) -> tuple[Tensor, Tensor]:
+    """Stack one label over the batch: (values, mask (B,) bool), zeros where a structure lacks it.
+
+    Per-structure labels are (B, ...) and must share one shape; per-atom labels are (N, ...) with one row per
+    atom. A shape that does not fit is a DataError naming the structure (never a silent drop).
+    """
+    present = [v for v in values if v is not None]
+    tdtype = dtype if any(v.dtype.kind in "fc" for v in present) else torch.int64
+    if per_atom:
+        inner = {v.shape[1:] for v in present}
+        for v, n, rid in zip(values, natoms, ids):
+            if v is not None and (v.ndim == 0 or v.shape[0] != n):
+                raise DataError(
+                    f"per-atom label '{name}' has shape {v.shape}, expected ({n}, ...) for {n} atoms",
+                    record=rid,
+                    fix="repair the label, or do not declare it per-atom",
+                )
+        if len(inner) > 1:
+            raise DataError(f"per-atom label '{name}' has rows of different shapes {sorted(inner)}", record=ids[0])
+        shape = next(iter(inner))
+        rows = [v if v is not None else np.zeros((n, *shape)) for v, n in zip(values, natoms)]
+        stacked = torch.as_tensor(np.concatenate(rows), dtype=tdtype)
+    else:
+        shapes = {v.shape for v in present}
+        if len(shapes) > 1:
+            first = next(v.shape for v in present)
+            rid = next(r for v, r in zip(values, ids) if v is not None and v.shape != first)
+            raise DataError(
+                f"label '{name}' has shape {sorted(shapes)} across the batch; a per-structure label needs one shape",
+                record=rid,
+                fix="declare it per-atom (atom_targets) if it has one row per atom, or repair the data",
+            )
+        shape = next(iter(shapes))
+        stacked = torch.as_tensor(np.stack([v if v is not None else np.zeros(shape) for v in values]), dtype=tdtype)
+    mask = torch.tensor([v is not None for v in values], dtype=torch.bool)
+    return stacked, mask
 
 
-def collate(structures: Sequence[Record | Any], *, dtype: torch.dtype | None = None) -> AtomsBatch:
+def collate(
+    structures: Sequence[Record | Any],
+    *,
+    dtype: torch.dtype | None = None,
+    targets: Sequence[str] | None = None,
+    atom_targets: Sequence[str] = (),
+    dataset: Sequence[int] | None = None,
+    dataset_names: Sequence[str] = (),
+    dataset_graphs: Sequence[GraphSettings | None] = (),
+) -> AtomsBatch:
     """Concatenate structures (atomsift Records and/or ase.Atoms) into one AtomsBatch.
 
     Args:
         structures: B >= 1 structures.
         dtype: floating dtype of positions, cell and labels; default `torch.get_default_dtype()`.
+        targets: the target labels to batch (None: every numeric target any structure has, per structure unless
+            named in `atom_targets`; a target whose shapes disagree across structures is then left out).
+        atom_targets: target names that hold one row per atom.
+        dataset: (B,) index of each structure's dataset in `dataset_names` (the task it trains).
+        dataset_names, dataset_graphs: the datasets and their graph settings (None: the backbone's own).
 
-    Energy/forces are batched only when every structure has them (else None). For ase.Atoms they
-    come from results already stored on `atoms.calc` (no calculation is ever run); numeric
-    `atoms.info` entries become targets. Raises DataError (naming the record id) for empty
-    structures, NaN/inf positions, or periodic structures without a proper cell.
+    A label missing in some structures is kept, zero-filled, with a mask saying which structures have it
+    (`energy_mask`, `forces_mask`, `target_masks`). For ase.Atoms, energy and forces come from results already
+    stored on `atoms.calc` (no calculation is ever run); numeric `atoms.info` entries become targets. Raises
+    DataError (naming the record id) for empty structures, NaN/inf positions, periodic structures without a
+    proper cell, and (for requested targets) labels of the wrong shape.
     """
     if len(structures) == 0:
         raise DataError("cannot collate an empty list of structures", fix="pass at least one structure")
@@ -260,40 +325,124 @@ def collate(structures: Sequence[Record | Any], *, dtype: torch.dtype | None = N
         parts.append(p)
 
     natoms = [len(p.numbers) for p in parts]
-    as_f = dict(dtype=dtype)
-    energy = None
-    if all(p.energy is not None for p in parts):
-        energy = torch.tensor([p.energy for p in parts], **as_f)
-    forces = None
-    if all(p.forces is not None for p in parts):
-        forces = torch.as_tensor(np.concatenate([p.forces for p in parts]), **as_f)
+    ids = [p.id for p in parts]
+    energy = energy_mask = None
+    if any(p.energy is not None for p in parts):
+        energy = torch.tensor([0.0 if p.energy is None else p.energy for p in parts], dtype=dtype)
+        energy_mask = torch.tensor([p.energy is not None for p in parts], dtype=torch.bool)
+    forces = forces_mask = None
+    if any(p.forces is not None for p in parts):
+        rows = [np.zeros((n, 3)) if p.forces is None else p.forces for p, n in zip(parts, natoms)]
+        forces = torch.as_tensor(np.concatenate(rows), dtype=dtype)
+        forces_mask = torch.tensor([p.forces is not None for p in parts], dtype=torch.bool)
 
-    targets: dict[str, Tensor] = {}
-    common = set(parts[0].targets).intersection(*(p.targets for p in parts[1:]))
-    for name in sorted(common):
-        values = [np.asarray(p.targets[name]) for p in parts]
-        if any(v.dtype.kind not in "biuf" for v in values):
+    per_atom = set(atom_targets)
+    requested = targets is not None
+    names = list(targets) if requested else sorted(set().union(*(p.targets for p in parts)))
+    batched: dict[str, Tensor] = {}
+    masks: dict[str, Tensor] = {}
+    for name in names:
+        values = [None if name not in p.targets else np.asarray(p.targets[name]) for p in parts]
+        if any(v is not None and v.dtype.kind not in "biuf" for v in values):
+            if requested:
+                raise DataError(f"target '{name}' is not numeric", record=ids[0], fix="choose a numeric target")
             continue
-        stacked = _stack_target(name, values, natoms, dtype)
-        if stacked is not None:
-            targets[name] = stacked
-
+        try:
+            batched[name], masks[name] = _stack_labels(name, values, natoms, name in per_atom, dtype, ids)
+        except DataError:
+            if requested or name in per_atom:
+                raise
     fixed = None
     if any(p.fixed is not None for p in parts):
         fixed = torch.as_tensor(
             np.concatenate([np.zeros(len(p.numbers), bool) if p.fixed is None else p.fixed for p in parts])
         )
+    dataset_index = None
+    if dataset is not None:
+        dataset_index = torch.as_tensor(np.asarray(dataset, dtype=np.int64))
+        if dataset_index.shape != (len(parts),) or (len(parts) and int(dataset_index.max()) >= len(dataset_names)):
+            raise ValueError("dataset must give one index into dataset_names per structure")
+        if dataset_graphs and len(dataset_graphs) != len(dataset_names):
+            raise ValueError("dataset_graphs must align with dataset_names")
     return AtomsBatch(
         numbers=torch.as_tensor(np.concatenate([p.numbers for p in parts]).astype(np.int64)),
-        positions=torch.as_tensor(np.concatenate([p.positions for p in parts]), **as_f),
+        positions=torch.as_tensor(np.concatenate([p.positions for p in parts]), dtype=dtype),
         batch=torch.repeat_interleave(torch.arange(len(parts)), torch.tensor(natoms)),
         natoms=torch.tensor(natoms, dtype=torch.int64),
-        cell=torch.as_tensor(np.stack([p.cell for p in parts]), **as_f),
+        cell=torch.as_tensor(np.stack([p.cell for p in parts]), dtype=dtype),
         pbc=torch.as_tensor(np.stack([p.pbc for p in parts])),
         tags=torch.as_tensor(np.concatenate([p.tags for p in parts]).astype(np.int64)),
-        ids=[p.id for p in parts],
+        ids=ids,
         energy=energy,
         forces=forces,
-        targets=targets,
+        targets=batched,
         fixed=fixed,
+        energy_mask=energy_mask,
+        forces_mask=forces_mask,
+        target_masks=masks,
+        atom_targets=tuple(n for n in batched if n in per_atom),
+        dataset=dataset_index,
+        dataset_names=tuple(dataset_names),
+        dataset_graphs=tuple(dataset_graphs) if dataset_graphs else (),
     )
+
+
+def sub_batch(batch: AtomsBatch, structures: Tensor) -> tuple[AtomsBatch, Tensor]:
+    """The structures `structures` (K,) int64 (increasing) of `batch`, and the (M,) indices of their atoms.
+
+    Positions are gathered with `index_select`, so gradients flow back to `batch.positions`.
+    """
+    keep_atom = torch.isin(batch.batch, structures)
+    atom_index = torch.nonzero(keep_atom).flatten()
+    new_of_old = torch.full((batch.num_structures,), -1, dtype=torch.long, device=batch.batch.device)
+    new_of_old[structures] = torch.arange(structures.numel(), device=structures.device)
+
+    def rows(t: Tensor | None, per_atom: bool) -> Tensor | None:
+        if t is None:
+            return None
+        return t.index_select(0, atom_index if per_atom else structures)
+
+    sub = AtomsBatch(
+        numbers=rows(batch.numbers, True),
+        positions=rows(batch.positions, True),
+        batch=new_of_old[batch.batch.index_select(0, atom_index)],
+        natoms=rows(batch.natoms, False),
+        cell=rows(batch.cell, False),
+        pbc=rows(batch.pbc, False),
+        tags=rows(batch.tags, True),
+        ids=[batch.ids[i] for i in structures.tolist()],
+        energy=rows(batch.energy, False),
+        forces=rows(batch.forces, True),
+        targets={k: rows(v, k in batch.atom_targets) for k, v in batch.targets.items()},
+        fixed=rows(batch.fixed, True),
+        energy_mask=rows(batch.energy_mask, False),
+        forces_mask=rows(batch.forces_mask, False),
+        target_masks={k: rows(v, False) for k, v in batch.target_masks.items()},
+        atom_targets=batch.atom_targets,
+        dataset=rows(batch.dataset, False),
+        dataset_names=batch.dataset_names,
+        dataset_graphs=batch.dataset_graphs,
+    )
+    return sub, atom_index
+
+
+def graph_groups(batch: AtomsBatch) -> list[tuple[GraphSettings | None, Tensor | None]]:
+    """Structures that share graph settings: [(settings, structure indices (K,) or None for all), ...].
+
+    One group (indices None) when the batch carries no per-dataset settings or all its structures share them;
+    settings None means the backbone's own.
+    """
+    if batch.dataset is None or not batch.dataset_graphs:
+        return [(None, None)]
+    per_dataset = batch.dataset_graphs
+    keys = sorted(set(batch.dataset.tolist()))
+    distinct: dict[GraphSettings | None, list[int]] = {}
+    for key in keys:
+        distinct.setdefault(per_dataset[key], []).append(key)
+    if len(distinct) == 1:
+        return [(next(iter(distinct)), None)]
+    groups = []
+    for settings, members in distinct.items():
+        wanted = torch.as_tensor(members, dtype=batch.dataset.dtype, device=batch.dataset.device)
+        groups.append((settings, torch.nonzero(torch.isin(batch.dataset, wanted)).flatten()))
+    return groups

@@ -153,6 +153,25 @@ def radius_graph(
     return NeighborGraph(edge_index, offsets, distance, vector, counts)
 
 
+def merge_graphs(parts: list[tuple[NeighborGraph, Tensor | None]], num_atoms: int) -> NeighborGraph:
+    """One graph from graphs of disjoint sub-batches: (graph, atom indices of its sub-batch in the whole batch).
+
+    A single part whose atom indices are None is returned as it is. Edges stay sorted by target (stable: the
+    order within a target is kept).
+    """
+    if len(parts) == 1 and parts[0][1] is None:
+        return parts[0][0]
+    edge_index = torch.cat([g.edge_index if a is None else a[g.edge_index] for g, a in parts], dim=1)
+    order = torch.sort(edge_index[1], stable=True).indices
+    return NeighborGraph(
+        edge_index.index_select(1, order),
+        torch.cat([g.cell_offsets for g, _ in parts]).index_select(0, order),
+        torch.cat([g.distance for g, _ in parts]).index_select(0, order),
+        torch.cat([g.vector for g, _ in parts]).index_select(0, order),
+        torch.bincount(edge_index[1], minlength=num_atoms),
+    )
+
+
 def limit_neighbors(
     target: Tensor,
     distance: Tensor,

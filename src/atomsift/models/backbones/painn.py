@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from atomsift.errors import ConfigError, DataError
-from atomsift.graph.batch import AtomsBatch
-from atomsift.graph.neighbors import radius_graph
+from atomsift.graph.batch import AtomsBatch, graph_groups, sub_batch
+from atomsift.graph.neighbors import NeighborGraph, merge_graphs, radius_graph
 from atomsift.models.base import Backbone, BackboneOutput, no_neighbours_error
 
 _NORM_EPS = 1e-8  # added under the square root of |v|^2: keeps the norm differentiable (twice) at v = 0
@@ -226,10 +226,26 @@ class PaiNN(Backbone):
             return [weight] * self.num_layers
         return list(weight.split(3 * self.hidden, dim=0))
 
+    def neighbor_graph(self, batch: AtomsBatch) -> NeighborGraph:
+        """The neighbour graph: the backbone's cutoff and limit, or each dataset's graph settings in the batch.
+
+        The radial filters still end at the backbone's own cutoff, so a dataset cutoff beyond it adds edges
+        that carry nothing.
+        """
+        parts = []
+        for settings, structures in graph_groups(batch):
+            sub, atoms = (batch, None) if structures is None else sub_batch(batch, structures)
+            if settings is None:
+                parts.append((radius_graph(sub, self.cutoff, self.max_neighbors), atoms))
+            else:
+                pbc = None if settings.pbc else False
+                parts.append((radius_graph(sub, settings.cutoff, settings.max_neighbors, pbc=pbc), atoms))
+        return merge_graphs(parts, batch.num_atoms)
+
     def forward(self, batch: AtomsBatch) -> BackboneOutput:
         """Embed a batch: node (N, hidden) scalars, vector (N, 3, hidden) equivariant features."""
         self.check_batch(batch)
-        graph = radius_graph(batch, self.cutoff, self.max_neighbors)
+        graph = self.neighbor_graph(batch)
         error = no_neighbours_error(batch, graph.num_neighbors, self.cutoff, self.name)
         if error is not None:
             raise error

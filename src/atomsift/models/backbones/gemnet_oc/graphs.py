@@ -371,11 +371,8 @@ def inner_index(index: Tensor, size: int) -> Tensor:
     return torch.arange(index.numel(), device=index.device) - start[index]
 
 
-def build_interaction_graphs(batch: Any, s: GraphSettings) -> InteractionGraphs:
-    """All graphs and triplet / quadruplet indices of a batch, as fairchem's ``get_graphs_and_indices``."""
-    from atomsift.models.backbones.gemnet_oc.indices import get_mixed_triplets, get_quadruplets, get_triplets
-
-    num_atoms = batch.num_atoms
+def select_graphs(batch: Any, s: GraphSettings) -> tuple[Graph, Graph, Graph, Graph]:
+    """The selected (unsymmetrised) main, a2a, a2ee2a and qint graphs of a batch ({} where switched off)."""
     strict = s.enforce_max_neighbors_strictly
     a2a: Graph = {}
     a2ee2a: Graph = {}
@@ -400,7 +397,72 @@ def build_interaction_graphs(batch: Any, s: GraphSettings) -> InteractionGraphs:
         tgt_ok = torch.isin(batch.tags[qint["edge_index"][1]], tags)
         qint = _take(qint, src_ok | tgt_ok)
         qint.pop("num_neighbors", None)
+    return main, a2a, a2ee2a, qint
 
+
+def merge_selected(batch: Any, parts: list[tuple[tuple[Graph, ...], Tensor, Tensor]]) -> tuple[Graph, ...]:
+    """Join the graphs of disjoint sub-batches: parts are (graphs, atom indices, structure indices).
+
+    Edges are ordered by structure (stable), so each structure's edges stay contiguous and sorted by target,
+    as `symmetrize_edges` and the index builders expect.
+    """
+    merged: list[Graph] = []
+    for k in range(len(parts[0][0])):
+        pieces = [(graphs[k], atoms, structures) for graphs, atoms, structures in parts]
+        if not pieces[0][0]:
+            merged.append({})
+            continue
+        edge_index = torch.cat([atoms[g["edge_index"]] for g, atoms, _ in pieces], dim=1)
+        order = torch.sort(batch.batch[edge_index[1]], stable=True).indices
+        graph: Graph = {"edge_index": edge_index.index_select(1, order)}
+        for key in ("distance", "vector", "cell_offset"):
+            graph[key] = torch.cat([g[key] for g, _, _ in pieces]).index_select(0, order)
+        if "num_neighbors" in pieces[0][0]:
+            graph["num_neighbors"] = _per_structure(batch, graph["edge_index"][1])
+        merged.append(graph)
+    return tuple(merged)
+
+
+def drop_edges(graph: Graph, p: float, generator: torch.Generator | None) -> Graph:
+    """Edge dropout on an unsymmetrised graph: every directed edge is dropped with probability `p`.
+
+    Symmetrisation then keeps one direction of each pair and appends its reverse, so a pair is dropped (in
+    both directions) exactly when its kept direction was: each pair goes with probability `p`.
+    """
+    draw = torch.rand(graph["edge_index"].shape[1], generator=generator, device="cpu")
+    return _take(graph, (draw >= p).to(graph["edge_index"].device))
+
+
+def build_interaction_graphs(
+    batch: Any,
+    s: GraphSettings,
+    groups: list[tuple[GraphSettings, Tensor]] | None = None,
+    edge_dropout: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> InteractionGraphs:
+    """All graphs and triplet / quadruplet indices of a batch, as fairchem's ``get_graphs_and_indices``.
+
+    Args:
+        s: the graph settings for the whole batch (used when `groups` is None).
+        groups: per group of structures (indices (K,), increasing) its own settings; the groups' graphs are
+            selected on their sub-batches and joined before symmetrisation and the index sets.
+        edge_dropout: probability of dropping each main-graph pair (training only).
+        generator: random generator of the edge dropout.
+    """
+    from atomsift.graph.batch import sub_batch
+    from atomsift.models.backbones.gemnet_oc.indices import get_mixed_triplets, get_quadruplets, get_triplets
+
+    num_atoms = batch.num_atoms
+    if groups is None:
+        main, a2a, a2ee2a, qint = select_graphs(batch, s)
+    else:
+        parts = []
+        for settings, structures in groups:
+            sub, atoms = sub_batch(batch, structures)
+            parts.append((select_graphs(sub, settings), atoms, structures))
+        main, a2a, a2ee2a, qint = merge_selected(batch, parts)
+    if edge_dropout > 0:
+        main = drop_edges(main, edge_dropout, generator)
     main, id_swap = symmetrize_edges(main, batch.num_structures, batch.batch[main["edge_index"][1]])
     graphs = InteractionGraphs(
         main=main,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -220,6 +220,8 @@ class GemNetOC(Backbone):
         self.edge_dim = emb_size_edge if direct_forces else None
         self.num_elements = num_elements + 1  # Backbone convention: exclusive upper bound
         self._warned_no_qint_tags = False
+        self.edge_dropout = 0.0  # set by training (JMP pretraining: 0.1); active in train mode only
+        self.edge_dropout_generator: torch.Generator | None = None
 
         switches = {
             "quad": quad_interaction,
@@ -464,13 +466,45 @@ class GemNetOC(Backbone):
         out["output"] = self.mlp_rbf_out(rad_main)
         return out
 
+    def settings_for(self, graph: Any) -> GraphSettings:
+        """The four graphs' settings for a dataset's graph (atomsift.graph.GraphSettings: cutoff, max_neighbors,
+        pbc): this model's cutoffs and neighbour limits scaled so the main graph has the dataset's cutoff and
+        limit (for S and L, whose four cutoffs are equal and limits 30 / 8 / 20 / 1000, JMP's rule: every
+        cutoff equal to the dataset's, limits in those proportions, rounded down)."""
+        s = self.graph_settings
+        c, k = graph.cutoff / s.cutoff, graph.max_neighbors / s.max_neighbors
+        return replace(
+            s,
+            cutoff=float(graph.cutoff),
+            cutoff_qint=s.cutoff_qint * c,
+            cutoff_aeaint=s.cutoff_aeaint * c,
+            cutoff_aint=s.cutoff_aint * c,
+            max_neighbors=int(graph.max_neighbors),
+            max_neighbors_qint=max(1, int(s.max_neighbors_qint * k)),
+            max_neighbors_aeaint=max(1, int(s.max_neighbors_aeaint * k)),
+            max_neighbors_aint=max(1, int(s.max_neighbors_aint * k)),
+            use_pbc=bool(graph.pbc),
+        )
+
     def build_graphs(self, batch: Any) -> InteractionGraphs:
-        """The four graphs and index sets of ``batch`` (DataError if a structure has no edges at all)."""
-        graphs = build_interaction_graphs(batch, self.graph_settings)
+        """The four graphs and index sets of ``batch`` (DataError if a structure has no edges at all).
+
+        Structures of datasets with their own graph settings (``batch.dataset_graphs``) get graphs built with
+        `settings_for` those settings; in training mode with ``edge_dropout`` > 0 main-graph pairs are dropped.
+        """
+        from atomsift.graph.batch import graph_groups
+
+        groups = graph_groups(batch)
+        settings = self.graph_settings if groups[0][0] is None else self.settings_for(groups[0][0])
+        per_group = None
+        if len(groups) > 1:
+            per_group = [(self.settings_for(g), structures) for g, structures in groups]
+        dropout = self.edge_dropout if self.training else 0.0
+        graphs = build_interaction_graphs(batch, settings, per_group, dropout, self.edge_dropout_generator)
         error = no_neighbours_error(
             batch,
             torch.bincount(graphs.main["edge_index"][1], minlength=batch.num_atoms),
-            self.graph_settings.cutoff,
+            settings.cutoff,
             self.name,
         )
         if error is not None:
