@@ -55,6 +55,8 @@ class AtomsBatch:
         dataset: (B,) int64 index of each structure's dataset (task) in `dataset_names`, or None.
         dataset_names: names of the datasets the batch may hold.
         dataset_graphs: graph settings per dataset (None: the backbone's own), aligned with `dataset_names`.
+        weights: (B,) loss weight of each structure (training: 0 marks a padding structure), or None.
+        step_size: structures of the whole training step over all processes (the loss's denominator).
     """
 
     numbers: Tensor
@@ -76,6 +78,8 @@ class AtomsBatch:
     dataset: Tensor | None = None
     dataset_names: tuple[str, ...] = ()
     dataset_graphs: tuple[GraphSettings | None, ...] = ()
+    weights: Tensor | None = None
+    step_size: int | None = None
 
     @property
     def num_structures(self) -> int:
@@ -422,6 +426,8 @@ def sub_batch(batch: AtomsBatch, structures: Tensor) -> tuple[AtomsBatch, Tensor
         dataset=rows(batch.dataset, False),
         dataset_names=batch.dataset_names,
         dataset_graphs=batch.dataset_graphs,
+        weights=rows(batch.weights, False),
+        step_size=batch.step_size,
     )
     return sub, atom_index
 

@@ -131,13 +131,19 @@ class EnergyHead(nn.Module):
         self.register_buffer("force_scale", torch.ones(()))
 
     def forward(
-        self, out: BackboneOutput, batch, positions: Tensor | None = None, create_graph: bool = False
+        self,
+        out: BackboneOutput,
+        batch,
+        positions: Tensor | None = None,
+        create_graph: bool = False,
+        mask: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Energies (B,) eV and, when the spec asks, forces (N, 3) eV/A.
 
         Args:
             positions: the tensor the backbone read positions from (requires grad) for gradient forces.
             create_graph: keep the graph of -dE/dx so a loss on the forces can be backpropagated (training).
+            mask: (B,) bool structures whose gradient forces are wanted (others get zero forces); None: all.
         """
         per_atom = self.energy(out.node) * self.scale + self.shift  # (N, 1)
         per_atom = per_atom + self.atom_ref[batch.numbers][:, None].to(per_atom.dtype)
@@ -149,7 +155,7 @@ class EnergyHead(nn.Module):
         elif self.spec.forces == "gradient":
             if positions is None or not positions.requires_grad:
                 raise RuntimeError("gradient forces need positions with requires_grad set before the backbone ran")
-            result["forces"] = gradient_forces(energy, positions, create_graph)
+            result["forces"] = gradient_forces(energy if mask is None else energy[mask], positions, create_graph)
         return result
 
 
@@ -191,7 +197,12 @@ class PropertyHead(nn.Module):
         self.register_buffer("shift", torch.zeros(spec.out_dim))
 
     def forward(
-        self, out: BackboneOutput, batch, positions: Tensor | None = None, create_graph: bool = False
+        self,
+        out: BackboneOutput,
+        batch,
+        positions: Tensor | None = None,
+        create_graph: bool = False,
+        mask: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """(B, out_dim) property values."""
         reduced = reduce_atoms(self.mlp(out.node), batch.batch, batch.num_structures, self.spec.reduce)

@@ -87,6 +87,38 @@ class AtomsModel(nn.Module):
                 out, batch, positions=positions, create_graph=self.training if create_graph is None else create_graph
             )
 
+    def forward_heads(
+        self, batch, heads: dict[str, Tensor | None], create_graph: bool | None = None
+    ) -> dict[str, dict[str, Tensor]]:
+        """Run the backbone once and several heads (training on mixed-dataset batches).
+
+        Args:
+            batch: an atomsift.graph.AtomsBatch.
+            heads: head name -> (B,) bool mask of the structures it serves (None: all). Outputs cover the whole
+                batch; gradient forces are taken from the masked structures' energies only, so other
+                structures get zero forces from that head.
+            create_graph: keep the graph of gradient forces (default: self.training).
+
+        Returns:
+            head name -> that head's outputs (as `forward`).
+        """
+        specs = {name: self.head_specs[self.head_name(name)] for name in heads}
+        gradient = any(spec.forces == "gradient" for spec in specs.values())
+        positions = None
+        if gradient:
+            if not batch.positions.requires_grad:
+                batch = dataclasses.replace(batch, positions=batch.positions.detach().requires_grad_(True))
+            positions = batch.positions
+        create = self.training if create_graph is None else create_graph
+        with torch.set_grad_enabled(torch.is_grad_enabled() or gradient):
+            out = self.backbone(batch)
+            results = {}
+            for name, mask in heads.items():
+                # several gradient heads differentiate the same graph: keep it until the last one
+                keep = create or (gradient and name != list(heads)[-1])
+                results[name] = self.heads[name](out, batch, positions=positions, create_graph=keep, mask=mask)
+            return results
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype

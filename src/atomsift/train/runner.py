@@ -1,0 +1,247 @@
+"""Run folders and the Lightning Trainer: resumable checkpoints, config checks, Ctrl-C, outputs.
+
+A run folder holds `config.yaml` (the resolved settings, written before work starts), `subsets/` (or
+`split.json`), `checkpoints/last.ckpt` (Lightning's full training state, written atomically every
+`checkpoint_every` optimizer steps, at the end and on Ctrl-C), `model.pt` (the best EMA weights as an
+atomsift checkpoint), `last.pt` (the last EMA weights), `metrics.csv` and `summary.json`.
+
+Reuse rules (docs/cli.md): a folder with the same resolved settings and a summary is finished and reused; the
+same settings without a summary need `--resume`; other settings are refused, naming the keys that differ,
+unless `--overwrite` (which removes the run's own files first).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+
+from atomsift.errors import ConfigError
+from atomsift.settings import check_output_dir
+from atomsift.train.config import Optimisation
+
+RUN_FILES = ("config.yaml", "summary.json", "model.pt", "last.pt", "metrics.csv", "load_report.json",
+             "split.json", "test_metrics.json", "subsets", "checkpoints", "logs", "plots")
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1} (lists kept whole)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out.update(flatten(value, name) if isinstance(value, dict) and value else {name: value})
+    return out
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ, with both values."""
+    a, b = flatten(old), flatten(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def prepare_run(out: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool, command: str) -> str:
+    """Check the run folder against the settings; returns 'new', 'resume' or 'done'.
+
+    Writes config.yaml for a new run. Raises ConfigError for a folder holding another run or an unfinished
+    run without --resume.
+    """
+    out = check_output_dir(out)
+    saved_path = out / "config.yaml"
+    if overwrite and saved_path.exists():
+        for name in RUN_FILES:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    if saved_path.exists():
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+        diff = config_diff(saved, settings)
+        if diff:
+            shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+            raise ConfigError(
+                f"the run folder holds a run with other settings ({shown})",
+                file=out,
+                fix="use the original settings to resume or reuse it, another --out for a new run, or --overwrite "
+                "to replace it",
+            )
+        if (out / "summary.json").exists():
+            return "done"
+        if not (out / "checkpoints" / "last.ckpt").exists():
+            if resume:
+                return "new"  # nothing to resume: the earlier attempt stopped before its first checkpoint
+        elif not resume:
+            raise ConfigError(
+                "the run folder holds an unfinished run with these settings",
+                file=out,
+                fix=f"continue it with `atomsift {command} ... --resume`, or pass --overwrite to start again",
+            )
+        else:
+            return "resume"
+    elif resume:
+        raise ConfigError("--resume, but the run folder holds no run", file=out, fix="drop --resume to start one")
+    write_atomic(saved_path, yaml.safe_dump(settings, sort_keys=False))
+    return "new"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to a temporary file beside `path`, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+class AtomicCheckpoint(Callback):
+    """Writes checkpoints/last.ckpt every `every` optimizer steps, at the end, and when interrupted."""
+
+    def __init__(self, dirpath: Path, every: int) -> None:
+        self.dirpath = Path(dirpath)
+        self.every = every
+        self.saved_on_interrupt = False
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def save(self, trainer: L.Trainer) -> None:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        tmp = self.dirpath / ".last.ckpt.tmp"
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier("atomic_checkpoint")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step % self.every == 0:
+            self.save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt) and not getattr(pl_module, "_stepping", False):
+            self.save(trainer)
+            self.saved_on_interrupt = True
+
+
+class Progress(TQDMProgressBar):
+    """Lightning's bar without the version number; shows loss and structures/s."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+def precision_of(cfg: Optimisation) -> str:
+    """Lightning's precision name; auto = 16-mixed on CUDA (the paper's mixed precision), 32 elsewhere."""
+    if cfg.precision == "auto":
+        gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+        return "16-mixed" if gpu else "32-true"
+    return {"32": "32-true", "64": "64-true"}.get(cfg.precision, cfg.precision)
+
+
+def make_trainer(cfg: Optimisation, out: Path, attempt: int, *, progress: bool = True) -> L.Trainer:
+    """The Lightning Trainer of a run (loggers write into RUN/logs/attempt_<k>)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers: list[Any] = []
+    for name in cfg.loggers:
+        if name == "csv":
+            loggers.append(CSVLogger(out / "logs", name="", version=f"attempt_{attempt}"))
+        elif name == "tensorboard":
+            loggers.append(TensorBoardLogger(out / "logs", name="tensorboard", version=f"attempt_{attempt}"))
+        elif name == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(save_dir=str(out / "logs"), name=out.name))
+    callbacks: list[Callback] = [AtomicCheckpoint(out / "checkpoints", cfg.checkpoint_every)]
+    if progress:
+        callbacks.append(Progress(leave=True))
+    return L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=precision_of(cfg),
+        gradient_clip_val=cfg.grad_clip,
+        gradient_clip_algorithm=cfg.grad_clip_algorithm,
+        logger=loggers or False,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        inference_mode=False,
+        log_every_n_steps=1,
+        default_root_dir=str(out),
+    )
+
+
+def attempt_number(out: Path) -> int:
+    logs = out / "logs"
+    return len(list(logs.glob("attempt_*"))) if logs.is_dir() else 0
+
+
+def merge_metrics(out: Path) -> Path | None:
+    """RUN/metrics.csv from every attempt's CSV log; a step logged by a later attempt replaces the earlier row."""
+    files = sorted((out / "logs").glob("attempt_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not files:
+        return None
+    rows: dict[tuple[str, str, str], dict[str, str]] = {}
+    keys: list[str] = []
+    for f in files:
+        with open(f, newline="") as fh:
+            for row in csv.DictReader(fh):
+                marker = "val" if any(k.startswith("val/") and v for k, v in row.items()) else "train"
+                rows[(row.get("epoch", ""), row.get("step", ""), marker)] = row
+                keys.extend(k for k in row if k not in keys)
+    path = out / "metrics.csv"
+    tmp = path.with_name(".metrics.csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(sorted(rows.values(), key=lambda r: (float(r.get("step") or 0), r.get("epoch", ""))))
+    os.replace(tmp, path)
+    return path
+
+
+def run_fit(module: Any, cfg: Optimisation, out: Path, *, state: str, progress: bool = True) -> dict[str, Any]:
+    """Fit (or resume) and return timing; a Ctrl-C saves a checkpoint and re-raises KeyboardInterrupt."""
+    attempt = attempt_number(out)
+    trainer = make_trainer(cfg, out, attempt, progress=progress)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    start = time.perf_counter()
+    try:
+        trainer.fit(module, ckpt_path=str(ckpt) if state == "resume" else None)
+    except SystemExit as exc:  # Lightning turns a Ctrl-C into exit(1) after its on_exception hooks
+        if trainer.interrupted:
+            raise KeyboardInterrupt from exc
+        raise
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    merge_metrics(out)
+    return {"trainer": trainer, "wall_time_s": time.perf_counter() - start}
