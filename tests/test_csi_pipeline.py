@@ -148,6 +148,10 @@ def test_cli_end_to_end_with_default_extractor(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "CSI to downstream 'ethanol'" in proc.stdout
+    assert (
+        "CSI in squared activations (dimensionless) of sevenn-0 (flat); values compare only within one extractor"
+        in (proc.stdout)
+    )
     rows = json.loads((out / "csi.json").read_text())
     for key in ("upstream", "downstream", "csi", "ci_low", "ci_high", "n_obs_upstream", "n_obs_downstream"):
         assert key in rows[0]
@@ -297,3 +301,73 @@ def test_config_dataset_list_instead_of_mapping(tmp_path):
     path.write_text("upstream:\n  - bundled:acac\n")
     with pytest.raises(ConfigError, match="must map dataset names"):
         load_config(path, {})
+
+
+def test_sample_above_dataset_size_shows_distinct_structures_repeats_and_same_dataset(tmp_path):
+    """--n-samples above a dataset's size: the table shows distinct structures (never more than the dataset
+    holds), marks class-balanced repeats with their reason, and notes an upstream that is the downstream
+    dataset, found by its file (not its name)."""
+    import csv
+
+    from rich.console import Console
+
+    from atomsift.csi.report import print_tables, write_outputs
+    from atomsift.data import open_dataset
+
+    oxides_file = str(open_dataset("bundled:oxides").path)
+    cfg = config(
+        tmp_path,
+        upstream={
+            "ox_balanced": DatasetSpec(path="bundled:oxides"),
+            "ox_file": DatasetSpec(path=oxides_file, sampling="random"),
+            "acac": DatasetSpec(path="bundled:acac"),
+        },
+        downstream={"oxides": DatasetSpec(path="bundled:oxides")},
+        n_samples=400,
+        bootstrap=0,
+    )
+    rows = {r["upstream"]: r for r in run_csi(cfg, tmp_path / "out")}
+    bal, same, acac = rows["ox_balanced"], rows["ox_file"], rows["acac"]
+    # balanced: 20 classes x 20 draws; classes of more than 20 give 20, smaller ones repeat some structures
+    drawn = json.loads((tmp_path / "out" / "subsets" / "upstream-ox_balanced.json").read_text())["indices"]
+    assert len(drawn) == bal["n_structures_upstream"] == 400 and bal["n_total_upstream"] == 295
+    assert bal["n_unique_upstream"] == len(set(drawn)) < 295
+    assert bal["n_structures_downstream"] == bal["n_unique_downstream"] == bal["n_total_downstream"] == 295
+    assert bal["same_dataset"] and not bal["same_sample"] and bal["csi"] > 0
+    assert same["same_dataset"] and same["same_sample"] and same["csi"] == pytest.approx(0.0, abs=1e-8)
+    assert not acac["same_dataset"] and acac["n_unique_upstream"] == acac["n_structures_upstream"] == 400
+
+    console = Console(record=True, width=200)
+    print_tables(list(rows.values()), console)
+    lines = console.export_text().splitlines()
+    assert any(f"{bal['n_unique_upstream']} of 295 (400 draws)*" in line for line in lines)
+    assert any("400 of 500" in line and "draws" not in line for line in lines)
+    assert sum(line.startswith("* ox_balanced: drawn with repeats (class balancing") for line in lines) == 1
+    assert "downstream 'oxides': random sample, 295 of 295 structures, " in "\n".join(lines)
+    notes = {line.split("'")[1]: line for line in lines if line.startswith("note: upstream")}
+    assert set(notes) == {"ox_balanced", "ox_file"}
+    assert all("and downstream 'oxides' are the same dataset; " in notes[k] for k in notes)
+    assert "identical samples, so CSI is 0" in notes["ox_file"]
+    assert "sampling differences (balanced vs random draws)" in notes["ox_balanced"]
+    assert any("test-radial" in line and "values compare only within one extractor" in line for line in lines)
+
+    paths = write_outputs(list(rows.values()), tmp_path / "out")
+    with open(paths["csv"], newline="") as f:
+        table = list(csv.DictReader(f))  # a plain CSV: header first, no comment lines
+    assert len(table) == 3 and {r["extractor"] for r in table} == {"test-radial"}
+    assert all("extractor=test-radial" in r["comparable_within"] and r["csi_units"] for r in table)
+    assert {r["upstream"]: r["same_dataset"] for r in table} == {
+        "ox_balanced": "True",
+        "ox_file": "True",
+        "acac": "False",
+    }
+    saved = json.loads(paths["json"].read_text())
+    assert isinstance(saved, list) and saved[0]["comparable_within"] == rows[saved[0]["upstream"]]["comparable_within"]
+
+
+def test_random_sample_never_repeats_or_exceeds_the_dataset(tmp_path):
+    cfg = config(tmp_path, upstream={"acac": DatasetSpec(path="bundled:acac", sampling="random")}, n_samples=5000)
+    cfg = cfg.model_copy(update={"bootstrap": 0})
+    row = run_csi(cfg, tmp_path / "out")[0]
+    assert row["n_structures_upstream"] == row["n_unique_upstream"] == row["n_total_upstream"] == 500
+    assert row["n_structures_downstream"] == row["n_unique_downstream"] == 1000

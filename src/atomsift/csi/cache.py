@@ -1,7 +1,8 @@
 """Statistics cache: small `.npz` files holding grouped sufficient statistics and their provenance.
 
 A file is reused only when its provenance (extractor and weights hash, layer, aggregation, sampling, n,
-seed, dataset fingerprint, atomsift version) equals the requested one; a file with other provenance is
+seed, dataset fingerprint, the extractor's `provenance_extra()` such as a checkpoint's load report, atomsift
+version) equals the requested one; a file with other provenance is
 never silently overwritten. Files are written to a temporary name and renamed, so a crash leaves either
 the old file or the new one, never half of one.
 """

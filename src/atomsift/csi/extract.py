@@ -77,12 +77,15 @@ class FeatureExtractor(abc.ABC):
         dim: feature width d.
         layer: which layer (or descriptor setting) the features come from, for the provenance.
         supported_numbers: atomic numbers the extractor can embed; None means any element.
+        csi_units: the units of a CSI computed from these features (a Frechet distance has the units of the
+            features squared), for tables and chart axes. CSI values compare only within one extractor.
     """
 
     name: str
     dim: int
     layer: str
     supported_numbers: frozenset[int] | None = None
+    csi_units: str = "squared feature units"
 
     @abc.abstractmethod
     def weights_hash(self) -> str:
@@ -98,8 +101,22 @@ class FeatureExtractor(abc.ABC):
         """
 
     def provenance(self) -> dict[str, Any]:
-        """What identifies these features: name, layer, dim and weights hash."""
-        return {"name": self.name, "layer": self.layer, "dim": int(self.dim), "weights_hash": self.weights_hash()}
+        """What identifies these features: name, layer, dim, weights hash, and `provenance_extra()`."""
+        return {
+            "name": self.name,
+            "layer": self.layer,
+            "dim": int(self.dim),
+            "weights_hash": self.weights_hash(),
+            **self.provenance_extra(),
+        }
+
+    def provenance_extra(self) -> dict[str, Any]:
+        """More that decides the features besides name, layer, dim and weights hash (JSON-serialisable).
+
+        The CSI pipeline puts it into every cache file's provenance (a cache made with other values is not
+        reused) and into every csi.json row. Default: nothing; the checkpoint extractor gives its load report.
+        """
+        return {}
 
     def check_elements(self, records: Sequence[Record]) -> None:
         """Raise DataError for the first record holding an element outside `supported_numbers`."""
@@ -225,10 +242,13 @@ def _checkpoint(
     ema: bool = True,
     trusted: bool = False,
     dtype: str = "float32",
+    strict: bool = True,
 ) -> FeatureExtractor:
     from atomsift.csi.extractors.checkpoint import CheckpointExtractor
 
-    return CheckpointExtractor(path, device=device, batch_size=batch_size, ema=ema, trusted=trusted, dtype=dtype)
+    return CheckpointExtractor(
+        path, device=device, batch_size=batch_size, ema=ema, trusted=trusted, dtype=dtype, strict=strict
+    )
 
 
 EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {

@@ -7,6 +7,11 @@ resamples whole structures). Then for every downstream set, its covariance squar
 (`FrechetReference`) and every upstream candidate is scored against it, with a percentile bootstrap
 interval from paired resamples of both sides: the percentile interval of the resampled distances,
 shifted by their mean excess over the estimate (the upward bias that repeated structures cause).
+
+Every row also says what the numbers can be compared with: the extractor (CSI values compare only within
+one extractor; `comparable_within`, `csi_units`), how many distinct structures each side used out of how
+many (class-balanced samples repeat structures of small classes), whether upstream and downstream are the
+same dataset, and the extractor's own provenance (`extractor_load_report` for checkpoints).
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ class DatasetStats:
     n_unique: int
     sampling: str
     cached: bool
+    n_total: int = 0
+    identity: tuple[str, ...] = ()
+    indices: np.ndarray | None = None
 
     @property
     def n_obs(self) -> int:
@@ -178,6 +186,7 @@ def plan_dataset(sample: _Sample, extractor: FeatureExtractor, cfg: CSIConfig, o
         "aggregation": cfg.aggregation,
         "sampling": method,
         "n_samples": len(indices),
+        **{f"extractor_{k}": v for k, v in extractor.provenance_extra().items()},
         "seed": cfg.seed,
         "groups": n_groups,
         "indices_sha256": hashlib.sha256(indices.astype(np.int64).tobytes()).hexdigest()[:16],
@@ -215,7 +224,24 @@ def dataset_stats(plan: _Plan, extractor: FeatureExtractor, cfg: CSIConfig, out:
         len(np.unique(plan.indices)),
         plan.method,
         plan.cached is not None,
+        n_total=len(plan.ds),
+        identity=dataset_identity(plan.ds, plan.provenance["reader_options"]),
+        indices=plan.indices,
     )
+
+
+def dataset_identity(ds: Dataset, reader_options: dict[str, Any]) -> tuple[str, ...]:
+    """What makes two specs the same data: resolved file, format, size and reader options (a class mapping,
+    `classes`, only labels structures, so it is left out)."""
+    options = {k: v for k, v in reader_options.items() if k != "classes"}
+    return (str(Path(ds.path).resolve()), ds.format_name, str(len(ds)), repr(sorted(options.items())))
+
+
+def same_sample(a: DatasetStats, b: DatasetStats) -> bool:
+    """Both sides drew the same structures the same number of times (then their CSI is 0 by construction)."""
+    if a.indices is None or b.indices is None or a.identity != b.identity:
+        return False
+    return bool(np.array_equal(np.sort(a.indices), np.sort(b.indices)))
 
 
 def _moments(stats: GaussianStats, cfg: CSIConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -277,6 +303,12 @@ def score(up: list[DatasetStats], down: list[DatasetStats], cfg: CSIConfig) -> l
                     "n_unique_downstream": dn.n_unique,
                     "sampling_upstream": u.sampling,
                     "sampling_downstream": dn.sampling,
+                    "n_total_upstream": u.n_total,
+                    "n_total_downstream": dn.n_total,
+                    "same_dataset": bool(u.identity) and u.identity == dn.identity,
+                    "same_sample": same_sample(u, dn),
+                    "confidence": cfg.confidence,
+                    "bootstrap": cfg.bootstrap,
                 }
             )
     return rows
@@ -302,9 +334,26 @@ def run_csi(cfg: CSIConfig, out: Path) -> list[dict[str, Any]]:
     stats = [dataset_stats(p, extractor, cfg, out) for p in plans]
     up, down = stats[: len(cfg.upstream)], stats[len(cfg.upstream) :]
     rows = score(up, down, cfg)
+    extra = {f"extractor_{k}": v for k, v in extractor.provenance_extra().items()}
     for row in rows:
-        row.update(extractor=extractor.name, aggregation=cfg.aggregation)
+        row.update(
+            extractor=extractor.name,
+            aggregation=cfg.aggregation,
+            csi_units=extractor.csi_units,
+            comparable_within=comparable_within(extractor, cfg),
+            **extra,
+        )
     return rows
+
+
+def comparable_within(extractor: FeatureExtractor, cfg: CSIConfig) -> str:
+    """The settings a CSI value can be compared under: the same extractor (and weights), aggregation and
+    shrinkage. Values from different extractors have different units and scales (e.g. 10 vs 0.1 vs 141)."""
+    shrink = "none" if cfg.shrinkage is None else str(cfg.shrinkage)
+    return (
+        f"extractor={extractor.name}; weights_sha256={extractor.weights_hash()[:12]}; "
+        f"aggregation={cfg.aggregation}; shrinkage={shrink}"
+    )
 
 
 def _species_of(samples: list[_Sample]) -> list[int]:

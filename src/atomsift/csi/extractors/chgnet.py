@@ -76,6 +76,7 @@ class CHGNetExtractor(FileWeightsExtractor):
     """
 
     name = "chgnet-0.3.0"
+    csi_units = "squared activations (dimensionless)"
 
     def __init__(self, *, device: str = "cpu", batch_size: int = 32) -> None:
         offline_guards()

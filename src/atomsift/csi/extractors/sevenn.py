@@ -49,6 +49,8 @@ class SevenNetExtractor(FileWeightsExtractor):
         batch_size: structures per forward pass.
     """
 
+    csi_units = "squared activations (dimensionless)"
+
     def __init__(
         self, *, checkpoint: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = 32
     ) -> None:

@@ -70,6 +70,8 @@ class SOAPExtractor(FeatureExtractor):
             says so when another device is asked for).
     """
 
+    csi_units = "squared SOAP power-spectrum units (dscribe's normalisation)"
+
     def __init__(
         self,
         *,
