@@ -231,6 +231,8 @@ class BudgetBatchSampler(torch.utils.data.Sampler):
         self.shuffle = shuffle
         self.epoch = 0
         self.skip = 0  # batches of the current epoch already trained (set on resume)
+        # Lightning sets the epoch on `batch_sampler.sampler` (DistributedSampler's place): that is this object
+        self.sampler = self
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

@@ -83,6 +83,8 @@ class TrainModule(L.LightningModule):
         self._pending = torch.zeros(2 + len(tasks), dtype=torch.float64)
         self._stepping = False  # inside optimizer_step: an interrupt now must not write a checkpoint
         self.train_sampler: BudgetBatchSampler | None = None
+        self.wall_before = 0.0  # seconds of training in earlier attempts of this run
+        self._fit_started = time.perf_counter()
 
     # ------------------------------------------------------------------ data
 
@@ -285,6 +287,7 @@ class TrainModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
 
     def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
         if self.ema is not None:
             self.ema.to(self.device)
 
@@ -292,6 +295,7 @@ class TrainModule(L.LightningModule):
         checkpoint["atomsift"] = {
             "ema": None if self.ema is None else self.ema.state_dict(),
             "counters": dict(self.counters),
+            "wall_time_s": self.wall_before + time.perf_counter() - self._fit_started,
             "batches_in_epoch": self.batches_in_epoch,
             "best": self.best,
             "best_epoch": self.best_epoch,
@@ -304,6 +308,7 @@ class TrainModule(L.LightningModule):
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.counters = dict(state["counters"])
+        self.wall_before = float(state["wall_time_s"])
         self.batches_in_epoch = self._resume_skip = int(state["batches_in_epoch"])
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.history = list(state["history"])

@@ -29,8 +29,20 @@ from atomsift.errors import ConfigError
 from atomsift.settings import check_output_dir
 from atomsift.train.config import Optimisation
 
-RUN_FILES = ("config.yaml", "summary.json", "model.pt", "last.pt", "metrics.csv", "load_report.json",
-             "split.json", "test_metrics.json", "subsets", "checkpoints", "logs", "plots")
+RUN_FILES = (
+    "config.yaml",
+    "summary.json",
+    "model.pt",
+    "last.pt",
+    "metrics.csv",
+    "load_report.json",
+    "split.json",
+    "test_metrics.json",
+    "subsets",
+    "checkpoints",
+    "logs",
+    "plots",
+)
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

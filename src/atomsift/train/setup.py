@@ -66,8 +66,9 @@ def fit_task_normalizer(task: Task, limit: int, num_elements: int, *, linear_ref
     )
 
 
-def fit_scale_factors_if_needed(backbone: torch.nn.Module, tasks: list[Task], n_batches: int, batch_size: int,
-                                dtype: torch.dtype) -> list[str]:
+def fit_scale_factors_if_needed(
+    backbone: torch.nn.Module, tasks: list[Task], n_batches: int, batch_size: int, dtype: torch.dtype
+) -> list[str]:
     """Fit GemNet-OC scale factors that have no value on training batches (never use them as identity).
 
     Returns the names fitted ([] when there were none to fit or the backbone has none).
@@ -81,8 +82,10 @@ def fit_scale_factors_if_needed(backbone: torch.nn.Module, tasks: list[Task], n_
     collator = BatchCollator(tasks, [], dtype)
     train = TrainSet(tasks)
     order = np.random.default_rng(12345).permutation(len(train))[: n_batches * batch_size]
-    batches = [collator([train[train.item(int(i))] for i in order[k : k + batch_size]])
-               for k in range(0, len(order), batch_size)]
+    batches = [
+        collator([train[train.item(int(i))] for i in order[k : k + batch_size]])
+        for k in range(0, len(order), batch_size)
+    ]
     was = backbone.training
     backbone.eval()
     with warnings.catch_warnings():
@@ -107,7 +110,9 @@ def lr_layers(backbone: torch.nn.Module) -> tuple[list[str], list[list[str]]]:
         embedding = ["atom_emb.", "edge_emb.", "out_blocks.0.", "radial_basis", "cbf_basis", "sbf_basis", "mlp_"]
         return embedding, blocks
     if name == "painn":
-        return ["embedding.", "filter_net."], [[f"interactions.{i}.", f"mixing.{i}."] for i in range(backbone.num_layers)]
+        return ["embedding.", "filter_net."], [
+            [f"interactions.{i}.", f"mixing.{i}."] for i in range(backbone.num_layers)
+        ]
     return [], [[""]]
 
 

@@ -1,0 +1,353 @@
+"""`atomsift pretrain`: N structures x E epochs from one upstream dataset or a mixture (docs/training.md).
+
+plan = plan_pretraining(cfg)           # datasets, sizes, shares, steps, budget C = N x E, graphs
+result = run_pretraining(cfg, out)     # subsets saved, model trained, summary.json and model.pt written
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from atomsift.data.spec import open_spec
+from atomsift.errors import ConfigError
+from atomsift.models import AtomsModel, build_backbone, load_checkpoint
+from atomsift.train.config import PretrainConfig
+from atomsift.train.data import (
+    BatchCollator,
+    Task,
+    TrainSet,
+    draw_subset,
+    hold_out,
+    mixture_counts,
+    save_or_check_subset,
+    temperature_shares,
+)
+from atomsift.train.losses import TaskInfo
+from atomsift.train.module import TrainModule
+from atomsift.train.runner import prepare_run, run_fit, write_json
+from atomsift.train.setup import (
+    best_model_writer,
+    closing_table,
+    default_graph,
+    fit_scale_factors_if_needed,
+    fit_task_normalizer,
+    fmt,
+    param_groups,
+)
+
+DEFAULT_FORCE_WEIGHT = 10.0  # the paper's force weight for every upstream dataset
+
+
+@dataclass
+class DatasetPlan:
+    name: str
+    dataset: Any
+    size: int
+    val: int
+    count: int
+    share: float
+    graph: Any
+    has_forces: bool
+    energy_weight: float
+    force_weight: float
+
+
+@dataclass
+class PretrainPlan:
+    datasets: list[DatasetPlan]
+    n_samples: int
+    epochs: int
+    steps_per_epoch: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def budget(self) -> int:
+        return self.n_samples * self.epochs
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+
+def _backbone_name(cfg: PretrainConfig) -> str:
+    if cfg.backbone.name is not None:
+        from atomsift.models.registry import canonical_name
+
+        return canonical_name(cfg.backbone.name)
+    return "checkpoint"
+
+
+def _has_forces(ds: Any, probe: int = 8) -> bool:
+    return any(ds[i].forces is not None for i in range(min(probe, len(ds))))
+
+
+def plan_pretraining(cfg: PretrainConfig, world_size: int = 1) -> PretrainPlan:
+    """Open the upstream datasets and work out sizes, shares, counts, graphs and steps (no training)."""
+    backbone = _backbone_name(cfg)
+    opened = {name: open_spec(spec, name) for name, spec in cfg.upstream.items()}
+    sizes = {name: len(ds) for name, ds in opened.items()}
+    counts = mixture_counts(sizes, cfg.n_samples, cfg.mixture, cfg.temperature, cfg.nominal_sizes)
+    if cfg.mixture == "temperature":
+        shares = temperature_shares(cfg.nominal_sizes or sizes, cfg.temperature)
+    else:
+        shares = {k: v / cfg.n_samples for k, v in counts.items()}
+    plans, notes = [], []
+    for name, spec in cfg.upstream.items():
+        ds = opened[name]
+        forces = _has_forces(ds)
+        force_weight = spec.force_weight if spec.force_weight is not None else (DEFAULT_FORCE_WEIGHT if forces else 0.0)
+        if force_weight > 0 and not forces:
+            raise ConfigError(
+                f"upstream '{name}' has force_weight {force_weight}, but its structures have no forces",
+                file=ds.path,
+                fix=f"remove force_weight from '{name}' (it then trains its energy head only)",
+            )
+        if not forces:
+            notes.append(f"'{name}' has no forces: it trains its energy head only")
+        val = spec.val_size if spec.val_size is not None else min(2000, max(1, round(0.05 * sizes[name])))
+        if val >= sizes[name]:
+            raise ConfigError(
+                f"val_size {val} of '{name}' leaves no structure for training ({sizes[name]} in all)",
+                fix="lower val_size",
+            )
+        plans.append(
+            DatasetPlan(
+                name,
+                ds,
+                sizes[name],
+                val,
+                counts[name],
+                shares[name],
+                default_graph(ds, spec.graph, backbone),
+                forces,
+                spec.energy_weight,
+                force_weight,
+            )
+        )
+    steps = math.ceil(cfg.n_samples / (cfg.batch_size * world_size))
+    return PretrainPlan(plans, cfg.n_samples, cfg.epochs, steps, notes)
+
+
+def print_plan(plan: PretrainPlan, cfg: PretrainConfig, console: Console) -> None:
+    """The --dry-run table: datasets, sizes, shares, counts, graphs and the budget."""
+    table = Table(title=f"pretraining plan ({cfg.mixture} mixture)", title_justify="left")
+    for col in ("dataset", "size", "val", "share", "N_i", "graph", "energy w", "force w"):
+        table.add_column(col, justify="left" if col in ("dataset", "graph") else "right")
+    for d in plan.datasets:
+        graph = (
+            "backbone's own"
+            if d.graph is None
+            else (f"{d.graph.cutoff:g} A / {d.graph.max_neighbors}{' / pbc' if d.graph.pbc else ''}")
+        )
+        table.add_row(
+            d.name,
+            str(d.size),
+            str(d.val),
+            f"{d.share:.3f}",
+            str(d.count),
+            graph,
+            f"{d.energy_weight:g}",
+            f"{d.force_weight:g}",
+        )
+    console.print(table)
+    console.print(
+        f"N = {plan.n_samples} structures x E = {plan.epochs} epochs = C = {plan.budget} structure passes; "
+        f"{plan.steps_per_epoch} steps per epoch of {cfg.batch_size} per device, {plan.total_steps} optimizer steps"
+    )
+    for note in plan.notes:
+        console.print(f"note: {note}")
+
+
+def build_tasks(plan: PretrainPlan, cfg: PretrainConfig, out: Path, resume: bool) -> list[Task]:
+    """Draw (or re-read) each dataset's validation hold-out and training subset, saved in RUN/subsets/."""
+    tasks = []
+    for k, d in enumerate(plan.datasets):
+        spec = cfg.upstream[d.name]
+        seed = cfg.seed + 1000 * k
+        val = hold_out(d.size, d.val, seed)
+        labels = d.dataset.class_labels() if spec.sampling == "balanced" else None
+        train = draw_subset(
+            d.size,
+            val,
+            d.count,
+            seed + 1,
+            labels=labels,
+            allow_repeats=cfg.allow_repeats,
+            name=d.name,
+            epochs=cfg.epochs,
+        )
+        common = {"dataset": d.name, "source": spec.path, "format": d.dataset.format_name, "seed": seed}
+        val = save_or_check_subset(out / "subsets" / f"{d.name}.val.json", val, resume, role="validation", **common)
+        train = save_or_check_subset(
+            out / "subsets" / f"{d.name}.train.json",
+            train,
+            resume,
+            role="training",
+            sampling=spec.sampling or "random",
+            **common,
+        )
+        tasks.append(
+            Task(d.name, d.dataset, train, val, d.graph, "energy", d.energy_weight, d.force_weight, d.has_forces)
+        )
+    return tasks
+
+
+def build_model(cfg: PretrainConfig, tasks: list[Task]) -> tuple[AtomsModel, dict[str, Any]]:
+    """A new backbone (seeded) or one from a checkpoint, with one energy head (and forces) per dataset."""
+    info: dict[str, Any] = {}
+    torch.manual_seed(cfg.seed)
+    if cfg.backbone.checkpoint is not None:
+        source = load_checkpoint(cfg.backbone.checkpoint, strict=False)
+        backbone = source.backbone.train()
+        info["backbone_load_report"] = source.load_report.summary()
+    else:
+        backbone = build_backbone(cfg.backbone.name, preset=cfg.backbone.preset, **cfg.backbone.hparams)
+    heads = {
+        t.name: {
+            "kind": "energy",
+            "forces": cfg.forces if t.has_forces else None,
+            "num_layers": cfg.heads.num_layers,
+            "hidden": cfg.heads.hidden,
+        }
+        for t in tasks
+    }
+    return AtomsModel(backbone, heads), info
+
+
+def run_pretraining(
+    cfg: PretrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Pretrain as `cfg` says into the run folder `out`; returns the summary (also RUN/summary.json)."""
+    console = console or Console()
+    settings = cfg.model_dump(mode="json")
+    state = prepare_run(out, settings, resume=resume, overwrite=overwrite, command="pretrain")
+    if state == "done":
+        import json
+
+        console.print(f"{out} already holds this finished run (same settings): reusing it")
+        return json.loads((out / "summary.json").read_text())
+    plan = plan_pretraining(cfg)
+    print_plan(plan, cfg, console)
+    tasks = build_tasks(plan, cfg, out, resume=state == "resume")
+    model, info = build_model(cfg, tasks)
+    normalizers = {}
+    if state != "resume":  # on resume the checkpoint brings every buffer
+        for task in tasks:
+            normalizers[task.name] = fit_task_normalizer(task, cfg.normalizer_samples, model.backbone.num_elements)
+            normalizers[task.name].apply_to(model.heads[task.name])
+        fitted = fit_scale_factors_if_needed(
+            model.backbone, tasks, cfg.scale_factor_batches, cfg.batch_size, torch.float32
+        )
+        if fitted:
+            console.print(
+                f"fitted {len(fitted)} GemNet-OC scale factors on {cfg.scale_factor_batches} training batches"
+            )
+    infos = [TaskInfo(t.name, t.name, "energy", "energy", t.has_forces, t.energy_weight, t.force_weight) for t in tasks]
+    metadata = {
+        "created_by": "atomsift pretrain",
+        "config": settings,
+        "tasks": [vars(i) for i in infos],
+        "normalizers": {k: v.to_dict() for k, v in normalizers.items()},
+        **info,
+    }
+    model.metadata.update(metadata)
+    module = TrainModule(
+        model,
+        infos,
+        cfg,
+        train_set=TrainSet(tasks),
+        val_set=TrainSet(tasks, "val"),
+        collator=BatchCollator(tasks, [], torch.float32),
+        param_groups=param_groups(model, None),
+        monitor="val/loss",
+        on_best=best_model_writer(out / "model.pt", metadata),
+        edge_dropout=cfg.edge_dropout,
+    )
+    started = time.perf_counter()
+    fit = run_fit(module, cfg, out, state=state, progress=progress)
+    summary = finish(module, plan, cfg, out, metadata, fit, time.perf_counter() - started)
+    report(summary, out, console)
+    return summary
+
+
+def finish(
+    module: TrainModule,
+    plan: PretrainPlan,
+    cfg: PretrainConfig,
+    out: Path,
+    metadata: dict[str, Any],
+    fit: dict[str, Any],
+    wall: float,
+) -> dict[str, Any]:
+    """Write last.pt and summary.json; returns the summary."""
+    from atomsift.models.checkpoint import save_checkpoint
+
+    trainer = fit["trainer"]
+    if trainer.is_global_zero:
+        save_checkpoint(module.weights_for_saving(), out / "last.pt", metadata={**metadata, "trained": True})
+    best = next((h for h in module.history if h["epoch"] == module.best_epoch), {})
+    c = module.counters
+    summary = {
+        "n_samples": plan.n_samples,
+        "epochs": plan.epochs,
+        "budget": plan.budget,
+        "structures_seen": int(c["structures"]),
+        "structures_seen_per_dataset": {t.name: int(c[f"structures/{t.name}"]) for t in module.tasks},
+        "atoms_seen": int(c["atoms"]),
+        "optimizer_steps": int(trainer.global_step),
+        "wall_time_s": round(module.wall_before + wall, 3),
+        "best_epoch": module.best_epoch,
+        "best_val_loss": {t.name: best.get(f"val/{t.name}/loss") for t in module.tasks},
+        "best_val_metrics": {k: v for k, v in best.items() if k.startswith("val/")},
+        "datasets": {
+            d.name: {
+                "size": d.size,
+                "val": d.val,
+                "count": d.count,
+                "share": d.share,
+                "has_forces": d.has_forces,
+                "energy_weight": d.energy_weight,
+                "force_weight": d.force_weight,
+                "graph": None if d.graph is None else vars(d.graph),
+            }
+            for d in plan.datasets
+        },
+        "notes": plan.notes,
+        "model": str(out / "model.pt"),
+    }
+    if trainer.is_global_zero:
+        write_json(out / "summary.json", summary)
+    return summary
+
+
+def report(summary: dict[str, Any], out: Path, console: Console) -> None:
+    rows = [
+        (
+            "budget",
+            f"{summary['n_samples']} x {summary['epochs']} = {summary['budget']} structure passes "
+            f"({summary['structures_seen']} seen)",
+        ),
+        ("steps", str(summary["optimizer_steps"])),
+        ("time", f"{summary['wall_time_s']:.1f} s"),
+    ]
+    metrics = summary["best_val_metrics"]
+    for name in summary["structures_seen_per_dataset"]:
+        e = metrics.get(f"val/{name}/energy_mae_meV")
+        f = metrics.get(f"val/{name}/forces_mae_meV_per_A")
+        rows.append((f"best val {name}", f"energy MAE {fmt(e)} meV, forces MAE {fmt(f)} meV/A"))
+    rows.append(("files", f"{out}/model.pt (best EMA weights), summary.json, metrics.csv, checkpoints/"))
+    closing_table("pretraining finished", rows, console)
