@@ -157,7 +157,7 @@ def _validated_prefix(prefix: bytes) -> bool:
 def load_storage_bytes(b: bytes) -> Any:
     """A legacy `torch.save` of one storage -> 1-D numpy array of its elements (see module doc).
 
-    Falls back to `torch.storage._load_from_bytes` (returning a torch storage) for any layout
+    Falls back to `torch.load(weights_only=True)` (returning a torch storage) for any layout
     other than the plain one.
     """
     if type(b) is not bytes:
@@ -182,10 +182,13 @@ def load_storage_bytes(b: bytes) -> Any:
 
 def rebuild_tensor(storage: Any, storage_offset: int, size: tuple, stride: tuple, *rest: Any) -> Any:
     """numpy version of `torch._utils._rebuild_tensor_v2` (and of the older `_rebuild_tensor`)."""
-    if type(storage) is not np.ndarray:
-        from torch._utils import _rebuild_tensor_v2
+    if type(storage) is not np.ndarray:  # a torch storage from the weights-only fallback (e.g. bfloat16)
+        import torch
 
-        return tensor_to_numpy(_rebuild_tensor_v2(storage, storage_offset, size, stride, *rest))
+        if not isinstance(storage, torch.TypedStorage):
+            raise TypeError(f"a tensor's storage is a {type(storage).__name__}, not a storage")
+        tensor = torch.empty(0, dtype=storage.dtype).set_(storage, storage_offset, tuple(size), tuple(stride))
+        return tensor_to_numpy(tensor)
     size, stride = tuple(size), tuple(stride)
     count = math.prod(size)
     total = storage.shape[0]
