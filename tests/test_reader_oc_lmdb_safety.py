@@ -156,6 +156,7 @@ def test_allowed_values_still_read(tmp_path, frame, protocol):
     data.energy = np.float64(-1.5)
     data.note = b"\x00\xffbytes"
     data.extra = np.arange(3.0)
+    data.size = torch.Size([3, 4])
     data.forces = data.forces.to(torch.bfloat16)
     path = write_lmdb(tmp_path / "ok.lmdb", [pickle.dumps(data, protocol=protocol)])
     mapping = {
@@ -168,6 +169,7 @@ def test_allowed_values_still_read(tmp_path, frame, protocol):
     np.testing.assert_allclose(rec.forces, data.forces.float().numpy())
     fields = pyg_pickle.data_fields(pyg_pickle.loads(pickle.dumps(data, protocol=protocol)))
     assert fields["note"] == b"\x00\xffbytes" and fields["extra"].tolist() == [0.0, 1.0, 2.0]
+    assert fields["size"] == (3, 4)
 
 
 def test_codecs_encode_only_latin1():

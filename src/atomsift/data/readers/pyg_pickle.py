@@ -19,9 +19,9 @@ keeps them in `obj._store._mapping`; PyG < 2 kept them directly in `obj.__dict__
 
 Safety: `find_class` is an explicit allow-list, so no function or class from the file's own choosing
 is ever imported or called. Allowed: stand-ins for `torch_geometric.data.*` classes (they only store
-state), the numpy versions of the tensor rebuild functions above, `collections.OrderedDict`,
-`_codecs.encode` for latin-1 only (how protocol 2 writes bytes), and numpy's scalar/array/dtype
-reconstructors. Anything else raises `RefusedGlobal` (module and name) before it is called. Storage
+state), the numpy versions of the tensor rebuild functions above, `torch.Size` (read as a tuple),
+`collections.OrderedDict`, `_codecs.encode` for latin-1 only (how protocol 2 writes bytes), the builtin
+set/frozenset/complex/bytearray, and numpy's scalar/array/dtype reconstructors. Anything else raises `RefusedGlobal` (module and name) before it is called. Storage
 bytes not in the plain layout go to `torch.load(weights_only=True)`, which has its own allow-list.
 `load_plain` applies the same rule (without the PyG and torch entries) to pickles of plain values.
 """
@@ -254,6 +254,7 @@ class _TensorType:
 
 
 _TENSOR_TYPES = {
+    ("torch", "Size"): tuple,  # a torch.Size value comes back as a tuple
     ("torch", "Tensor"): _TensorType,
     ("torch._tensor", "Tensor"): _TensorType,
     ("torch.nn.parameter", "Parameter"): _TensorType,
