@@ -30,9 +30,10 @@ class Dataset(abc.ABC):
     description: ClassVar[str] = ""
     source_units: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, must_exist: bool = True) -> None:
+        """`must_exist=False` for readers whose path may be a pattern (they check their files themselves)."""
         self.path = Path(path)
-        if not self.path.exists():
+        if must_exist and not self.path.exists():
             raise DataError(
                 f"no such file or directory for format '{self.format_name}'",
                 file=self.path,
@@ -111,6 +112,14 @@ class Dataset(abc.ABC):
         if all(label is None for label in labels):
             return None
         return np.asarray(["" if label is None else label for label in labels], dtype=object)
+
+    def source_files(self) -> list[Path]:
+        """The files this dataset reads (for fingerprints of cached results): the path, or a folder's files."""
+        if self.path.is_file():
+            return [self.path]
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.rglob("*") if p.is_file() and not p.name.endswith("-lock"))
 
     def resolve_target(self, name: str) -> str | None:
         """Canonical target name for an alias (e.g. QM9 'delta_eps' -> 'gap'), or None if unknown."""

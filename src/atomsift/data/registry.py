@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import importlib
 import inspect
 from pathlib import Path
@@ -67,8 +68,14 @@ def reader_class(name: str) -> type[Dataset]:
 
 
 def detect_format(path: Path) -> str:
-    """Name of the first registered format whose `sniff` accepts `path`."""
+    """Name of the first registered format whose `sniff` accepts `path`.
+
+    A path that does not exist but holds a glob wildcard (e.g. 'data/*.xyz') is read by the extxyz reader,
+    the one reader that takes patterns (it refuses matches that are not .xyz/.extxyz files).
+    """
     if not path.exists():
+        if glob.has_magic(str(path)):
+            return "extxyz"
         raise DataError(
             "no such file or directory",
             file=path,
@@ -105,8 +112,9 @@ def open_dataset(path: str | Path, format: str | None = None, **options: Any) ->
     """Open a dataset for random access by index.
 
     Args:
-        path: a file or directory in one of the supported release formats, 'bundled:NAME', or
-            'qm9pack' for the QM9 CSVs inside the installed `qm9pack` package.
+        path: a file or directory in one of the supported release formats, a glob of extxyz files
+            ('data/*.xyz'), 'bundled:NAME', or 'qm9pack' for the QM9 CSVs inside the installed `qm9pack`
+            package.
         format: a registered format name; detected from the path when None.
         **options: reader options (e.g. split='train', level='wb97x_dz', classes='map.pkl').
             Options that are None are dropped, so CLI flags left out fall back to defaults.
@@ -127,6 +135,12 @@ def open_dataset(path: str | Path, format: str | None = None, **options: Any) ->
     if format is None and text == "qm9pack" and not path.exists():
         format = "qm9pack"  # the CSVs inside the installed qm9pack wheel
     name = normalize_format(format) if format else detect_format(path)
+    if name != "extxyz" and not path.exists() and glob.has_magic(str(path)):
+        raise ConfigError(
+            f"a glob pattern is read by the extxyz format only, not by '{name}'",
+            file=path,
+            fix="point to the dataset's file or folder, or drop --format for a pattern of .xyz/.extxyz files",
+        )
     cls = reader_class(name)
     _check_options(cls, options, path)
     return cls(path, **options)

@@ -5,12 +5,13 @@ Layout (FORMATS.md "OC20 S2EF", "OC22"): a directory of single-file LMDBs `data.
 `b"length"` key holds the pickled record count (else `env.stat()["entries"]`). The global index
 runs over the files in sorted name order. Values are `pickle.dumps(torch_geometric.data.Data)`,
 read here by `pyg_pickle` without torch_geometric (PyG 2.x `_store` objects and PyG < 2 objects).
+Every pickle (values, the `length` key, the class mapping) is read with an allow-list of classes: one
+that names anything else (e.g. a function that would run code) is refused with a DataError before it runs.
 """
 
 from __future__ import annotations
 
 import bisect
-import pickle
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,7 +20,7 @@ import numpy as np
 from atomsift.data.base import Dataset
 from atomsift.data.readers._common import open_failed
 from atomsift.data.readers._lmdb import LMDB_FIX, EnvPool
-from atomsift.data.readers.pyg_pickle import data_fields, is_pyg_data, loads
+from atomsift.data.readers.pyg_pickle import RefusedGlobal, data_fields, is_pyg_data, load_plain, loads
 from atomsift.data.record import Record
 from atomsift.errors import ConfigError, DataError
 
@@ -45,7 +46,9 @@ class OCClassMap:
             )
         try:
             with open(self.path, "rb") as f:
-                raw = pickle.load(f)
+                raw = load_plain(f)
+        except RefusedGlobal as exc:
+            raise refused(self.path, None, exc) from None
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
             raise open_failed(self.path, exc, "the class mapping pickle") from None
         if not isinstance(raw, dict) or not raw:
@@ -97,6 +100,19 @@ class OCClassMap:
                 fix="use the mapping of the same release as the data (OC20: oc20_data_mapping.pkl, "
                 "OC22: oc22_metadata.pkl), or drop the classes option",
             ) from None
+
+
+def refused(file: Path, key: str | None, exc: RefusedGlobal, record: str | None = None) -> DataError:
+    """The error for a pickle that names a class outside the allow-list (it was not called)."""
+    where = f"the value of key {key!r}" if key is not None else "the pickle"
+    return DataError(
+        f"{where} refers to {exc.qualname}, which OC20/OC22 data never needs; refused without calling it "
+        "(a pickle can run code: this file may be crafted, or was written with other classes)",
+        file=file,
+        record=record or key,
+        fix="use the release files from the dataset's download page; if you wrote this file yourself, store "
+        "plain tensors, numbers and strings in the Data objects",
+    )
 
 
 def scalar(value: Any) -> Any:
@@ -184,6 +200,8 @@ class OCLmdbDataset(Dataset):
         try:
             length = scalar(loads(raw))
             return int(length)
+        except RefusedGlobal as exc:
+            raise refused(self.files[k], "length", exc) from None
         except Exception as exc:  # noqa: BLE001 - bad value of the length key
             raise DataError(
                 f"the 'length' key does not hold a pickled int ({exc})",
@@ -219,6 +237,8 @@ class OCLmdbDataset(Dataset):
             if not is_pyg_data(obj):
                 raise TypeError(f"value is a pickled {type(obj).__name__}, not a torch_geometric Data")
             fields = data_fields(obj)
+        except RefusedGlobal as exc:
+            raise refused(file, key, exc, rid) from None
         except ImportError as exc:
             raise DataError(
                 f"decoding the value of key {key!r} needs the module '{exc.name}' ({exc})",

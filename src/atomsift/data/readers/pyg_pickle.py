@@ -1,7 +1,7 @@
 """Unpickle PyTorch Geometric `Data` objects without torch_geometric (and mostly without torch).
 
 Open Catalyst LMDBs store `pickle.dumps(torch_geometric.data.Data)`. `DataUnpickler` maps every
-`torch_geometric.*` class to a small stand-in (`PygStandIn`) that keeps the pickled state, and
+`torch_geometric.data.*` class to a small stand-in (`PygStandIn`) that keeps the pickled state, and
 maps the two torch functions a pickled CPU tensor goes through to numpy versions:
 
 - `torch.storage._load_from_bytes(b)`: `b` is a legacy `torch.save` of one storage: five small
@@ -17,7 +17,13 @@ So every tensor field comes back as a numpy array (read-only views of the pickle
 `data_fields(obj)` gives the attributes of a Data object as a dict for both PyG layouts: PyG 2.x
 keeps them in `obj._store._mapping`; PyG < 2 kept them directly in `obj.__dict__`.
 
-Only unpickle data you trust: pickles can run code, and this is no sandbox.
+Safety: `find_class` is an explicit allow-list, so no function or class from the file's own choosing
+is ever imported or called. Allowed: stand-ins for `torch_geometric.data.*` classes (they only store
+state), the numpy versions of the tensor rebuild functions above, `torch.Size` (read as a tuple),
+`collections.OrderedDict`, `_codecs.encode` for latin-1 only (how protocol 2 writes bytes), the builtin
+set/frozenset/complex/bytearray, and numpy's scalar/array/dtype reconstructors. Anything else raises `RefusedGlobal` (module and name) before it is called. Storage
+bytes not in the plain layout go to `torch.load(weights_only=True)`, which has its own allow-list.
+`load_plain` applies the same rule (without the PyG and torch entries) to pickles of plain values.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -83,10 +90,51 @@ def standin_class(module: str, name: str) -> type:
     return cls
 
 
-def _torch_load_from_bytes(b: bytes) -> Any:
-    import torch.storage
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a class or function outside the allow-list; it was neither imported nor called."""
 
-    return torch.storage._load_from_bytes(b)
+    def __init__(self, module: str, name: str) -> None:
+        self.qualname = f"{module}.{name}" if module else name
+        super().__init__(f"the pickle refers to {self.qualname}, which is not on the allow-list")
+
+
+class _ProbeUnpickler(pickle.Unpickler):
+    """Walks a legacy torch.save pickle with the plain allow-list plus torch's storage classes."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and name.endswith("Storage"):
+            return None
+        return plain_global(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        return pid
+
+
+def _refused_in(b: bytes, torch_error: Exception) -> RefusedGlobal:
+    """Which global of the storage bytes `b` torch's weights-only loader refused (found with the probe)."""
+    f = io.BytesIO(b)
+    for _ in range(5):  # magic, protocol, sys_info, the storage pickle, the key list
+        try:
+            _ProbeUnpickler(f).load()
+        except RefusedGlobal as exc:
+            return exc
+        except Exception:  # noqa: BLE001 - not a plain legacy layout: name what torch said
+            break
+    reason = str(torch_error).strip().splitlines()
+    return RefusedGlobal("", f"an object that torch.load(weights_only=True) refuses ({reason[-1] if reason else ''})")
+
+
+def _torch_load_from_bytes(b: bytes) -> Any:
+    """torch's loader for a storage in a layout the fast path does not parse, weights-only (no code runs).
+
+    torch's own `torch.storage._load_from_bytes` unpickles with `weights_only=False`; not used here.
+    """
+    import torch
+
+    try:
+        return torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise _refused_in(b, exc) from None
 
 
 def _validated_prefix(prefix: bytes) -> bool:
@@ -94,9 +142,9 @@ def _validated_prefix(prefix: bytes) -> bool:
     if prefix in _known_prefixes:
         return True
     try:
-        f = io.BytesIO(prefix)
-        ok = pickle.load(f) == _MAGIC and pickle.load(f) == 1001
-        info = pickle.load(f) if ok else {}
+        f = io.BytesIO(prefix)  # three small pickles of plain values, read with the allow-list
+        ok = load_plain(f) == _MAGIC and load_plain(f) == 1001
+        info = load_plain(f) if ok else {}
         ok = ok and isinstance(info, dict) and info.get("little_endian") is True
         ok = ok and f.read() == b"\x80\x02" + _PID_TAIL + b"c"
     except Exception:  # noqa: BLE001 - any surprise means "not the layout we know"
@@ -109,7 +157,7 @@ def _validated_prefix(prefix: bytes) -> bool:
 def load_storage_bytes(b: bytes) -> Any:
     """A legacy `torch.save` of one storage -> 1-D numpy array of its elements (see module doc).
 
-    Falls back to `torch.storage._load_from_bytes` (returning a torch storage) for any layout
+    Falls back to `torch.load(weights_only=True)` (returning a torch storage) for any layout
     other than the plain one.
     """
     if type(b) is not bytes:
@@ -134,10 +182,13 @@ def load_storage_bytes(b: bytes) -> Any:
 
 def rebuild_tensor(storage: Any, storage_offset: int, size: tuple, stride: tuple, *rest: Any) -> Any:
     """numpy version of `torch._utils._rebuild_tensor_v2` (and of the older `_rebuild_tensor`)."""
-    if type(storage) is not np.ndarray:
-        from torch._utils import _rebuild_tensor_v2
+    if type(storage) is not np.ndarray:  # a torch storage from the weights-only fallback (e.g. bfloat16)
+        import torch
 
-        return tensor_to_numpy(_rebuild_tensor_v2(storage, storage_offset, size, stride, *rest))
+        if not isinstance(storage, torch.TypedStorage):
+            raise TypeError(f"a tensor's storage is a {type(storage).__name__}, not a storage")
+        tensor = torch.empty(0, dtype=storage.dtype).set_(storage, storage_offset, tuple(size), tuple(stride))
+        return tensor_to_numpy(tensor)
     size, stride = tuple(size), tuple(stride)
     count = math.prod(size)
     total = storage.shape[0]
@@ -198,16 +249,89 @@ _TORCH_FUNCTIONS = {
 }
 
 
-_found: dict[tuple[str, str, bool], Any] = {}  # find_class results (imports are process-wide anyway)
+class _TensorType:
+    """Stands in for the tensor class argument of `_rebuild_from_type(_v2)` (which ignores it)."""
+
+
+_TENSOR_TYPES = {
+    ("torch", "Size"): tuple,  # a torch.Size value comes back as a tuple
+    ("torch", "Tensor"): _TensorType,
+    ("torch._tensor", "Tensor"): _TensorType,
+    ("torch.nn.parameter", "Parameter"): _TensorType,
+}
+
+
+def _latin1_encode(text: Any, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    """`_codecs.encode` as pickle protocol 2 uses it for bytes (latin-1 only; other codecs refused)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise RefusedGlobal("_codecs", f"encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """numpy's pickle reconstructors (scalars, arrays, dtypes) under the numpy 1.x and 2.x module names."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    out: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out[(module, "scalar")] = multiarray.scalar
+        out[(module, "_reconstruct")] = multiarray._reconstruct
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):  # arrays in pickle protocol 5
+        out[(module, "_frombuffer")] = numeric._frombuffer  # np.frombuffer refuses object dtypes
+    return out
+
+
+# Plain values: what pickles of ints, floats, strings, bytes, tuples, dicts and numpy values name.
+PLAIN_GLOBALS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("_codecs", "encode"): _latin1_encode,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "complex"): complex,
+    ("builtins", "bytearray"): bytearray,
+    **_numpy_globals(),
+}
+_OLD_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}  # protocol < 3 names (fix_imports)
+
+
+def plain_global(module: str, name: str) -> Any:
+    """The allowed object for `module.name` among PLAIN_GLOBALS; RefusedGlobal otherwise."""
+    module = _OLD_MODULES.get(module, module)
+    found = PLAIN_GLOBALS.get((module, name))
+    if found is None:
+        raise RefusedGlobal(module, name)
+    return found
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """Unpickler for plain values only (dicts, lists, numbers, strings, numpy scalars and arrays)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return plain_global(module, name)
+
+
+def load_plain(file: Any) -> Any:
+    """Unpickle plain values from a binary file object (e.g. OC20's mapping pickle); RefusedGlobal else."""
+    return PlainUnpickler(file).load()
+
+
+_found: dict[tuple[str, str, bool], Any] = {}  # find_class results
 
 
 def _skip(*args: Any) -> None:
     return None
 
 
+def _is_pyg_data_module(module: str) -> bool:
+    return module == "torch_geometric.data" or module.startswith("torch_geometric.data.")
+
+
 class DataUnpickler(pickle.Unpickler):
     """Unpickler that maps torch_geometric classes to stand-ins and CPU tensors to numpy arrays.
 
+    Only the allow-list of the module doc is resolved; any other global raises `RefusedGlobal`.
     With `skip_tensors=True` every tensor loads as None (no bytes parsed): a cheap way to read
     scalar fields such as `sid` from many records.
     """
@@ -220,19 +344,24 @@ class DataUnpickler(pickle.Unpickler):
         key = (module, name, self.skip_tensors)
         found = _found.get(key)
         if found is None:
-            if module == "torch_geometric" or module.startswith("torch_geometric."):
+            if _is_pyg_data_module(module):
                 found = standin_class(module, name)
             elif (module, name) in _TORCH_FUNCTIONS:
                 found = _skip if self.skip_tensors else _TORCH_FUNCTIONS[(module, name)]
+            elif (module, name) in _TENSOR_TYPES:
+                found = _TENSOR_TYPES[(module, name)]
             else:
-                found = super().find_class(module, name)
+                found = plain_global(module, name)
             if len(_found) < 256:
                 _found[key] = found
         return found
 
 
 def loads(data: bytes, *, skip_tensors: bool = False) -> Any:
-    """Unpickle `data` with `DataUnpickler` (tensors -> numpy arrays, PyG classes -> stand-ins)."""
+    """Unpickle `data` with `DataUnpickler` (tensors -> numpy arrays, PyG classes -> stand-ins).
+
+    Raises RefusedGlobal for a global outside the allow-list (nothing of it was called).
+    """
     return DataUnpickler(io.BytesIO(data), skip_tensors=skip_tensors).load()
 
 
