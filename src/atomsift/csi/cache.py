@@ -30,21 +30,17 @@ def dataset_fingerprint(ds: Dataset) -> str:
 
     Cheap (no data read): a re-downloaded or edited file changes it, so stale statistics are not reused.
     """
-    files = (
-        [ds.path]
-        if ds.path.is_file()
-        else sorted(
-            p
-            for p in ds.path.rglob("*")
-            if p.is_file() and not p.name.endswith("-lock")  # LMDB lock files change
-        )
-    )
+    files = ds.source_files()  # a file, a folder's files, or the files a glob matched
     h = hashlib.sha256()
     meta = ds.metadata()
     h.update(json.dumps({"format": ds.format_name, "n": len(ds), "meta": meta}, sort_keys=True, default=str).encode())
     for p in files:
         st = p.stat()
-        h.update(f"{p.relative_to(ds.path) if p != ds.path else p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        if ds.path.is_dir() and p.is_relative_to(ds.path):
+            name = str(p.relative_to(ds.path))
+        else:
+            name = p.name if len(files) == 1 else str(p)  # a glob's files may share names across folders
+        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 
