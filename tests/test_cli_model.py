@@ -24,6 +24,7 @@ def gemnet_file(tmp_path_factory) -> Path:
         "model",
         "init",
         "gemnet_oc",
+        "--out",
         str(path),
         "--preset",
         "tiny",
@@ -53,13 +54,13 @@ def test_init_info_convert(gemnet_file, tmp_path):
     factors = [float(v) for k, v in state.items() if k.endswith("scale_factor")]
     assert factors and all(f > 0 for f in factors)  # fitted, stored in the checkpoint (0 = unfitted)
     out = tmp_path / "copy.pt"
-    proc = run("model", "convert", str(gemnet_file), str(out))
+    proc = run("model", "convert", str(gemnet_file), "--out", str(out))
     assert proc.returncode == 0 and out.is_file(), proc.stderr
 
 
 def test_predict_writes_json_and_mae(gemnet_file, tmp_path):
     out = tmp_path / "pred.json"
-    proc = run("model", "predict", str(gemnet_file), "bundled:ethanol", "--n", "12", "--out", str(out))
+    proc = run("model", "predict", str(gemnet_file), "bundled:ethanol", "--limit", "12", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "forces (meV/A)" in proc.stdout
     rows = json.loads(out.read_text())["predictions"]
@@ -69,17 +70,17 @@ def test_predict_writes_json_and_mae(gemnet_file, tmp_path):
 
 
 def test_model_errors_are_one_paragraph(tmp_path):
-    proc = run("model", "init", "painn", str(tmp_path / "x.pt"), "-p", "hiden=3")
+    proc = run("model", "init", "painn", "--out", str(tmp_path / "x.pt"), "-p", "hiden=3")
     assert proc.returncode == 2 and "hiden" in proc.stderr and "Traceback" not in proc.stderr
     proc = run("model", "info", str(tmp_path / "absent.pt"))
     assert proc.returncode == 2 and "not found" in proc.stderr
-    proc = run("model", "init", "gemnet_oc", str(tmp_path / "x.pt"), "--preset", "XL")
+    proc = run("model", "init", "gemnet_oc", "--out", str(tmp_path / "x.pt"), "--preset", "XL")
     assert proc.returncode == 2 and "preset" in proc.stderr
 
 
 def test_csi_with_checkpoint_extractor(tmp_path):
     model = tmp_path / "painn.pt"
-    assert run("model", "init", "painn", str(model), "-p", "hidden=16").returncode == 0
+    assert run("model", "init", "painn", "--out", str(model), "-p", "hidden=16").returncode == 0
     proc = run(
         "csi",
         "-d",
