@@ -38,7 +38,7 @@ def parse_value(text: str) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    if isinstance(value, str) and _looks_like_float(value):
+    if isinstance(value, str) and not text.lstrip().startswith(("'", '"')) and _looks_like_float(value):
         return float(value)  # YAML 1.1 reads '1e-4' (no dot) as text; people mean a number
     if isinstance(value, dict | list | str | int | float | bool) or value is None:
         return value

@@ -58,7 +58,8 @@ def _interrupted() -> None:
     """The one Ctrl-C line: what was kept and how to resume (set by the command with common.on_interrupt)."""
     from atomsift.cli.common import interrupt_hint
 
-    typer.secho(f"interrupted (Ctrl-C): {interrupt_hint()}.", err=True, fg=typer.colors.YELLOW)
+    # on a line of its own: a progress bar may have left the cursor mid-line
+    typer.secho(f"\ninterrupted (Ctrl-C): {interrupt_hint()}.", err=True, fg=typer.colors.YELLOW)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,6 +6,8 @@ atomsift.data.spec.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -127,17 +129,35 @@ def no_sampling(spec, name: str, command: str) -> None:
 
 
 def split_overrides(
-    first: str | None, overrides: list[str] | None, settings, dataset_key: str | None = None
+    first: str | None,
+    overrides: list[str] | None,
+    settings,
+    *,
+    dataset_key: str | None = None,
+    provided: bool = False,
 ) -> tuple[str | None, list[str]]:
     """Tell a leading positional (dataset, backbone) from a KEY=VALUE override that took its place.
 
-    `atomsift data sample --config s.yaml seed=3` puts 'seed=3' in the first positional; a first item whose
-    key is a setting of `settings` (a pydantic model), or a dotted key into one, is an override. With
-    `dataset_key`, 'data=x.xyz' (NAME=PATH with that name) stays the dataset.
+    `atomsift data sample --config s.yaml seed=3` puts 'seed=3' in the first positional. A first item of the form
+    KEY=VALUE is an override when `provided` (the config file already gives what the positional would), or when
+    its key is a setting of `settings` (a pydantic model) or a dotted key into one; with `dataset_key`,
+    'data=x.xyz' (NAME=PATH with that name) stays the dataset.
     """
     overrides = list(overrides or [])
     if first is not None and "=" in first:
         key = first.split("=", 1)[0].strip()
-        if key != dataset_key and key.split(".", 1)[0] in settings.model_fields and "/" not in key:
+        if provided or (key != dataset_key and key.split(".", 1)[0] in settings.model_fields and "/" not in key):
             return None, [first, *overrides]
     return first, overrides
+
+
+def write_text_whole(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file + rename): an interrupted command leaves no partial file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -178,11 +178,13 @@ def sample(
     """Draw a random or class-balanced subset and save its indices as JSON."""
     from atomsift.data.sampling import class_balanced_indices, random_indices, save_subset
     from atomsift.data.spec import open_spec
-    from atomsift.settings import check_output_file, parse_key_values, resolve_settings
+    from atomsift.settings import check_output_file, load_yaml, parse_key_values, resolve_settings
 
     n_samples = pick(n_samples, "--n-samples", n_old, "--n")
     sampling = pick(sampling, "--sampling", method_old, "--method")
-    path, overrides = split_overrides(path, overrides, SampleSettings, dataset_key="data")
+    path, overrides = split_overrides(
+        path, overrides, SampleSettings, dataset_key="data", provided=config is not None and "data" in load_yaml(config)
+    )
     flags: dict[str, Any] = {"n_samples": n_samples, "sampling": sampling, "seed": seed}
     if path is not None:
         _, spec = dataset_spec(path)

@@ -27,6 +27,7 @@ from atomsift.cli.common import (
     legacy_out,
     pick,
     split_overrides,
+    write_text_whole,
 )
 from atomsift.cli.data import open_from_cli
 from atomsift.data.spec import DatasetSpec
@@ -76,7 +77,9 @@ def init(
     from atomsift.models import AtomsModel, build_backbone, save_checkpoint
     from atomsift.settings import check_output_file, parse_key_values, resolve_settings
 
-    backbone, overrides = split_overrides(backbone, overrides, InitSettings)
+    backbone, overrides = split_overrides(
+        backbone, overrides, InitSettings, provided=True
+    )  # no backbone has "=" in its name
     out = _legacy_init_out(out, overrides)
     flags: dict[str, Any] = {
         "backbone": backbone,
@@ -269,7 +272,7 @@ def predict(
     results = model.predict(records, head=head, batch_size=batch_size, progress=count > 4 * batch_size)
     rows, errors = _rows_and_errors(records, results)
     if out is not None:
-        out.write_text(json.dumps({"checkpoint": str(checkpoint), "data": data, "predictions": rows}))
+        write_text_whole(out, json.dumps({"checkpoint": str(checkpoint), "data": data, "predictions": rows}))
         console.print(f"wrote {out} ({len(rows)} structures)")
     _print_mae(errors, f"{checkpoint.name} on {data} ({count} structures)")
     if not any(errors.values()) and out is None:
