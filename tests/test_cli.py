@@ -77,21 +77,21 @@ def test_demo_prints_table_and_saves_json(tmp_path):
 
 def test_convert_to_aselmdb_roundtrip(tmp_path):
     dest = tmp_path / "oxides.aselmdb"
-    proc = run("data", "convert", "bundled:oxides", str(dest))
+    proc = run("data", "convert", "bundled:oxides", "--out", str(dest))
     assert proc.returncode == 0, proc.stderr
     before, after = inspect_json("bundled:oxides"), inspect_json(str(dest))
     for key in ("n_structures", "n_atoms_total", "elements", "n_classes", "n_periodic"):
         assert after[key] == before[key], key
     assert after["energy_mean_eV"] == pytest.approx(before["energy_mean_eV"], rel=1e-12)
     assert after["forces_rms_eV_per_A"] == pytest.approx(before["forces_rms_eV_per_A"], rel=1e-12)
-    again = run("data", "convert", "bundled:oxides", str(dest))
+    again = run("data", "convert", "bundled:oxides", "--out", str(dest))
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
 def test_sample_writes_reproducible_subset(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     for out in (a, b):
-        proc = run("data", "sample", "bundled:adsorbates", "--n", "70", "--seed", "3", "--out", str(out))
+        proc = run("data", "sample", "bundled:adsorbates", "--n-samples", "70", "--seed", "3", "--out", str(out))
         assert proc.returncode == 0, proc.stderr
     first, second = json.loads(a.read_text()), json.loads(b.read_text())
     assert first["indices"] == second["indices"] and len(first["indices"]) == 70

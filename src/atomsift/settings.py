@@ -15,6 +15,7 @@ everywhere (`3` is an int, `1e-4` a float, `true` a bool, `[1, 2]` a list, `null
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,7 +38,7 @@ def parse_value(text: str) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    if isinstance(value, str) and _looks_like_float(value):
+    if isinstance(value, str) and not text.lstrip().startswith(("'", '"')) and _looks_like_float(value):
         return float(value)  # YAML 1.1 reads '1e-4' (no dot) as text; people mean a number
     if isinstance(value, dict | list | str | int | float | bool) or value is None:
         return value
@@ -129,13 +130,17 @@ def resolve_settings(
     overrides: list[str] | None = None,
     base: dict[str, Any] | None = None,
     example: str = "",
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> M:
     """Settings from `base` (e.g. a preset), the YAML `config`, the given `flags` and `key=value` overrides.
 
     Flags whose value is None were not given and do not count. Overrides are applied last, nested keys joined
-    by dots; an override's value is parsed with `parse_value`.
+    by dots; an override's value is parsed with `parse_value`. `prepare` may reshape the file's settings into
+    the form the flags address (e.g. move inline reader options under `options`) before flags apply.
     """
     data: dict[str, Any] = _deep_merge(dict(base or {}), load_yaml(config, example or "configs/"))
+    if prepare is not None:
+        data = prepare(data)
     for key, value in (flags or {}).items():
         if value is not None:
             set_dotted(data, key, value)

@@ -54,8 +54,20 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
 
 
+def _interrupted() -> None:
+    """The one Ctrl-C line: what was kept and how to resume (set by the command with common.on_interrupt)."""
+    from atomsift.cli.common import interrupt_hint
+
+    # on a line of its own: a progress bar may have left the cursor mid-line
+    typer.secho(f"\ninterrupted (Ctrl-C): {interrupt_hint()}.", err=True, fg=typer.colors.YELLOW)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script; prints user errors as one paragraph, exit code 2."""
+    """Entry point of the console script: exit code 0 done, 1 unexpected error, 2 user error, 130 Ctrl-C.
+
+    User errors print as one paragraph; Ctrl-C prints one line saying what was kept (each command sets it with
+    atomsift.cli.common.on_interrupt).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if debug:  # accepted anywhere on the line, handled by the root callback
@@ -65,13 +77,17 @@ def main(argv: list[str] | None = None) -> None:
         warnings.showwarning = _one_line_warning
     try:
         app(args=args, prog_name="atomsift")
+    except SystemExit as exc:
+        if exc.code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
+            _interrupted()
+        raise
     except AtomsiftError as exc:
         if debug:
             raise
         typer.secho(f"error: {exc.message()}", err=True, fg=typer.colors.RED)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        _interrupted()
         sys.exit(130)
     except Exception as exc:
         if debug:

@@ -1,3 +1,6 @@
+"""`python -m atomsift.cli`: the `atomsift` command."""
+
 from atomsift.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -4,44 +4,59 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
+from atomsift.cli.common import (
+    CLASSES_HELP,
+    CONFIG_HELP,
+    DATASET_HELP,
+    FORMAT_HELP,
+    OPTION_HELP,
+    OVERRIDES_HELP,
+    OVERWRITE_HELP,
+    SPLIT_HELP,
+    at_least_one,
+    dataset_spec,
+    legacy_out,
+    no_sampling,
+    pick,
+    split_overrides,
+)
+from atomsift.data.spec import DatasetSpec
 from atomsift.errors import ConfigError
 
 app = typer.Typer(help="Read, inspect, convert and sample datasets.", no_args_is_help=True)
-console = Console()
-
-FORMAT_HELP = "Format name (see `atomsift data formats`); detected from the path when left out."
-OPTION_HELP = "Reader option KEY=VALUE (repeatable), e.g. -o level=wb97x_tz -o energy_key=REF_energy."
+console = Console(soft_wrap=True)  # messages stay one line (tables still fit the width)
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'}; values parsed as JSON where they can be."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"reader option '{pair}' is not KEY=VALUE", fix="write it like -o level=wb97x_dz")
-        try:
-            out[key.strip()] = json.loads(value)
-        except ValueError:
-            out[key.strip()] = value
-    return out
+    """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'}; values are YAML scalars (atomsift.settings.parse_value)."""
+    from atomsift.settings import parse_key_values
+
+    return parse_key_values(pairs, "reader option")
 
 
-def open_from_cli(path: str, fmt: str | None, split: str | None, classes: str | None, options: list[str] | None):
-    from atomsift.data import open_dataset
+def open_from_cli(
+    path: str,
+    fmt: str | None = None,
+    split: str | None = None,
+    classes: str | None = None,
+    options: list[str] | None = None,
+    *,
+    command: str | None = None,
+):
+    """Open the one dataset of a command: PATH or NAME=PATH[,key=value...] plus the reader flags."""
+    from atomsift.data.spec import open_spec
 
-    opts = parse_options(options)
-    if split is not None:
-        opts["split"] = split
-    if classes is not None:
-        opts["classes"] = classes
-    return open_dataset(path, format=fmt, **opts)
+    name, spec = dataset_spec(path, fmt=fmt, split=split, classes=classes, options=options)
+    if command is not None:
+        no_sampling(spec, name, command)
+    return open_spec(spec, name)
 
 
 def _fmt(value: Any) -> str:
@@ -56,24 +71,25 @@ def _fmt(value: Any) -> str:
 
 @app.command()
 def inspect(
-    path: str = typer.Argument(..., help="Dataset file or directory, or bundled:NAME."),
+    path: str = typer.Argument(..., metavar="DATASET", help=DATASET_HELP),
     format: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),
-    split: str | None = typer.Option(
-        None, "--split", help="Split to read (train, val, test) where the format has splits."
-    ),
-    classes: str | None = typer.Option(
-        None, "--classes", help="Class mapping file (OC20 oc20_data_mapping.pkl, OC22 oc22_metadata.pkl)."
-    ),
+    split: str | None = typer.Option(None, "--split", help=SPLIT_HELP),
+    classes: str | None = typer.Option(None, "--classes", help=CLASSES_HELP),
     target: str | None = typer.Option(None, "--target", help="Report the mean of this target (e.g. U0, gap, bandgap)."),
     option: list[str] | None = typer.Option(None, "--option", "-o", help=OPTION_HELP),
-    max_records: int | None = typer.Option(None, "--max-records", help="Only read the first N records."),
+    limit: int | None = typer.Option(None, "--limit", help="Only read the first N records."),
+    max_records: int | None = typer.Option(None, "--max-records", hidden=True),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Summarise a dataset: structures, atoms, elements, energy mean, force RMS, classes."""
     from atomsift.data.stats import summarize
 
-    ds = open_from_cli(path, format, split, classes, option)
-    summary = summarize(ds, target=target, max_records=max_records, progress=not as_json)
+    if max_records is not None:
+        at_least_one(max_records, "--max-records")
+    limit = pick(limit, "--limit", max_records, "--max-records")
+    at_least_one(limit, "--limit")
+    ds = open_from_cli(path, format, split, classes, option, command="data inspect")
+    summary = summarize(ds, target=target, max_records=limit, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -92,74 +108,130 @@ def inspect(
         console.print(f"[yellow]hint:[/yellow] {hint}")
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def convert(
-    src: str = typer.Argument(..., help="Any readable dataset (file, directory or bundled:NAME)."),
-    dest: Path = typer.Argument(..., help="Output .aselmdb file."),
+    ctx: typer.Context,
+    src: str = typer.Argument(..., metavar="DATASET", help=DATASET_HELP),
+    out: Path | None = typer.Option(None, "--out", help="Output .aselmdb file (required)."),
     format: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),
-    split: str | None = typer.Option(None, "--split", help="Split to read where the format has splits."),
-    classes: str | None = typer.Option(None, "--classes", help="Class mapping file (OC20/OC22)."),
+    split: str | None = typer.Option(None, "--split", help=SPLIT_HELP),
+    classes: str | None = typer.Option(None, "--classes", help=CLASSES_HELP),
     option: list[str] | None = typer.Option(None, "--option", "-o", help=OPTION_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace DEST if it exists."),
+    limit: int | None = typer.Option(None, "--limit", help="Only write the first N records."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Write a dataset to ASE-LMDB (.aselmdb) with its metadata (natoms, class labels)."""
     from atomsift.data.readers.asedb import write_aselmdb
+    from atomsift.settings import check_output_file
 
-    if dest.suffix != ".aselmdb":
+    dest = legacy_out(ctx, out, "data convert")
+    at_least_one(limit, "--limit")
+    if dest.suffix != ".aselmdb" and not dest.is_dir():
         raise ConfigError(
-            f"destination must end in .aselmdb, got '{dest.name}'", file=dest, fix="name it like out.aselmdb"
+            f"--out must end in .aselmdb, got '{dest.name}'", file=dest, fix="name it like --out out.aselmdb"
         )
-    if dest.exists() and not overwrite:
-        raise ConfigError("destination exists", file=dest, fix="pass --overwrite or choose another name")
-    ds = open_from_cli(src, format, split, classes, option)
+    check_output_file(dest, overwrite, what="output .aselmdb file")
+    ds = open_from_cli(src, format, split, classes, option, command="data convert")
+    count = len(ds) if limit is None else min(limit, len(ds))
     metadata = {"source": str(src), "source_format": ds.format_name, "source_metadata": ds.metadata()}
-    write_aselmdb(dest, (ds[i] for i in range(len(ds))), metadata=metadata, total=len(ds), progress=True)
-    console.print(f"wrote {len(ds)} structures to {dest}")
+    write_aselmdb(dest, (ds[i] for i in range(count)), metadata=metadata, total=count, progress=True)
+    console.print(f"wrote {count} structures to {dest}")
+
+
+class SampleSettings(BaseModel):
+    """Settings of `atomsift data sample` (YAML keys; docs/cli.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: DatasetSpec | None = Field(None, description="the dataset (on the command line: the DATASET argument)")
+    n_samples: int = Field(10_000, ge=1, description="structures to draw (data.n_samples wins when given)")
+    sampling: Literal["balanced", "random"] = Field("balanced", description="balanced (per class) or random")
+    seed: int = 0
+
+
+def _normalize_data(data: dict[str, Any]) -> dict[str, Any]:
+    """The config's `data:` entry with inline reader options under `options` (where flags put theirs)."""
+    if isinstance(data.get("data"), dict):
+        data["data"] = DatasetSpec.normalize(data["data"])
+    return data
 
 
 @app.command()
 def sample(
-    path: str = typer.Argument(..., help="Dataset file or directory, or bundled:NAME."),
+    path: str | None = typer.Argument(
+        None, metavar="[DATASET]", help=DATASET_HELP + " May come from --config (data: {path: ...})."
+    ),
+    overrides: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP),
     out: Path = typer.Option(..., "--out", help="Where to write the subset (JSON with indices and provenance)."),
-    n: int = typer.Option(10000, "--n", help="Number of structures."),
-    method: str = typer.Option("balanced", "--method", help="balanced (per class) or random."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    n_samples: int | None = typer.Option(None, "--n-samples", help="Number of structures (default 10000)."),
+    sampling: str | None = typer.Option(None, "--sampling", help="balanced (per class, default) or random."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 0)."),
     format: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),
-    split: str | None = typer.Option(None, "--split", help="Split to read where the format has splits."),
-    classes: str | None = typer.Option(None, "--classes", help="Class mapping file (OC20/OC22)."),
+    split: str | None = typer.Option(None, "--split", help=SPLIT_HELP),
+    classes: str | None = typer.Option(None, "--classes", help=CLASSES_HELP),
     option: list[str] | None = typer.Option(None, "--option", "-o", help=OPTION_HELP),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    n_old: int | None = typer.Option(None, "--n", hidden=True),
+    method_old: str | None = typer.Option(None, "--method", hidden=True),
 ) -> None:
-    """Draw a random or class-balanced subset and save its indices beside the run."""
+    """Draw a random or class-balanced subset and save its indices as JSON."""
     from atomsift.data.sampling import class_balanced_indices, random_indices, save_subset
+    from atomsift.data.spec import open_spec
+    from atomsift.settings import check_output_file, load_yaml, parse_key_values, resolve_settings
 
-    ds = open_from_cli(path, format, split, classes, option)
+    n_samples = pick(n_samples, "--n-samples", n_old, "--n")
+    sampling = pick(sampling, "--sampling", method_old, "--method")
+    path, overrides = split_overrides(
+        path, overrides, SampleSettings, dataset_key="data", provided=config is not None and "data" in load_yaml(config)
+    )
+    flags: dict[str, Any] = {"n_samples": n_samples, "sampling": sampling, "seed": seed}
+    if path is not None:
+        _, spec = dataset_spec(path)
+        flags["data"] = spec.model_dump(exclude_defaults=True)
+    if format is not None:
+        flags["data.format"] = format
+    reader = parse_key_values(option, "reader option")
+    reader.update({k: v for k, v in (("split", split), ("classes", classes)) if v is not None})
+    for key, value in reader.items():
+        flags[f"data.options.{key}"] = value
+    cfg = resolve_settings(
+        SampleSettings, config, flags=flags, overrides=overrides, example="docs/cli.md", prepare=_normalize_data
+    )
+    if cfg.data is None:
+        raise ConfigError(
+            "atomsift data sample needs a dataset", fix="give it as the first argument, or as data.path in --config"
+        )
+    check_output_file(out, overwrite, what="subset .json file")
+    n = cfg.data.n_samples or cfg.n_samples
+    method = cfg.data.sampling or cfg.sampling
+    ds = open_spec(cfg.data)
     if method == "random":
-        idx = random_indices(len(ds), n, seed)
+        idx = random_indices(len(ds), n, cfg.seed)
         n_classes = None
-    elif method == "balanced":
+    else:
         labels = ds.class_labels()
         if labels is None:
             raise ConfigError(
                 "this dataset has no class labels, so it cannot be sampled class-balanced",
                 file=ds.path,
-                fix="pass --classes with a mapping file, or use --method random",
+                fix="pass --classes with a mapping file, or use --sampling random",
             )
-        idx = class_balanced_indices(labels, n, seed)
+        idx = class_balanced_indices(labels, n, cfg.seed)
         n_classes = len(set(labels.tolist()))
-    else:
-        raise ConfigError(f"unknown sampling method '{method}'", fix="use --method balanced or --method random")
     save_subset(
         out,
         idx,
-        dataset=str(path),
+        dataset=cfg.data.path,
         format=ds.format_name,
         method=method,
-        seed=seed,
+        seed=cfg.seed,
         n_requested=n,
         n_total=len(ds),
         n_classes=n_classes,
+        settings=cfg.model_dump(),
     )
-    console.print(f"{len(idx)} indices ({method}, seed {seed}) from {len(ds)} structures -> {out}")
+    console.print(f"{len(idx)} indices ({method}, seed {cfg.seed}) from {len(ds)} structures -> {out}")
 
 
 @app.command()

@@ -15,9 +15,14 @@ def demo(
     csi: bool = typer.Option(True, "--csi/--no-csi", help="Also rank the bundled upstream sets by CSI."),
 ) -> None:
     """The main job on the bundled data: a data overview table, then CSI rankings with a bar chart."""
+    from atomsift.cli.common import on_interrupt
     from atomsift.data import open_dataset
     from atomsift.data.bundled import DEMO_DATASETS
     from atomsift.data.stats import summarize
+    from atomsift.settings import check_output_dir
+
+    check_output_dir(out)  # a run folder: the demo reuses what matches inside it
+    on_interrupt("nothing was kept yet (the data overview is written when it is complete); rerun the same command")
 
     console = Console() if Console().is_terminal else Console(width=160)
     table = Table(title="atomsift: bundled datasets", title_justify="left")
@@ -50,7 +55,6 @@ def demo(
             "-" if summary["n_classes"] is None else str(summary["n_classes"]),
         )
     console.print(table)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "data_overview.json").write_text(json.dumps(rows, indent=2))
     console.print(f"saved {out / 'data_overview.json'}")
     if csi:

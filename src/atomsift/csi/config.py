@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from atomsift.data.spec import DatasetSpec, parse_dataset_arg
-from atomsift.errors import ConfigError, validation_problems
+from atomsift.errors import ConfigError
+from atomsift.settings import load_yaml, resolve_settings
+
+EXAMPLE = "configs/csi_demo.yaml"
 
 __all__ = ["CSIConfig", "DatasetSpec", "load_config", "parse_dataset_arg"]
 
@@ -40,6 +42,17 @@ class CSIConfig(BaseModel):
     cache_dir: str | None = Field(None, description="default: OUT/cache")
     recompute: bool = False
 
+    @field_validator("upstream", "downstream", mode="before")
+    @classmethod
+    def _dataset_mapping(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"must map dataset names to settings, got {type(value).__name__} (write it like  ani1x: {{path: ...}})"
+            )
+        return value
+
     @field_validator("shrinkage")
     @classmethod
     def _shrinkage_range(cls, value: Any) -> Any:
@@ -48,38 +61,34 @@ class CSIConfig(BaseModel):
         return value
 
 
-def load_config(path: Path | None, overrides: dict[str, Any]) -> CSIConfig:
-    """Config from a YAML file (optional) with CLI overrides on top; ConfigError naming bad keys."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(
-                f"cannot read the config file ({exc})", file=path, fix="check the path and YAML syntax"
-            ) from None
-        if not isinstance(data, dict):
-            raise ConfigError("the config file must hold a mapping", file=path, fix="see configs/csi_demo.yaml")
+def load_config(
+    path: str | Path | None, flags: dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> CSIConfig:
+    """Settings from a YAML file (optional), then command-line flags, then `key=value` overrides.
+
+    Flags whose value is None were not given. `flags["upstream"]` / `flags["downstream"]` ({name: DatasetSpec or
+    dict}) add datasets to the file's (a name in both: the flag's entry wins); `flags["extractor_options"]` merges
+    into the file's options key by key. Overrides use dotted keys: `upstream.acac.n_samples=50`.
+    ConfigError naming the file and every bad or unknown key.
+    """
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    file_data = load_yaml(path, EXAMPLE) if any(k in flags for k in ("upstream", "downstream")) else {}
     for key in ("upstream", "downstream"):
-        if data.get(key) is None:
-            data.pop(key, None)
-        elif not isinstance(data[key], dict):
+        given = flags.pop(key, None)
+        if not given:
+            continue
+        existing = file_data.get(key) or {}
+        if not isinstance(existing, dict):
             raise ConfigError(
-                f"'{key}' must map dataset names to settings, got {type(data[key]).__name__}",
+                f"'{key}' must map dataset names to settings, got {type(existing).__name__}",
                 file=path,
                 fix=f"write it like  {key}:\n  ani1x: {{path: /data/ani1x.h5}}",
             )
-    for key, value in overrides.items():
-        if key in ("upstream", "downstream"):
-            data.setdefault(key, {}).update(value)
-        elif value is not None:
-            data[key] = value
-    try:
-        return CSIConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = validation_problems(exc)
-        raise ConfigError(
-            f"invalid CSI settings ({problems})",
-            file=path,
-            fix="see configs/csi_demo.yaml for every key; unknown keys are rejected",
-        ) from None
+        flags[key] = {**existing, **{name: _as_dict(spec) for name, spec in given.items()}}
+    for key, value in dict(flags.pop("extractor_options", None) or {}).items():
+        flags[f"extractor_options.{key}"] = value
+    return resolve_settings(CSIConfig, path, flags=flags, overrides=overrides, example=EXAMPLE)
+
+
+def _as_dict(spec: DatasetSpec | dict[str, Any]) -> dict[str, Any]:
+    return spec.model_dump(exclude_defaults=True) if isinstance(spec, DatasetSpec) else dict(spec)

@@ -39,15 +39,29 @@ class DatasetSpec(BaseModel):
         """Keys that are not fields of the spec are reader options: {path, split: train} == {path, options: {split}}."""
         if not isinstance(data, dict):
             return data
-        fields = set(cls.model_fields)
-        extra = {k: v for k, v in data.items() if k not in fields}
-        if not extra:
-            return data
-        options = dict(data.get("options") or {})
+        extra, options = cls._split_options(data)
+        if not extra or not isinstance(options, dict):
+            return data  # a non-mapping `options` is reported by validation
         clash = sorted(set(extra) & set(options))
         if clash:
             raise ValueError(f"reader option(s) {', '.join(clash)} given both inline and under 'options'")
-        return {**{k: v for k, v in data.items() if k in fields}, "options": {**options, **extra}}
+        return {**{k: v for k, v in data.items() if k in cls.model_fields}, "options": {**options, **extra}}
+
+    @classmethod
+    def _split_options(cls, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        extra = {k: v for k, v in data.items() if k not in cls.model_fields}
+        options = data.get("options") or {}
+        return extra, dict(options) if isinstance(options, dict) else options
+
+    @classmethod
+    def normalize(cls, data: Any) -> Any:
+        """A spec mapping with its inline reader options moved under `options` (as is where that clashes)."""
+        if not isinstance(data, dict):
+            return data
+        extra, options = cls._split_options(data)
+        if not extra or not isinstance(options, dict) or set(extra) & set(options):
+            return data
+        return {**{k: v for k, v in data.items() if k in cls.model_fields}, "options": {**options, **extra}}
 
     def reader_kwargs(self) -> dict[str, Any]:
         return {"format": self.format, **self.options}

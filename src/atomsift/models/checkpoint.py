@@ -37,8 +37,10 @@ class LoadReport:
         unexpected_keys: weights the model has no place for.
         used_ema: the weights are exponential-moving-average weights.
         notes: anything else the user should know, one sentence each.
-        unfitted_scale_factors: GemNet-OC scale factors left without a value (fairchem files).
+        unfitted_scale_factors: GemNet-OC scale factors left without a value (they act as identity).
         ignored_config_keys: config keys accepted without effect (fairchem files).
+        trained: False when the file says its weights were never trained (written by `atomsift model init`),
+            True when it says they were, None when it does not say (JMP, fairchem and converted files).
     """
 
     source: str = ""
@@ -48,6 +50,7 @@ class LoadReport:
     notes: list[str] = field(default_factory=list)
     unfitted_scale_factors: list[str] = field(default_factory=list)
     ignored_config_keys: list[str] = field(default_factory=list)
+    trained: bool | None = None
 
     @property
     def clean(self) -> bool:
@@ -65,6 +68,8 @@ class LoadReport:
             parts.append(
                 f"{len(self.unfitted_scale_factors)} unfitted scale factor(s): {_head(self.unfitted_scale_factors, 3)}"
             )
+        if self.trained is False:
+            parts.append("the weights were never trained (random initialisation)")
         parts.extend(self.notes)
         return "; ".join(parts)
 
@@ -126,6 +131,16 @@ def read_checkpoint_file(path: str | os.PathLike, *, trusted: bool = False) -> d
             files from a source you trust: unpickling can run code.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.pt"))
+        hint = (
+            f"give the checkpoint inside it: {path / 'model.pt'}"
+            if "model.pt" in inside
+            else f"give one of the checkpoints inside it: {', '.join(inside[:3])}"
+            if inside
+            else "give the path of a checkpoint file (.pt); this folder holds none"
+        )
+        raise ConfigError("the path is a folder, not a checkpoint file", file=path, fix=hint)
     if not path.is_file():
         raise DataError("checkpoint file not found", file=path, fix="check the path")
     try:
@@ -247,4 +262,27 @@ def _from_atomsift(obj: dict[str, Any], path: Path, *, ema: bool):
         state = obj["ema_state_dict"]
     result = model.load_state_dict(state, strict=False)
     report = LoadReport(str(path), list(result.missing_keys), list(result.unexpected_keys), used_ema=used_ema)
+    report.unfitted_scale_factors = _unfitted_scale_factors(model.backbone)
+    report.trained = weights_trained(model.metadata)
     return model, report
+
+
+def weights_trained(metadata: dict[str, Any]) -> bool | None:
+    """Whether a checkpoint's metadata says its weights were trained; None when it does not say.
+
+    `atomsift model init` writes {"trained": false}; training sets it true. Files written by `model init`
+    before that key existed count as untrained.
+    """
+    value = metadata.get("trained")
+    if isinstance(value, bool):
+        return value
+    if metadata.get("created_by") == "atomsift model init":
+        return False
+    return None
+
+
+def _unfitted_scale_factors(backbone) -> list[str]:
+    """Module paths of a backbone's GemNet-OC scale factors that have no value (they act as identity)."""
+    from atomsift.models.backbones.gemnet_oc.scaling import unfitted_scale_factors
+
+    return sorted(unfitted_scale_factors(backbone))
