@@ -41,12 +41,15 @@ def _register() -> None:
     if _REGISTERED:
         return
     _REGISTERED = True
-    from atomsift.cli import csi, data, demo, model
+    from atomsift.cli import csi, data, demo, model, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(model.app, name="model")
     app.command("csi")(csi.csi)
     app.command("demo")(demo.demo)
+    app.command("pretrain")(train.pretrain)
+    app.command("finetune")(train.finetune)
+    app.command("evaluate")(train.evaluate)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

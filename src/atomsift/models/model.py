@@ -119,6 +119,13 @@ class AtomsModel(nn.Module):
                 results[name] = self.heads[name](out, batch, positions=positions, create_graph=keep, mask=mask)
             return results
 
+    def graph_for(self, head: str | None = None):  # -> GraphSettings | None
+        """The graph settings the head was trained with (metadata 'head_graphs'); None: the backbone's own."""
+        from atomsift.graph.settings import GraphSettings
+
+        spec = (self.metadata.get("head_graphs") or {}).get(self.head_name(head))
+        return None if spec is None else GraphSettings(spec["cutoff"], spec["max_neighbors"], spec["pbc"])
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
@@ -143,6 +150,7 @@ class AtomsModel(nn.Module):
         from atomsift.graph import collate
 
         name = self.head_name(head)
+        graph = self.graph_for(name)
         was_training = self.training
         self.eval()
         results: list[dict[str, Any]] = []
@@ -154,7 +162,12 @@ class AtomsModel(nn.Module):
         try:
             for start in starts:
                 chunk = structures[start : start + batch_size]
-                batch = collate(chunk, dtype=self.dtype).to(self.device)
+                if graph is None:
+                    batch = collate(chunk, dtype=self.dtype)
+                else:  # the head's training graph (cutoff, neighbour limit, periodicity)
+                    batch = collate(chunk, dtype=self.dtype, dataset=[0] * len(chunk), dataset_names=[name],
+                                    dataset_graphs=[graph])
+                batch = batch.to(self.device)
                 with torch.no_grad():  # forward turns gradients back on for gradient forces
                     out = self(batch, head=name, create_graph=False)
                 results.extend(_split(out, batch))

@@ -123,12 +123,16 @@ class PretrainConfig(Optimisation):
         return self
 
 
-class SplitSpec(Strict):
-    """Train / val / test: counts, 'rest', or a saved index file (JSON with train, val, test lists)."""
+Count = int | float | Literal["rest"] | None
 
-    train: int | Literal["rest"] | None = None
-    val: int | Literal["rest"] | None = None
-    test: int | Literal["rest"] | None = "rest"
+
+class SplitSpec(Strict):
+    """Train / val / test: counts (int), fractions of the dataset (0 < float < 1), 'rest', or a saved index
+    file (JSON with train, val, test lists, as RUN/split.json)."""
+
+    train: Count = None
+    val: Count = None
+    test: Count = "rest"
     seed: int = 42
     file: str | None = None
 
@@ -159,6 +163,10 @@ class TaskSpec(Strict):
     def _consistent(self) -> TaskSpec:
         if self.head == "property" and self.forces is not None:
             raise ValueError("a property head has no forces: set forces: null")
+        if self.head == "energy" and not self.linear_reference:
+            raise ValueError("energy heads always subtract a linear reference; use head: property to z-score")
+        if self.metric == "forces_mae" and self.forces is None:
+            raise ValueError("metric forces_mae needs a head with forces")
         if self.force_weight > 0 and self.forces is None:
             raise ValueError("force_weight > 0 needs forces: gradient or direct")
         return self
@@ -182,6 +190,9 @@ class FinetuneConfig(Optimisation):
     allow_partial: bool = False
     data: DatasetSpec
     split: SplitSpec
+    test_options: dict[str, Any] | None = Field(
+        None, description="reader options that turn `data` into the test set (e.g. MatBench fold_part: test)"
+    )
     task: TaskSpec = Field(default_factory=TaskSpec)
     graph: GraphSpec | None = None
     heads: HeadSettings = Field(default_factory=HeadSettings)

@@ -2,7 +2,7 @@
 
 Energies are reported in meV (`energy_mae_meV`, `energy_rmse_meV`, `energy_per_atom_mae_meV`), forces in
 meV/A (`forces_mae_meV_per_A`, `forces_rmse_meV_per_A`, per Cartesian component), other targets in their
-own unit (`<target>_mae_<unit>`; a target in eV is reported in meV). `evaluate`, validation and the
+own unit (`<target>_mae_<unit>`; energy-like targets in eV, such as QM9's U0, in meV). `evaluate`, validation and the
 experiment tables use these names.
 """
 
@@ -14,9 +14,9 @@ import re
 from atomsift.train.losses import TaskInfo
 
 
-def unit_label(unit: str) -> tuple[str, float]:
-    """(label for metric keys, factor from the data's unit): eV -> (meV, 1000)."""
-    if unit == "eV":
+def unit_label(unit: str, kind: str = "energy") -> tuple[str, float]:
+    """(label for metric keys, factor from the data's unit): energies in eV -> (meV, 1000); others as they are."""
+    if unit == "eV" and kind == "energy":
         return "meV", 1000.0
     return re.sub(r"[^A-Za-z0-9]+", "_", unit.replace("^-1", "-1")).strip("_") or "units", 1.0
 
@@ -31,7 +31,7 @@ def metrics_from_sums(sums: dict[str, float], task: TaskInfo) -> dict[str, float
     out: dict[str, float | int] = {}
     n = sums.get("n", 0.0)
     if n > 0:
-        label, factor = unit_label(task.unit)
+        label, factor = unit_label(task.unit, task.kind)
         stem = target_key(task)
         out["n_structures"] = int(n)
         out[f"{stem}_mae_{label}"] = factor * sums["target_abs"] / n

@@ -208,13 +208,16 @@ class TrainModule(L.LightningModule):
         if self._clock is not None:
             self.log("struct/s", float(real.sum()) * self.trainer.world_size / (now - self._clock), prog_bar=True)
         self._clock = now
+        # the step's mean loss over all processes' structures (each process holds its share of the sum)
         self.log(
             "train/loss",
-            float((per[real]).mean()),
+            loss.detach(),
             prog_bar=True,
             on_step=True,
             on_epoch=True,
-            batch_size=int(real.sum()),
+            sync_dist=self.trainer.world_size > 1,
+            reduce_fx="mean",
+            batch_size=batch.step_size,
         )
         return loss
 

@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,19 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+def secondary_rank() -> bool:
+    """True in the extra processes Lightning starts for DDP (they re-run the command): they write nothing."""
+    return any(os.environ.get(k, "0") != "0" for k in ("LOCAL_RANK", "NODE_RANK"))
+
+
 def prepare_run(out: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool, command: str) -> str:
     """Check the run folder against the settings; returns 'new', 'resume' or 'done'.
 
     Writes config.yaml for a new run. Raises ConfigError for a folder holding another run or an unfinished
     run without --resume.
     """
+    if secondary_rank():  # rank 0 checked the folder and wrote config.yaml before starting this process
+        return "resume" if resume else "new"
     out = check_output_dir(out)
     saved_path = out / "config.yaml"
     if overwrite and saved_path.exists():
@@ -108,7 +116,9 @@ def prepare_run(out: Path, settings: dict[str, Any], *, resume: bool, overwrite:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file beside `path`, then rename it over `path`."""
+    """Write text to a temporary file beside `path`, then rename it over `path` (rank 0 only)."""
+    if secondary_rank():
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -166,6 +176,33 @@ class Progress(TQDMProgressBar):
         return items
 
 
+class EpochLines(Callback):
+    """One line per epoch where no terminal shows a bar (logs, CI): losses, rate, remaining time."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.started = time.perf_counter()
+        self.first_step = trainer.global_step
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        done = trainer.global_step - self.first_step
+        elapsed = time.perf_counter() - self.started
+        left = (trainer.estimated_stepping_batches - trainer.global_step) * elapsed / max(done, 1)
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}", f"step {trainer.global_step}"]
+        for key in ("train/loss_epoch", "val/loss"):
+            if key in m:
+                parts.append(f"{key.replace('_epoch', '')} {float(m[key]):.4g}")
+        if "struct/s" in m:
+            parts.append(f"{float(m['struct/s']):.0f} structures/s")
+        parts.append(f"about {left:.0f} s left")
+        print(", ".join(parts), flush=True)
+
+
 def precision_of(cfg: Optimisation) -> str:
     """Lightning's precision name; auto = 16-mixed on CUDA (the paper's mixed precision), 32 elsewhere."""
     if cfg.precision == "auto":
@@ -189,8 +226,11 @@ def make_trainer(cfg: Optimisation, out: Path, attempt: int, *, progress: bool =
 
             loggers.append(WandbLogger(save_dir=str(out / "logs"), name=out.name))
     callbacks: list[Callback] = [AtomicCheckpoint(out / "checkpoints", cfg.checkpoint_every)]
-    if progress:
+    bar = progress and sys.stdout.isatty()
+    if bar:
         callbacks.append(Progress(leave=True))
+    elif progress:
+        callbacks.append(EpochLines())
     return L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
@@ -203,7 +243,7 @@ def make_trainer(cfg: Optimisation, out: Path, attempt: int, *, progress: bool =
         logger=loggers or False,
         callbacks=callbacks,
         enable_checkpointing=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         use_distributed_sampler=False,
         num_sanity_val_steps=0,

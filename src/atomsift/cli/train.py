@@ -1,0 +1,194 @@
+"""`atomsift pretrain`, `atomsift finetune`, `atomsift evaluate` (docs/training.md, docs/cli.md)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from atomsift.cli.common import CONFIG_HELP, DATASET_HELP, OVERRIDES_HELP, TRUST_HELP, at_least_one, on_interrupt
+
+RESUME_HELP = "Continue the unfinished run in --out from its last checkpoint (same settings)."
+OVERWRITE_HELP = "Replace the run in --out (its config, checkpoints and outputs) instead of refusing."
+DRY_RUN_HELP = "Print the plan (datasets, sizes, shares, steps, budget, graph settings) and stop."
+
+
+def _console() -> Console:
+    return Console() if Console().is_terminal else Console(width=120)
+
+
+def _quiet_lightning() -> None:
+    """Lightning's start-up chatter and known-harmless warnings stay off the terminal (metrics.csv has it all)."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (
+        ".*weights_only.*",
+        ".*LeafSpec.*",
+        ".*does not have many workers.*",
+        ".*litlogger.*",
+        ".*Converting a tensor with requires_grad.*",
+        ".*exists and is not empty.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def _resume_hint(out: Path) -> None:
+    on_interrupt(
+        f"the last checkpoint in {out}/checkpoints/ is kept (written at the interrupt, or at the last checkpoint_every "
+        f"step); rerun the same command with --resume to continue exactly where it stopped"
+    )
+
+
+def pretrain(
+    overrides: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP + " See configs/pretrain_*.yaml."),
+    out: Path = typer.Option(..., "--out", help="Run folder (config.yaml, subsets/, checkpoints/, model.pt, ...)."),
+    resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of subsets, initialisation and order (default 0)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Structures per step and device (default 20)."),
+    n_samples: int | None = typer.Option(None, "--n-samples", help="N: structures drawn once (over all datasets)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="E: passes over the N structures (default 5)."),
+) -> None:
+    """Pretrain a backbone on N structures x E epochs of one upstream dataset or a mixture."""
+    from atomsift.settings import resolve_settings
+    from atomsift.train.config import PretrainConfig
+    from atomsift.train.pretrain import plan_pretraining, print_plan, run_pretraining
+
+    for value, flag in ((batch_size, "--batch-size"), (n_samples, "--n-samples"), (epochs, "--epochs")):
+        at_least_one(value, flag)
+    flags = {"seed": seed, "batch_size": batch_size, "n_samples": n_samples, "epochs": epochs}
+    cfg = resolve_settings(
+        PretrainConfig, config, flags=flags, overrides=overrides, example="configs/pretrain_demo.yaml"
+    )
+    console = _console()
+    if dry_run:
+        print_plan(plan_pretraining(cfg), cfg, console)
+        return
+    _quiet_lightning()
+    _resume_hint(out)
+    run_pretraining(cfg, out, resume=resume, overwrite=overwrite, console=console)
+
+
+def finetune(
+    overrides: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP),
+    preset: str | None = typer.Option(
+        None, "--preset", help="rmd17, md22, spice, qm9, qmof, matbench, energy-forces or property."
+    ),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP + " Applied over --preset."),
+    data: str | None = typer.Option(None, "--data", help="The downstream dataset. " + DATASET_HELP),
+    checkpoint: str | None = typer.Option(
+        None, "--checkpoint", help="Start from these weights (atomsift, fairchem 1.10, JMP)."
+    ),
+    from_scratch: bool = typer.Option(
+        False, "--from-scratch", help="Random weights of the same architecture (the baseline)."
+    ),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
+    out: Path = typer.Option(
+        ..., "--out", help="Run folder (config.yaml, split.json, model.pt, test_metrics.json, ...)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the split sizes and steps and stop."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of initialisation and order (the split has split.seed)."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Structures per step and device."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs (the preset's by default)."),
+) -> None:
+    """Finetune on a downstream task with the paper's protocol; tests the best EMA weights."""
+    from atomsift.cli.common import dataset_spec
+    from atomsift.settings import resolve_settings
+    from atomsift.train.config import FinetuneConfig
+    from atomsift.train.finetune import load_preset, run_finetuning
+
+    for value, flag in ((batch_size, "--batch-size"), (epochs, "--epochs")):
+        at_least_one(value, flag)
+    if preset is None and config is None:
+        from atomsift.errors import ConfigError
+
+        raise ConfigError(
+            "finetune needs --preset NAME or --config FILE.yaml",
+            fix="e.g. atomsift finetune --preset rmd17 --data rmd17_aspirin.npz --checkpoint run/model.pt --out ft",
+        )
+    base = load_preset(preset)
+    flags: dict = {
+        "seed": seed,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "checkpoint": checkpoint,
+        "from_scratch": True if from_scratch else None,
+        "trust_checkpoint": True if trust_checkpoint else None,
+    }
+    if data is not None:
+        _, spec = dataset_spec(data)
+        base_data = dict(base.get("data") or {})
+        flags["data"] = {
+            **spec.model_dump(exclude_none=True),
+            "options": {**(base_data.get("options") or {}), **spec.options},
+        }
+        base.pop("data", None)
+    cfg = resolve_settings(
+        FinetuneConfig,
+        config,
+        flags=flags,
+        overrides=overrides,
+        base=base,
+        example=f"the preset file of --preset (atomsift/train/presets/{preset or 'rmd17'}.yaml)",
+    )
+    _quiet_lightning()
+    _resume_hint(out)
+    run_finetuning(cfg, out, resume=resume, overwrite=overwrite, console=_console(), dry_run=dry_run)
+
+
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="A trained model (RUN/model.pt, or any atomsift checkpoint)."),
+    data: str = typer.Option(..., "--data", help="The dataset. " + DATASET_HELP),
+    split: str | None = typer.Option(
+        None, "--split", help="train, val or test of the run's split.json (default: all)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder for metrics.json and the plots."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace metrics.json in --out if it exists."),
+    head: str | None = typer.Option(None, "--head", help="Head to evaluate (default: the trained task's)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Structures per forward pass."),
+    device: str = typer.Option("cpu", "--device", help="torch device."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
+) -> None:
+    """MAE and RMSE in meV, meV/A or the target's unit; parity plots; the run's learning curve."""
+    from atomsift.cli.common import dataset_spec
+    from atomsift.errors import ConfigError
+    from atomsift.settings import check_output_dir
+    from atomsift.train.evaluate import evaluate_checkpoint
+
+    at_least_one(batch_size, "--batch-size")
+    check_output_dir(out)
+    if (out / "metrics.json").exists() and not overwrite:
+        raise ConfigError(
+            "the output folder already holds metrics.json",
+            file=out,
+            fix="pass --overwrite to replace it, or choose another --out",
+        )
+    _, spec = dataset_spec(data)
+    metrics = evaluate_checkpoint(
+        checkpoint,
+        spec,
+        split=split,
+        out=out,
+        head=head,
+        batch_size=batch_size,
+        trusted=trust_checkpoint,
+        device=device,
+    )
+    console = _console()
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            console.print(f"{key:<32} {value:.6g}")
+    if "warning" in metrics:
+        console.print(f"[yellow]warning:[/yellow] {metrics['warning']}")
+    console.print(
+        f"wrote {out / 'metrics.json'}" + (f" and {len(metrics['plots'])} plot(s)" if metrics["plots"] else "")
+    )

@@ -1,0 +1,208 @@
+"""`atomsift evaluate`: MAE and RMSE of a trained model in the field's units, parity plots, learning curves.
+
+    result = evaluate_model(model, records, task)      # {"metrics": {...}, "pairs": {...}}
+    evaluate_checkpoint("run/model.pt", spec, split="test", out=Path("eval"))
+
+The metric names are atomsift.train.metrics'. Predictions go through `AtomsModel.predict`, i.e. with the graph
+settings the head was trained with, exactly what `as_calculator()` uses.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atomsift.data.record import Record
+from atomsift.errors import ConfigError
+from atomsift.train.losses import TaskInfo
+from atomsift.train.metrics import metrics_from_sums, target_key, unit_label
+
+
+def evaluate_model(
+    model: Any, records: Sequence[Record], task: TaskInfo, *, batch_size: int = 16, progress: bool = False
+) -> dict[str, Any]:
+    """Predict `records` with the task's head; metrics from the summed errors, and (reference, prediction)
+    pairs per quantity for parity plots (target per structure; forces per component)."""
+    if not records:
+        raise ConfigError("no structures to evaluate", fix="check the split (it is empty) or the data path")
+    results = model.predict(list(records), head=task.head, batch_size=batch_size, progress=progress)
+    sums = dict.fromkeys(
+        ("n", "target_abs", "target_sq", "n_per_atom", "target_abs_per_atom", "n_force", "force_abs", "force_sq"), 0.0
+    )
+    ref_t, pred_t, ref_f, pred_f = [], [], [], []
+    for rec, res in zip(records, results, strict=True):
+        label = rec.energy if task.target == "energy" else rec.targets.get(task.target)
+        value = res.get("energy") if task.kind == "energy" else res["property"][0]
+        if label is not None and value is not None:
+            err = float(value) - float(np.asarray(label).reshape(()))
+            sums["n"] += 1
+            sums["target_abs"] += abs(err)
+            sums["target_sq"] += err * err
+            sums["target_abs_per_atom"] += abs(err) / rec.natoms
+            ref_t.append(float(np.asarray(label).reshape(())))
+            pred_t.append(float(value))
+        if task.forces and rec.forces is not None and "forces" in res:
+            diff = res["forces"] - rec.forces
+            sums["n_force"] += diff.size
+            sums["force_abs"] += float(np.abs(diff).sum())
+            sums["force_sq"] += float(np.square(diff).sum())
+            ref_f.append(np.asarray(rec.forces).ravel())
+            pred_f.append(np.asarray(res["forces"]).ravel())
+    metrics = metrics_from_sums(sums, task)
+    metrics["n_structures"] = len(records)
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if ref_t:
+        pairs[target_key(task)] = (np.asarray(ref_t), np.asarray(pred_t))
+    if ref_f:
+        pairs["forces"] = (np.concatenate(ref_f), np.concatenate(pred_f))
+    return {"metrics": metrics, "pairs": pairs}
+
+
+def parity_plot(ref: np.ndarray, pred: np.ndarray, label: str, unit: str, mae: float, path: Path) -> Path:
+    """Reference vs predicted scatter with the identity line; the MAE in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    ax.scatter(ref, pred, s=6, alpha=0.5, linewidths=0, label=f"MAE {mae:.4g} {unit} (n = {ref.size})")
+    lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
+    pad = 0.03 * (hi - lo or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.3", lw=0.8)
+    ax.set_xlabel(f"reference {label} [{unit}]")
+    ax.set_ylabel(f"predicted {label} [{unit}]")
+    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    ax.set_aspect("equal", adjustable="datalim")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def learning_curve(metrics_csv: Path, path: Path) -> Path | None:
+    """Training and validation loss per epoch from a run's metrics.csv (None when it has neither)."""
+    with open(metrics_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    train: dict[int, float] = {}
+    val: dict[int, float] = {}
+    for row in rows:
+        if not row.get("epoch"):
+            continue
+        epoch = int(float(row["epoch"]))
+        if row.get("train/loss_epoch"):
+            train[epoch] = float(row["train/loss_epoch"])
+        if row.get("val/loss"):
+            val[epoch] = float(row["val/loss"])
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    for series, name in ((train, "training"), (val, "validation (EMA weights)")):
+        if series:
+            epochs = sorted(series)
+            ax.plot([e + 1 for e in epochs], [series[e] for e in epochs], marker="o", ms=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (normalised units)")
+    ax.set_yscale("log")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def task_of_model(model: Any, head: str | None) -> TaskInfo:
+    """The TaskInfo a trained model recorded for its head; a bare model gets an energy (and forces) task."""
+    name = model.head_name(head)
+    for entry in model.metadata.get("tasks") or []:
+        if entry.get("head") == name:
+            return TaskInfo(**entry)
+    spec = model.head_specs[name]
+    return TaskInfo(name, name, "energy", spec.kind, spec.forces is not None)
+
+
+def split_records(ds: Any, checkpoint: Path, split: str | None) -> tuple[list[Record], str]:
+    """The structures to evaluate: a split saved beside the checkpoint (RUN/split.json) or the whole dataset."""
+    if split is None:
+        return [ds[i] for i in range(len(ds))], "all"
+    saved = checkpoint.parent / "split.json"
+    if not saved.exists():
+        raise ConfigError(
+            f"--split {split} needs the split.json of the run that made the checkpoint, and there is none beside it",
+            file=checkpoint,
+            fix="evaluate a finetuning run's model.pt, leave --split out to use the whole dataset, or give the "
+            "split as a reader option (e.g. --data x.h5,split=test)",
+        )
+    indices = json.loads(saved.read_text()).get(split)
+    if indices is None:
+        raise ConfigError(f"split.json has no split '{split}'", file=saved, fix="use train, val or test")
+    if indices and max(indices) >= len(ds):
+        raise ConfigError(
+            f"split '{split}' does not fit this dataset ({len(ds)} structures)",
+            file=saved,
+            fix="evaluate on the dataset the run was finetuned on",
+        )
+    return [ds[int(i)] for i in indices], split
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    spec: Any,
+    *,
+    split: str | None,
+    out: Path,
+    head: str | None = None,
+    batch_size: int = 16,
+    trusted: bool = False,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on a dataset; writes OUT/metrics.json, parity PNGs and (for runs) a learning curve."""
+    from atomsift.data.spec import open_spec
+    from atomsift.models import load_checkpoint
+
+    model = load_checkpoint(checkpoint, trusted=trusted, device=device)
+    task = task_of_model(model, head)
+    ds = open_spec(spec, "data")
+    records, used = split_records(ds, Path(checkpoint), split)
+    result = evaluate_model(model, records, task, batch_size=batch_size, progress=len(records) > 4 * batch_size)
+    metrics = {
+        **result["metrics"],
+        "checkpoint": str(checkpoint),
+        "data": spec.path,
+        "split": used,
+        "head": task.head,
+        "target": task.target,
+    }
+    if model.load_report.trained is False:
+        metrics["warning"] = "the checkpoint's weights were never trained (random initialisation)"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    label, factor = unit_label(task.unit, task.kind)
+    plots = []
+    for key, (ref, pred) in result["pairs"].items():
+        if key == "forces":
+            mae = metrics["forces_mae_meV_per_A"]
+            plots.append(
+                parity_plot(ref * 1000, pred * 1000, "force component", "meV/A", mae, out / "parity_forces.png")
+            )
+        else:
+            mae = metrics[f"{key}_mae_{label}"]
+            plots.append(parity_plot(ref * factor, pred * factor, key, label, mae, out / f"parity_{key}.png"))
+    curve = Path(checkpoint).parent / "metrics.csv"
+    if curve.exists():
+        made = learning_curve(curve, out / "learning_curve.png")
+        if made is not None:
+            plots.append(made)
+    metrics["plots"] = [str(p) for p in plots]
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics

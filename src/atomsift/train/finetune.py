@@ -1,0 +1,343 @@
+"""`atomsift finetune`: a downstream task from a pretrained checkpoint (or from scratch), the paper's protocol.
+
+Every backbone tensor of the checkpoint is loaded (EMA weights when the file has them); a backbone key that
+is missing or unexpected stops the run unless `allow_partial`. The task gets a new head. The split is drawn
+once (seed 42 by default) and saved as RUN/split.json; the best EMA weights by the task's validation metric
+are kept and tested (RUN/test_metrics.json). Presets (atomsift/train/presets/*.yaml) hold each task's
+protocol; docs/training.md lists them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+
+from atomsift.data.spec import open_spec
+from atomsift.errors import ConfigError, DataError
+from atomsift.models import AtomsModel, build_backbone, load_checkpoint
+from atomsift.models.checkpoint import LoadReport
+from atomsift.train.config import FinetuneConfig, SplitSpec
+from atomsift.train.data import BatchCollator, Task, TrainSet, indices_hash
+from atomsift.train.losses import TaskInfo
+from atomsift.train.metrics import target_key, unit_label
+from atomsift.train.module import TrainModule
+from atomsift.train.runner import prepare_run, run_fit, write_json
+from atomsift.train.setup import (
+    best_model_writer,
+    closing_table,
+    default_graph,
+    fit_scale_factors_if_needed,
+    fit_task_normalizer,
+    fmt,
+    param_groups,
+)
+
+PRESETS = ("rmd17", "md22", "spice", "qm9", "qmof", "matbench", "energy-forces", "property")
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of a finetuning preset; ConfigError naming the presets for an unknown name."""
+    key = name.strip().lower().replace("_", "-")
+    if key not in PRESETS:
+        raise ConfigError(f"unknown finetuning preset '{name}'", fix=f"use one of: {', '.join(PRESETS)}")
+    return Path(str(resources.files("atomsift.train.presets") / f"{key}.yaml"))
+
+
+def load_preset(name: str | None) -> dict[str, Any]:
+    """A preset's settings as a dict ({} for None), with `preset` recorded."""
+    if name is None:
+        return {}
+    data = yaml.safe_load(preset_path(name).read_text()) or {}
+    return {**data, "preset": preset_path(name).stem}
+
+
+# ------------------------------------------------------------------ splits
+
+
+def _count(value: Any, n: int, name: str) -> int | None:
+    if value is None:
+        return 0
+    if value == "rest":
+        return None
+    if isinstance(value, float) and not isinstance(value, bool):
+        if not 0 < value < 1:
+            raise ConfigError(f"split.{name} = {value}: a fraction must lie in (0, 1)", fix="or give a count")
+        return int(round(value * n))
+    return int(value)
+
+
+def split_indices(n: int, split: SplitSpec, source: str = "") -> dict[str, np.ndarray]:
+    """Train / val / test indices of range(n): one permutation (split.seed), cut into the sizes asked for."""
+    if split.file is not None:
+        path = Path(split.file)
+        try:
+            saved = json.loads(path.read_text())
+            out = {k: np.asarray(saved[k], dtype=np.int64) for k in ("train", "val", "test")}
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(
+                f"cannot read the split file ({exc})",
+                file=path,
+                fix="give a JSON file with train, val and test index lists (as RUN/split.json)",
+            ) from None
+        for k, idx in out.items():
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise DataError(
+                    f"split '{k}' holds indices outside the dataset's {n} structures",
+                    file=path,
+                    fix="use the split file of this dataset",
+                )
+        return out
+    sizes = {k: _count(getattr(split, k), n, k) for k in ("train", "val", "test")}
+    fixed = sum(v for v in sizes.values() if v is not None)
+    if fixed > n:
+        raise ConfigError(
+            f"the split asks {fixed} structures ({', '.join(f'{k} {v}' for k, v in sizes.items() if v)}) but the "
+            f"dataset{f' {source}' if source else ''} has {n}",
+            fix="lower the split counts, or use 'rest' for one of them",
+        )
+    sizes = {k: (n - fixed if v is None else v) for k, v in sizes.items()}
+    order = np.random.default_rng(split.seed).permutation(n).astype(np.int64)
+    a, b = sizes["train"], sizes["train"] + sizes["val"]
+    return {"train": order[:a], "val": order[a:b], "test": order[b : b + sizes["test"]]}
+
+
+# ------------------------------------------------------------------ model
+
+
+def _backbone_keys(keys: list[str]) -> list[str]:
+    return [k for k in keys if not k.startswith("heads.")]
+
+
+def build_finetune_model(cfg: FinetuneConfig, head: dict[str, Any], head_name: str) -> tuple[AtomsModel, dict]:
+    """The backbone (checkpoint weights, or fresh for from_scratch) with a new head; and the load report."""
+    torch.manual_seed(cfg.seed)
+    report: dict[str, Any] = {"from_scratch": cfg.from_scratch}
+    if cfg.checkpoint is not None:
+        source = load_checkpoint(cfg.checkpoint, ema=True, trusted=cfg.trust_checkpoint, strict=False)
+        lr: LoadReport = source.load_report
+        if cfg.from_scratch:
+            backbone = build_backbone(source.backbone.name, **source.backbone.hparams())
+            report["architecture_from"] = cfg.checkpoint
+        else:
+            missing, unexpected = _backbone_keys(lr.missing_keys), _backbone_keys(lr.unexpected_keys)
+            state = source.backbone.state_dict()
+            report.update(
+                checkpoint=cfg.checkpoint,
+                used_ema=lr.used_ema,
+                loaded=sorted(k for k in state if k not in missing),
+                missing=missing,
+                unexpected=unexpected,
+                reshaped=[],
+                heads_dropped=sorted(
+                    {k.split(".")[1] for k in lr.missing_keys + lr.unexpected_keys if k.startswith("heads.")}
+                    | set(source.head_specs)
+                ),
+                unfitted_scale_factors=list(lr.unfitted_scale_factors),
+                notes=list(lr.notes),
+            )
+            if (missing or unexpected) and not cfg.allow_partial:
+                raise ConfigError(
+                    f"the checkpoint's backbone weights do not match its architecture: {len(missing)} missing "
+                    f"({', '.join(missing[:4])}), {len(unexpected)} unexpected ({', '.join(unexpected[:4])})",
+                    file=cfg.checkpoint,
+                    fix="use a checkpoint of this architecture, or set allow_partial: true to train the missing "
+                    "weights from their random start (the load report lists them)",
+                )
+            backbone = source.backbone.train()
+    else:
+        spec = cfg.backbone
+        backbone = build_backbone(spec.name, preset=spec.preset, **spec.hparams)
+        report["architecture_from"] = spec.model_dump()
+    return AtomsModel(backbone, {head_name: head}), report
+
+
+def task_info(cfg: FinetuneConfig, name: str, head_name: str) -> TaskInfo:
+    t = cfg.task
+    return TaskInfo(name, head_name, t.target, t.head, t.forces is not None, t.energy_weight, t.force_weight, t.unit)
+
+
+def monitor_of(cfg: FinetuneConfig, info: TaskInfo) -> str:
+    """The validation quantity that picks the best weights."""
+    if cfg.task.metric == "forces_mae":
+        return f"val/{info.name}/forces_mae_meV_per_A"
+    if cfg.task.metric == "target_mae":
+        return f"val/{info.name}/{target_key(info)}_mae_{unit_label(info.unit, info.kind)[0]}"
+    return "val/loss"
+
+
+# ------------------------------------------------------------------ run
+
+
+def run_finetuning(
+    cfg: FinetuneConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+    progress: bool = True,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Finetune as `cfg` says into the run folder `out`; returns the test metrics (also RUN/test_metrics.json)."""
+    from atomsift.train.evaluate import evaluate_model
+
+    console = console or Console()
+    settings = cfg.model_dump(mode="json")
+    ds = open_spec(cfg.data, "data")
+    name = Path(cfg.data.path).stem if not cfg.data.path.startswith("bundled:") else cfg.data.path.split(":", 1)[1]
+    splits = split_indices(len(ds), cfg.split, cfg.data.path)
+    test_ds = ds
+    if cfg.test_options is not None:
+        spec = cfg.data.model_copy(update={"options": {**cfg.data.options, **cfg.test_options}})
+        test_ds = open_spec(spec, "test data")
+        splits["test"] = np.arange(len(test_ds), dtype=np.int64)
+    if len(splits["train"]) == 0 or len(splits["val"]) == 0:
+        raise ConfigError(
+            f"the split leaves {len(splits['train'])} training and {len(splits['val'])} validation structures",
+            fix="give split.train and split.val at least 1 each",
+        )
+    head_name = cfg.task.target
+    steps = math.ceil(len(splits["train"]) / cfg.batch_size)
+    graph_text = "GemNet-OC: the paper's for the data; others: the backbone's own"
+    if cfg.graph is not None:
+        graph_text = f"{cfg.graph.cutoff:g} A / {cfg.graph.max_neighbors}" + (" / pbc" if cfg.graph.pbc else "")
+    console.print(
+        f"finetuning on {cfg.data.path}: {len(splits['train'])} train / {len(splits['val'])} val / "
+        f"{len(splits['test'])} test structures, {cfg.epochs} epochs x {steps} steps of {cfg.batch_size}; target "
+        f"{cfg.task.target} ({cfg.task.head} head, forces {cfg.task.forces}); graph {graph_text}"
+    )
+    if dry_run:
+        return {"splits": {k: len(v) for k, v in splits.items()}, "steps_per_epoch": steps}
+    state = prepare_run(out, settings, resume=resume, overwrite=overwrite, command="finetune")
+    if state == "done":
+        console.print(f"{out} already holds this finished run (same settings): reusing it")
+        return json.loads((out / "test_metrics.json").read_text())
+    split_file = out / "split.json"
+    digest = indices_hash(np.concatenate(list(splits.values())))
+    if state == "resume" and split_file.exists() and json.loads(split_file.read_text()).get("sha256_16") != digest:
+        raise DataError(
+            "the saved split differs from the one the settings give",
+            file=split_file,
+            fix="resume with the original data and settings",
+        )
+    write_json(
+        split_file,
+        {
+            **{k: v.tolist() for k, v in splits.items()},
+            "seed": cfg.split.seed,
+            "data": cfg.data.path,
+            "sha256_16": digest,
+        },
+    )
+    has_forces = ds[int(splits["train"][0])].forces is not None
+    if cfg.task.force_weight > 0 and not has_forces:
+        raise ConfigError(
+            f"the task trains forces (force_weight {cfg.task.force_weight}) but {cfg.data.path} has none",
+            fix="use a preset for energies or properties, or set task.force_weight=0",
+        )
+    head = {
+        "kind": cfg.task.head,
+        "forces": cfg.task.forces,
+        "reduce": cfg.task.readout,
+        "num_layers": cfg.heads.num_layers,
+        "hidden": cfg.heads.hidden,
+    }
+    model, load_report = build_finetune_model(cfg, head, head_name)
+    graph = default_graph(ds, cfg.graph, model.backbone.name)
+    write_json(out / "load_report.json", load_report)
+    task = Task(
+        name,
+        ds,
+        splits["train"],
+        splits["val"],
+        graph,
+        cfg.task.target,
+        cfg.task.energy_weight,
+        cfg.task.force_weight,
+        has_forces and cfg.task.forces is not None,
+        test=splits["test"],
+    )
+    info = task_info(cfg, name, head_name)
+    normalizer = None
+    if state != "resume":
+        normalizer = fit_task_normalizer(
+            task, cfg.normalizer_samples, model.backbone.num_elements, linear_reference=cfg.task.linear_reference
+        )
+        normalizer.apply_to(model.heads[head_name])
+        fitted = fit_scale_factors_if_needed(
+            model.backbone, [task], cfg.scale_factor_batches, cfg.batch_size, torch.float32
+        )
+        if fitted:
+            console.print(f"fitted {len(fitted)} GemNet-OC scale factors on the training structures")
+    metadata = {
+        "created_by": "atomsift finetune",
+        "config": settings,
+        "task": vars(info),
+        "tasks": [vars(info)],
+        "head_graphs": {head_name: None if graph is None else vars(graph)},
+        "normalizers": {} if normalizer is None else {name: normalizer.to_dict()},
+    }
+    model.metadata.update(metadata)
+    module = TrainModule(
+        model,
+        [info],
+        cfg,
+        train_set=TrainSet([task]),
+        val_set=TrainSet([task], "val"),
+        collator=BatchCollator([task], [] if info.target == "energy" else [info.target], torch.float32),
+        param_groups=param_groups(model, cfg.layerwise_lr),
+        monitor=monitor_of(cfg, info),
+        on_best=best_model_writer(out / "model.pt", metadata),
+    )
+    started = time.perf_counter()
+    fit = run_fit(module, cfg, out, state=state, progress=progress)
+    wall = module.wall_before + time.perf_counter() - started
+    trainer = fit["trainer"]
+    if not trainer.is_global_zero:
+        return {}
+    from atomsift.models.checkpoint import save_checkpoint
+
+    save_checkpoint(module.weights_for_saving(), out / "last.pt", metadata={**metadata, "trained": True})
+    best = load_checkpoint(out / "model.pt")
+    records = [test_ds[int(i)] for i in splits["test"]]
+    metrics = evaluate_model(best, records, info, batch_size=cfg.batch_size)["metrics"]
+    metrics.update(
+        split="test",
+        checkpoint=str(out / "model.pt"),
+        best_epoch=module.best_epoch,
+        monitor=module.monitor,
+        best_val=module.best,
+    )
+    write_json(out / "test_metrics.json", metrics)
+    best_val = next((h for h in module.history if h["epoch"] == module.best_epoch), {})
+    summary = {
+        "epochs": cfg.epochs,
+        "structures_seen": int(module.counters["structures"]),
+        "atoms_seen": int(module.counters["atoms"]),
+        "optimizer_steps": int(trainer.global_step),
+        "wall_time_s": round(wall, 3),
+        "best_epoch": module.best_epoch,
+        "monitor": module.monitor,
+        "best_val_metrics": {k: v for k, v in best_val.items() if k.startswith("val/")},
+        "splits": {k: len(v) for k, v in splits.items()},
+        "test_metrics": metrics,
+    }
+    write_json(out / "summary.json", summary)
+    rows = [
+        ("steps", f"{trainer.global_step} ({cfg.epochs} epochs)"),
+        ("time", f"{wall:.1f} s"),
+        ("best epoch", f"{module.best_epoch} by {module.monitor} = {fmt(module.best)}"),
+    ]
+    rows += [(f"test {k}", fmt(v)) for k, v in metrics.items() if "_mae_" in k or "_rmse_" in k]
+    rows.append(("files", f"{out}/model.pt (best EMA weights), test_metrics.json, split.json, load_report.json"))
+    closing_table("finetuning finished", rows, console)
+    return metrics

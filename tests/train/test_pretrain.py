@@ -1,0 +1,151 @@
+"""Pretraining: the budget is exact, subsets are saved once, and a killed run resumes bit for bit."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from atomsift.data.sampling import load_subset
+from atomsift.errors import ConfigError
+from atomsift.models import load_checkpoint
+from atomsift.train import runner
+from atomsift.train.module import TrainingDiverged
+from atomsift.train.pretrain import run_pretraining
+
+from .conftest import pretrain_config
+
+
+class Kill(BaseException):
+    """Stands for SIGKILL: nothing is saved when it is raised."""
+
+
+class KillAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise Kill()
+
+
+def _with_callback(monkeypatch, callback: L.Callback) -> None:
+    make = runner.make_trainer
+
+    def patched(*args, **kwargs):
+        trainer = make(*args, **kwargs)
+        trainer.callbacks.append(callback)
+        return trainer
+
+    monkeypatch.setattr(runner, "make_trainer", patched)
+
+
+def test_budget_subsets_and_outputs(tmp_path):
+    cfg = pretrain_config()
+    summary = run_pretraining(cfg, tmp_path / "run", progress=False)
+    assert summary["budget"] == summary["structures_seen"] == 24 * 3
+    assert summary["structures_seen_per_dataset"] == {"acac": 36, "oxides": 36}  # balanced: N / 2 each, x E
+    assert summary["optimizer_steps"] == 3 * math.ceil(24 / 5)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "model.pt", "last.pt", "metrics.csv", "summary.json", "checkpoints/last.ckpt"):
+        assert (run / name).exists(), name
+    train, meta = load_subset(run / "subsets" / "acac.train.json")
+    val, _ = load_subset(run / "subsets" / "acac.val.json")
+    assert len(train) == 12 and len(val) == 6 and not set(train) & set(val) and meta["sha256_16"]
+    model = load_checkpoint(run / "model.pt")
+    assert model.load_report.trained is True and set(model.head_specs) == {"acac", "oxides"}
+    # heads hold the normalisers: raw eV near the labels' scale even after a few steps
+    from atomsift.data import open_dataset
+
+    recs = [open_dataset("bundled:acac")[int(i)] for i in val]
+    pred = np.array([r["energy"] for r in model.predict(recs, head="acac")])
+    ref = np.array([r.energy for r in recs])
+    assert abs(pred.mean() - ref.mean()) < 5 * ref.std() + 1.0
+
+
+def test_resume_after_kill_mid_epoch_is_bit_for_bit(tmp_path, monkeypatch):
+    cfg = pretrain_config()
+    run_pretraining(cfg, tmp_path / "a", progress=False)
+    with monkeypatch.context() as m:
+        _with_callback(m, KillAt(7))  # 5 steps per epoch: step 7 is inside the second epoch
+        with pytest.raises(Kill):
+            run_pretraining(cfg, tmp_path / "b", progress=False)
+    assert torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
+    with pytest.raises(ConfigError, match="--resume"):
+        run_pretraining(cfg, tmp_path / "b", progress=False)
+    with pytest.raises(ConfigError, match="lr: 0.001 -> 0.002"):
+        run_pretraining(pretrain_config(lr=2e-3), tmp_path / "b", progress=False, resume=True)
+    summary = run_pretraining(cfg, tmp_path / "b", progress=False, resume=True)
+    for name in ("last.pt", "model.pt"):
+        a = torch.load(tmp_path / "a" / name, weights_only=True)["state_dict"]
+        b = torch.load(tmp_path / "b" / name, weights_only=True)["state_dict"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    first = json.loads((tmp_path / "a/summary.json").read_text())
+    for key in ("structures_seen", "structures_seen_per_dataset", "atoms_seen", "optimizer_steps", "best_val_loss"):
+        assert summary[key] == first[key], key
+    # a finished run with the same settings is reused, not rerun
+    assert run_pretraining(cfg, tmp_path / "b", progress=False)["atoms_seen"] == first["atoms_seen"]
+
+
+def test_gemnet_mixed_graphs_and_edge_dropout_resume(tmp_path, monkeypatch):
+    """GemNet-OC with each dataset's graph (molecules 4 A / 10, oxides periodic) and edge dropout: resume is exact."""
+    cfg = pretrain_config(
+        backbone={"name": "gemnet_oc", "preset": "tiny", "hparams": {"num_blocks": 1}},
+        upstream={
+            "acac": {"path": "bundled:acac", "val_size": 3, "graph": {"cutoff": 4.0, "max_neighbors": 10, "pbc": False}},
+            "oxides": {"path": "bundled:oxides", "val_size": 3,
+                       "graph": {"cutoff": 4.0, "max_neighbors": 10, "pbc": True}},
+        },
+        n_samples=8, epochs=2, batch_size=4, scale_factor_batches=2,
+    )
+    run_pretraining(cfg, tmp_path / "a", progress=False)
+    with monkeypatch.context() as m:
+        _with_callback(m, KillAt(3))
+        with pytest.raises(Kill):
+            run_pretraining(cfg, tmp_path / "b", progress=False)
+    run_pretraining(cfg, tmp_path / "b", progress=False, resume=True)
+    a = torch.load(tmp_path / "a/last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b/last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(float(v) != 0 for k, v in a.items() if k.endswith("scale_factor"))  # fitted, never identity
+
+
+def test_nan_loss_names_the_step_and_structures(tmp_path, monkeypatch):
+    from atomsift.train import module
+
+    real = module.structure_losses
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 6 else loss
+
+    monkeypatch.setattr(module, "structure_losses", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"optimizer step 3 .*structures of that batch: (frame|row)"):
+        run_pretraining(pretrain_config(), tmp_path / "run", progress=False)
+
+
+def test_n_above_dataset_size_suggests_epochs(tmp_path):
+    cfg = pretrain_config(upstream={"oxides": {"path": "bundled:oxides", "val_size": 5}}, mixture="single",
+                          n_samples=400)
+    with pytest.raises(ConfigError, match=r"has 290 available .*n_samples=290 with epochs=5"):
+        run_pretraining(cfg, tmp_path / "run", progress=False)
+    cfg = pretrain_config(upstream={"oxides": {"path": "bundled:oxides", "val_size": 5}}, mixture="single",
+                          n_samples=300, epochs=1, allow_repeats=True, batch_size=100)
+    assert run_pretraining(cfg, tmp_path / "ok", progress=False)["structures_seen"] == 300
+
+
+def test_force_weight_on_data_without_forces_is_refused(tmp_path):
+    cfg = pretrain_config(upstream={"ads": {"path": "bundled:adsorbates", "force_weight": 10}}, mixture="single")
+    with pytest.raises(ConfigError, match="force_weight 10.0, but its structures have no forces"):
+        run_pretraining(cfg, tmp_path / "run", progress=False)
+    cfg = pretrain_config(upstream={"ads": {"path": "bundled:adsorbates", "val_size": 4}}, mixture="single",
+                          n_samples=10, epochs=1)
+    summary = run_pretraining(cfg, tmp_path / "ok", progress=False)
+    assert summary["notes"] == ["'ads' has no forces: it trains its energy head only"]
+    assert summary["datasets"]["ads"]["force_weight"] == 0.0
