@@ -27,7 +27,7 @@ from atomsift.data.bundled import bundled_dir
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work"
-SHARED = HERE.parents[1] / "shared" / "data"
+FIXTURES = HERE.parent / "tests" / "data"  # real release-format files shipped with the repository
 
 
 def rate(ds, min_seconds: float = 1.0, limit: int | None = None) -> tuple[float, int, float]:
@@ -285,9 +285,9 @@ def main() -> None:
     WORK.mkdir(exist_ok=True)
 
     cases: list[tuple[str, str, str | None, dict]] = [
-        ("ANI-1x fixture (real, 5 groups)", str(SHARED / "fixtures/ani1x/ani1_n5.hdf5"), "ani1x", {}),
-        ("SPICE fixture (real, 2 molecules)", str(SHARED / "fixtures/spice/SPICE-1.1.4_n2.hdf5"), "spice", {}),
-        ("QM9 raw xyz tarball (real, 10)", str(SHARED / "fixtures/qm9/first10.tar.bz2"), "qm9-xyz", {}),
+        ("ANI-1x fixture (real, 5 groups)", str(FIXTURES / "ani1x/ani1_n5.hdf5"), "ani1x", {}),
+        ("SPICE fixture (real, 2 molecules)", str(FIXTURES / "spice/SPICE-1.1.4_n2.hdf5"), "spice", {}),
+        ("QM9 raw xyz tarball (real, 10)", str(FIXTURES / "qm9/first10.tar.bz2"), "qm9-xyz", {}),
         ("extxyz rMD17 ethanol (bundled)", "bundled:ethanol", None, {}),
         ("extxyz acac MD (bundled)", "bundled:acac", None, {}),
         ("ASE SQLite oxides (bundled)", "bundled:oxides", None, {}),

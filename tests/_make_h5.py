@@ -1,5 +1,5 @@
 """Writers of small (and, for benchmarks, large) HDF5 files in the exact ANI-1x, Transition-1x and
-SPICE release layouts (FORMATS.md). Values are random but shaped and typed like the releases.
+SPICE release layouts (docs/formats.md). Values are random but shaped and typed like the releases.
 
     from _make_h5 import write_synthetic_ani1x
     write_synthetic_ani1x("big.h5", target_bytes=1 << 30)   # ~1 GB in the ANI-1x layout, seconds

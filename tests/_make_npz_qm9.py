@@ -1,4 +1,4 @@
-"""Builders of tiny files in the exact release layouts of rMD17, sGDML (MD22/MD17) and QM9 (FORMATS.md).
+"""Builders of tiny files in the exact release layouts of rMD17, sGDML (MD22/MD17) and QM9 (docs/formats.md).
 
 The three qm9pack rows are verbatim from qm9pack 1.0.3's `qm9_part1.csv` (QM9, CC BY 4.0).
 """

@@ -12,8 +12,8 @@ import numpy as np
 
 from atomsift.data.bundled import bundled_dir
 
-# the same file as ../shared/data/real/oc20_adslab_frame.json, shipped with the package (bundled:oc20-frame),
-# so these writers work in a clone that has no shared folder beside it
+# the real OC20 frame shipped with the package (bundled:oc20-frame, provenance in its PROVENANCE.md),
+# so these writers need no data from outside the repository
 ADSLAB_JSON = bundled_dir() / "oc20_adslab_frame.json"
 
 

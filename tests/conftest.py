@@ -1,27 +1,25 @@
-"""Shared fixtures. Real-format files come from ../shared/data (beside the repository)."""
+"""Shared fixtures. Real-format files live in the repository: tests/data (release-format fixtures, with
+their provenance in tests/data/PROVENANCE.md) and the package's bundled data (src/atomsift/data/bundled)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from atomsift.data.bundled import bundled_dir
+
+DATA = Path(__file__).resolve().parent / "data"
+"""tests/data: ANI-1x, SPICE and QM9 fixtures in their release formats, and the GemNet-OC parity reference."""
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """../shared/data; required in CI (CI=true), skipped with a reason elsewhere when absent."""
-    if not SHARED_DATA.is_dir():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"shared data folder missing: {SHARED_DATA}")
-        pytest.skip(f"shared data folder not found at {SHARED_DATA}")
-    return SHARED_DATA
+def test_data() -> Path:
+    """tests/data (shipped with the repository)."""
+    return DATA
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """In CI the real-format fixtures of ../shared/data must be there: stop rather than skip tests."""
-    if os.environ.get("CI", "").lower() == "true" and not SHARED_DATA.is_dir():
-        pytest.exit(f"CI=true but the shared data folder is missing: {SHARED_DATA}", returncode=1)
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The folder of the bundled real data files (rMD17 ethanol, acac MD, PBE oxides, adsorbates, OC20 frame)."""
+    return bundled_dir()

@@ -17,10 +17,8 @@ from atomsift.data.readers._h5 import nan_rows
 from atomsift.data.readers.ani1x import ANI1xDataset
 from atomsift.errors import ConfigError, DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-FIXTURE = SHARED / "fixtures" / "ani1x" / "ani1_n5.hdf5"
+FIXTURE = Path(__file__).resolve().parent / "data" / "ani1x" / "ani1_n5.hdf5"  # real, see data/PROVENANCE.md
 HARTREE = 27.211386
-needs_fixture = pytest.mark.skipif(not FIXTURE.exists(), reason="ANI-1x fixture not available")
 
 
 @pytest.fixture
@@ -35,7 +33,6 @@ def nan_file(tmp_path: Path) -> Path:
     return write_ani1x(tmp_path / "nan.h5", groups)
 
 
-@needs_fixture
 def test_fixture_values_units_ids_labels() -> None:
     ds = open_dataset(FIXTURE)
     assert isinstance(ds, ANI1xDataset) and len(ds) == 8
@@ -57,7 +54,6 @@ def test_fixture_values_units_ids_labels() -> None:
     assert meta["n_skipped_nan"] == 0 and meta["level"] == "wb97x_dz" and meta["source_units"]["energy"] == "hartree"
 
 
-@needs_fixture
 def test_fixture_other_levels() -> None:
     tz = open_dataset(FIXTURE, level="wb97x_tz")
     with h5py.File(FIXTURE, "r") as f:
@@ -69,7 +65,6 @@ def test_fixture_other_levels() -> None:
     assert "C1H6N2O5/1" not in [r.id for r in cc] and "C1H6N2O5/0" in [r.id for r in cc]
 
 
-@needs_fixture
 def test_unknown_level_lists_levels() -> None:
     with pytest.raises(DataError) as err:
         open_dataset(FIXTURE, level="b3lyp_dz")
@@ -139,7 +134,6 @@ def test_sniff(tmp_path: Path, nan_file: Path) -> None:
     assert not ANI1xDataset.sniff(spice)
 
 
-@needs_fixture
 def test_truncated_file_names_file(tmp_path: Path) -> None:
     bad = truncate_copy(FIXTURE, tmp_path / "ani1x_cut.h5")
     for kwargs in ({}, {"format": "ani1x"}):
@@ -168,7 +162,7 @@ def test_bad_layouts(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="allnan.h5"):
         ANI1xDataset(path)
     with pytest.raises(ConfigError):
-        open_dataset(FIXTURE if FIXTURE.exists() else path, format="ani1x", basis="x")
+        open_dataset(FIXTURE, format="ani1x", basis="x")
 
 
 def test_missing_forces_at_a_release_level_is_an_error(tmp_path: Path) -> None:

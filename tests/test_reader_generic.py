@@ -47,8 +47,8 @@ def frames():
 
 # -- extxyz ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["rmd17_ethanol_1000.xyz", "acac_md_300K.xyz", "acac_isolated_atoms.xyz"])
-def test_extxyz_real_files_match_ase(shared_data, name):
-    path = shared_data / "real" / name
+def test_extxyz_real_files_match_ase(real_data, name):
+    path = real_data / name
     assert detect_format(path) == "extxyz"
     ds = open_dataset(path)
     ref = ase.io.read(path, index=":")
@@ -75,8 +75,8 @@ def test_extxyz_real_files_match_ase(shared_data, name):
 
 
 @pytest.mark.parametrize("suffix, compress", [(".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress)])
-def test_extxyz_compressed(shared_data, tmp_path, suffix, compress):
-    src = shared_data / "real" / "acac_md_300K.xyz"
+def test_extxyz_compressed(real_data, tmp_path, suffix, compress):
+    src = real_data / "acac_md_300K.xyz"
     path = tmp_path / f"acac.xyz{suffix}"
     path.write_bytes(compress(src.read_bytes()))
     assert detect_format(path) == "extxyz"
@@ -110,10 +110,10 @@ def test_extxyz_periodic_tags_fixed_and_keys(tmp_path, frames):
     assert ref.class_labels().tolist() == ["type0", "type1", "type0", "type1"]
 
 
-def test_extxyz_fast_parser_matches_ase_parser(tmp_path, frames, shared_data):
+def test_extxyz_fast_parser_matches_ase_parser(tmp_path, frames, real_data):
     path = tmp_path / "slabs.xyz"
     ase.io.write(path, frames, format="extxyz")
-    texts = [path.read_text(), (shared_data / "real" / "rmd17_ethanol_1000.xyz").read_text()]
+    texts = [path.read_text(), (real_data / "rmd17_ethanol_1000.xyz").read_text()]
     for text in texts:
         lines = text.split("\n")
         natoms = int(lines[0])
@@ -146,8 +146,8 @@ def _expect(exc_type, path, *words, **options):
         assert word in str(err.value), str(err.value)
 
 
-def test_extxyz_bad_inputs(tmp_path, shared_data):
-    good = (shared_data / "real" / "rmd17_ethanol_1000.xyz").read_text().split("\n")[:33]  # 3 frames
+def test_extxyz_bad_inputs(tmp_path, real_data):
+    good = (real_data / "rmd17_ethanol_1000.xyz").read_text().split("\n")[:33]  # 3 frames
     cases = {
         "truncated.xyz": "\n".join(good[:30]),
         "count.xyz": "\n".join(good[:11] + ["8"] + good[12:]),
@@ -171,8 +171,8 @@ def test_extxyz_bad_inputs(tmp_path, shared_data):
 
 
 # -- ASE databases --------------------------------------------------------------------------------
-def test_ase_sqlite_real_file(shared_data, tmp_path):
-    src = shared_data / "real" / "oxides_pbe.db"
+def test_ase_sqlite_real_file(real_data, tmp_path):
+    src = real_data / "oxides_pbe.db"
     path = tmp_path / "oxides.db"
     shutil.copy(src, path)
     before = path.read_bytes()
@@ -194,8 +194,8 @@ def test_ase_sqlite_real_file(shared_data, tmp_path):
     assert path.read_bytes() == before  # read-only
 
 
-def test_ase_json_real_file(shared_data):
-    path = shared_data / "real" / "oc20_adslab_frame.json"
+def test_ase_json_real_file(real_data):
+    path = real_data / "oc20_adslab_frame.json"
     assert detect_format(path) == "ase-db"
     rec = open_dataset(path)[0]
     atoms = ase.db.connect(path).get(id=1).toatoms()
@@ -278,13 +278,13 @@ def _same(a: Record, b: Record) -> None:
         np.testing.assert_array_equal(a.targets[key], b.targets[key])
 
 
-def test_write_aselmdb_round_trip(tmp_path, shared_data, frames):
+def test_write_aselmdb_round_trip(tmp_path, real_data, frames):
     xyz = tmp_path / "slabs.xyz"
     ase.io.write(xyz, frames, format="extxyz")
     sources = [
-        open_dataset(shared_data / "real" / "rmd17_ethanol_1000.xyz"),
+        open_dataset(real_data / "rmd17_ethanol_1000.xyz"),
         open_dataset(xyz, class_key="config_type"),
-        open_dataset(shared_data / "real" / "oc20_adslab_frame.json"),
+        open_dataset(real_data / "oc20_adslab_frame.json"),
     ]
     for k, src in enumerate(sources):
         records = [src[i] for i in range(min(len(src), 60))]
@@ -346,11 +346,11 @@ def _energies(args):
     return [ds[i].energy for i in indices]
 
 
-def test_aselmdb_and_db_readable_after_fork(tmp_path, shared_data):
+def test_aselmdb_and_db_readable_after_fork(tmp_path, real_data):
     """LMDB refuses to open a file twice in one process: a forked worker must not inherit the env."""
     import multiprocessing as mp
 
-    src = open_dataset(shared_data / "real" / "oxides_pbe.db")
+    src = open_dataset(real_data / "oxides_pbe.db")
     path = write_aselmdb(tmp_path / "o.aselmdb", [src[i] for i in range(6)], {}, progress=False)
     for ds in (open_dataset(path), src):
         expected = [ds[i].energy for i in range(6)]  # parent has its handle open

@@ -253,8 +253,8 @@ def test_matbench_official_folds_select_the_official_ids(tmp_path):
 
 
 # -- adsorbates on metals -------------------------------------------------------------------------
-def test_adsorbates_real_files(shared_data):
-    path = shared_data / "real" / "adsorbates_on_metals_structures.json"
+def test_adsorbates_real_files(real_data):
+    path = real_data / "adsorbates_on_metals_structures.json"
     assert detect_format(path) == "adsorbates-json"
     ds = open_dataset(path)
     structures = json.loads(path.read_text())

@@ -16,7 +16,7 @@ from atomsift.data.readers.rmd17 import NpzMembers, RMD17Dataset, jmp_split
 from atomsift.data.readers.sgdml import SGDMLDataset, md22_train_size
 from atomsift.errors import ConfigError, DataError
 
-KCAL = 0.0433641  # eV per kcal/mol (FORMATS.md)
+KCAL = 0.0433641  # eV per kcal/mol (docs/formats.md)
 BOHR = 0.529177
 
 

@@ -32,8 +32,7 @@ from atomsift.data.readers.qm9 import (
 from atomsift.errors import ConfigError, DataError
 
 HARTREE = 27.211386
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "data" / "fixtures" / "qm9" / "first10.tar.bz2"
-needs_fixture = pytest.mark.skipif(not FIXTURE.exists(), reason="QM9 fixture not available")
+FIXTURE = Path(__file__).resolve().parent / "data" / "qm9" / "first10.tar.bz2"  # real, see data/PROVENANCE.md
 # line 2 of dsgdb9nsd_000001.xyz (CH4), from the release
 CH4 = dict(A=157.7118, B=157.70997, C=157.70699, mu=0.0, alpha=13.21, homo=-0.3877, lumo=0.1171, gap=0.5048,
            r2=35.3641, zpve=0.044749, U0=-40.47893, U=-40.476062, H=-40.475117, G=-40.498597, cv=6.469)  # fmt: skip
@@ -78,7 +77,6 @@ def test_atomrefs_match_pyg() -> None:
 
 
 # -- raw xyz --------------------------------------------------------------------------------------
-@needs_fixture
 def test_xyz_tarball_fixture() -> None:
     ds = open_dataset(FIXTURE)
     assert isinstance(ds, QM9XyzDataset) and len(ds) == 10
@@ -89,7 +87,6 @@ def test_xyz_tarball_fixture() -> None:
     assert ds.metadata()["target_units"]["U0"] == "eV"
 
 
-@needs_fixture
 def test_xyz_directory_file_and_plain_tar(tmp_path: Path) -> None:
     with tarfile.open(FIXTURE) as tar:
         tar.extractall(tmp_path / "xyz", filter="data")
@@ -274,7 +271,6 @@ def test_qm9pack_values_and_order(pack_dir: Path) -> None:
     assert pickle.loads(pickle.dumps(ds))[1].id == "gdb_2"
 
 
-@needs_fixture
 def test_qm9pack_agrees_with_raw_xyz(pack_dir: Path) -> None:
     xyz, pack = open_dataset(FIXTURE), open_dataset(pack_dir)
     for i in (0, 1):

@@ -16,12 +16,9 @@ from atomsift.data.readers.ani1x import ANI1xDataset
 from atomsift.data.readers.spice import SpiceDataset
 from atomsift.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-FIXTURE = SHARED / "fixtures" / "spice" / "SPICE-1.1.4_n2.hdf5"
-needs_fixture = pytest.mark.skipif(not FIXTURE.exists(), reason="SPICE fixture not available")
+FIXTURE = Path(__file__).resolve().parent / "data" / "spice" / "SPICE-1.1.4_n2.hdf5"  # real, see data/PROVENANCE.md
 
 
-@needs_fixture
 def test_fixture_units_attrs_are_the_release_units() -> None:
     with h5py.File(FIXTURE, "r") as f:
         for name in f:
@@ -31,7 +28,6 @@ def test_fixture_units_attrs_are_the_release_units() -> None:
             assert f[name]["formation_energy"].attrs["units"] == "hartree"
 
 
-@needs_fixture
 def test_fixture_force_sign_and_conversions() -> None:
     ds = open_dataset(FIXTURE)
     assert isinstance(ds, SpiceDataset) and len(ds) == 50 + 5
@@ -119,7 +115,6 @@ def test_bad_layouts(tmp_path: Path) -> None:
         SpiceDataset(tmp_path / "empty.h5")
 
 
-@needs_fixture
 def test_sniff_and_truncation(tmp_path: Path) -> None:
     assert SpiceDataset.sniff(FIXTURE) and not ANI1xDataset.sniff(FIXTURE)
     bad = truncate_copy(FIXTURE, tmp_path / "spice_cut.hdf5")

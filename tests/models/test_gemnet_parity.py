@@ -1,15 +1,17 @@
 """Parity of atomsift's GemNet-OC with fairchem-core 1.10's (same random weights, same inputs).
 
 Runs only where fairchem-core 1.10 is installed (with torch_geometric, torch_scatter, torch_sparse,
-torch_cluster); elsewhere it is skipped. Here:
+torch_cluster); elsewhere it is skipped, and tests/models/test_gemnet_reference.py checks atomsift against
+stored fairchem outputs instead. The side environment and how to run this: docs/gemnet_oc.md, e.g.
 
-    /work/fairchem-venv/bin/pip install --no-deps -e /work/main
-    cd /work/main && /work/fairchem-venv/bin/python -m pytest tests/models/test_gemnet_parity.py -q
+    fairchem-venv/bin/pip install --no-deps -e .
+    fairchem-venv/bin/python -m pytest tests/models/test_gemnet_parity.py -q
 
 Random fairchem models (every interaction on) get random scale factors U(0.5, 2) so that all of them
 matter; their weights go through ``gemnet_from_fairchem`` into atomsift. Energies and forces must agree
 to 1e-4 relative in float32: |E_atomsift - E_fairchem| / |E_fairchem| for every structure, and
-max |F_atomsift - F_fairchem| / max |F_fairchem| over all force components of the batch.
+max |F_atomsift - F_fairchem| / max |F_fairchem| over all force components of the batch. Measured (fairchem
+1.10.0, torch 2.13.0+cpu, 2-core x86-64): energies 7e-8 to 8.6e-6, forces 3e-7 to 1.2e-5.
 
 Notes on fairchem's graphs: with ``use_pbc=False`` fairchem builds its molecular graph with
 torch_cluster's ``radius_graph``, which keeps an arbitrary subset when an atom has more than

@@ -17,7 +17,7 @@ __all__ = ["CSIConfig", "DatasetSpec", "load_config", "parse_dataset_arg"]
 
 
 class CSIConfig(BaseModel):
-    """Settings of `atomsift csi` (defaults follow PAPER.md section 2)."""
+    """Settings of `atomsift csi` (defaults follow docs/method.md section 2)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,4 +1,4 @@
-"""Random and class-balanced subsets (PAPER.md section 2), as index arrays saved beside a run."""
+"""Random and class-balanced subsets (docs/method.md section 2), as index arrays saved beside a run."""
 
 from __future__ import annotations
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 HARTREE_TO_EV = 27.211386
-"""1 Hartree in eV (FORMATS.md)."""
+"""1 Hartree in eV (docs/formats.md)."""
 KCAL_PER_MOL_TO_EV = 0.0433641
-"""1 kcal/mol in eV (FORMATS.md; JMP divides by 23.061 instead, 0.04336 eV)."""
+"""1 kcal/mol in eV (docs/formats.md; JMP divides by 23.061 instead, 0.04336 eV)."""
 BOHR_TO_ANGSTROM = 0.529177
-"""1 bohr in A (FORMATS.md)."""
+"""1 bohr in A (docs/formats.md)."""
 
 _ENERGY = {
     "ev": 1.0,

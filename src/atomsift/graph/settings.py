@@ -1,4 +1,4 @@
-"""Neighbour-graph settings of the paper, per dataset (PAPER.md sections 3 and 4).
+"""Neighbour-graph settings of the paper, per dataset (docs/method.md sections 3 and 4).
 
 settings = graph_settings_for("oc20")           # GraphSettings(cutoff=12.0, max_neighbors=30, pbc=True)
 graph = radius_graph(batch, settings.cutoff, settings.max_neighbors, pbc=settings.pbc)
@@ -36,11 +36,11 @@ _MOLECULE_8 = GraphSettings(cutoff=8.0, max_neighbors=30, pbc=False)  # ANI-1x, 
 _OC_12 = GraphSettings(cutoff=12.0, max_neighbors=30, pbc=True)  # OC20, OC22 (periodic slabs)
 _MD22 = GraphSettings(cutoff=12.0, max_neighbors=30, pbc=False)
 _RMD17 = GraphSettings(cutoff=7.0, max_neighbors=100, pbc=False)
-# PAPER.md gives QMOF only "19 A, periodic" and MatBench "12 A, periodic", no neighbour limit:
+# The paper gives QMOF only "19 A, periodic" and MatBench "12 A, periodic", no neighbour limit:
 # we use 30, the limit of every other task in the paper.
 _QMOF = GraphSettings(cutoff=19.0, max_neighbors=30, pbc=True)
 _MATBENCH = GraphSettings(cutoff=12.0, max_neighbors=30, pbc=True)
-# PAPER.md gives no graph settings for SPICE: we use 12 A / 30 (as for MD22, the other large-molecule
+# The paper gives no graph settings for SPICE: we use 12 A / 30 (as for MD22, the other large-molecule
 # force task), no periodicity.
 _SPICE = GraphSettings(cutoff=12.0, max_neighbors=30, pbc=False)
 

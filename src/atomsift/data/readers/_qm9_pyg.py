@@ -359,7 +359,7 @@ class QM9PygDataset(QM9Base):
             value = item[key]
         except (KeyError, TypeError, IndexError, AttributeError):
             raise DataError(
-                f"missing key '{key}'", file=self.path, record=row, fix="each item needs z, pos and y (FORMATS.md)"
+                f"missing key '{key}'", file=self.path, record=row, fix="each item needs z, pos and y (docs/formats.md)"
             ) from None
         return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 

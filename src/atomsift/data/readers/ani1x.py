@@ -1,6 +1,6 @@
 """ANI-1x release HDF5 (`ani1x-release.h5`): one group per molecular formula.
 
-Layout (FORMATS.md): `/<formula>/atomic_numbers` (Na,) uint8, `coordinates` (Nc, Na, 3) float32 A,
+Layout (docs/formats.md): `/<formula>/atomic_numbers` (Na,) uint8, `coordinates` (Nc, Na, 3) float32 A,
 `<level>.energy` (Nc,) float64 Hartree, `<level>.forces` (Nc, Na, 3) float32 Hartree/A, plus other
 levels and properties. Any row may be NaN: conformers whose chosen energy or forces hold a NaN are
 skipped (counted in `metadata()['n_skipped_nan']`).
@@ -19,7 +19,7 @@ from atomsift.data.record import Record
 from atomsift.data.units import HARTREE_TO_EV
 from atomsift.errors import ConfigError, DataError
 
-_FIX_LAYOUT = "ANI-1x groups need 'atomic_numbers', 'coordinates' and '<level>.energy' (see FORMATS.md)"
+_FIX_LAYOUT = "ANI-1x groups need 'atomic_numbers', 'coordinates' and '<level>.energy' (see docs/formats.md)"
 _FIX_SHAPES = "expected (Na,), (Nc, Na, 3) and (Nc,); repair or remove this group"
 
 

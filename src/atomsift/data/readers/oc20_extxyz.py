@@ -1,6 +1,6 @@
 """OC20 S2EF raw release: `<k>.extxyz(.xz)` frames paired with `<k>.txt(.xz)` reference lines.
 
-Each extxyz frame (FORMATS.md "OC20 S2EF") has the header
+Each extxyz frame (docs/formats.md "OC20 S2EF") has the header
 `Lattice="..." Properties=species:S:1:pos:R:3:move_mask:L:1:tags:I:1:forces:R:3 energy=<eV>
 free_energy=<eV> pbc="T T T"`; line i of the txt file, `random<sid>,frame<fid>,<reference eV>`,
 belongs to frame i. Record energy = total energy - reference (the adsorption energy, as in

@@ -1,6 +1,6 @@
 """Open Catalyst (OC20 S2EF / IS2RE, OC22 S2EF-Total) LMDB release: pickled PyG `Data` per key.
 
-Layout (FORMATS.md "OC20 S2EF", "OC22"): a directory of single-file LMDBs `data.0000.lmdb`,
+Layout (docs/formats.md "OC20 S2EF", "OC22 S2EF-Total"): a directory of single-file LMDBs `data.0000.lmdb`,
 `data.0001.lmdb`, ... (or one `.lmdb` file). Keys are ASCII `b"0"`, `b"1"`, ...; an optional
 `b"length"` key holds the pickled record count (else `env.stat()["entries"]`). The global index
 runs over the files in sorted name order. Values are `pickle.dumps(torch_geometric.data.Data)`,

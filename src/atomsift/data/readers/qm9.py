@@ -59,7 +59,7 @@ _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.x
 
 
 def parse_qm9_xyz(text: str, path: Path | str, member: str) -> Record:
-    """One raw QM9 xyz text -> Record (see FORMATS.md for the layout)."""
+    """One raw QM9 xyz text -> Record (see docs/formats.md for the layout)."""
     lines = text.splitlines()
     try:
         n = int(lines[0].strip())
@@ -79,7 +79,7 @@ def parse_qm9_xyz(text: str, path: Path | str, member: str) -> Record:
             f"cannot parse QM9 xyz text ({exc.__class__.__name__}: {exc})",
             file=path,
             record=member,
-            fix="expected: atom count, 'gdb idx' + 15 properties, then 'El x y z q' lines (FORMATS.md)",
+            fix="expected: atom count, 'gdb idx' + 15 properties, then 'El x y z q' lines (docs/formats.md)",
         ) from None
     info = {"gdb_index": int(props[1]), "smiles": smiles[-1] if smiles else None}
     return qm9_record(numbers, pos, targets_from_hartree(values, numbers), int(props[1]), info)

@@ -1,7 +1,7 @@
 """Revised MD17 (`rmd17/npz_data/rmd17_<molecule>.npz`), plus the npz access and the frame selection
 (`NpzFramesDataset`) shared with `sgdml`.
 
-Layout (FORMATS.md): `nuclear_charges` (N,), `coords` (F, N, 3) A, `energies` (F,) kcal/mol,
+Layout (docs/formats.md): `nuclear_charges` (N,), `coords` (F, N, 3) A, `energies` (F,) kcal/mol,
 `forces` (F, N, 3) kcal/mol/A, and `old_indices`, `old_energies`, `old_forces` (never read here).
 
 Random access without loading the 100,000-frame arrays: numpy cannot memory-map inside a zip, so
@@ -102,7 +102,7 @@ class NpzMembers:
                 f"missing key '{key}' (keys present: {', '.join(sorted(self._infos)) or 'none'})",
                 file=self.path,
                 record=key,
-                fix="check that this is the release file of this format (see FORMATS.md)",
+                fix="check that this is the release file of this format (see docs/formats.md)",
             )
         return self._infos[key]
 

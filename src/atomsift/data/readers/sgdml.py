@@ -1,6 +1,6 @@
 """sGDML npz (MD22 `md22_<name>.npz`, original MD17 `md17_<name>.npz`).
 
-Layout (FORMATS.md): `R` (F, N, 3) in `r_unit` (Ang), `z` (N,), `E` (F, 1) or (F,) in `e_unit`
+Layout (docs/formats.md): `R` (F, N, 3) in `r_unit` (Ang), `z` (N,), `E` (F, 1) or (F,) in `e_unit`
 (kcal/mol), `F` (F, N, 3) in e_unit/r_unit, plus `name`, `theory`, `type`, `md5`, statistics, `perms`.
 Only R, z, E, F and the small `name`, `theory`, `e_unit`, `r_unit` entries are read; the big arrays
 are memory-mapped when stored uncompressed (see `rmd17.NpzMembers`).
@@ -26,7 +26,7 @@ MD22_TRAIN_SIZES: dict[str, int] = {
     "buckyball-catcher": 600,
     "double-walled_nanotube": 800,
 }
-"""JMP's MD22 training-set sizes (FORMATS.md); 5% of them (rounded down) go to validation."""
+"""JMP's MD22 training-set sizes (docs/formats.md); 5% of them (rounded down) go to validation."""
 VAL_FRACTION = 0.05
 
 
@@ -51,7 +51,7 @@ class SGDMLDataset(NpzFramesDataset):
         split: None (all frames), or 'train' / 'val' / 'test' of JMP's split:
             `RandomState(42).permutation(F)`, first `train_size - int(0.05 * train_size)` train, the next
             `int(0.05 * train_size)` val, the rest test (JMP's order).
-        train_size: JMP training-set size; defaults to JMP's MD22 size for the molecule (FORMATS.md);
+        train_size: JMP training-set size; defaults to JMP's MD22 size for the molecule (docs/formats.md);
             required with `split` for other files.
         split_file: a file of 0-based frame indices selecting frames; not together with `split`.
 

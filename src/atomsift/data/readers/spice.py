@@ -1,6 +1,6 @@
 """SPICE 1.1.x HDF5 (`SPICE-1.1.4.hdf5`, and JMP's `dipeptides.h5`, `solvated_amino_acids.h5`).
 
-Layout (FORMATS.md): one top-level group per molecule with `atomic_numbers` (N,) int16,
+Layout (docs/formats.md): one top-level group per molecule with `atomic_numbers` (N,) int16,
 `conformations` (M, N, 3) float32, `dft_total_energy` (M,) float64, `dft_total_gradient`
 (M, N, 3) float32, `formation_energy` (M,) float64, `subset` and `smiles` (1,) strings, and more.
 Each dataset's `attrs['units']` names its unit (release: bohr, hartree, hartree/bohr); it is honoured
@@ -39,7 +39,7 @@ _KIND = {
     GRADIENT: units.force_factor,
     FORMATION: units.energy_factor,
 }
-_FIX_LAYOUT = f"SPICE molecule groups need 'atomic_numbers', '{POSITIONS}' and '{ENERGY}' (see FORMATS.md)"
+_FIX_LAYOUT = f"SPICE molecule groups need 'atomic_numbers', '{POSITIONS}' and '{ENERGY}' (see docs/formats.md)"
 _FIX_SHAPES = "expected (N,), (M, N, 3) and (M,); repair or remove this molecule"
 
 

@@ -1,6 +1,6 @@
 """Transition-1x HDF5 (`transition1x.h5`): reaction paths grouped by formula.
 
-Layout (FORMATS.md): `/data/<formula>/<rxn>/` with `atomic_numbers` (N,) int, `positions` (M, N, 3)
+Layout (docs/formats.md): `/data/<formula>/<rxn>/` with `atomic_numbers` (N,) int, `positions` (M, N, 3)
 float64 A, `wB97x_6-31G(d).energy` (M,) float64 eV, `wB97x_6-31G(d).forces` (M, N, 3) float64 eV/A,
 and subgroups `reactant`, `transition_state`, `product` that repeat path frames (not read here).
 `/train/<formula>`, `/val/<formula>`, `/test/<formula>` are SoftLinks to `/data/<formula>`.
@@ -32,7 +32,7 @@ REFERENCE_ENERGIES: dict[int, float] = {
 """Isolated-atom energies (eV) of the Transition-1x loader, by atomic number."""
 
 _FIX_LAYOUT = (
-    f"each reaction group needs 'atomic_numbers', 'positions', '{ENERGY_KEY}' and '{FORCES_KEY}' (see FORMATS.md)"
+    f"each reaction group needs 'atomic_numbers', 'positions', '{ENERGY_KEY}' and '{FORCES_KEY}' (see docs/formats.md)"
 )
 
 

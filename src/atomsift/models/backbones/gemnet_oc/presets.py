@@ -1,6 +1,6 @@
 """Named GemNet-OC hyperparameter sets (keyword arguments of ``GemNetOC``).
 
-"S" and "L" are the paper's backbones (../shared/PAPER.md, section 3), equal to JMP-S / JMP-L
+"S" and "L" are the paper's backbones (docs/method.md, section 3), equal to JMP-S / JMP-L
 (JMP's ``BackboneConfig.base()`` / ``.large()``): 38,873,088 and 216,416,256 backbone parameters, the
 same as fairchem's GemNetOC with these settings minus its two output layers (the paper quotes ~30M / ~235M).
 "small" and "tiny" are for CPU work and tests: every interaction is on so every code path runs. "small"
