@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from _train_helpers import pretrain_config
 
 from atomsift.data.sampling import load_subset
 from atomsift.errors import ConfigError
@@ -16,8 +17,6 @@ from atomsift.models import load_checkpoint
 from atomsift.train import runner
 from atomsift.train.module import TrainingDiverged
 from atomsift.train.pretrain import run_pretraining
-
-from .conftest import pretrain_config
 
 
 class Kill(BaseException):
@@ -96,11 +95,21 @@ def test_gemnet_mixed_graphs_and_edge_dropout_resume(tmp_path, monkeypatch):
     cfg = pretrain_config(
         backbone={"name": "gemnet_oc", "preset": "tiny", "hparams": {"num_blocks": 1}},
         upstream={
-            "acac": {"path": "bundled:acac", "val_size": 3, "graph": {"cutoff": 4.0, "max_neighbors": 10, "pbc": False}},
-            "oxides": {"path": "bundled:oxides", "val_size": 3,
-                       "graph": {"cutoff": 4.0, "max_neighbors": 10, "pbc": True}},
+            "acac": {
+                "path": "bundled:acac",
+                "val_size": 3,
+                "graph": {"cutoff": 4.0, "max_neighbors": 10, "pbc": False},
+            },
+            "oxides": {
+                "path": "bundled:oxides",
+                "val_size": 3,
+                "graph": {"cutoff": 4.0, "max_neighbors": 10, "pbc": True},
+            },
         },
-        n_samples=8, epochs=2, batch_size=4, scale_factor_batches=2,
+        n_samples=8,
+        epochs=2,
+        batch_size=4,
+        scale_factor_batches=2,
     )
     run_pretraining(cfg, tmp_path / "a", progress=False)
     with monkeypatch.context() as m:
@@ -131,12 +140,19 @@ def test_nan_loss_names_the_step_and_structures(tmp_path, monkeypatch):
 
 
 def test_n_above_dataset_size_suggests_epochs(tmp_path):
-    cfg = pretrain_config(upstream={"oxides": {"path": "bundled:oxides", "val_size": 5}}, mixture="single",
-                          n_samples=400)
+    cfg = pretrain_config(
+        upstream={"oxides": {"path": "bundled:oxides", "val_size": 5}}, mixture="single", n_samples=400
+    )
     with pytest.raises(ConfigError, match=r"has 290 available .*n_samples=290 with epochs=5"):
         run_pretraining(cfg, tmp_path / "run", progress=False)
-    cfg = pretrain_config(upstream={"oxides": {"path": "bundled:oxides", "val_size": 5}}, mixture="single",
-                          n_samples=300, epochs=1, allow_repeats=True, batch_size=100)
+    cfg = pretrain_config(
+        upstream={"oxides": {"path": "bundled:oxides", "val_size": 5}},
+        mixture="single",
+        n_samples=300,
+        epochs=1,
+        allow_repeats=True,
+        batch_size=100,
+    )
     assert run_pretraining(cfg, tmp_path / "ok", progress=False)["structures_seen"] == 300
 
 
@@ -144,8 +160,9 @@ def test_force_weight_on_data_without_forces_is_refused(tmp_path):
     cfg = pretrain_config(upstream={"ads": {"path": "bundled:adsorbates", "force_weight": 10}}, mixture="single")
     with pytest.raises(ConfigError, match="force_weight 10.0, but its structures have no forces"):
         run_pretraining(cfg, tmp_path / "run", progress=False)
-    cfg = pretrain_config(upstream={"ads": {"path": "bundled:adsorbates", "val_size": 4}}, mixture="single",
-                          n_samples=10, epochs=1)
+    cfg = pretrain_config(
+        upstream={"ads": {"path": "bundled:adsorbates", "val_size": 4}}, mixture="single", n_samples=10, epochs=1
+    )
     summary = run_pretraining(cfg, tmp_path / "ok", progress=False)
     assert summary["notes"] == ["'ads' has no forces: it trains its energy head only"]
     assert summary["datasets"]["ads"]["force_weight"] == 0.0

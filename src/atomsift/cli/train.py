@@ -26,6 +26,7 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (
         ".*weights_only.*",
+        ".*dataloader is not resumable.*",
         ".*LeafSpec.*",
         ".*does not have many workers.*",
         ".*litlogger.*",

@@ -235,7 +235,8 @@ class BudgetBatchSampler(torch.utils.data.Sampler):
         self.world_size = world_size
         self.shuffle = shuffle
         self.epoch = 0
-        self.skip = 0  # batches of the current epoch already trained (set on resume)
+        self.skip = 0  # batches already trained in epoch `skip_epoch` (set on resume)
+        self.skip_epoch = -1
         # Lightning sets the epoch on `batch_sampler.sampler` (DistributedSampler's place): that is this object
         self.sampler = self
 
@@ -256,7 +257,8 @@ class BudgetBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[list[Item]]:
         batches = self.global_batches()
-        skip, self.skip = self.skip, 0
+        skip = self.skip if self.epoch == self.skip_epoch else 0
+        self.skip = 0
         for flat in batches[skip:]:
             share = np.array_split(flat, self.world_size)[self.rank]
             if share.size == 0:  # fewer structures than ranks in the last batch: a zero-weight stand-in

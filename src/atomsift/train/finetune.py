@@ -114,7 +114,9 @@ def split_indices(n: int, split: SplitSpec, source: str = "") -> dict[str, np.nd
 
 
 def _backbone_keys(keys: list[str]) -> list[str]:
-    return [k for k in keys if not k.startswith("heads.")]
+    """Backbone keys of a load report, named as in the backbone's own state dict (atomsift files prefix
+    them with 'backbone.', fairchem and JMP files do not)."""
+    return [k.removeprefix("backbone.") for k in keys if not k.startswith("heads.")]
 
 
 def build_finetune_model(cfg: FinetuneConfig, head: dict[str, Any], head_name: str) -> tuple[AtomsModel, dict]:

@@ -78,6 +78,7 @@ class TrainModule(L.LightningModule):
         self.best_epoch: int | None = None
         self.history: list[dict[str, float]] = []
         self._resume_skip = 0
+        self._resume_epoch = -1
         self._val: dict[str, dict[str, torch.Tensor]] = {}
         self._clock: float | None = None
         self._pending = torch.zeros(2 + len(tasks), dtype=torch.float64)
@@ -105,7 +106,7 @@ class TrainModule(L.LightningModule):
         rank, world = self._rank()
         sampler = BudgetBatchSampler(self.train_set, self.cfg.batch_size, self.cfg.seed, rank, world)
         sampler.set_epoch(self.current_epoch)
-        sampler.skip, self._resume_skip = self._resume_skip, 0
+        sampler.skip, sampler.skip_epoch, self._resume_skip = self._resume_skip, self._resume_epoch, 0
         self.train_sampler = sampler
         return self._loader(self.train_set, sampler)
 
@@ -300,6 +301,7 @@ class TrainModule(L.LightningModule):
             "counters": dict(self.counters),
             "wall_time_s": self.wall_before + time.perf_counter() - self._fit_started,
             "batches_in_epoch": self.batches_in_epoch,
+            "epoch": self.current_epoch,
             "best": self.best,
             "best_epoch": self.best_epoch,
             "history": list(self.history),
@@ -313,6 +315,7 @@ class TrainModule(L.LightningModule):
         self.counters = dict(state["counters"])
         self.wall_before = float(state["wall_time_s"])
         self.batches_in_epoch = self._resume_skip = int(state["batches_in_epoch"])
+        self._resume_epoch = int(state["epoch"])
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.history = list(state["history"])
         torch.set_rng_state(state["torch_rng"])

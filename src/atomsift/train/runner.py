@@ -135,7 +135,8 @@ def _json_default(value: Any) -> Any:
 
 
 class AtomicCheckpoint(Callback):
-    """Writes checkpoints/last.ckpt every `every` optimizer steps, at the end, and when interrupted."""
+    """Writes checkpoints/last.ckpt every `every` optimizer steps, at each epoch's end, at the end of training
+    and when interrupted (Ctrl-C outside an optimizer step)."""
 
     def __init__(self, dirpath: Path, every: int) -> None:
         self.dirpath = Path(dirpath)
@@ -155,8 +156,13 @@ class AtomicCheckpoint(Callback):
         trainer.strategy.barrier("atomic_checkpoint")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step % self.every == 0:
+        # the epoch's last batch is saved at the epoch's end instead, after its validation: a checkpoint written
+        # between the two would resume without that validation
+        if trainer.global_step % self.every == 0 and batch_idx + 1 < trainer.num_training_batches:
             self.save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self.save(trainer)

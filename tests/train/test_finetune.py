@@ -1,0 +1,152 @@
+"""Finetuning: every backbone tensor is loaded, partial checkpoints are refused, outputs in physical units."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from _train_helpers import TINY_PAINN, pretrain_config
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import write
+
+from atomsift.errors import ConfigError
+from atomsift.models import load_checkpoint
+from atomsift.settings import resolve_settings
+from atomsift.train.config import FinetuneConfig
+from atomsift.train.finetune import build_finetune_model, load_preset, run_finetuning, split_indices
+from atomsift.train.pretrain import run_pretraining
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("pt") / "run"
+    run_pretraining(pretrain_config(epochs=2), out, progress=False)
+    return str(out / "model.pt")
+
+
+def finetune_config(**overrides) -> FinetuneConfig:
+    base = load_preset("rmd17")
+    flat = {
+        "data": {"path": "bundled:ethanol"},
+        "split": {"train": 30, "val": 10, "test": 20, "seed": 42},
+        "epochs": 2,
+        "batch_size": 5,
+        "lr": 1e-3,
+        **overrides,
+    }
+    return resolve_settings(FinetuneConfig, base={**base, **flat})
+
+
+def test_every_backbone_tensor_is_loaded(pretrained):
+    cfg = finetune_config(checkpoint=pretrained)
+    model, report = build_finetune_model(cfg, {"kind": "energy", "forces": "gradient"}, "energy")
+    saved = torch.load(pretrained, weights_only=True)
+    ema = saved["ema_state_dict"] if saved.get("ema_state_dict") else saved["state_dict"]
+    backbone = {k[len("backbone.") :]: v for k, v in ema.items() if k.startswith("backbone.")}
+    state = model.backbone.state_dict()
+    assert backbone.keys() == state.keys() and len(backbone) > 5
+    assert all(torch.equal(state[k], backbone[k]) for k in backbone)
+    assert report["missing"] == [] and report["unexpected"] == [] and set(report["heads_dropped"]) == {"acac", "oxides"}
+    assert list(model.head_specs) == ["energy"]  # a new head for the task
+    scratch, _ = build_finetune_model(
+        finetune_config(checkpoint=pretrained, from_scratch=True), {"kind": "energy", "forces": "gradient"}, "energy"
+    )
+    assert scratch.backbone.hparams() == model.backbone.hparams()
+    assert not all(torch.equal(v, state[k]) for k, v in scratch.backbone.state_dict().items())
+
+
+def test_missing_backbone_weights_are_refused_unless_partial(pretrained, tmp_path):
+    saved = torch.load(pretrained, weights_only=True)
+    key = next(k for k in saved["state_dict"] if k.startswith("backbone.embedding"))
+    saved["state_dict"].pop(key)
+    damaged = tmp_path / "damaged.pt"
+    torch.save(saved, damaged)
+    with pytest.raises(ConfigError, match=r"1 missing \(embedding.weight\).*allow_partial"):
+        build_finetune_model(finetune_config(checkpoint=str(damaged)), {"kind": "energy"}, "energy")
+    _, report = build_finetune_model(
+        finetune_config(checkpoint=str(damaged), allow_partial=True), {"kind": "energy"}, "energy"
+    )
+    assert report["missing"] == ["embedding.weight"]
+
+
+def test_split_counts_fractions_rest_and_file(tmp_path):
+    from atomsift.train.config import SplitSpec
+
+    s = split_indices(100, SplitSpec(train=0.8, val=0.1, test="rest"))
+    assert [len(s[k]) for k in ("train", "val", "test")] == [80, 10, 10]
+    assert len(set(np.concatenate(list(s.values())))) == 100
+    again = split_indices(100, SplitSpec(train=0.8, val=0.1, test="rest"))
+    assert all(np.array_equal(s[k], again[k]) for k in s)  # seed 42 by default: the same split every time
+    with pytest.raises(ConfigError, match="asks 120 structures"):
+        split_indices(100, SplitSpec(train=100, val=20))
+
+
+def test_finetune_run_writes_split_report_and_test_metrics(pretrained, tmp_path):
+    metrics = run_finetuning(finetune_config(checkpoint=pretrained), tmp_path / "ft", progress=False)
+    run = tmp_path / "ft"
+    split = json.loads((run / "split.json").read_text())
+    assert [len(split[k]) for k in ("train", "val", "test")] == [30, 10, 20]
+    assert json.loads((run / "load_report.json").read_text())["missing"] == []
+    assert metrics["n_structures"] == 20 and metrics["split"] == "test"
+    assert {"forces_mae_meV_per_A", "forces_rmse_meV_per_A", "energy_mae_meV"} <= set(metrics)
+    model = load_checkpoint(run / "model.pt")
+    graph = model.graph_for()
+    assert (graph.cutoff, graph.max_neighbors, graph.pbc) == (7.0, 100, False)  # the rmd17 preset's graph
+    assert model.metadata["task"]["target"] == "energy" and model.load_report.trained
+
+
+def test_trained_model_predicts_raw_units_and_drives_ase(tmp_path):
+    """Fit a tiny PaiNN to EMT energies and forces of rattled Cu / Ni cells; predictions come out in eV and eV/A."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(40):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.numbers[rng.random(4) < 0.4] = 28
+        atoms.rattle(0.1, seed=i)
+        atoms.calc = EMT()
+        atoms.get_forces()
+        frames.append(atoms)
+    path = tmp_path / "emt.xyz"
+    write(path, frames)
+    cfg = resolve_settings(
+        FinetuneConfig,
+        base={
+            **load_preset("energy-forces"),
+            "from_scratch": True,
+            "backbone": TINY_PAINN,
+            "data": {"path": str(path)},
+            "split": {"train": 30, "val": 5, "test": 5},
+            "epochs": 60,
+            "batch_size": 5,
+            "lr": 5e-3,
+            "layerwise_lr": None,
+            "cosine_epochs": None,
+            "plateau_factor": None,
+            "task": {"energy_weight": 1.0, "force_weight": 1.0, "forces": "gradient", "metric": "loss"},
+        },
+    )
+    run_finetuning(cfg, tmp_path / "ft", progress=False)
+    model = load_checkpoint(tmp_path / "ft" / "model.pt")
+    energies = np.array([a.get_potential_energy() for a in frames])
+    forces = np.concatenate([a.get_forces() for a in frames])
+    pred = model.predict(frames)
+    e_mae = np.mean(np.abs([p["energy"] for p in pred] - energies))
+    f_mae = np.mean(np.abs(np.concatenate([p["forces"] for p in pred]) - forces))
+    assert e_mae < 0.25 * energies.std(), (e_mae, energies.std())  # eV, not normalised units
+    assert f_mae < 0.5 * np.abs(forces).mean(), (f_mae, np.abs(forces).mean())
+    atoms = frames[3].copy()
+    atoms.calc = model.as_calculator()
+    assert atoms.get_potential_energy() == pytest.approx(pred[3]["energy"], rel=1e-6)
+    np.testing.assert_allclose(atoms.get_forces(), pred[3]["forces"], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_finetune_settings(pretrained):
+    with pytest.raises(ConfigError, match="unknown finetuning preset 'rmd71'.*rmd17"):
+        load_preset("rmd71")
+    with pytest.raises(ConfigError, match="checkpoint"):
+        resolve_settings(FinetuneConfig, base={**load_preset("rmd17"), "data": {"path": "bundled:ethanol"}})
+    with pytest.raises(ConfigError, match="task.energy_weigth"):
+        finetune_config(checkpoint=pretrained, task={"energy_weigth": 1})

@@ -1,0 +1,126 @@
+"""Training parts checked against hand computations: mixtures, linear references, the loss, one backbone pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from atomsift.data import Record, open_dataset
+from atomsift.graph import collate
+from atomsift.models import AtomsModel, build_backbone
+from atomsift.train.data import BudgetBatchSampler, Task, TrainSet, mixture_counts, temperature_shares
+from atomsift.train.losses import TaskInfo, structure_losses
+from atomsift.train.normalize import fit_normalizer
+
+PAPER_SIZES = {"oc20": 100e6, "oc22": 8e6, "ani1x": 2e6, "t1x": 10e6}  # JMP's full-release sizes (the paper)
+
+
+def test_balanced_and_temperature_counts():
+    sizes = {"a": 10, "b": 1000, "c": 55}
+    assert mixture_counts(sizes, 10, "balanced") == {"a": 4, "b": 3, "c": 3}  # remainder to the first
+    assert sum(mixture_counts(sizes, 1001, "balanced").values()) == 1001
+    n = 1_000_000
+    counts = mixture_counts(sizes, n, "temperature", temperature=2.0, nominal=PAPER_SIZES | sizes)
+    shares = temperature_shares(sizes, 2.0)
+    for k in sizes:
+        assert abs(counts[k] - shares[k] * n) <= 0.01 * shares[k] * n
+    assert sum(counts.values()) == n
+    paper = temperature_shares(PAPER_SIZES, 2.0)  # the paper's Mixed(Temp): 0.575 / 0.163 / 0.081 / 0.182
+    assert [round(paper[k], 3) for k in ("oc20", "oc22", "ani1x", "t1x")] == [0.575, 0.163, 0.081, 0.182]
+    assert mixture_counts({"x": 5}, 7, "single") == {"x": 7}
+
+
+def test_sampler_covers_each_structure_once_per_epoch_and_splits_ranks():
+    ds = open_dataset("bundled:oxides")
+    tasks = [Task("ox", ds, np.arange(23), np.arange(23, 26), None)]
+    one = BudgetBatchSampler(TrainSet(tasks), 4, seed=1)
+    ranks = [BudgetBatchSampler(TrainSet(tasks), 2, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    for epoch in (0, 1):
+        for s in (one, *ranks):
+            s.set_epoch(epoch)
+        single = [[i.position for i in b] for b in one]
+        assert sorted(p for b in single for p in b) == list(range(23))
+        split = [list(zip(*(iter(r) for r in ranks)))]  # step by step, both ranks
+        for step, (a, b) in enumerate(split[0]):
+            assert sorted(i.position for i in (*a, *b) if i.weight > 0) == sorted(single[step])
+            assert {i.step_size for i in (*a, *b)} == {len(single[step])}
+    assert [i.position for i in next(iter(one))] != [
+        i.position for i in next(iter(BudgetBatchSampler(TrainSet(tasks), 4, 2)))
+    ]
+
+
+def test_linear_reference_recovers_per_element_energies():
+    rng = np.random.default_rng(0)
+    ref = {1: -13.6, 6: -1029.4, 8: -2041.8}
+    records = []
+    for i in range(40):
+        numbers = rng.choice([1, 6, 8], size=rng.integers(2, 12))
+        energy = sum(ref[int(z)] for z in numbers)
+        records.append(
+            Record(
+                numbers=numbers,
+                positions=rng.normal(size=(len(numbers), 3)) * 3,
+                id=str(i),
+                energy=energy + 0.01 * rng.normal(),
+                forces=rng.normal(size=(len(numbers), 3)),
+            )
+        )
+    norm = fit_normalizer(records, num_elements=10)
+    for z, value in ref.items():
+        assert norm.atom_ref[z] == pytest.approx(value, abs=5e-3)
+    assert norm.atom_ref[7] == 0.0 and norm.elements == [1, 6, 8]
+    assert norm.scale == pytest.approx(0.01, rel=0.5)  # the residual is the noise
+    forces = np.concatenate([r.forces.ravel() for r in records])
+    assert norm.force_scale == pytest.approx(forces.std(), rel=1e-12)
+
+
+def test_loss_equals_a_hand_computation():
+    rng = np.random.default_rng(1)
+    recs = [
+        Record(
+            numbers=np.array([6, 1, 1]),
+            positions=rng.normal(size=(3, 3)),
+            id="a",
+            energy=-3.0,
+            forces=rng.normal(size=(3, 3)),
+        ),
+        Record(
+            numbers=np.array([8, 1]),
+            positions=rng.normal(size=(2, 3)),
+            id="b",
+            energy=2.5,
+            forces=rng.normal(size=(2, 3)),
+        ),
+    ]
+    batch = collate(recs, dtype=torch.float64)
+    pred_e = torch.tensor([-2.0, 2.0], dtype=torch.float64)
+    pred_f = torch.as_tensor(rng.normal(size=(5, 3)))
+    task = TaskInfo("t", "t", energy_weight=1.0, force_weight=10.0)
+    got = structure_losses({"energy": pred_e, "forces": pred_f}, batch, task, torch.tensor(2.0), torch.tensor(0.5))
+    ref_f = np.concatenate([r.forces for r in recs])
+    norms = np.linalg.norm(pred_f.numpy() - ref_f, axis=1)
+    expected = [abs(-2.0 + 3.0) / 2.0 + 10 * norms[:3].mean() / 0.5, abs(2.0 - 2.5) / 2.0 + 10 * norms[3:].mean() / 0.5]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+
+
+def test_mixed_batch_runs_the_backbone_once():
+    torch.manual_seed(0)
+    model = AtomsModel(
+        build_backbone("painn", hidden=8, num_layers=1),
+        {"m": {"kind": "energy", "forces": "gradient"}, "p": {"kind": "energy", "forces": "direct"}},
+    )
+    model = model.double()
+    eth, ox = open_dataset("bundled:ethanol"), open_dataset("bundled:oxides")
+    batch = collate([eth[0], ox[0], eth[1]], dtype=torch.float64, dataset=[0, 1, 0], dataset_names=["m", "p"])
+    calls = []
+    model.backbone.register_forward_hook(lambda *args: calls.append(1))
+    outs = model.forward_heads(batch, {"m": batch.dataset == 0, "p": batch.dataset == 1}, create_graph=False)
+    assert len(calls) == 1
+    for name in ("m", "p"):
+        alone = model(batch, head=name, create_graph=False)
+        torch.testing.assert_close(outs[name]["energy"], alone["energy"])
+    # gradient forces of head m come from its own structures only: atoms of the oxide get none
+    atoms_ox = batch.batch == 1
+    assert outs["m"]["forces"][atoms_ox].abs().max() == 0
+    torch.testing.assert_close(outs["m"]["forces"][~atoms_ox], model(batch, head="m")["forces"][~atoms_ox])
