@@ -165,8 +165,9 @@ class AtomsModel(nn.Module):
                 if graph is None:
                     batch = collate(chunk, dtype=self.dtype)
                 else:  # the head's training graph (cutoff, neighbour limit, periodicity)
-                    batch = collate(chunk, dtype=self.dtype, dataset=[0] * len(chunk), dataset_names=[name],
-                                    dataset_graphs=[graph])
+                    batch = collate(
+                        chunk, dtype=self.dtype, dataset=[0] * len(chunk), dataset_names=[name], dataset_graphs=[graph]
+                    )
                 batch = batch.to(self.device)
                 with torch.no_grad():  # forward turns gradients back on for gradient forces
                     out = self(batch, head=name, create_graph=False)

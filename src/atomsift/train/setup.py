@@ -160,8 +160,14 @@ def best_model_writer(path: Path, metadata: dict[str, Any]):
 
     def write(module: Any, epoch: int, value: float) -> None:
         if module.trainer.is_global_zero:
-            meta = {**metadata, "trained": True, "weights": "ema" if module.ema is not None else "raw",
-                    "best_epoch": epoch, "best_value": value, "monitor": module.monitor}
+            meta = {
+                **metadata,
+                "trained": True,
+                "weights": "ema" if module.ema is not None else "raw",
+                "best_epoch": epoch,
+                "best_value": value,
+                "monitor": module.monitor,
+            }
             save_checkpoint(module.weights_for_saving(), path, metadata=meta)
 
     return write
