@@ -41,6 +41,8 @@ class LoadReport:
         ignored_config_keys: config keys accepted without effect (fairchem files).
         trained: False when the file says its weights were never trained (written by `atomsift model init`),
             True when it says they were, None when it does not say (JMP, fairchem and converted files).
+        mismatched_keys: weights whose shape differs from the model's (the file's architecture is not the one
+            its config describes); they are not loaded.
     """
 
     source: str = ""
@@ -51,11 +53,12 @@ class LoadReport:
     unfitted_scale_factors: list[str] = field(default_factory=list)
     ignored_config_keys: list[str] = field(default_factory=list)
     trained: bool | None = None
+    mismatched_keys: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        """No missing and no unexpected keys (unfitted scale factors are listed, not counted)."""
-        return not self.missing_keys and not self.unexpected_keys
+        """No missing, unexpected or mismatched keys (unfitted scale factors are listed, not counted)."""
+        return not self.missing_keys and not self.unexpected_keys and not self.mismatched_keys
 
     def summary(self) -> str:
         """One paragraph for logs and the CLI."""
@@ -64,6 +67,10 @@ class LoadReport:
             parts.append(f"{len(self.missing_keys)} missing key(s): {_head(self.missing_keys)}")
         if self.unexpected_keys:
             parts.append(f"{len(self.unexpected_keys)} unexpected key(s): {_head(self.unexpected_keys)}")
+        if self.mismatched_keys:
+            parts.append(
+                f"{len(self.mismatched_keys)} key(s) of another shape, not loaded: {_head(self.mismatched_keys, 2)}"
+            )
         if self.unfitted_scale_factors:
             parts.append(
                 f"{len(self.unfitted_scale_factors)} unfitted scale factor(s): {_head(self.unfitted_scale_factors, 3)}"
@@ -260,8 +267,14 @@ def _from_atomsift(obj: dict[str, Any], path: Path, *, ema: bool):
     used_ema = bool(ema and obj.get("ema_state_dict"))
     if used_ema:
         state = obj["ema_state_dict"]
-    result = model.load_state_dict(state, strict=False)
-    report = LoadReport(str(path), list(result.missing_keys), list(result.unexpected_keys), used_ema=used_ema)
+    own = model.state_dict()
+    mismatched = sorted(k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape))
+    result = model.load_state_dict({k: v for k, v in state.items() if k not in mismatched}, strict=False)
+    missing = [k for k in result.missing_keys if k not in mismatched]
+    report = LoadReport(str(path), missing, list(result.unexpected_keys), used_ema=used_ema)
+    report.mismatched_keys = [
+        f"{k} ({tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model)" for k in mismatched
+    ]
     report.unfitted_scale_factors = _unfitted_scale_factors(model.backbone)
     report.trained = weights_trained(model.metadata)
     return model, report

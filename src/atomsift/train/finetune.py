@@ -131,6 +131,7 @@ def build_finetune_model(cfg: FinetuneConfig, head: dict[str, Any], head_name: s
             report["architecture_from"] = cfg.checkpoint
         else:
             missing, unexpected = _backbone_keys(lr.missing_keys), _backbone_keys(lr.unexpected_keys)
+            reshaped = _backbone_keys(lr.mismatched_keys)
             state = source.backbone.state_dict()
             report.update(
                 checkpoint=cfg.checkpoint,
@@ -138,7 +139,7 @@ def build_finetune_model(cfg: FinetuneConfig, head: dict[str, Any], head_name: s
                 loaded=sorted(k for k in state if k not in missing),
                 missing=missing,
                 unexpected=unexpected,
-                reshaped=[],
+                reshaped=reshaped,
                 heads_dropped=sorted(
                     {k.split(".")[1] for k in lr.missing_keys + lr.unexpected_keys if k.startswith("heads.")}
                     | set(source.head_specs)
@@ -146,10 +147,11 @@ def build_finetune_model(cfg: FinetuneConfig, head: dict[str, Any], head_name: s
                 unfitted_scale_factors=list(lr.unfitted_scale_factors),
                 notes=list(lr.notes),
             )
-            if (missing or unexpected) and not cfg.allow_partial:
+            if (missing or unexpected or reshaped) and not cfg.allow_partial:
                 raise ConfigError(
                     f"the checkpoint's backbone weights do not match its architecture: {len(missing)} missing "
-                    f"({', '.join(missing[:4])}), {len(unexpected)} unexpected ({', '.join(unexpected[:4])})",
+                    f"({', '.join(missing[:4])}), {len(unexpected)} unexpected ({', '.join(unexpected[:4])}), "
+                    f"{len(reshaped)} of another shape ({', '.join(reshaped[:2])})",
                     file=cfg.checkpoint,
                     fix="use a checkpoint of this architecture, or set allow_partial: true to train the missing "
                     "weights from their random start (the load report lists them)",
@@ -340,6 +342,11 @@ def run_finetuning(
         ("best epoch", f"{module.best_epoch} by {module.monitor} = {fmt(module.best)}"),
     ]
     rows += [(f"test {k}", fmt(v)) for k, v in metrics.items() if "_mae_" in k or "_rmse_" in k]
-    rows.append(("files", f"{out}/model.pt (best EMA weights), test_metrics.json, split.json, load_report.json"))
+    rows.append(
+        (
+            "files",
+            f"{out}/model.pt (best weights, EMA unless ema_decay is null), test_metrics.json, split.json, load_report.json",
+        )
+    )
     closing_table("finetuning finished", rows, console)
     return metrics

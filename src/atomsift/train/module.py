@@ -273,7 +273,8 @@ class TrainModule(L.LightningModule):
         if not losses:
             return
         record["val/loss"] = float(np.mean(losses))
-        self.log_dict({k: v for k, v in record.items() if k.startswith("val/")}, sync_dist=False)
+        # already summed over processes above: every rank holds the same values, rank 0 logs them
+        self.log_dict({k: v for k, v in record.items() if k.startswith("val/")}, rank_zero_only=True)
         self.history.append(record)
         value = record.get(self.monitor)
         if value is None:

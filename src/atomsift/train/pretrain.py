@@ -349,5 +349,10 @@ def report(summary: dict[str, Any], out: Path, console: Console) -> None:
         e = metrics.get(f"val/{name}/energy_mae_meV")
         f = metrics.get(f"val/{name}/forces_mae_meV_per_A")
         rows.append((f"best val {name}", f"energy MAE {fmt(e)} meV, forces MAE {fmt(f)} meV/A"))
-    rows.append(("files", f"{out}/model.pt (best EMA weights), summary.json, metrics.csv, checkpoints/"))
+    rows.append(
+        (
+            "files",
+            f"{out}/model.pt (best weights, EMA unless ema_decay is null), summary.json, metrics.csv, checkpoints/",
+        )
+    )
     closing_table("pretraining finished", rows, console)

@@ -266,16 +266,18 @@ def attempt_number(out: Path) -> int:
 
 def merge_metrics(out: Path) -> Path | None:
     """RUN/metrics.csv from every attempt's CSV log; a step logged by a later attempt replaces the earlier row."""
+    if secondary_rank():
+        return None
     files = sorted((out / "logs").glob("attempt_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
     if not files:
         return None
-    rows: dict[tuple[str, str, str], dict[str, str]] = {}
+    rows: dict[tuple[str, str, tuple[str, ...]], dict[str, str]] = {}
     keys: list[str] = []
     for f in files:
         with open(f, newline="") as fh:
             for row in csv.DictReader(fh):
-                marker = "val" if any(k.startswith("val/") and v for k, v in row.items()) else "train"
-                rows[(row.get("epoch", ""), row.get("step", ""), marker)] = row
+                logged = tuple(sorted(k for k, v in row.items() if v not in ("", None)))  # which metrics this row has
+                rows[(row.get("epoch", ""), row.get("step", ""), logged)] = row
                 keys.extend(k for k in row if k not in keys)
     path = out / "metrics.csv"
     tmp = path.with_name(".metrics.csv.tmp")

@@ -1,0 +1,188 @@
+"""`atomsift pretrain / finetune / evaluate` in subprocesses: the whole path, bad input, and DDP on 2 CPU processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+PRETRAIN = {
+    "backbone": {"name": "painn", "hparams": {"hidden": 16, "num_layers": 2, "num_rbf": 8, "cutoff": 4.0}},
+    "heads": {"num_layers": 2},
+    "upstream": {"acac": {"path": "bundled:acac", "val_size": 7}, "oxides": {"path": "bundled:oxides", "val_size": 5}},
+    "mixture": "balanced",
+    "n_samples": 30,
+    "epochs": 2,
+    "batch_size": 8,
+    "lr": 1.0e-3,
+    "warmup_steps": 2,
+}
+
+
+def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "atomsift", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(path: Path, **changes) -> Path:
+    path.write_text(yaml.safe_dump({**PRETRAIN, **changes}))
+    return path
+
+
+def test_pretrain_finetune_evaluate_end_to_end(tmp_path):
+    start = time.perf_counter()
+    cfg = write_config(tmp_path / "pt.yaml")
+    dry = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "pt"), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "C = 60 structure passes" in dry.stdout and not (tmp_path / "pt").exists()
+    pt = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "pt"), "seed=3")
+    assert pt.returncode == 0, pt.stderr
+    assert "30 x 2 = 60 structure passes (60 seen)" in pt.stdout
+    assert yaml.safe_load((tmp_path / "pt/config.yaml").read_text())["seed"] == 3
+    ft = run(
+        "finetune",
+        "--preset",
+        "rmd17",
+        "--data",
+        "bundled:ethanol",
+        "--checkpoint",
+        str(tmp_path / "pt/model.pt"),
+        "--out",
+        str(tmp_path / "ft"),
+        "--epochs",
+        "2",
+        "split.train=40",
+        "split.val=10",
+        "split.test=30",
+    )
+    assert ft.returncode == 0, ft.stderr
+    test = json.loads((tmp_path / "ft/test_metrics.json").read_text())
+    assert test["n_structures"] == 30 and test["forces_mae_meV_per_A"] > 0
+    ev = run(
+        "evaluate",
+        str(tmp_path / "ft/model.pt"),
+        "--data",
+        "bundled:ethanol",
+        "--split",
+        "test",
+        "--out",
+        str(tmp_path / "ev"),
+    )
+    assert ev.returncode == 0, ev.stderr
+    metrics = json.loads((tmp_path / "ev/metrics.json").read_text())
+    for key in ("energy_mae_meV", "energy_per_atom_mae_meV", "forces_mae_meV_per_A", "forces_rmse_meV_per_A"):
+        assert metrics[key] == pytest.approx(test[key], rel=1e-6), key  # evaluate == the run's own test
+    assert {Path(p).name for p in metrics["plots"]} == {"parity_energy.png", "parity_forces.png", "learning_curve.png"}
+    again = run("evaluate", str(tmp_path / "ft/model.pt"), "--data", "bundled:ethanol", "--out", str(tmp_path / "ev"))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert time.perf_counter() - start < 60
+
+
+@pytest.mark.parametrize(
+    ("changes", "args", "needle"),
+    [
+        ({"learning_rate": 1e-3}, (), "learning_rate: Extra inputs are not permitted"),
+        (
+            {"upstream": {"ads": {"path": "bundled:adsorbates", "force_weight": 10}}, "mixture": "single"},
+            (),
+            "its structures have no forces",
+        ),
+        (
+            {"upstream": {"acac": {"path": "bundled:acac"}}, "mixture": "single", "n_samples": 5000},
+            (),
+            "n_samples asks 5000 structures of 'acac', which has 475 available",
+        ),
+        ({}, ("mixture=single",), "mixture 'single' takes one upstream dataset"),
+        ({}, ("--batch-size", "0"), "--batch-size must be at least 1"),
+    ],
+)
+def test_bad_pretrain_input_is_one_paragraph(tmp_path, changes, args, needle):
+    cfg = write_config(tmp_path / "c.yaml", **changes)
+    proc = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "run"), *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_finetune_input_is_one_paragraph(tmp_path):
+    proc = run("finetune", "--preset", "rmd71", "--data", "bundled:ethanol", "--from-scratch", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "unknown finetuning preset 'rmd71'" in proc.stderr
+    other = tmp_path / "other.pt"
+    init = run("model", "init", "gemnet_oc", "--preset", "tiny", "--out", str(other))
+    assert init.returncode == 0, init.stderr
+    import torch
+
+    saved = torch.load(other, weights_only=True)
+    saved["backbone"]["hparams"]["num_blocks"] = 1  # the weights are of a two-block network
+    torch.save(saved, other)
+    proc = run(
+        "finetune",
+        "--preset",
+        "rmd17",
+        "--data",
+        "bundled:ethanol",
+        "--checkpoint",
+        str(other),
+        "--out",
+        str(tmp_path / "ft"),
+    )
+    assert proc.returncode == 2 and "unexpected" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def _step_losses(run_dir: Path) -> dict[int, float]:
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        return {int(r["step"]): float(r["train/loss_step"]) for r in csv.DictReader(fh) if r.get("train/loss_step")}
+
+
+def test_ddp_two_cpu_processes_match_one_process(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", ema_decay=None)
+    one = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    two = run(
+        "pretrain", "--config", str(cfg), "--out", str(tmp_path / "two"), "batch_size=4", "devices=2", "strategy=ddp"
+    )
+    assert two.returncode == 0, two.stderr
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    for key in ("structures_seen", "structures_seen_per_dataset", "atoms_seen", "optimizer_steps"):
+        assert a[key] == b[key], key
+    la, lb = _step_losses(tmp_path / "one"), _step_losses(tmp_path / "two")
+    assert la.keys() == lb.keys() and len(la) == 8
+    for step in la:
+        assert lb[step] == pytest.approx(la[step], rel=1e-3), step
+    for name, value in a["best_val_loss"].items():
+        assert b["best_val_loss"][name] == pytest.approx(value, rel=1e-3)
+
+
+def test_ctrl_c_saves_and_resume_finishes_the_same_run(tmp_path):
+    import signal
+
+    import torch
+
+    cfg = write_config(tmp_path / "c.yaml", n_samples=200, epochs=4, batch_size=4, checkpoint_every=1000)
+    ref = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atomsift", "pretrain", "--config", str(cfg), "--out", str(tmp_path / "run")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:  # one line per epoch: interrupt during the second epoch
+        if line.startswith("epoch 1/"):
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "checkpoints" in err
+    saved = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
+    assert 0 < saved["global_step"] < 200  # written at the interrupt, mid-run (checkpoint_every is 1000)
+    resumed = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "run"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "ref/last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "run/last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
