@@ -166,3 +166,22 @@ def test_force_weight_on_data_without_forces_is_refused(tmp_path):
     summary = run_pretraining(cfg, tmp_path / "ok", progress=False)
     assert summary["notes"] == ["'ads' has no forces: it trains its energy head only"]
     assert summary["datasets"]["ads"]["force_weight"] == 0.0
+
+
+def test_bf16_mixed_precision_trains_like_float32(tmp_path):
+    """bf16 autocast on CPU: outputs are denormalised in float32, so energies keep meV resolution."""
+    full = run_pretraining(pretrain_config(), tmp_path / "fp32", progress=False)
+    half = run_pretraining(pretrain_config(precision="bf16-mixed"), tmp_path / "bf16", progress=False)
+    for name in ("acac", "oxides"):
+        a = full["best_val_metrics"][f"val/{name}/energy_mae_meV"]
+        b = half["best_val_metrics"][f"val/{name}/energy_mae_meV"]
+        assert b == pytest.approx(a, rel=0.2), name
+
+
+def test_missing_logger_package_is_a_config_error(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
+        run_pretraining(pretrain_config(loggers=["csv", "tensorboard"]), tmp_path / "run", progress=False)

@@ -145,13 +145,15 @@ class EnergyHead(nn.Module):
             create_graph: keep the graph of -dE/dx so a loss on the forces can be backpropagated (training).
             mask: (B,) bool structures whose gradient forces are wanted (others get zero forces); None: all.
         """
-        per_atom = self.energy(out.node) * self.scale + self.shift  # (N, 1)
-        per_atom = per_atom + self.atom_ref[batch.numbers][:, None].to(per_atom.dtype)
+        # denormalised in the buffers' precision (float32 under bf16 / fp16 autocast: a reference of -1000 eV
+        # per carbon has no room for meV in 16-bit floats)
+        per_atom = self.energy(out.node).to(self.atom_ref.dtype) * self.scale + self.shift  # (N, 1)
+        per_atom = per_atom + self.atom_ref[batch.numbers][:, None]
         energy = reduce_atoms(per_atom, batch.batch, batch.num_structures, self.spec.reduce)[:, 0]
         result = {"energy": energy}
         if self.spec.forces == "direct":
             assert self.force is not None
-            result["forces"] = self.force(out, batch.num_atoms) * self.force_scale
+            result["forces"] = self.force(out, batch.num_atoms).to(self.force_scale.dtype) * self.force_scale
         elif self.spec.forces == "gradient":
             if positions is None or not positions.requires_grad:
                 raise RuntimeError("gradient forces need positions with requires_grad set before the backbone ran")
@@ -205,7 +207,8 @@ class PropertyHead(nn.Module):
         mask: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """(B, out_dim) property values."""
-        reduced = reduce_atoms(self.mlp(out.node), batch.batch, batch.num_structures, self.spec.reduce)
+        values = self.mlp(out.node).to(self.scale.dtype)  # float32 under 16-bit autocast
+        reduced = reduce_atoms(values, batch.batch, batch.num_structures, self.spec.reduce)
         return {"property": reduced * self.scale + self.shift}
 
 

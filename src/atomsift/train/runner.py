@@ -217,6 +217,16 @@ def precision_of(cfg: Optimisation) -> str:
     return {"32": "32-true", "64": "64-true"}.get(cfg.precision, cfg.precision)
 
 
+def _require_logger(module: str, package: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f"loggers asks for {module}, which is not installed",
+            fix=f"pip install {package} into this environment, or drop '{module}' from loggers (csv is always there)",
+        )
+
+
 def make_trainer(cfg: Optimisation, out: Path, attempt: int, *, progress: bool = True) -> L.Trainer:
     """The Lightning Trainer of a run (loggers write into RUN/logs/attempt_<k>)."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -226,10 +236,12 @@ def make_trainer(cfg: Optimisation, out: Path, attempt: int, *, progress: bool =
         if name == "csv":
             loggers.append(CSVLogger(out / "logs", name="", version=f"attempt_{attempt}"))
         elif name == "tensorboard":
+            _require_logger("tensorboard", "tensorboard")
             loggers.append(TensorBoardLogger(out / "logs", name="tensorboard", version=f"attempt_{attempt}"))
         elif name == "wandb":
             from lightning.pytorch.loggers import WandbLogger
 
+            _require_logger("wandb", "wandb")
             loggers.append(WandbLogger(save_dir=str(out / "logs"), name=out.name))
     callbacks: list[Callback] = [AtomicCheckpoint(out / "checkpoints", cfg.checkpoint_every)]
     bar = progress and sys.stdout.isatty()

@@ -93,12 +93,12 @@ class PaiNNMessage(nn.Module):
         phi_s, phi_vs, phi_vv = self.context(s).split(f, dim=-1)  # (N, F) each
         w_s, w_vs, w_vv = filter_weight.split(f, dim=0)  # (F, R + 1) each
         ds_e = phi_s.index_select(0, source) * (basis @ w_s.T)  # (E, F)
-        ds = torch.zeros_like(s).index_add_(0, target, ds_e)
+        ds = ds_e.new_zeros(s.shape).index_add_(0, target, ds_e)  # ds_e's dtype: bf16 / fp16 under autocast
         dv_e = (phi_vs.index_select(0, source) * (basis @ w_vs.T)).unsqueeze(1) * unit.unsqueeze(2)  # (E, 3, F)
         if v is not None:
             u = phi_vv.unsqueeze(1) * v  # (N, 3, F)
             dv_e = dv_e + (basis @ w_vv.T).unsqueeze(1) * u.index_select(0, source)
-        dv = s.new_zeros(s.shape[0], 3, f).index_add_(0, target, dv_e)
+        dv = dv_e.new_zeros(s.shape[0], 3, f).index_add_(0, target, dv_e)
         return ds, dv
 
 
