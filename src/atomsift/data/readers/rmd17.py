@@ -23,6 +23,8 @@ import numpy as np
 
 from atomsift.data.base import Dataset
 from atomsift.data.readers._common import open_failed
+from atomsift.data.readers._npz_objects import load_object_array
+from atomsift.data.readers.pyg_pickle import RefusedGlobal
 from atomsift.data.record import Record
 from atomsift.data.units import KCAL_PER_MOL_TO_EV
 from atomsift.errors import ConfigError, DataError
@@ -128,8 +130,12 @@ class NpzMembers:
         except Exception as exc:  # noqa: BLE001 - zipfile, struct and numpy raise many types for corrupt input
             raise self._fail(key, exc) from None
 
-    def array(self, key: str, *, allow_pickle: bool = False) -> np.ndarray:
-        """The array `key`: a read-only view of an `np.memmap` for stored members, else loaded once."""
+    def array(self, key: str) -> np.ndarray:
+        """The array `key`: a read-only view of an `np.memmap` for stored members, else loaded once.
+
+        Object arrays (pickled by numpy) are read with `_npz_objects.load_object_array`'s allow-list:
+        a pickle naming anything else raises DataError and nothing of it runs.
+        """
         if key in self._arrays:
             return self._arrays[key]
         shape, dtype, fortran, offset = self.header(key)
@@ -141,9 +147,24 @@ class NpzMembers:
                 order = "F" if fortran else "C"
                 mm = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
                 arr: np.ndarray = mm.view(np.ndarray)  # plain ndarray over the map: cheaper indexing
+            elif dtype.hasobject:
+                with self._zip.open(self._infos[key]) as f:
+                    _read_npy_header(f)
+                    arr = load_object_array(f)
+                if arr.shape != shape:
+                    raise ValueError(f"the pickled array has shape {arr.shape}, the header says {shape}")
             else:
                 with self._zip.open(self._infos[key]) as f:
-                    arr = np.lib.format.read_array(f, allow_pickle=allow_pickle)
+                    arr = np.lib.format.read_array(f, allow_pickle=False)
+        except RefusedGlobal as exc:
+            raise DataError(
+                f"the object array '{key}' refers to {exc.qualname}, which a plain sGDML / rMD17 entry "
+                "never holds (numpy stores object arrays as pickles, which can run code: not loaded)",
+                file=self.path,
+                record=key,
+                fix="use the release file as published; if you trust this file, re-save the entry as a plain "
+                "string or number array (np.savez with np.asarray(value, dtype=str))",
+            ) from None
         except Exception as exc:  # noqa: BLE001
             raise self._fail(key, exc) from None
         self._arrays[key] = arr
@@ -152,15 +173,11 @@ class NpzMembers:
     def scalar_text(self, key: str, default: str | None = None) -> str | None:
         """A small string entry (e.g. 'name', 'e_unit') as str; `default` when absent.
 
-        Object arrays need pickle; sGDML's own loader always allows it, so it is allowed here for
-        these small metadata entries only (never for the data arrays).
+        Entries stored as object arrays (str / bytes elements) are read through the allow-list of `array`.
         """
         if key not in self._infos:
             return default
-        try:
-            value = self.array(key)
-        except DataError:
-            value = self.array(key, allow_pickle=True)
+        value = self.array(key)
         value = value.item() if value.size == 1 else value
         if isinstance(value, bytes):
             return value.decode("utf-8", "replace")
