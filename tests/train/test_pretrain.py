@@ -185,3 +185,16 @@ def test_missing_logger_package_is_a_config_error(tmp_path):
         pytest.skip("tensorboard is installed here")
     with pytest.raises(ConfigError, match="pip install tensorboard"):
         run_pretraining(pretrain_config(loggers=["csv", "tensorboard"]), tmp_path / "run", progress=False)
+
+
+def test_pretraining_can_continue_from_a_checkpoint(tmp_path):
+    from atomsift.train.pretrain import build_model, build_tasks, plan_pretraining
+
+    run_pretraining(pretrain_config(epochs=1), tmp_path / "first", progress=False)
+    cfg = pretrain_config(backbone={"checkpoint": str(tmp_path / "first/model.pt")})
+    tasks = build_tasks(plan_pretraining(cfg), cfg, tmp_path / "second", resume=False)
+    model, info = build_model(cfg, tasks)
+    saved = torch.load(tmp_path / "first/model.pt", weights_only=True)["state_dict"]
+    state = model.backbone.state_dict()
+    assert all(torch.equal(state[k], saved[f"backbone.{k}"]) for k in state)
+    assert info["backbone_load_report"]["missing"] == [] and info["backbone_load_report"]["used_ema"] is False

@@ -39,6 +39,8 @@ class BackboneSpec(Strict):
     preset: str | None = None
     hparams: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
+    trust_checkpoint: bool = Field(False, description="allow pickled objects in the checkpoint (trusted files)")
+    allow_partial: bool = Field(False, description="load a checkpoint whose backbone keys do not all match")
 
     @model_validator(mode="after")
     def _one_source(self) -> BackboneSpec:

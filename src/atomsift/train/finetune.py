@@ -119,44 +119,56 @@ def _backbone_keys(keys: list[str]) -> list[str]:
     return [k.removeprefix("backbone.") for k in keys if not k.startswith("heads.")]
 
 
+def load_pretrained_backbone(path: str, *, trusted: bool = False, allow_partial: bool = False):
+    """Every backbone tensor of a checkpoint (EMA weights when present): (backbone, load report dict).
+
+    A missing, unexpected or reshaped backbone key is a ConfigError unless `allow_partial`; head keys are
+    listed as dropped (the caller builds new heads).
+    """
+    source = load_checkpoint(path, ema=True, trusted=trusted, strict=False)
+    lr: LoadReport = source.load_report
+    missing, unexpected = _backbone_keys(lr.missing_keys), _backbone_keys(lr.unexpected_keys)
+    reshaped = _backbone_keys(lr.mismatched_keys)
+    state = source.backbone.state_dict()
+    report = {
+        "checkpoint": str(path),
+        "used_ema": lr.used_ema,
+        "loaded": sorted(k for k in state if k not in missing),
+        "missing": missing,
+        "unexpected": unexpected,
+        "reshaped": reshaped,
+        "heads_dropped": sorted(
+            {k.split(".")[1] for k in lr.missing_keys + lr.unexpected_keys if k.startswith("heads.")}
+            | set(source.head_specs)
+        ),
+        "unfitted_scale_factors": list(lr.unfitted_scale_factors),
+        "notes": list(lr.notes),
+    }
+    if (missing or unexpected or reshaped) and not allow_partial:
+        raise ConfigError(
+            f"the checkpoint's backbone weights do not match its architecture: {len(missing)} missing "
+            f"({', '.join(missing[:4])}), {len(unexpected)} unexpected ({', '.join(unexpected[:4])}), "
+            f"{len(reshaped)} of another shape ({', '.join(reshaped[:2])})",
+            file=path,
+            fix="use a checkpoint of this architecture, or set allow_partial: true to train the missing "
+            "weights from their random start (the load report lists them)",
+        )
+    return source.backbone.train(), report
+
+
 def build_finetune_model(cfg: FinetuneConfig, head: dict[str, Any], head_name: str) -> tuple[AtomsModel, dict]:
     """The backbone (checkpoint weights, or fresh for from_scratch) with a new head; and the load report."""
     torch.manual_seed(cfg.seed)
     report: dict[str, Any] = {"from_scratch": cfg.from_scratch}
-    if cfg.checkpoint is not None:
-        source = load_checkpoint(cfg.checkpoint, ema=True, trusted=cfg.trust_checkpoint, strict=False)
-        lr: LoadReport = source.load_report
-        if cfg.from_scratch:
-            backbone = build_backbone(source.backbone.name, **source.backbone.hparams())
-            report["architecture_from"] = cfg.checkpoint
-        else:
-            missing, unexpected = _backbone_keys(lr.missing_keys), _backbone_keys(lr.unexpected_keys)
-            reshaped = _backbone_keys(lr.mismatched_keys)
-            state = source.backbone.state_dict()
-            report.update(
-                checkpoint=cfg.checkpoint,
-                used_ema=lr.used_ema,
-                loaded=sorted(k for k in state if k not in missing),
-                missing=missing,
-                unexpected=unexpected,
-                reshaped=reshaped,
-                heads_dropped=sorted(
-                    {k.split(".")[1] for k in lr.missing_keys + lr.unexpected_keys if k.startswith("heads.")}
-                    | set(source.head_specs)
-                ),
-                unfitted_scale_factors=list(lr.unfitted_scale_factors),
-                notes=list(lr.notes),
-            )
-            if (missing or unexpected or reshaped) and not cfg.allow_partial:
-                raise ConfigError(
-                    f"the checkpoint's backbone weights do not match its architecture: {len(missing)} missing "
-                    f"({', '.join(missing[:4])}), {len(unexpected)} unexpected ({', '.join(unexpected[:4])}), "
-                    f"{len(reshaped)} of another shape ({', '.join(reshaped[:2])})",
-                    file=cfg.checkpoint,
-                    fix="use a checkpoint of this architecture, or set allow_partial: true to train the missing "
-                    "weights from their random start (the load report lists them)",
-                )
-            backbone = source.backbone.train()
+    if cfg.checkpoint is not None and cfg.from_scratch:
+        source = load_checkpoint(cfg.checkpoint, trusted=cfg.trust_checkpoint, strict=False)
+        backbone = build_backbone(source.backbone.name, **source.backbone.hparams())
+        report["architecture_from"] = cfg.checkpoint
+    elif cfg.checkpoint is not None:
+        backbone, loaded = load_pretrained_backbone(
+            cfg.checkpoint, trusted=cfg.trust_checkpoint, allow_partial=cfg.allow_partial
+        )
+        report.update(loaded)
     else:
         spec = cfg.backbone
         backbone = build_backbone(spec.name, preset=spec.preset, **spec.hparams)

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from atomsift.data.spec import open_spec
 from atomsift.errors import ConfigError
-from atomsift.models import AtomsModel, build_backbone, load_checkpoint
+from atomsift.models import AtomsModel, build_backbone
 from atomsift.train.config import PretrainConfig
 from atomsift.train.data import (
     BatchCollator,
@@ -205,9 +205,11 @@ def build_model(cfg: PretrainConfig, tasks: list[Task]) -> tuple[AtomsModel, dic
     info: dict[str, Any] = {}
     torch.manual_seed(cfg.seed)
     if cfg.backbone.checkpoint is not None:
-        source = load_checkpoint(cfg.backbone.checkpoint, strict=False)
-        backbone = source.backbone.train()
-        info["backbone_load_report"] = source.load_report.summary()
+        from atomsift.train.finetune import load_pretrained_backbone
+
+        backbone, info["backbone_load_report"] = load_pretrained_backbone(
+            cfg.backbone.checkpoint, trusted=cfg.backbone.trust_checkpoint, allow_partial=cfg.backbone.allow_partial
+        )
     else:
         backbone = build_backbone(cfg.backbone.name, preset=cfg.backbone.preset, **cfg.backbone.hparams)
     heads = {
