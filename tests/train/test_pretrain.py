@@ -197,4 +197,4 @@ def test_pretraining_can_continue_from_a_checkpoint(tmp_path):
     saved = torch.load(tmp_path / "first/model.pt", weights_only=True)["state_dict"]
     state = model.backbone.state_dict()
     assert all(torch.equal(state[k], saved[f"backbone.{k}"]) for k in state)
-    assert info["backbone_load_report"]["missing"] == [] and info["backbone_load_report"]["used_ema"] is False
+    assert info["backbone_load_report"]["missing"] == [] and info["backbone_load_report"]["used_ema"] is True

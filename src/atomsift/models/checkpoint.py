@@ -267,6 +267,8 @@ def _from_atomsift(obj: dict[str, Any], path: Path, *, ema: bool):
     used_ema = bool(ema and obj.get("ema_state_dict"))
     if used_ema:
         state = obj["ema_state_dict"]
+    elif (obj.get("metadata") or {}).get("weights") == "ema":  # training writes its EMA weights as the weights
+        used_ema = True
     own = model.state_dict()
     mismatched = sorted(k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape))
     result = model.load_state_dict({k: v for k, v in state.items() if k not in mismatched}, strict=False)
