@@ -118,7 +118,8 @@ def validate(model: type[M], data: dict[str, Any], *, source: str | Path | None 
         raise ConfigError(
             f"invalid settings ({validation_problems(exc)})",
             file=source,
-            fix="unknown keys are rejected; " + (f"see {example} for every key" if example else "check the spelling"),
+            fix="check each named key's spelling (unknown keys are rejected) and value"
+            + (f"; {example} lists every key" if example else ""),
         ) from None
 
 

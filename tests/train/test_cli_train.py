@@ -136,6 +136,7 @@ def test_bad_finetune_input_is_one_paragraph(tmp_path):
         str(other),
         "--out",
         str(tmp_path / "ft"),
+        "split.train=100",
     )
     assert proc.returncode == 2 and "unexpected" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 

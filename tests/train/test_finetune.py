@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,18 @@ def test_bad_finetune_settings(pretrained):
         resolve_settings(FinetuneConfig, base={**load_preset("rmd17"), "data": {"path": "bundled:ethanol"}})
     with pytest.raises(ConfigError, match="task.energy_weigth"):
         finetune_config(checkpoint=pretrained, task={"energy_weigth": 1})
+
+
+def test_preset_splits_are_jmps(pretrained):
+    from atomsift.data.readers.rmd17 import jmp_split
+    from atomsift.train.config import SplitSpec
+
+    ours = split_indices(1000, SplitSpec(train=950, val=50, test="rest", seed=42))
+    for name in ("train", "val", "test"):
+        assert np.array_equal(ours[name], jmp_split(1000, 950, 50, name)), name
+    with pytest.raises(ConfigError, match="no test structures"):
+        run_finetuning(
+            finetune_config(checkpoint=pretrained, split={"train": 950, "val": 50, "test": "rest"}),
+            Path("/nonexistent/never-written"),
+            progress=False,
+        )

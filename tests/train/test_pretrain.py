@@ -198,3 +198,20 @@ def test_pretraining_can_continue_from_a_checkpoint(tmp_path):
     state = model.backbone.state_dict()
     assert all(torch.equal(state[k], saved[f"backbone.{k}"]) for k in state)
     assert info["backbone_load_report"]["missing"] == [] and info["backbone_load_report"]["used_ema"] is True
+
+
+def test_a_run_that_failed_before_training_leaves_no_claim_on_its_folder(tmp_path):
+    bad = pretrain_config(
+        upstream={"oxides": {"path": "bundled:oxides", "val_size": 5}}, mixture="single", n_samples=400
+    )
+    with pytest.raises(ConfigError, match="n_samples asks 400"):
+        run_pretraining(bad, tmp_path / "run", progress=False)
+    good = pretrain_config(
+        upstream={"oxides": {"path": "bundled:oxides", "val_size": 5}}, mixture="single", n_samples=20, epochs=1
+    )
+    assert run_pretraining(good, tmp_path / "run", progress=False)["structures_seen"] == 20
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="no n_samples"):
+        pretrain_config(upstream={"oxides": {"path": "bundled:oxides", "n_samples": 3}}, mixture="single")
+    assert pretrain_config(precision=32).precision == "32"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from atomsift.data.spec import DatasetSpec
 from atomsift.graph.settings import GraphSettings
@@ -66,6 +66,12 @@ class UpstreamSpec(DatasetSpec):
     force_weight: float | None = Field(None, ge=0, description="default 10 where the data has forces, else 0")
     val_size: int | None = Field(None, ge=0, description="held-out structures (default min(2000, 5 %))")
 
+    @model_validator(mode="after")
+    def _no_own_count(self) -> UpstreamSpec:
+        if self.n_samples is not None:
+            raise ValueError("an upstream dataset takes no n_samples: the run's n_samples and mixture decide N_i")
+        return self
+
 
 class Optimisation(Strict):
     """Optimiser, schedule, regularisation and run mechanics shared by pretraining and finetuning."""
@@ -87,8 +93,14 @@ class Optimisation(Strict):
     checkpoint_every: int = Field(1000, ge=1, description="optimizer steps between resumable checkpoints")
     val_every: int = Field(1, ge=1, description="epochs between validations")
     precision: Precision = Field("auto", description="auto: 16-mixed on CUDA (the paper), 32 on CPU")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     seed: int = 0
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "cpu"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | str = 1
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
@@ -210,6 +222,8 @@ class FinetuneConfig(Optimisation):
 
     @model_validator(mode="after")
     def _source(self) -> FinetuneConfig:
+        if self.data.n_samples is not None or self.data.sampling is not None:
+            raise ValueError("data takes no n_samples or sampling: the split decides which structures train")
         if not self.from_scratch and self.checkpoint is None:
             raise ValueError("give checkpoint: PATH, or from_scratch: true (with a backbone or a checkpoint)")
         if not self.from_scratch and self.backbone is not None:

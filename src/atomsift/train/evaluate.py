@@ -132,17 +132,13 @@ def task_of_model(model: Any, head: str | None) -> TaskInfo:
 
 
 def split_records(ds: Any, checkpoint: Path, split: str | None) -> tuple[list[Record], str]:
-    """The structures to evaluate: a split saved beside the checkpoint (RUN/split.json) or the whole dataset."""
+    """The structures to evaluate: the split of the run that made the checkpoint (RUN/split.json beside it),
+    else the whole (already split by the reader, where `split` was passed to it) dataset."""
     if split is None:
         return [ds[i] for i in range(len(ds))], "all"
     saved = checkpoint.parent / "split.json"
     if not saved.exists():
-        raise ConfigError(
-            f"--split {split} needs the split.json of the run that made the checkpoint, and there is none beside it",
-            file=checkpoint,
-            fix="evaluate a finetuning run's model.pt, leave --split out to use the whole dataset, or give the "
-            "split as a reader option (e.g. --data x.h5,split=test)",
-        )
+        return [ds[i] for i in range(len(ds))], f"{split} (the reader's)"
     indices = json.loads(saved.read_text()).get(split)
     if indices is None:
         raise ConfigError(f"split.json has no split '{split}'", file=saved, fix="use train, val or test")
@@ -153,6 +149,28 @@ def split_records(ds: Any, checkpoint: Path, split: str | None) -> tuple[list[Re
             fix="evaluate on the dataset the run was finetuned on",
         )
     return [ds[int(i)] for i in indices], split
+
+
+def _with_reader_split(spec: Any, split: str, checkpoint: Path) -> Any:
+    """The dataset spec with the reader's own split option, for checkpoints without a run's split.json."""
+    from atomsift.data.registry import normalize_format, reader_class
+
+    fmt = spec.format
+    if fmt is None:
+        from atomsift.data import open_dataset
+
+        fmt = open_dataset(spec.path, **spec.reader_kwargs()).format_name
+    import inspect
+
+    if "split" not in inspect.signature(reader_class(normalize_format(fmt)).__init__).parameters:
+        raise ConfigError(
+            f"--split {split}: no split.json of a finetuning run beside the checkpoint, and the '{fmt}' reader "
+            "has no splits of its own",
+            file=checkpoint,
+            fix="evaluate a finetuning run's model.pt (its split.json is used), or leave --split out to use the "
+            "whole dataset",
+        )
+    return spec.model_copy(update={"options": {**spec.options, "split": split}})
 
 
 def evaluate_checkpoint(
@@ -172,6 +190,8 @@ def evaluate_checkpoint(
 
     model = load_checkpoint(checkpoint, trusted=trusted, device=device)
     task = task_of_model(model, head)
+    if split is not None and not (Path(checkpoint).parent / "split.json").exists():
+        spec = _with_reader_split(spec, split, Path(checkpoint))
     ds = open_spec(spec, "data")
     records, used = split_records(ds, Path(checkpoint), split)
     result = evaluate_model(model, records, task, batch_size=batch_size, progress=len(records) > 4 * batch_size)

@@ -30,7 +30,7 @@ from atomsift.train.data import BatchCollator, Task, TrainSet, indices_hash
 from atomsift.train.losses import TaskInfo
 from atomsift.train.metrics import target_key, unit_label
 from atomsift.train.module import TrainModule
-from atomsift.train.runner import prepare_run, run_fit, write_json
+from atomsift.train.runner import prepare_run, quiet_if_secondary, run_fit, write_json
 from atomsift.train.setup import (
     best_model_writer,
     closing_table,
@@ -105,7 +105,9 @@ def split_indices(n: int, split: SplitSpec, source: str = "") -> dict[str, np.nd
             fix="lower the split counts, or use 'rest' for one of them",
         )
     sizes = {k: (n - fixed if v is None else v) for k, v in sizes.items()}
-    order = np.random.default_rng(split.seed).permutation(n).astype(np.int64)
+    # JMP's and the readers' scheme (RandomState(seed) permutation; train, then val, then test), so the presets
+    # give the paper's rMD17 / MD22 / QM9 splits
+    order = np.random.RandomState(split.seed).permutation(n).astype(np.int64)
     a, b = sizes["train"], sizes["train"] + sizes["val"]
     return {"train": order[:a], "val": order[a:b], "test": order[b : b + sizes["test"]]}
 
@@ -206,7 +208,7 @@ def run_finetuning(
     """Finetune as `cfg` says into the run folder `out`; returns the test metrics (also RUN/test_metrics.json)."""
     from atomsift.train.evaluate import evaluate_model
 
-    console = console or Console()
+    console = quiet_if_secondary(console or Console())
     settings = cfg.model_dump(mode="json")
     ds = open_spec(cfg.data, "data")
     name = Path(cfg.data.path).stem if not cfg.data.path.startswith("bundled:") else cfg.data.path.split(":", 1)[1]
@@ -216,6 +218,12 @@ def run_finetuning(
         spec = cfg.data.model_copy(update={"options": {**cfg.data.options, **cfg.test_options}})
         test_ds = open_spec(spec, "test data")
         splits["test"] = np.arange(len(test_ds), dtype=np.int64)
+    if len(splits["test"]) == 0:
+        raise ConfigError(
+            f"the split leaves no test structures ({len(splits['train'])} train, {len(splits['val'])} val of "
+            f"{len(ds)})",
+            fix="lower split.train or split.val, or give split.test a count",
+        )
     if len(splits["train"]) == 0 or len(splits["val"]) == 0:
         raise ConfigError(
             f"the split leaves {len(splits['train'])} training and {len(splits['val'])} validation structures",
@@ -329,7 +337,7 @@ def run_finetuning(
     metrics.update(
         split="test",
         checkpoint=str(out / "model.pt"),
-        best_epoch=module.best_epoch,
+        best_epoch=module.best_epoch_number,
         monitor=module.monitor,
         best_val=module.best,
     )
@@ -341,7 +349,7 @@ def run_finetuning(
         "atoms_seen": int(module.counters["atoms"]),
         "optimizer_steps": int(trainer.global_step),
         "wall_time_s": round(wall, 3),
-        "best_epoch": module.best_epoch,
+        "best_epoch": module.best_epoch_number,
         "monitor": module.monitor,
         "best_val_metrics": {k: v for k, v in best_val.items() if k.startswith("val/")},
         "splits": {k: len(v) for k, v in splits.items()},
@@ -351,7 +359,7 @@ def run_finetuning(
     rows = [
         ("steps", f"{trainer.global_step} ({cfg.epochs} epochs)"),
         ("time", f"{wall:.1f} s"),
-        ("best epoch", f"{module.best_epoch} by {module.monitor} = {fmt(module.best)}"),
+        ("best epoch", f"{module.best_epoch_number} of {cfg.epochs} by {module.monitor} = {fmt(module.best)}"),
     ]
     rows += [(f"test {k}", fmt(v)) for k, v in metrics.items() if "_mae_" in k or "_rmse_" in k]
     rows.append(

@@ -75,7 +75,7 @@ class TrainModule(L.LightningModule):
         self.counters = {"structures": 0.0, "atoms": 0.0, **{f"structures/{t.name}": 0.0 for t in tasks}}
         self.batches_in_epoch = 0
         self.best: float | None = None
-        self.best_epoch: int | None = None
+        self.best_epoch: int | None = None  # Lightning's epoch index (0-based); reports add 1
         self.history: list[dict[str, float]] = []
         self._resume_skip = 0
         self._resume_epoch = -1
@@ -320,6 +320,11 @@ class TrainModule(L.LightningModule):
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.history = list(state["history"])
         torch.set_rng_state(state["torch_rng"])
+
+    @property
+    def best_epoch_number(self) -> int | None:
+        """The best epoch counted from 1, as the per-epoch lines and reports count."""
+        return None if self.best_epoch is None else self.best_epoch + 1
 
     def weights_for_saving(self) -> torch.nn.Module:
         """The model whose weights are kept: the EMA copy (or the raw model without EMA)."""

@@ -32,7 +32,7 @@ from atomsift.train.data import (
 )
 from atomsift.train.losses import TaskInfo
 from atomsift.train.module import TrainModule
-from atomsift.train.runner import prepare_run, run_fit, write_json
+from atomsift.train.runner import prepare_run, quiet_if_secondary, run_fit, write_json
 from atomsift.train.setup import (
     best_model_writer,
     closing_table,
@@ -67,6 +67,7 @@ class PretrainPlan:
     epochs: int
     steps_per_epoch: int
     notes: list[str] = field(default_factory=list)
+    world_size: int = 1
 
     @property
     def budget(self) -> int:
@@ -89,7 +90,15 @@ def _has_forces(ds: Any, probe: int = 8) -> bool:
     return any(ds[i].forces is not None for i in range(min(probe, len(ds))))
 
 
-def plan_pretraining(cfg: PretrainConfig, world_size: int = 1) -> PretrainPlan:
+def world_size_of(cfg: Any) -> int:
+    """Processes of the run as the settings say (devices x num_nodes; 1 where devices is not a count)."""
+    devices = cfg.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    return (devices if isinstance(devices, int) and devices > 0 else 1) * cfg.num_nodes
+
+
+def plan_pretraining(cfg: PretrainConfig, world_size: int | None = None) -> PretrainPlan:
     """Open the upstream datasets and work out sizes, shares, counts, graphs and steps (no training)."""
     backbone = _backbone_name(cfg)
     opened = {name: open_spec(spec, name) for name, spec in cfg.upstream.items()}
@@ -118,6 +127,14 @@ def plan_pretraining(cfg: PretrainConfig, world_size: int = 1) -> PretrainPlan:
                 f"val_size {val} of '{name}' leaves no structure for training ({sizes[name]} in all)",
                 fix="lower val_size",
             )
+        available = sizes[name] - val
+        if counts[name] > available and not cfg.allow_repeats:
+            raise ConfigError(
+                f"n_samples asks {counts[name]} structures of '{name}', which has {available} available for "
+                f"training ({sizes[name]} in all, {val} held out)",
+                fix=f"lower n_samples, train more epochs on fewer structures (e.g. n_samples={available} with "
+                f"epochs={math.ceil(counts[name] * cfg.epochs / available)}), or set allow_repeats: true",
+            )
         plans.append(
             DatasetPlan(
                 name,
@@ -132,8 +149,9 @@ def plan_pretraining(cfg: PretrainConfig, world_size: int = 1) -> PretrainPlan:
                 force_weight,
             )
         )
-    steps = math.ceil(cfg.n_samples / (cfg.batch_size * world_size))
-    return PretrainPlan(plans, cfg.n_samples, cfg.epochs, steps, notes)
+    world = world_size_of(cfg) if world_size is None else world_size
+    steps = math.ceil(cfg.n_samples / (cfg.batch_size * world))
+    return PretrainPlan(plans, cfg.n_samples, cfg.epochs, steps, notes, world)
 
 
 def print_plan(plan: PretrainPlan, cfg: PretrainConfig, console: Console) -> None:
@@ -160,7 +178,8 @@ def print_plan(plan: PretrainPlan, cfg: PretrainConfig, console: Console) -> Non
     console.print(table)
     console.print(
         f"N = {plan.n_samples} structures x E = {plan.epochs} epochs = C = {plan.budget} structure passes; "
-        f"{plan.steps_per_epoch} steps per epoch of {cfg.batch_size} per device, {plan.total_steps} optimizer steps"
+        f"{plan.steps_per_epoch} steps per epoch of {cfg.batch_size} per device x {plan.world_size} process(es), "
+        f"{plan.total_steps} optimizer steps"
     )
     for note in plan.notes:
         console.print(f"note: {note}")
@@ -234,7 +253,7 @@ def run_pretraining(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Pretrain as `cfg` says into the run folder `out`; returns the summary (also RUN/summary.json)."""
-    console = console or Console()
+    console = quiet_if_secondary(console or Console())
     settings = cfg.model_dump(mode="json")
     state = prepare_run(out, settings, resume=resume, overwrite=overwrite, command="pretrain")
     if state == "done":
@@ -255,14 +274,13 @@ def run_pretraining(
             model.backbone, tasks, cfg.scale_factor_batches, cfg.batch_size, torch.float32
         )
         if fitted:
-            console.print(
-                f"fitted {len(fitted)} GemNet-OC scale factors on {cfg.scale_factor_batches} training batches"
-            )
+            console.print(f"fitted {len(fitted)} GemNet-OC scale factors on the training structures")
     infos = [TaskInfo(t.name, t.name, "energy", "energy", t.has_forces, t.energy_weight, t.force_weight) for t in tasks]
     metadata = {
         "created_by": "atomsift pretrain",
         "config": settings,
         "tasks": [vars(i) for i in infos],
+        "head_graphs": {t.name: None if t.graph is None else vars(t.graph) for t in tasks},
         "normalizers": {k: v.to_dict() for k, v in normalizers.items()},
         **info,
     }
@@ -312,7 +330,7 @@ def finish(
         "atoms_seen": int(c["atoms"]),
         "optimizer_steps": int(trainer.global_step),
         "wall_time_s": round(module.wall_before + wall, 3),
-        "best_epoch": module.best_epoch,
+        "best_epoch": module.best_epoch_number,
         "best_val_loss": {t.name: best.get(f"val/{t.name}/loss") for t in module.tasks},
         "best_val_metrics": {k: v for k, v in best.items() if k.startswith("val/")},
         "datasets": {

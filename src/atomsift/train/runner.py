@@ -30,6 +30,9 @@ from atomsift.errors import ConfigError
 from atomsift.settings import check_output_dir
 from atomsift.train.config import Optimisation
 
+MECHANICS = ("num_workers", "loggers", "checkpoint_every")
+"""Settings that change how a run is carried out, not what it computes: free to differ on resume or reuse."""
+
 RUN_FILES = (
     "config.yaml",
     "summary.json",
@@ -58,14 +61,25 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ, with both values."""
+    """Dotted keys whose values differ, with both values (run mechanics such as num_workers left out)."""
     a, b = flatten(old), flatten(new)
+    for key in MECHANICS:
+        a.pop(key, None)
+        b.pop(key, None)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def secondary_rank() -> bool:
-    """True in the extra processes Lightning starts for DDP (they re-run the command): they write nothing."""
-    return any(os.environ.get(k, "0") != "0" for k in ("LOCAL_RANK", "NODE_RANK"))
+    """True in every process but the first of a DDP run (Lightning's extra processes, srun tasks, torchrun
+    ranks): they write nothing."""
+    return any(os.environ.get(k, "0") != "0" for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
+
+
+def quiet_if_secondary(console: Any) -> Any:
+    """The console, silenced in DDP's extra processes (the first process prints the plan and the table)."""
+    if secondary_rank():
+        console.quiet = True
+    return console
 
 
 def prepare_run(out: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool, command: str) -> str:
@@ -85,6 +99,9 @@ def prepare_run(out: Path, settings: dict[str, Any], *, resume: bool, overwrite:
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
+    started = (out / "checkpoints" / "last.ckpt").exists() or (out / "summary.json").exists()
+    if saved_path.exists() and not started and not resume:
+        saved_path.unlink()  # an earlier attempt stopped before training (bad data, a typo): nothing to keep
     if saved_path.exists():
         saved = yaml.safe_load(saved_path.read_text()) or {}
         diff = config_diff(saved, settings)
@@ -249,6 +266,17 @@ def make_trainer(cfg: Optimisation, out: Path, attempt: int, *, progress: bool =
         callbacks.append(Progress(leave=True))
     elif progress:
         callbacks.append(EpochLines())
+    try:
+        return _trainer(cfg, out, loggers, callbacks, bar)
+    except (ValueError, TypeError) as exc:  # Lightning's checks of devices, strategy, precision, cluster
+        raise ConfigError(
+            f"Lightning refused the run settings: {exc}",
+            fix="check accelerator, devices, num_nodes, strategy and precision (and, under SLURM, that "
+            "--ntasks-per-node equals devices)",
+        ) from None
+
+
+def _trainer(cfg: Optimisation, out: Path, loggers: list[Any], callbacks: list[Callback], bar: bool) -> L.Trainer:
     return L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,

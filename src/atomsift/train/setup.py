@@ -164,7 +164,7 @@ def best_model_writer(path: Path, metadata: dict[str, Any]):
                 **metadata,
                 "trained": True,
                 "weights": "ema" if module.ema is not None else "raw",
-                "best_epoch": epoch,
+                "best_epoch": epoch + 1,
                 "best_value": value,
                 "monitor": module.monitor,
             }
