@@ -327,11 +327,13 @@ class PlainUnpickler(pickle.Unpickler):
 
     def load(self) -> Any:
         """The unpickled object, numpy placeholders swapped for the arrays / dtypes they stand for."""
-        obj = super().load()
-        if self.placeholders:
-            self.memo.clear()  # frees the placeholders that numpy reconstructors consumed
-            if placeholders_alive():  # some are left: in `obj` (or in another thread's load under way)
-                obj = resolve(obj)
+        try:
+            obj = super().load()
+        finally:
+            if self.placeholders:
+                self.memo.clear()  # frees the placeholders that numpy reconstructors consumed
+        if self.placeholders and placeholders_alive():  # some are left: in `obj` (or in another thread's load)
+            obj = resolve(obj)
         return obj
 
 
