@@ -20,10 +20,14 @@ keeps them in `obj._store._mapping`; PyG < 2 kept them directly in `obj.__dict__
 Safety: `find_class` is an explicit allow-list, so no function or class from the file's own choosing
 is ever imported or called. Allowed: stand-ins for `torch_geometric.data.*` classes (they only store
 state), the numpy versions of the tensor rebuild functions above, `torch.Size` (read as a tuple),
-`collections.OrderedDict`, `_codecs.encode` for latin-1 only (how protocol 2 writes bytes), the builtin
-set/frozenset/complex/bytearray, and numpy's scalar/array/dtype reconstructors. Anything else raises `RefusedGlobal` (module and name) before it is called. Storage
-bytes not in the plain layout go to `torch.load(weights_only=True)`, which has its own allow-list.
-`load_plain` applies the same rule (without the PyG and torch entries) to pickles of plain values.
+`collections.OrderedDict`, `_codecs.encode` for latin-1 only (how protocol 2 writes bytes), `bytes()`
+and `bytearray(data)` (no sizes), the builtin set/frozenset/complex, and stand-ins for numpy's scalar,
+array and dtype reconstructors (`_numpy_standins`: numeric, bool, bytes and str arrays and scalars
+from checked bytes; never numpy's own callables, which let a pickle forge object pointers; object
+arrays are refused). Anything else raises `RefusedGlobal` (module and name) before it is called.
+Storage bytes not in the plain layout go to `torch.load(weights_only=True)`, which has its own
+allow-list. `load_plain` applies the same rule (without the PyG and torch entries) to pickles of
+plain values.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+
+from atomsift.data.readers._numpy_standins import RefusedGlobal, numpy_globals, placeholders_alive, resolve
 
 _MAGIC = 0x1950A86A20F9469CFC6C
 _PID_TAIL = b"(X\x07\x00\x00\x00storageq\x00"
@@ -88,14 +94,6 @@ def standin_class(module: str, name: str) -> type:
         cls = type(name, (PygStandIn,), {"pyg_name": f"{module}.{name}"})
         _standin_classes[key] = cls
     return cls
-
-
-class RefusedGlobal(pickle.UnpicklingError):
-    """A pickle named a class or function outside the allow-list; it was neither imported nor called."""
-
-    def __init__(self, module: str, name: str) -> None:
-        self.qualname = f"{module}.{name}" if module else name
-        super().__init__(f"the pickle refers to {self.qualname}, which is not on the allow-list")
 
 
 class _ProbeUnpickler(pickle.Unpickler):
@@ -189,6 +187,8 @@ def rebuild_tensor(storage: Any, storage_offset: int, size: tuple, stride: tuple
             raise TypeError(f"a tensor's storage is a {type(storage).__name__}, not a storage")
         tensor = torch.empty(0, dtype=storage.dtype).set_(storage, storage_offset, tuple(size), tuple(stride))
         return tensor_to_numpy(tensor)
+    if storage.ndim != 1 or not storage.flags.c_contiguous:  # the bounds checks below assume a 1-D storage
+        raise ValueError(f"a tensor's storage is an array of shape {storage.shape}, not a 1-D storage")
     size, stride = tuple(size), tuple(stride)
     count = math.prod(size)
     total = storage.shape[0]
@@ -252,6 +252,9 @@ _TORCH_FUNCTIONS = {
 class _TensorType:
     """Stands in for the tensor class argument of `_rebuild_from_type(_v2)` (which ignores it)."""
 
+    def __setstate__(self, state: Any) -> None:  # BUILD on the class itself fails here (no attributes set)
+        raise RefusedGlobal("torch", "Tensor with a state")
+
 
 _TENSOR_TYPES = {
     ("torch", "Size"): tuple,  # a torch.Size value comes back as a tuple
@@ -268,19 +271,20 @@ def _latin1_encode(text: Any, encoding: str = "latin1", errors: str = "strict") 
     return text.encode("latin1")
 
 
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    """numpy's pickle reconstructors (scalars, arrays, dtypes) under the numpy 1.x and 2.x module names."""
-    try:
-        from numpy._core import multiarray, numeric
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
-    out: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        out[(module, "scalar")] = multiarray.scalar
-        out[(module, "_reconstruct")] = multiarray._reconstruct
-    for module in ("numpy.core.numeric", "numpy._core.numeric"):  # arrays in pickle protocol 5
-        out[(module, "_frombuffer")] = numeric._frombuffer  # np.frombuffer refuses object dtypes
-    return out
+def _bytes(*args: Any) -> bytes:
+    """`bytes()`: how protocol 2 writes b''. Arguments (`bytes(10**10)` allocates) are refused."""
+    if args:
+        raise RefusedGlobal("builtins", f"bytes with the arguments {args!r:.60}")
+    return b""
+
+
+def _bytearray(*args: Any) -> bytearray:
+    """`bytearray(b'..')` (protocols 3, 4) or `bytearray('..', 'latin-1')` (protocol 2); no sizes."""
+    if not args or (len(args) == 1 and type(args[0]) is bytes):
+        return bytearray(*args)
+    if len(args) == 2 and type(args[0]) is str and args[1] in ("latin-1", "latin1"):
+        return bytearray(args[0], "latin-1")
+    raise RefusedGlobal("builtins", f"bytearray with the arguments {args!r:.60}")
 
 
 # Plain values: what pickles of ints, floats, strings, bytes, tuples, dicts and numpy values name.
@@ -290,8 +294,9 @@ PLAIN_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("builtins", "complex"): complex,
-    ("builtins", "bytearray"): bytearray,
-    **_numpy_globals(),
+    ("builtins", "bytes"): _bytes,
+    ("builtins", "bytearray"): _bytearray,
+    **numpy_globals(object_arrays=False),
 }
 _OLD_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}  # protocol < 3 names (fix_imports)
 
@@ -305,11 +310,31 @@ def plain_global(module: str, name: str) -> Any:
     return found
 
 
+# the numpy entries whose results are placeholders until `resolve` (arrays from _reconstruct, dtypes)
+_PLACEHOLDER_MAKERS = {v for (_, name), v in PLAIN_GLOBALS.items() if name in ("dtype", "_reconstruct")}
+
+
 class PlainUnpickler(pickle.Unpickler):
     """Unpickler for plain values only (dicts, lists, numbers, strings, numpy scalars and arrays)."""
 
+    placeholders = False  # set once the pickle names numpy's dtype or _reconstruct
+
     def find_class(self, module: str, name: str) -> Any:
-        return plain_global(module, name)
+        found = plain_global(module, name)
+        if found in _PLACEHOLDER_MAKERS:
+            self.placeholders = True
+        return found
+
+    def load(self) -> Any:
+        """The unpickled object, numpy placeholders swapped for the arrays / dtypes they stand for."""
+        try:
+            obj = super().load()
+        finally:
+            if self.placeholders:
+                self.memo.clear()  # frees the placeholders that numpy reconstructors consumed
+        if self.placeholders and placeholders_alive():  # some are left: in `obj` (or in another thread's load)
+            obj = resolve(obj)
+        return obj
 
 
 def load_plain(file: Any) -> Any:
@@ -328,7 +353,7 @@ def _is_pyg_data_module(module: str) -> bool:
     return module == "torch_geometric.data" or module.startswith("torch_geometric.data.")
 
 
-class DataUnpickler(pickle.Unpickler):
+class DataUnpickler(PlainUnpickler):
     """Unpickler that maps torch_geometric classes to stand-ins and CPU tensors to numpy arrays.
 
     Only the allow-list of the module doc is resolved; any other global raises `RefusedGlobal`.
@@ -354,6 +379,8 @@ class DataUnpickler(pickle.Unpickler):
                 found = plain_global(module, name)
             if len(_found) < 256:
                 _found[key] = found
+        if found in _PLACEHOLDER_MAKERS:
+            self.placeholders = True
         return found
 
 
