@@ -178,6 +178,13 @@ def build_finetune_model(cfg: FinetuneConfig, head: dict[str, Any], head_name: s
     return AtomsModel(backbone, {head_name: head}), report
 
 
+def _task_name(path: str) -> str:
+    """A short name for the task: bundled:NAME -> NAME, /d/rmd17_aspirin.npz -> rmd17_aspirin, x.tar.bz2 -> x."""
+    if path.startswith("bundled:"):
+        return path.split(":", 1)[1]
+    return Path(path.rstrip("/")).name.split(".")[0] or "data"
+
+
 def task_info(cfg: FinetuneConfig, name: str, head_name: str) -> TaskInfo:
     t = cfg.task
     return TaskInfo(name, head_name, t.target, t.head, t.forces is not None, t.energy_weight, t.force_weight, t.unit)
@@ -211,7 +218,7 @@ def run_finetuning(
     console = quiet_if_secondary(console or Console())
     settings = cfg.model_dump(mode="json")
     ds = open_spec(cfg.data, "data")
-    name = Path(cfg.data.path).stem if not cfg.data.path.startswith("bundled:") else cfg.data.path.split(":", 1)[1]
+    name = _task_name(cfg.data.path)
     splits = split_indices(len(ds), cfg.split, cfg.data.path)
     test_ds = ds
     if cfg.test_options is not None:
