@@ -21,17 +21,18 @@ The order is A0 B0 B1 A1 A2 B2 B3 A3 ... (each side goes first equally often), w
 Both sides start from the same weights and see the same batches, so their losses, final weights and EMA
 weights must agree (column "max abs dloss, dweights"; tests/train/test_benchmark_smoke.py checks it).
 Times are wall clock and process CPU time (less sensitive to other jobs on a shared machine).
-The full run adds a breakdown for PaiNN on acac: Lightning with parts of the logging switched off (in the
-benchmark's copy; src is untouched), each against its own bare loop.
+The full run adds a breakdown for PaiNN on acac: one more fit in which the per-step logging is switched
+(in the benchmark's copy; src is untouched) step by step between four variants (as shipped, no logger
+write, no struct/s log, no self.log), each step against its bare-loop pair.
 Peak memory: each model and dataset in a fresh process, Lightning loop, Linux VmHWM (peak resident set)
 reset just before the fit (/proc/self/clear_refs), against the resident set just before it. GemNet-OC's
 scale factors are fitted once and kept in benchmarks/_work/train_throughput/.
 
-    .venv/bin/python benchmarks/train_throughput.py            # full run (~15 min on 2 cores)
-    .venv/bin/python benchmarks/train_throughput.py --quick    # fewer steps, no breakdown (make bench)
+    .venv/bin/python benchmarks/train_throughput.py            # full run (~13 min on 2 cores)
+    .venv/bin/python benchmarks/train_throughput.py --quick    # fewer steps, no breakdown (make bench, ~4 min)
     ... --models painn --data acac --pairs 80 --threads 2
 
-Prints one table (markdown); paste it into benchmarks/RESULTS.md with the lines above it.
+Prints markdown tables; paste it into benchmarks/RESULTS.md with the lines above it.
 """
 
 from __future__ import annotations
@@ -235,8 +236,8 @@ class BareLoop:
 class Alternate(L.Callback):
     """Times Lightning's steps (end of this hook to its next call) and runs B steps and loader draws in here."""
 
-    def __init__(self, bare: BareLoop, batches: list, loader: Loader, warmup: int) -> None:
-        self.bare, self.batches, self.loader, self.warmup = bare, batches, loader, warmup
+    def __init__(self, bare: BareLoop, batches: list, loader: Loader, switch: Switch | None = None) -> None:
+        self.bare, self.batches, self.loader, self.switch = bare, batches, loader, switch
         self.resumed: tuple[float, float] | None = None
         self.a: dict[int, float] = {}  # wall seconds per step
         self.b: dict[int, float] = {}
@@ -263,28 +264,41 @@ class Alternate(L.Callback):
         if batch_idx % 2 == 0:  # A0 B0 B1 A1 A2 B2 B3 A3 ...
             self._run_b(batch_idx)
             self._run_b(batch_idx + 1)
+        if self.switch is not None:
+            self.switch.set(trainer, batch_idx + 1)
         self.resumed = (time.perf_counter(), time.process_time())
 
 
-VARIANTS = {
-    "as shipped": "make_trainer's Trainer and TrainModule as they are",
-    "log_every_n_steps=50": "the Trainer hands metrics to the CSV logger every 50 steps instead of every step",
-    "no struct/s log": "TrainModule's per-step self.log('struct/s') skipped",
-    "no self.log": "both per-step self.log calls skipped",
-    "no self.log, no logger": "no self.log and no CSV logger",
+# the breakdown: per-step logging switched on and off in the benchmark's copy of the module (src is untouched)
+# name: (self.log calls made: all / only train/loss / none, metrics handed to the CSV logger this step)
+VARIANTS: dict[str, tuple[str, bool]] = {
+    "as shipped": ("all", True),
+    "no logger write": ("all", False),
+    "no struct/s log": ("loss", True),
+    "no self.log (nothing to write)": ("none", False),
 }
 
 
-def _patch(module: TrainModule, cfg: PretrainConfig, variant: str) -> PretrainConfig:
-    """Switch off parts of the logging for the overhead breakdown (the benchmark's copy only; src is untouched)."""
-    log = module.log
-    if variant == "no struct/s log":
-        module.log = lambda name, value, **kw: None if name == "struct/s" else log(name, value, **kw)
-    elif variant.startswith("no self.log"):
-        module.log = lambda *args, **kw: None
-    if variant.endswith("no logger"):
-        cfg = cfg.model_copy(update={"loggers": []})
-    return cfg
+class Switch:
+    """Cycles the VARIANTS step by step within one fit: step k runs variant k mod 4."""
+
+    def __init__(self, module: TrainModule) -> None:
+        self.module, self.log, self.names = module, module.log, list(VARIANTS)
+
+    def variant(self, step: int) -> str:
+        return self.names[step % len(self.names)]
+
+    def set(self, trainer: L.Trainer, step: int) -> None:
+        calls, write = VARIANTS[self.variant(step)]
+        log = self.log
+        if calls == "all":
+            self.module.log = log
+        elif calls == "loss":
+            self.module.log = lambda name, value, **kw: None if name == "struct/s" else log(name, value, **kw)
+        else:
+            self.module.log = lambda *args, **kw: None
+        # read when the step's metrics are handed to the loggers (in the same timed window as the step)
+        trainer.log_every_n_steps = 1 if write else 10**9
 
 
 def _max_diff(a: torch.nn.Module | None, b: torch.nn.Module | None) -> float:
@@ -307,19 +321,18 @@ def measure(
     pairs: int,
     warmup: int,
     out: Path,
-    variant: str = "as shipped",
     settings: dict[str, Any] | None = None,
+    breakdown: bool = False,
 ) -> dict[str, Any]:
-    """Run A, B and L side by side on one model and dataset; medians and per-pair ratios."""
+    """Run A, B and L side by side on one model and dataset; medians and per-pair ratios (and, with
+    `breakdown`, the same per logging variant, cycled step by step)."""
     n = pairs + warmup + 1
     module, cfg, batches = build(model, data, n, out, settings)
     bare = BareLoop(module)
-    alt = Alternate(bare, batches, Loader(module), warmup)
-    cfg = _patch(module, cfg, variant)
+    switch = Switch(module) if breakdown else None
+    alt = Alternate(bare, batches, Loader(module), switch)
     trainer = make_trainer(cfg, out, 0, progress=True)
     trainer.limit_val_batches = 0  # no validation inside the timed epoch
-    if variant == "log_every_n_steps=50":
-        trainer.log_every_n_steps = 50
     trainer.callbacks.append(alt)
     trainer.fit(module, train_dataloaders=prepared_loader(batches))
     keep = [i for i in range(warmup + 1, n) if i in alt.a and i in alt.b]
@@ -333,10 +346,9 @@ def measure(
     structures = statistics.mean(float(batches[i].num_structures) for i in keep)
     atoms = statistics.mean(float(batches[i].num_atoms) for i in keep)
     a_med, b_med = statistics.median(a), statistics.median(b)
-    return {
+    row = {
         "model": model,
         "data": data,
-        "variant": variant,
         "batch": MODELS[model][1],
         "structures": structures,
         "atoms": atoms,
@@ -354,7 +366,23 @@ def measure(
         "dweights": max(_max_diff(module.model, bare.m.model), _max_diff(module.ema, bare.m.ema)),
         "ckpt_s": ckpt_s,
         "params": sum(p.numel() for p in module.model.parameters()),
+        "by_variant": [],
     }
+    for name in VARIANTS if switch else ():
+        idx = [k for k, i in enumerate(keep) if switch.variant(i) == name]
+        ac, bc = [a_cpu[k] for k in idx], [b_cpu[k] for k in idx]
+        row["by_variant"].append(
+            {
+                "variant": name,
+                "pairs": len(idx),
+                "a_cpu_ms": 1000 * statistics.median(ac),
+                "b_cpu_ms": 1000 * statistics.median(bc),
+                "diff_cpu_ms": 1000 * statistics.median([x - y for x, y in zip(ac, bc, strict=True)]),
+                "ratio_cpu": _median_ci([x / y for x, y in zip(ac, bc, strict=True)], rng),
+                "ratio": _median_ci([a[k] / b[k] for k in idx], rng),
+            }
+        )
+    return row
 
 
 def _status(key: str) -> float:
@@ -395,7 +423,7 @@ def _pct(r: tuple[float, float, float]) -> str:
     return f"{100 * (r[0] - 1):+.1f} % [{100 * (r[1] - 1):+.1f}, {100 * (r[2] - 1):+.1f}]"
 
 
-def print_tables(rows: list[dict[str, Any]], breakdown: list[dict[str, Any]]) -> None:
+def print_tables(rows: list[dict[str, Any]], breakdown: dict[str, Any] | None) -> None:
     print("Loop overhead: Lightning (A) against the bare loop (B), same batches, A0 B0 B1 A1 A2 B2 ...;")
     print("medians per step; overhead = median over pairs of A / B - 1 [95 % bootstrap interval]")
     print()
@@ -428,16 +456,17 @@ def print_tables(rows: list[dict[str, Any]], breakdown: list[dict[str, Any]]) ->
         )
     if breakdown:
         print()
-        print("Where Lightning's overhead goes (each variant its own fit, against its own bare loop)")
-        print()
         print(
-            "| model | data | variant | pairs | A CPU ms | B CPU ms | A - B CPU ms | overhead, CPU | overhead, wall |"
+            f"Where Lightning's overhead goes: {breakdown['model']} on {breakdown['data']}, one fit, the per-step "
+            "logging variant cycled step by step, each step against its bare-loop pair"
         )
-        print("|---|---|---|---:|---:|---:|---:|---|---|")
-        for r in breakdown:
+        print()
+        print("| variant | pairs | A CPU ms | B CPU ms | A - B CPU ms | overhead, CPU | overhead, wall |")
+        print("|---|---:|---:|---:|---:|---|---|")
+        for r in breakdown["by_variant"]:
             print(
-                f"| {r['model']} | {r['data']} | {r['variant']} | {r['pairs']} | {r['a_cpu_ms']:.1f} | "
-                f"{r['b_cpu_ms']:.1f} | {r['diff_cpu_ms']:.2f} | {_pct(r['ratio_cpu'])} | {_pct(r['ratio'])} |"
+                f"| {r['variant']} | {r['pairs']} | {r['a_cpu_ms']:.1f} | {r['b_cpu_ms']:.1f} | "
+                f"{r['diff_cpu_ms']:.2f} | {_pct(r['ratio_cpu'])} | {_pct(r['ratio'])} |"
             )
 
 
@@ -445,11 +474,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--data", default=",".join(DATA))
-    parser.add_argument("--quick", action="store_true", help="fewer steps, no breakdown (make bench)")
+    parser.add_argument("--quick", action="store_true", help="fewer steps, no breakdown (make bench, ~4 min)")
     parser.add_argument("--pairs", type=int, help="timed A/B pairs per row (default: per model)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the cores are shared)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--breakdown", default="painn:acac", help="model:data whose overhead is broken down ('' none)")
+    parser.add_argument("--breakdown-pairs", type=int, default=800, help="pairs of the breakdown (all variants)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -465,7 +495,7 @@ def main() -> None:
     )
     print(f"# command: {' '.join(sys.argv)}")
     print(f"# load average at start (1/5/15 min): {load_average()}")
-    rows, breakdown = [], []
+    rows, breakdown = [], None
     for data in args.data.split(","):
         for model in args.models.split(","):
             pairs, warmup = MODELS[model][3] if args.quick else MODELS[model][2]
@@ -477,11 +507,10 @@ def main() -> None:
             print(f"# done {model} {data} ({time.perf_counter() - started:.0f} s)", flush=True)
     if args.breakdown and not args.quick:
         model, data = args.breakdown.split(":")
-        pairs, warmup = MODELS[model][2]
-        for variant in VARIANTS:
-            with tempfile.TemporaryDirectory() as tmp:
-                breakdown.append(measure(model, data, args.pairs or pairs, warmup, Path(tmp), variant))
-            print(f"# done breakdown {variant} ({time.perf_counter() - started:.0f} s)", flush=True)
+        warmup = MODELS[model][2][1]
+        with tempfile.TemporaryDirectory() as tmp:
+            breakdown = measure(model, data, args.breakdown_pairs, warmup, Path(tmp), breakdown=True)
+        print(f"# done breakdown ({time.perf_counter() - started:.0f} s)", flush=True)
     print()
     print_tables(rows, breakdown)
     print()
