@@ -21,15 +21,15 @@ The order is A0 B0 B1 A1 A2 B2 B3 A3 ... (each side goes first equally often), w
 Both sides start from the same weights and see the same batches, so their losses, final weights and EMA
 weights must agree (column "max abs dloss, dweights"; tests/train/test_benchmark_smoke.py checks it).
 Times are wall clock and process CPU time (less sensitive to other jobs on a shared machine).
-The full run adds a breakdown for PaiNN on acac: one more fit in which the per-step logging is switched
-(in the benchmark's copy; src is untouched) step by step between four variants (as shipped, no logger
-write, no struct/s log, no self.log), each step against its bare-loop pair.
+Where Lightning's extra time goes: process CPU time inside the module's self.log calls, inside handing the
+metrics to the logger, and inside the batch transfer, measured per step by wrapping those calls on the
+benchmark's trainer and module (src is untouched); "rest" = (A - B) minus those, per step.
 Peak memory: each model and dataset in a fresh process, Lightning loop, Linux VmHWM (peak resident set)
 reset just before the fit (/proc/self/clear_refs), against the resident set just before it. GemNet-OC's
 scale factors are fitted once and kept in benchmarks/_work/train_throughput/.
 
-    .venv/bin/python benchmarks/train_throughput.py            # full run (~13 min on 2 cores)
-    .venv/bin/python benchmarks/train_throughput.py --quick    # fewer steps, no breakdown (make bench, ~4 min)
+    .venv/bin/python benchmarks/train_throughput.py            # full run (~9 min on 2 cores)
+    .venv/bin/python benchmarks/train_throughput.py --quick    # fewer steps (make bench, ~4 min)
     ... --models painn --data acac --pairs 80 --threads 2
 
 Prints markdown tables; paste it into benchmarks/RESULTS.md with the lines above it.
@@ -67,7 +67,7 @@ from atomsift.train.setup import fit_scale_factors_if_needed, fit_task_normalize
 
 # name: (backbone settings, structures per batch, (pairs, warm-up steps) full, (pairs, warm-up) quick)
 MODELS: dict[str, tuple[dict[str, Any], int, tuple[int, int], tuple[int, int]]] = {
-    "painn": ({"name": "painn"}, 16, (300, 6), (40, 4)),
+    "painn": ({"name": "painn"}, 16, (400, 6), (40, 4)),
     "gemnet-small": ({"name": "gemnet_oc", "preset": "small"}, 8, (24, 2), (6, 1)),
     "gemnet-S": ({"name": "gemnet_oc", "preset": "S"}, 4, (8, 1), (3, 1)),
 }
@@ -236,8 +236,9 @@ class BareLoop:
 class Alternate(L.Callback):
     """Times Lightning's steps (end of this hook to its next call) and runs B steps and loader draws in here."""
 
-    def __init__(self, bare: BareLoop, batches: list, loader: Loader, switch: Switch | None = None) -> None:
-        self.bare, self.batches, self.loader, self.switch = bare, batches, loader, switch
+    def __init__(self, bare: BareLoop, batches: list, loader: Loader) -> None:
+        self.bare, self.batches, self.loader = bare, batches, loader
+        self.probe: Probe | None = None
         self.resumed: tuple[float, float] | None = None
         self.a: dict[int, float] = {}  # wall seconds per step
         self.b: dict[int, float] = {}
@@ -260,45 +261,46 @@ class Alternate(L.Callback):
         now, cpu = time.perf_counter(), time.process_time()
         if self.resumed is not None:
             self.a[batch_idx], self.a_cpu[batch_idx] = now - self.resumed[0], cpu - self.resumed[1]
+        if self.probe is not None:
+            self.probe.close(batch_idx)
         self.loss_a[batch_idx] = float(outputs["loss"])
         if batch_idx % 2 == 0:  # A0 B0 B1 A1 A2 B2 B3 A3 ...
             self._run_b(batch_idx)
             self._run_b(batch_idx + 1)
-        if self.switch is not None:
-            self.switch.set(trainer, batch_idx + 1)
         self.resumed = (time.perf_counter(), time.process_time())
 
 
-# the breakdown: per-step logging switched on and off in the benchmark's copy of the module (src is untouched)
-# name: (self.log calls made: all / only train/loss / none, metrics handed to the CSV logger this step)
-VARIANTS: dict[str, tuple[str, bool]] = {
-    "as shipped": ("all", True),
-    "no logger write": ("all", False),
-    "no struct/s log": ("loss", True),
-    "no self.log (nothing to write)": ("none", False),
-}
+class Probe:
+    """Process CPU time spent, per timed Lightning step, in the parts of Lightning's work that atomsift chooses:
+    the module's self.log calls, handing metrics to the loggers (log_every_n_steps=1: every step) and the
+    batch transfer (apply_to_collection over the AtomsBatch dataclass). Wraps them on this trainer and module
+    only (src is untouched)."""
 
+    PARTS = ("self.log", "logger", "transfer")
 
-class Switch:
-    """Cycles the VARIANTS step by step within one fit: step k runs variant k mod 4."""
+    def __init__(self, trainer: L.Trainer, module: TrainModule) -> None:
+        self.now = dict.fromkeys(self.PARTS, 0.0)
+        self.steps: dict[int, dict[str, float]] = {}
+        module.log = self._timed(module.log, "self.log")
+        connector, loop = trainer._logger_connector, trainer.fit_loop.epoch_loop
+        connector.update_train_step_metrics = self._timed(connector.update_train_step_metrics, "logger")
+        loop._save_loggers_on_train_batch_end = self._timed(loop._save_loggers_on_train_batch_end, "logger")
+        trainer.strategy.batch_to_device = self._timed(trainer.strategy.batch_to_device, "transfer")
 
-    def __init__(self, module: TrainModule) -> None:
-        self.module, self.log, self.names = module, module.log, list(VARIANTS)
+    def _timed(self, fn: Any, part: str) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.now[part] += time.process_time() - start
 
-    def variant(self, step: int) -> str:
-        return self.names[step % len(self.names)]
+        return wrapper
 
-    def set(self, trainer: L.Trainer, step: int) -> None:
-        calls, write = VARIANTS[self.variant(step)]
-        log = self.log
-        if calls == "all":
-            self.module.log = log
-        elif calls == "loss":
-            self.module.log = lambda name, value, **kw: None if name == "struct/s" else log(name, value, **kw)
-        else:
-            self.module.log = lambda *args, **kw: None
-        # read when the step's metrics are handed to the loggers (in the same timed window as the step)
-        trainer.log_every_n_steps = 1 if write else 10**9
+    def close(self, step: int) -> None:
+        """The step's window ends: keep its sums and start the next."""
+        self.steps[step] = self.now
+        self.now = dict.fromkeys(self.PARTS, 0.0)
 
 
 def _max_diff(a: torch.nn.Module | None, b: torch.nn.Module | None) -> float:
@@ -322,18 +324,16 @@ def measure(
     warmup: int,
     out: Path,
     settings: dict[str, Any] | None = None,
-    breakdown: bool = False,
 ) -> dict[str, Any]:
-    """Run A, B and L side by side on one model and dataset; medians and per-pair ratios (and, with
-    `breakdown`, the same per logging variant, cycled step by step)."""
+    """Run A, B and L side by side on one model and dataset; medians and per-pair ratios."""
     n = pairs + warmup + 1
     module, cfg, batches = build(model, data, n, out, settings)
     bare = BareLoop(module)
-    switch = Switch(module) if breakdown else None
-    alt = Alternate(bare, batches, Loader(module), switch)
+    alt = Alternate(bare, batches, Loader(module))
     trainer = make_trainer(cfg, out, 0, progress=True)
     trainer.limit_val_batches = 0  # no validation inside the timed epoch
     trainer.callbacks.append(alt)
+    alt.probe = Probe(trainer, module)
     trainer.fit(module, train_dataloaders=prepared_loader(batches))
     keep = [i for i in range(warmup + 1, n) if i in alt.a and i in alt.b]
     rng = np.random.default_rng(0)
@@ -366,22 +366,12 @@ def measure(
         "dweights": max(_max_diff(module.model, bare.m.model), _max_diff(module.ema, bare.m.ema)),
         "ckpt_s": ckpt_s,
         "params": sum(p.numel() for p in module.model.parameters()),
-        "by_variant": [],
     }
-    for name in VARIANTS if switch else ():
-        idx = [k for k, i in enumerate(keep) if switch.variant(i) == name]
-        ac, bc = [a_cpu[k] for k in idx], [b_cpu[k] for k in idx]
-        row["by_variant"].append(
-            {
-                "variant": name,
-                "pairs": len(idx),
-                "a_cpu_ms": 1000 * statistics.median(ac),
-                "b_cpu_ms": 1000 * statistics.median(bc),
-                "diff_cpu_ms": 1000 * statistics.median([x - y for x, y in zip(ac, bc, strict=True)]),
-                "ratio_cpu": _median_ci([x / y for x, y in zip(ac, bc, strict=True)], rng),
-                "ratio": _median_ci([a[k] / b[k] for k in idx], rng),
-            }
-        )
+    parts = {k: [alt.probe.steps[i][k] for i in keep] for k in Probe.PARTS}
+    for k, v in parts.items():
+        row[f"{k}_ms"] = 1000 * statistics.median(v)
+    rest = [x - y - sum(parts[k][n] for k in Probe.PARTS) for n, (x, y) in enumerate(zip(a_cpu, b_cpu, strict=True))]
+    row["rest_ms"] = 1000 * statistics.median(rest)
     return row
 
 
@@ -423,7 +413,7 @@ def _pct(r: tuple[float, float, float]) -> str:
     return f"{100 * (r[0] - 1):+.1f} % [{100 * (r[1] - 1):+.1f}, {100 * (r[2] - 1):+.1f}]"
 
 
-def print_tables(rows: list[dict[str, Any]], breakdown: dict[str, Any] | None) -> None:
+def print_tables(rows: list[dict[str, Any]]) -> None:
     print("Loop overhead: Lightning (A) against the bare loop (B), same batches, A0 B0 B1 A1 A2 B2 ...;")
     print("medians per step; overhead = median over pairs of A / B - 1 [95 % bootstrap interval]")
     print()
@@ -454,32 +444,26 @@ def print_tables(rows: list[dict[str, Any]], breakdown: dict[str, Any] | None) -
             f"{r['atoms'] / r['a_ms'] * 1000:.0f} | {r['structures'] / r['a_cpu_ms'] * 1000:.1f} | "
             f"{r['load_ms']:.2f} | {r['load_x']:.0f}x | {m} | {r['ckpt_s']:.2f} |"
         )
-    if breakdown:
-        print()
+    print()
+    print("Where Lightning's extra time goes (process CPU ms per step, medians; rest = A - B minus the three)")
+    print()
+    print("| model | data | A - B | self.log (2 calls) | metrics to logger | batch transfer | rest of Lightning |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
         print(
-            f"Where Lightning's overhead goes: {breakdown['model']} on {breakdown['data']}, one fit, the per-step "
-            "logging variant cycled step by step, each step against its bare-loop pair"
+            f"| {r['model']} | {r['data']} | {r['diff_cpu_ms']:.2f} | {r['self.log_ms']:.2f} | {r['logger_ms']:.2f} | "
+            f"{r['transfer_ms']:.2f} | {r['rest_ms']:.2f} |"
         )
-        print()
-        print("| variant | pairs | A CPU ms | B CPU ms | A - B CPU ms | overhead, CPU | overhead, wall |")
-        print("|---|---:|---:|---:|---:|---|---|")
-        for r in breakdown["by_variant"]:
-            print(
-                f"| {r['variant']} | {r['pairs']} | {r['a_cpu_ms']:.1f} | {r['b_cpu_ms']:.1f} | "
-                f"{r['diff_cpu_ms']:.2f} | {_pct(r['ratio_cpu'])} | {_pct(r['ratio'])} |"
-            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--data", default=",".join(DATA))
-    parser.add_argument("--quick", action="store_true", help="fewer steps, no breakdown (make bench, ~4 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer steps (make bench, ~4 min)")
     parser.add_argument("--pairs", type=int, help="timed A/B pairs per row (default: per model)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the cores are shared)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
-    parser.add_argument("--breakdown", default="painn:acac", help="model:data whose overhead is broken down ('' none)")
-    parser.add_argument("--breakdown-pairs", type=int, default=800, help="pairs of the breakdown (all variants)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -495,7 +479,7 @@ def main() -> None:
     )
     print(f"# command: {' '.join(sys.argv)}")
     print(f"# load average at start (1/5/15 min): {load_average()}")
-    rows, breakdown = [], None
+    rows = []
     for data in args.data.split(","):
         for model in args.models.split(","):
             pairs, warmup = MODELS[model][3] if args.quick else MODELS[model][2]
@@ -505,14 +489,8 @@ def main() -> None:
                 row["mem"] = memory(model, data, args.threads)
             rows.append(row)
             print(f"# done {model} {data} ({time.perf_counter() - started:.0f} s)", flush=True)
-    if args.breakdown and not args.quick:
-        model, data = args.breakdown.split(":")
-        warmup = MODELS[model][2][1]
-        with tempfile.TemporaryDirectory() as tmp:
-            breakdown = measure(model, data, args.breakdown_pairs, warmup, Path(tmp), breakdown=True)
-        print(f"# done breakdown ({time.perf_counter() - started:.0f} s)", flush=True)
     print()
-    print_tables(rows, breakdown)
+    print_tables(rows)
     print()
     worst = max(r["ratio"][0] for r in rows)
     worst_cpu = max(r["ratio_cpu"][0] for r in rows)
