@@ -29,7 +29,7 @@ reset just before the fit (/proc/self/clear_refs), against the resident set just
 scale factors are fitted once and kept in benchmarks/_work/train_throughput/.
 
     .venv/bin/python benchmarks/train_throughput.py            # full run (~9 min on 2 cores)
-    .venv/bin/python benchmarks/train_throughput.py --quick    # fewer steps (make bench, ~4 min)
+    .venv/bin/python benchmarks/train_throughput.py --quick    # fewer steps (make bench: ~3 min, ~6 the first time)
     ... --models painn --data acac --pairs 80 --threads 2
 
 Prints markdown tables; paste it into benchmarks/RESULTS.md with the lines above it.
@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from atomsift.train.config import PretrainConfig
-from atomsift.train.data import BudgetBatchSampler
+from atomsift.train.data import BatchCollator, BudgetBatchSampler, TrainSet
 from atomsift.train.losses import TaskInfo
 from atomsift.train.module import TrainModule
 from atomsift.train.pretrain import build_model, build_tasks, plan_pretraining
@@ -130,8 +130,6 @@ def build(
         torch.save(scales, cache.with_suffix(".tmp"))
         os.replace(cache.with_suffix(".tmp"), cache)
     infos = [TaskInfo(t.name, t.name, "energy", "energy", t.has_forces, t.energy_weight, t.force_weight) for t in tasks]
-    from atomsift.train.data import BatchCollator, TrainSet
-
     module = TrainModule(
         net,
         infos,
@@ -147,21 +145,9 @@ def build(
     return module, cfg, batches
 
 
-class Prepared(torch.utils.data.Dataset):
-    """Pre-collated batches for Lightning's side (a DataLoader with batch_size=None hands them over as they are)."""
-
-    def __init__(self, batches: list) -> None:
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.batches[i]
-
-
 def prepared_loader(batches: list) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(Prepared(batches), batch_size=None, shuffle=False, collate_fn=_same)
+    """Pre-collated batches for Lightning's side (batch_size=None: handed over as they are)."""
+    return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, collate_fn=_same)
 
 
 def _same(batch: Any) -> Any:
@@ -460,7 +446,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--data", default=",".join(DATA))
-    parser.add_argument("--quick", action="store_true", help="fewer steps (make bench, ~4 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer steps (make bench: ~3 min, ~6 the first time)")
     parser.add_argument("--pairs", type=int, help="timed A/B pairs per row (default: per model)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the cores are shared)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
