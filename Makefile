@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/frechet_speed.py
 	$(PY) benchmarks/neighbor_speed.py
 	$(PY) benchmarks/train_step_speed.py
+	$(PY) benchmarks/train_throughput.py --quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
