@@ -22,6 +22,7 @@ PRETRAIN = {
     "batch_size": 8,
     "lr": 1.0e-3,
     "warmup_steps": 2,
+    "log_every": 1,
 }
 
 

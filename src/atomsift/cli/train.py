@@ -27,6 +27,7 @@ def _quiet_lightning() -> None:
     for pattern in (
         ".*weights_only.*",
         ".*dataloader is not resumable.*",
+        ".*smaller than the logging interval.*",
         ".*LeafSpec.*",
         ".*does not have many workers.*",
         ".*litlogger.*",

@@ -91,6 +91,7 @@ class Optimisation(Strict):
     grad_clip_algorithm: Literal["norm", "value"] = "norm"
     ema_decay: float | None = Field(0.99, ge=0, lt=1)
     checkpoint_every: int = Field(1000, ge=1, description="optimizer steps between resumable checkpoints")
+    log_every: int = Field(50, ge=1, description="optimizer steps between logged training losses (metrics.csv)")
     val_every: int = Field(1, ge=1, description="epochs between validations")
     precision: Precision = Field("auto", description="auto: 16-mixed on CUDA (the paper), 32 on CPU")
 

@@ -80,7 +80,9 @@ class TrainModule(L.LightningModule):
         self._resume_skip = 0
         self._resume_epoch = -1
         self._val: dict[str, dict[str, torch.Tensor]] = {}
-        self._clock: float | None = None
+        self._epoch_loss = torch.zeros((), dtype=torch.float64)
+        self._epoch_structures_at_start = 0.0
+        self._structures_at_fit_start = 0.0
         self._pending = torch.zeros(2 + len(tasks), dtype=torch.float64)
         self._stepping = False  # inside optimizer_step: an interrupt now must not write a checkpoint
         self.train_sampler: BudgetBatchSampler | None = None
@@ -149,6 +151,7 @@ class TrainModule(L.LightningModule):
         super().optimizer_step(epoch, batch_idx, optimizer, closure)
         if self.ema is not None:  # after the step, before any checkpoint of this step is written
             self.ema.update_parameters(self.model)
+        optimizer.zero_grad(set_to_none=True)  # free the gradients now, not after the next forward pass
         self._commit_counts()
         self.batches_in_epoch += 1
         self._stepping = False
@@ -205,26 +208,33 @@ class TrainModule(L.LightningModule):
             (real & (batch.dataset == k)).sum() for k in range(len(self.tasks))
         ]
         self._pending = torch.stack(counts).to(torch.float64)  # committed when the optimizer step is done
-        now = time.perf_counter()
-        if self._clock is not None:
-            self.log("struct/s", float(real.sum()) * self.trainer.world_size / (now - self._clock), prog_bar=True)
-        self._clock = now
-        # the step's mean loss over all processes' structures (each process holds its share of the sum)
-        self.log(
-            "train/loss",
-            loss.detach(),
-            prog_bar=True,
-            on_step=True,
-            on_epoch=True,
-            sync_dist=self.trainer.world_size > 1,
-            reduce_fx="mean",
-            batch_size=batch.step_size,
-        )
+        # this process's share of the epoch's loss sum (on the step's device: no host sync per step)
+        self._epoch_loss = self._epoch_loss.to(per.device) + (weights * per).detach().sum().double()
+        if (self.global_step + 1) % self.cfg.log_every == 0:  # when Lightning writes its logs (log_every_n_steps)
+            # the step's mean loss over all processes' structures (each process holds its share of the sum)
+            self.log(
+                "train/loss_step",
+                loss.detach(),
+                prog_bar=True,
+                sync_dist=self.trainer.world_size > 1,
+                reduce_fx="mean",
+                batch_size=batch.step_size,
+            )
         return loss
 
     def on_train_epoch_start(self) -> None:
         self.batches_in_epoch = 0
-        self._clock = None
+        self._epoch_loss = torch.zeros((), dtype=torch.float64)
+        self._epoch_structures_at_start = self.counters["structures"]
+
+    def on_train_epoch_end(self) -> None:
+        """The epoch's mean training loss over every structure it trained (all processes)."""
+        total = self._epoch_loss.to(self.device)
+        if self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        n = self.counters["structures"] - self._epoch_structures_at_start
+        if n > 0:
+            self.log("train/loss_epoch", float(total) / n, rank_zero_only=True)
 
     # ------------------------------------------------------------------ validation (EMA weights)
 
@@ -293,6 +303,7 @@ class TrainModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()
+        self._structures_at_fit_start = self.counters["structures"]
         if self.ema is not None:
             self.ema.to(self.device)
 
@@ -302,6 +313,8 @@ class TrainModule(L.LightningModule):
             "counters": dict(self.counters),
             "wall_time_s": self.wall_before + time.perf_counter() - self._fit_started,
             "batches_in_epoch": self.batches_in_epoch,
+            "epoch_loss": self._epoch_loss.cpu(),
+            "epoch_structures_at_start": self._epoch_structures_at_start,
             "epoch": self.current_epoch,
             "best": self.best,
             "best_epoch": self.best_epoch,
@@ -317,6 +330,8 @@ class TrainModule(L.LightningModule):
         self.wall_before = float(state["wall_time_s"])
         self.batches_in_epoch = self._resume_skip = int(state["batches_in_epoch"])
         self._resume_epoch = int(state["epoch"])
+        self._epoch_loss = state["epoch_loss"]
+        self._epoch_structures_at_start = state["epoch_structures_at_start"]
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.history = list(state["history"])
         torch.set_rng_state(state["torch_rng"])

@@ -30,7 +30,7 @@ from atomsift.errors import ConfigError
 from atomsift.settings import check_output_dir
 from atomsift.train.config import Optimisation
 
-MECHANICS = ("num_workers", "loggers", "checkpoint_every")
+MECHANICS = ("num_workers", "loggers", "checkpoint_every", "log_every")
 """Settings that change how a run is carried out, not what it computes: free to differ on resume or reuse."""
 
 RUN_FILES = (
@@ -190,12 +190,22 @@ class AtomicCheckpoint(Callback):
             self.saved_on_interrupt = True
 
 
+def structures_per_second(pl_module: Any) -> float | None:
+    """Structures trained per second in this attempt (from the module's counters, all processes)."""
+    elapsed = time.perf_counter() - pl_module._fit_started
+    done = pl_module.counters["structures"] - getattr(pl_module, "_structures_at_fit_start", 0.0)
+    return done / elapsed if elapsed > 0 and done > 0 else None
+
+
 class Progress(TQDMProgressBar):
-    """Lightning's bar without the version number; shows loss and structures/s."""
+    """Lightning's bar without the version number; shows the loss and structures/s."""
 
     def get_metrics(self, trainer: L.Trainer, pl_module: Any) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
+        rate = structures_per_second(pl_module)
+        if rate is not None:
+            items["struct/s"] = f"{rate:.0f}"
         return items
 
 
@@ -220,8 +230,9 @@ class EpochLines(Callback):
         for key in ("train/loss_epoch", "val/loss"):
             if key in m:
                 parts.append(f"{key.replace('_epoch', '')} {float(m[key]):.4g}")
-        if "struct/s" in m:
-            parts.append(f"{float(m['struct/s']):.0f} structures/s")
+        rate = structures_per_second(pl_module)
+        if rate is not None:
+            parts.append(f"{rate:.0f} structures/s")
         parts.append(f"about {left:.0f} s left")
         print(", ".join(parts), flush=True)
 
@@ -294,7 +305,7 @@ def _trainer(cfg: Optimisation, out: Path, loggers: list[Any], callbacks: list[C
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
         inference_mode=False,
-        log_every_n_steps=1,
+        log_every_n_steps=cfg.log_every,
         default_root_dir=str(out),
     )
 
