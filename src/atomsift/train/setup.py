@@ -88,9 +88,15 @@ def fit_scale_factors_if_needed(
     ]
     was = backbone.training
     backbone.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        names = ensure_scale_factors(backbone, batches)
+    model_log = logging.getLogger("atomsift.models.backbones.gemnet_oc.model")
+    level = model_log.level
+    model_log.setLevel(logging.ERROR)  # the caller reports the fit in one line, not every factor's name
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            names = ensure_scale_factors(backbone, batches)
+    finally:
+        model_log.setLevel(level)
     backbone.train(was)
     return names
 
