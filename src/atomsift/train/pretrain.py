@@ -255,13 +255,13 @@ def run_pretraining(
     """Pretrain as `cfg` says into the run folder `out`; returns the summary (also RUN/summary.json)."""
     console = quiet_if_secondary(console or Console())
     settings = cfg.model_dump(mode="json")
+    plan = plan_pretraining(cfg)  # opens the data and checks N against it before the run folder is touched
     state = prepare_run(out, settings, resume=resume, overwrite=overwrite, command="pretrain")
     if state == "done":
         import json
 
         console.print(f"{out} already holds this finished run (same settings): reusing it")
         return json.loads((out / "summary.json").read_text())
-    plan = plan_pretraining(cfg)
     print_plan(plan, cfg, console)
     tasks = build_tasks(plan, cfg, out, resume=state == "resume")
     model, info = build_model(cfg, tasks)
