@@ -124,3 +124,15 @@ def test_mixed_batch_runs_the_backbone_once():
     atoms_ox = batch.batch == 1
     assert outs["m"]["forces"][atoms_ox].abs().max() == 0
     torch.testing.assert_close(outs["m"]["forces"][~atoms_ox], model(batch, head="m")["forces"][~atoms_ox])
+
+
+def test_a_rank_without_structures_in_the_last_step_gets_a_zero_weight_stand_in():
+    ds = open_dataset("bundled:oxides")
+    train = TrainSet([Task("ox", ds, np.arange(9), np.arange(9, 12), None)])
+    ranks = [list(BudgetBatchSampler(train, 4, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2  # the same number of steps: nobody waits
+    last = [ranks[0][-1], ranks[1][-1]]
+    assert [len(b) for b in last] == [1, 1] and [b[0].weight for b in last] == [1.0, 0.0]
+    assert {i.step_size for b in last for i in b} == {1}  # the step's loss divides by its one real structure
+    real = [i.position for r in ranks for b in r for i in b if i.weight > 0]
+    assert sorted(real) == list(range(9))
