@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import time
 from collections.abc import Callable
 
 import torch
 
+from _machine import cpu_name
 from atomsift.data import open_dataset
 from atomsift.graph import collate
 from atomsift.models import AtomsModel, build_backbone
@@ -43,16 +43,6 @@ DATA = {
     ),
     "oxides": ("bundled:oxides", 8, {}),
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):  # noqa: SIM115
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def loss_of(out: dict[str, torch.Tensor], batch) -> torch.Tensor:

@@ -57,6 +57,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from _machine import cpu_name
 from atomsift.train.config import PretrainConfig
 from atomsift.train.data import BatchCollator, BudgetBatchSampler, TrainSet
 from atomsift.train.losses import TaskInfo
@@ -74,16 +75,6 @@ MODELS: dict[str, tuple[dict[str, Any], int, tuple[int, int], tuple[int, int]]] 
 DATA = {"acac": "bundled:acac", "oxides": "bundled:oxides"}
 MEMORY_STEPS = 3
 CACHE = Path(__file__).resolve().parent / "_work" / "train_throughput"
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):  # noqa: SIM115
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def quiet() -> None:

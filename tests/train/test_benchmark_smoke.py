@@ -22,9 +22,15 @@ FAST = {"lr": 1e-2, "warmup_steps": 0}  # weights move by ~1e-2 per step, so a m
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))  # the script's own folder, as when run as a script (_machine)
+    try:
+        spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
     return module
 
 
