@@ -23,19 +23,9 @@ import numpy as np
 import torch
 from ase.neighborlist import neighbor_list
 
+from _machine import cpu_name
 from atomsift.data import open_dataset
 from atomsift.graph import collate, graph_settings_for, radius_graph
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn: Callable[[], int], min_seconds: float, warm_up: bool = True) -> tuple[float, int, int]:
@@ -139,7 +129,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"machine: {cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}")
     gpu = f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""
     print(f"python {platform.python_version()}, torch {torch.__version__}, device {args.device}{gpu}")
     rows = bench_dataset("bundled:ethanol", "ani1x", args.molecules, args.batch_size, args.device, args.min_seconds)

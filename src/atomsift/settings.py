@@ -15,6 +15,8 @@ everywhere (`3` is an int, `1e-4` a float, `true` a bool, `[1, 2]` a list, `null
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -183,6 +185,19 @@ def _suffix_hint(what: str) -> str:
         if suffix in what:
             return suffix
     return ""
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temporary file beside it + rename): an interruption leaves no partial file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def check_output_dir(path: str | Path) -> Path:

@@ -6,8 +6,6 @@ atomsift.data.spec.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -149,15 +147,3 @@ def split_overrides(
         if provided or (key != dataset_key and key.split(".", 1)[0] in settings.model_fields and "/" not in key):
             return None, [first, *overrides]
     return first, overrides
-
-
-def write_text_whole(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file + rename): an interrupted command leaves no partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

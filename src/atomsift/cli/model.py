@@ -27,11 +27,11 @@ from atomsift.cli.common import (
     legacy_out,
     pick,
     split_overrides,
-    write_text_whole,
 )
 from atomsift.cli.data import open_from_cli
 from atomsift.data.spec import DatasetSpec
 from atomsift.errors import ConfigError
+from atomsift.settings import write_text_atomic
 
 app = typer.Typer(help="Create, inspect, convert and run model checkpoints.", no_args_is_help=True)
 console = Console(soft_wrap=True)  # messages stay one line (tables still fit the width)
@@ -272,7 +272,7 @@ def predict(
     results = model.predict(records, head=head, batch_size=batch_size, progress=count > 4 * batch_size)
     rows, errors = _rows_and_errors(records, results)
     if out is not None:
-        write_text_whole(out, json.dumps({"checkpoint": str(checkpoint), "data": data, "predictions": rows}))
+        write_text_atomic(out, json.dumps({"checkpoint": str(checkpoint), "data": data, "predictions": rows}))
         console.print(f"wrote {out} ({len(rows)} structures)")
     _print_mae(errors, f"{checkpoint.name} on {data} ({count} structures)")
     if not any(errors.values()) and out is None:

@@ -32,7 +32,7 @@ from atomsift.csi.frechet import FrechetReference, check_observations, shrink_co
 from atomsift.csi.statistics import GaussianStats, GroupedStats
 from atomsift.data import open_dataset
 from atomsift.data.base import Dataset
-from atomsift.data.sampling import class_balanced_indices, random_indices, save_subset
+from atomsift.data.sampling import class_balanced_indices, indices_hash, random_indices, save_subset
 from atomsift.device import check_device
 from atomsift.errors import ConfigError
 
@@ -189,7 +189,7 @@ def plan_dataset(sample: _Sample, extractor: FeatureExtractor, cfg: CSIConfig, o
         **{f"extractor_{k}": v for k, v in extractor.provenance_extra().items()},
         "seed": cfg.seed,
         "groups": n_groups,
-        "indices_sha256": hashlib.sha256(indices.astype(np.int64).tobytes()).hexdigest()[:16],
+        "indices_sha256": indices_hash(indices),
     }
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     cache_file = cache_dir / f"{role}-{name}.{extractor.name}.{cfg.aggregation}.npz"

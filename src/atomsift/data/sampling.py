@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -69,6 +70,11 @@ def class_balanced_indices(labels: Sequence[str] | np.ndarray, n: int, seed: int
             picked.append(rng.choice(pool, size=k, replace=len(pool) < k))
     out = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
     return rng.permutation(out).astype(np.int64)
+
+
+def indices_hash(indices: np.ndarray) -> str:
+    """sha256 (16 hex) of an index array as int64 bytes: names a subset in provenance and resume checks."""
+    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def save_subset(path: str | Path, indices: np.ndarray, **provenance: Any) -> Path:

@@ -10,7 +10,6 @@ rank runs the same number of steps (DDP never waits for a missing batch).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import torch
 
 from atomsift.data.base import Dataset
 from atomsift.data.record import Record
-from atomsift.data.sampling import class_balanced_indices, load_subset, save_subset
+from atomsift.data.sampling import class_balanced_indices, indices_hash, load_subset, save_subset
 from atomsift.errors import ConfigError, DataError
 from atomsift.graph.batch import AtomsBatch, collate
 from atomsift.graph.settings import GraphSettings
@@ -52,11 +51,6 @@ class Task:
     has_forces: bool = True
     test: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def indices_hash(indices: np.ndarray) -> str:
-    """sha256 (16 hex) of an index array: names a subset in provenance and resume checks."""
-    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def mixture_counts(

@@ -19,7 +19,7 @@ import numpy as np
 
 from atomsift.data.record import Record
 from atomsift.errors import ConfigError
-from atomsift.train.losses import TaskInfo
+from atomsift.train.losses import ERROR_KEYS, TaskInfo
 from atomsift.train.metrics import metrics_from_sums, target_key, unit_label
 
 
@@ -31,9 +31,7 @@ def evaluate_model(
     if not records:
         raise ConfigError("no structures to evaluate", fix="check the split (it is empty) or the data path")
     results = model.predict(list(records), head=task.head, batch_size=batch_size, progress=progress)
-    sums = dict.fromkeys(
-        ("n", "target_abs", "target_sq", "n_per_atom", "target_abs_per_atom", "n_force", "force_abs", "force_sq"), 0.0
-    )
+    sums = dict.fromkeys(ERROR_KEYS, 0.0)
     ref_t, pred_t, ref_f, pred_f = [], [], [], []
     for rec, res in zip(records, results, strict=True):
         label = rec.energy if task.target == "energy" else rec.targets.get(task.target)
@@ -206,7 +204,6 @@ def evaluate_checkpoint(
     if model.load_report.trained is False:
         metrics["warning"] = "the checkpoint's weights were never trained (random initialisation)"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     label, factor = unit_label(task.unit, task.kind)
     plots = []
     for key, (ref, pred) in result["pairs"].items():

@@ -85,7 +85,6 @@ class TrainModule(L.LightningModule):
         self._structures_at_fit_start = 0.0
         self._pending = torch.zeros(2 + len(tasks), dtype=torch.float64)
         self._stepping = False  # inside optimizer_step: an interrupt now must not write a checkpoint
-        self.train_sampler: BudgetBatchSampler | None = None
         self.wall_before = 0.0  # seconds of training in earlier attempts of this run
         self._fit_started = time.perf_counter()
 
@@ -109,7 +108,6 @@ class TrainModule(L.LightningModule):
         sampler = BudgetBatchSampler(self.train_set, self.cfg.batch_size, self.cfg.seed, rank, world)
         sampler.set_epoch(self.current_epoch)
         sampler.skip, sampler.skip_epoch, self._resume_skip = self._resume_skip, self._resume_epoch, 0
-        self.train_sampler = sampler
         return self._loader(self.train_set, sampler)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:

@@ -27,7 +27,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from atomsift.errors import ConfigError
-from atomsift.settings import check_output_dir
+from atomsift.settings import check_output_dir, write_text_atomic
 from atomsift.train.config import Optimisation
 
 MECHANICS = ("num_workers", "loggers", "checkpoint_every", "log_every")
@@ -134,11 +134,8 @@ def prepare_run(out: Path, settings: dict[str, Any], *, resume: bool, overwrite:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write text to a temporary file beside `path`, then rename it over `path` (rank 0 only)."""
-    if secondary_rank():
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    if not secondary_rank():
+        write_text_atomic(path, text)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -158,7 +155,6 @@ class AtomicCheckpoint(Callback):
     def __init__(self, dirpath: Path, every: int) -> None:
         self.dirpath = Path(dirpath)
         self.every = every
-        self.saved_on_interrupt = False
 
     @property
     def path(self) -> Path:
@@ -187,7 +183,6 @@ class AtomicCheckpoint(Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt) and not getattr(pl_module, "_stepping", False):
             self.save(trainer)
-            self.saved_on_interrupt = True
 
 
 def structures_per_second(pl_module: Any) -> float | None:

@@ -45,10 +45,9 @@ def default_graph(ds: Dataset, spec: GraphSpec | None, backbone_name: str) -> Gr
 
 def task_records(task: Task, limit: int) -> list:
     """Up to `limit` records of the training subset (its first distinct structures, in subset order)."""
-    seen: list[int] = []
+    seen: dict[int, None] = {}  # insertion-ordered set: first occurrences in subset order
     for i in task.train.tolist():
-        if i not in seen:
-            seen.append(i)
+        seen.setdefault(i)
         if len(seen) >= limit:
             break
     return [task.dataset[i] for i in seen]
