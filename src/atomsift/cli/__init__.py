@@ -41,7 +41,7 @@ def _register() -> None:
     if _REGISTERED:
         return
     _REGISTERED = True
-    from atomsift.cli import csi, data, demo, model, train
+    from atomsift.cli import csi, data, demo, experiment, model, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(model.app, name="model")
@@ -50,6 +50,7 @@ def _register() -> None:
     app.command("pretrain")(train.pretrain)
     app.command("finetune")(train.finetune)
     app.command("evaluate")(train.evaluate)
+    app.command("experiment")(experiment.experiment)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

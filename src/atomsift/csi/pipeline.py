@@ -314,8 +314,8 @@ def score(up: list[DatasetStats], down: list[DatasetStats], cfg: CSIConfig) -> l
     return rows
 
 
-def run_csi(cfg: CSIConfig, out: Path) -> list[dict[str, Any]]:
-    """The whole computation; returns one row per (upstream, downstream) pair."""
+def gather_stats(cfg: CSIConfig, out: Path) -> tuple[list[DatasetStats], list[DatasetStats], FeatureExtractor]:
+    """Sample every dataset and load or compute its grouped statistics: (upstream, downstream, extractor)."""
     if not cfg.upstream or not cfg.downstream:
         raise ConfigError(
             "CSI needs at least one upstream and one downstream dataset",
@@ -332,8 +332,11 @@ def run_csi(cfg: CSIConfig, out: Path) -> list[dict[str, Any]]:
     extractor = get_extractor(cfg.extractor, **options)
     plans = [plan_dataset(sample, extractor, cfg, out) for sample in samples]
     stats = [dataset_stats(p, extractor, cfg, out) for p in plans]
-    up, down = stats[: len(cfg.upstream)], stats[len(cfg.upstream) :]
-    rows = score(up, down, cfg)
+    return stats[: len(cfg.upstream)], stats[len(cfg.upstream) :], extractor
+
+
+def annotate(rows: list[dict[str, Any]], extractor: FeatureExtractor, cfg: CSIConfig) -> list[dict[str, Any]]:
+    """Add the extractor, aggregation, units and comparability note to score rows (in place)."""
     extra = {f"extractor_{k}": v for k, v in extractor.provenance_extra().items()}
     for row in rows:
         row.update(
@@ -344,6 +347,12 @@ def run_csi(cfg: CSIConfig, out: Path) -> list[dict[str, Any]]:
             **extra,
         )
     return rows
+
+
+def run_csi(cfg: CSIConfig, out: Path) -> list[dict[str, Any]]:
+    """The whole computation; returns one row per (upstream, downstream) pair."""
+    up, down, extractor = gather_stats(cfg, out)
+    return annotate(score(up, down, cfg), extractor, cfg)
 
 
 def comparable_within(extractor: FeatureExtractor, cfg: CSIConfig) -> str:

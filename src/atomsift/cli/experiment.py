@@ -1,0 +1,46 @@
+"""`atomsift experiment` (docs/experiment.md, docs/cli.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from atomsift.cli.common import CONFIG_HELP, OVERRIDES_HELP, at_least_one, on_interrupt
+
+
+def experiment(
+    overrides: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP + " See configs/experiment_*.yaml."),
+    out: Path = typer.Option(
+        ..., "--out", help="Experiment folder (csi/, cells/, logs/, results.csv, summary.json, report.md)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue interrupted cells from their checkpoints."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace cells that hold runs with other settings (finished matching cells stay)."
+    ),
+    jobs: int | None = typer.Option(None, "--jobs", help="Run K jobs at once in local processes (default 1)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid and each run's plan, and stop."),
+    report_only: bool = typer.Option(
+        False, "--report-only", help="Gather what has finished into results, summary and report; train nothing."
+    ),
+    seed: list[int] | None = typer.Option(None, "--seed", help="Seeds of the grid (repeat the flag; default 0)."),
+) -> None:
+    """The paper's experiment: CSI, then pretraining x finetuning over a grid, and whether CSI was right."""
+    from atomsift.cli.train import _console, _quiet_lightning
+    from atomsift.experiment.config import ExperimentConfig
+    from atomsift.experiment.grid import EXAMPLE
+    from atomsift.experiment.run import run_experiment
+    from atomsift.settings import resolve_settings
+
+    at_least_one(jobs, "--jobs")
+    flags = {"launcher.jobs": jobs, "seeds": list(seed) if seed else None}
+    cfg = resolve_settings(ExperimentConfig, config, flags=flags, overrides=overrides, example=EXAMPLE)
+    _quiet_lightning()
+    on_interrupt(
+        f"finished cells in {out}/cells/ are kept and reused; interrupted ones keep their last checkpoint: rerun "
+        "the same command with --resume to continue"
+    )
+    run_experiment(
+        cfg, out, resume=resume, overwrite=overwrite, report_only=report_only, dry=dry_run, console=_console()
+    )

@@ -1,0 +1,204 @@
+"""Running one job of the grid (a pretraining and its finetunings) and reading cell folders back.
+
+A job never stops the grid: an error in a cell is written to CELL/failed.json (message and traceback) and
+the job goes on with what does not depend on it. Ctrl-C is not an error: it stops the job, and the cells'
+own checkpoints let `--resume` continue them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from atomsift.experiment.grid import FinetuneCell, Job
+from atomsift.train.runner import config_diff, write_json
+
+FAILED = "failed.json"
+SOURCE = "cell.json"
+"""In a finetuning cell: which pretraining (settings digest) its starting weights came from."""
+
+
+def cell_state(folder: Path, settings: dict[str, Any], done_file: str, source: dict[str, Any] | None = None) -> str:
+    """'new', 'done', 'unfinished', 'failed' or 'conflict' (the folder holds a run with other settings, or a
+    finetuning that started from another pretraining)."""
+    saved = folder / "config.yaml"
+    if saved.exists():
+        if config_diff(yaml.safe_load(saved.read_text()) or {}, settings):
+            return "conflict"
+        if source and _read_json(folder / SOURCE) not in (None, source):
+            return "conflict"
+        if (folder / done_file).exists():
+            return "done"
+    if (folder / FAILED).exists():
+        return "failed"
+    if saved.exists() and (folder / "checkpoints" / "last.ckpt").exists():
+        return "unfinished"
+    return "new"
+
+
+def job_states(job: Job) -> list[tuple[Path, str]]:
+    """(folder, state) of every cell of a job."""
+    out = []
+    if job.pretrain_folder is not None and job.pretrain_settings is not None:
+        out.append((job.pretrain_folder, cell_state(job.pretrain_folder, job.pretrain_settings, "summary.json")))
+    out += [(c.folder, cell_state(c.folder, c.settings, "test_metrics.json", c.upstream)) for c in job.finetunes]
+    return out
+
+
+def _record_failure(folder: Path, exc: BaseException, what: str) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    fix = getattr(exc, "fix", None)
+    text = f"{what}: {message}" + (f" ({fix})" if fix else "")
+    write_json(folder / FAILED, {"error": text, "type": type(exc).__name__, "traceback": traceback.format_exc()})
+    return text
+
+
+def _clear_failure(folder: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (folder / FAILED).unlink()
+
+
+def _run_finetune(cell: FinetuneCell, resume: bool, overwrite: bool, console: Any) -> str:
+    """Run (or reuse) one finetuning cell; returns 'ok' or 'reused'."""
+    from atomsift.train.config import FinetuneConfig
+    from atomsift.train.finetune import run_finetuning
+
+    state = cell_state(cell.folder, cell.settings, "test_metrics.json", cell.upstream)
+    _clear_failure(cell.folder)
+    cfg = FinetuneConfig.model_validate(cell.settings)
+    if cell.upstream:
+        cell.folder.mkdir(parents=True, exist_ok=True)
+        write_json(cell.folder / SOURCE, cell.upstream)
+    run_finetuning(
+        cfg,
+        cell.folder,
+        resume=resume and state == "unfinished",
+        overwrite=overwrite and state == "conflict",
+        console=console,
+        progress=False,
+    )
+    return "reused" if state == "done" else "ok"
+
+
+def run_job(job: Job, *, resume: bool = False, overwrite: bool = False, log: Path | None = None) -> dict[str, str]:
+    """Run a job's cells (finished ones are reused by their run folders); returns {cell folder: ok | reused | failed}.
+
+    Output (tables, warnings) goes to `log` when given. Threads: ATOMSIFT_THREADS, when set, caps torch's.
+    """
+    from rich.console import Console
+
+    threads = os.environ.get("ATOMSIFT_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+    if log is None:
+        return _run_job(job, resume, overwrite, Console(width=120))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        return _run_job(job, resume, overwrite, Console(file=fh, width=120, force_terminal=False))
+
+
+def _run_job(job: Job, resume: bool, overwrite: bool, console: Any) -> dict[str, str]:
+    from atomsift.cli.train import _quiet_lightning
+
+    _quiet_lightning()
+    status: dict[str, str] = {}
+    upstream_error = None
+    if job.pretrain_folder is not None and job.pretrain_settings is not None:
+        from atomsift.train.config import PretrainConfig
+        from atomsift.train.pretrain import run_pretraining
+
+        folder = job.pretrain_folder
+        state = cell_state(folder, job.pretrain_settings, "summary.json")
+        _clear_failure(folder)
+        try:
+            console.rule(f"pretrain {job.name}")
+            run_pretraining(
+                PretrainConfig.model_validate(job.pretrain_settings),
+                folder,
+                resume=resume and state == "unfinished",
+                overwrite=overwrite and state == "conflict",
+                console=console,
+                progress=False,
+            )
+            status[str(folder)] = "reused" if state == "done" else "ok"
+        except Exception as exc:  # noqa: BLE001  (a failed cell is recorded; the grid goes on)
+            upstream_error = _record_failure(folder, exc, f"pretraining {job.name} failed")
+            console.print(upstream_error)
+            status[str(folder)] = "failed"
+    for cell in job.finetunes:
+        if upstream_error is not None:
+            _record_failure(cell.folder, RuntimeError(upstream_error), "not run")
+            status[str(cell.folder)] = "failed"
+            continue
+        try:
+            console.rule(f"finetune {cell.downstream} from {job.name}")
+            status[str(cell.folder)] = _run_finetune(cell, resume, overwrite, console)
+        except Exception as exc:  # noqa: BLE001  (a failed cell is recorded; the grid goes on)
+            console.print(_record_failure(cell.folder, exc, f"finetuning {cell.downstream} from {job.name} failed"))
+            status[str(cell.folder)] = "failed"
+    return status
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def result_rows(jobs: list[Job], csi_rows: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """One row per finetuning cell, read from the cell folders (what has finished, failed, or not run yet)."""
+    csi = {(r["upstream"], r["downstream"]): r for r in csi_rows}
+    rows = []
+    for job in jobs:
+        pre = _read_json(job.pretrain_folder / "summary.json") if job.pretrain_folder else None
+        for cell in job.finetunes:
+            c = csi.get((job.candidate, cell.downstream), {})
+            metrics = _read_json(cell.folder / "test_metrics.json") if (cell.folder / "summary.json").exists() else None
+            failed = _read_json(cell.folder / FAILED)
+            ft = _read_json(cell.folder / "summary.json")
+            status = "ok" if metrics is not None else ("failed" if failed is not None else "pending")
+            row: dict[str, Any] = {
+                "upstream": job.candidate,
+                "kind": job.kind,
+                "members": "+".join(job.members),
+                "downstream": cell.downstream,
+                "n_samples": job.budget.n_samples if job.budget else None,
+                "epochs": job.budget.epochs if job.budget else None,
+                "budget": job.budget.n_samples * job.budget.epochs if job.budget else None,
+                "seed": job.seed,
+                "csi": c.get("csi"),
+                "ci_low": c.get("ci_low"),
+                "ci_high": c.get("ci_high"),
+                "csi_units": c.get("csi_units"),
+                "metric": cell.metric,
+                "value": None if metrics is None else metrics.get(cell.metric),
+                "status": status,
+                "error": None if failed is None or status == "ok" else failed.get("error"),
+                "pretrain_dir": _rel(job.pretrain_folder, out),
+                "finetune_dir": _rel(cell.folder, out),
+                "pretrain_wall_s": None if pre is None else pre.get("wall_time_s"),
+                "finetune_wall_s": None if ft is None else ft.get("wall_time_s"),
+            }
+            if metrics is not None:
+                row.update({k: v for k, v in metrics.items() if "_mae_" in k or "_rmse_" in k})
+            rows.append(row)
+    return rows
+
+
+def _rel(path: Path | None, out: Path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(Path(out).resolve()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,108 @@
+"""CSI of every candidate to every downstream task, mixtures included, from the `atomsift csi` pipeline.
+
+A mixture's features follow the mixture distribution of its members' features: a structure comes from member
+i with probability p_i (the pretraining shares: balanced 1/k, temperature n_i^(1/T) / sum_j n_j^(1/T)); with
+flat aggregation each structure adds its atoms, so an observation comes from member i with weight
+w_i ~ p_i a_i (a_i: the member's observations per structure; 1 for mean / sum / max aggregation). The
+mixture's mean and second moment are then exactly the w-weighted sums of the members' (docs/experiment.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atomsift.csi.config import CSIConfig
+from atomsift.csi.pipeline import DatasetStats, annotate, gather_stats, score
+from atomsift.csi.statistics import GaussianStats
+from atomsift.data.spec import DatasetSpec
+from atomsift.experiment.config import ExperimentConfig
+from atomsift.settings import validate
+from atomsift.train.data import temperature_shares
+
+
+class MixtureStats:
+    """Grouped statistics of a weighted mixture of datasets (the interface `score` uses: total, bootstrap).
+
+    Args:
+        parts: the members' statistics.
+        weights: observation weights w_i (any positive scale; normalised here).
+    """
+
+    def __init__(self, parts: list[DatasetStats], weights: list[float]) -> None:
+        self.parts = parts
+        w = np.asarray(weights, dtype=np.float64)
+        w = w / w.sum()
+        n = np.array([p.grouped.total().n for p in parts], dtype=np.float64)
+        # member i's sums are scaled by f_i so that its share of the (unchanged) total count N is w_i
+        self.factors = w * n.sum() / n
+
+    def _combine(self, stats: list[GaussianStats]) -> GaussianStats:
+        out = GaussianStats(stats[0].dim)
+        out.n = round(float(sum(f * s.n for f, s in zip(self.factors, stats))))
+        for f, s in zip(self.factors, stats):
+            out.total += f * s.total
+            out.outer += f * s.outer
+        return out
+
+    def total(self) -> GaussianStats:
+        return self._combine([p.grouped.total() for p in self.parts])
+
+    def bootstrap(self, n_resamples: int, seed: int) -> Iterator[GaussianStats]:
+        """Replicates: each member resampled independently (its own seed), then mixed with the same weights."""
+        streams = [p.grouped.bootstrap(n_resamples, seed + 7919 * (i + 1)) for i, p in enumerate(self.parts)]
+        for reps in zip(*streams):
+            yield self._combine(list(reps))
+
+
+def observation_weights(parts: list[DatasetStats], shares: list[float], aggregation: str) -> list[float]:
+    """w_i ~ p_i a_i: structure shares times observations per structure (flat aggregation) or 1."""
+    if aggregation != "flat":
+        return list(shares)
+    return [p * d.n_obs / max(d.n_structures, 1) for p, d in zip(shares, parts)]
+
+
+def mixture_shares(exp: ExperimentConfig, name: str, sizes: dict[str, int]) -> list[float]:
+    """Structure shares p_i of a mixture's members, as pretraining draws them."""
+    mix = exp.mixtures[name]
+    if mix.mixture == "temperature":
+        shares = temperature_shares({m: sizes[m] for m in mix.of}, mix.temperature)
+        return [shares[m] for m in mix.of]
+    return [1.0 / len(mix.of)] * len(mix.of)
+
+
+def csi_config(exp: ExperimentConfig) -> CSIConfig:
+    """The experiment's `csi` section with the grid's upstream datasets and downstream tasks."""
+    upstream = {
+        name: DatasetSpec(path=s.path, format=s.format, options=s.options, sampling=s.sampling)
+        for name, s in exp.upstream.items()
+    }
+    downstream = {name: d.data_spec() for name, d in exp.downstream.items()}
+    return validate(CSIConfig, {**exp.csi, "upstream": upstream, "downstream": downstream}, source="csi section")
+
+
+def grid_csi(exp: ExperimentConfig, out: Path) -> list[dict[str, Any]]:
+    """One row per (candidate, downstream task): the `atomsift csi` rows, mixtures added."""
+    cfg = csi_config(exp)
+    up, down, extractor = gather_stats(cfg, out)
+    by_name = {u.name: u for u in up}
+    for name, mix in exp.mixtures.items():
+        parts = [by_name[m] for m in mix.of]
+        shares = mixture_shares(exp, name, {u.name: u.n_total for u in up})
+        grouped = MixtureStats(parts, observation_weights(parts, shares, cfg.aggregation))
+        up.append(
+            DatasetStats(
+                name=name,
+                role="upstream",
+                grouped=grouped,  # type: ignore[arg-type]  (total / bootstrap: the interface score uses)
+                n_structures=sum(p.n_structures for p in parts),
+                n_unique=sum(p.n_unique for p in parts),
+                sampling=f"{mix.mixture} mixture of " + "+".join(mix.of),
+                cached=all(p.cached for p in parts),
+                n_total=sum(p.n_total for p in parts),
+            )
+        )
+    return annotate(score(up, down, cfg), extractor, cfg)

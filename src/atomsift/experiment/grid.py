@@ -1,0 +1,168 @@
+"""The grid of `atomsift experiment` as jobs: one pretraining per candidate, budget and seed, followed by its
+finetuning on every downstream task; one from-scratch job per seed (docs/experiment.md, "Run folders").
+
+    DIR/cells/pretrain/<candidate>/<N..._E...>/seed<S>/          an ordinary `atomsift pretrain` run folder
+    DIR/cells/finetune/<task>/<candidate>/<N..._E...>/seed<S>/   an ordinary `atomsift finetune` run folder
+    DIR/cells/finetune/<task>/scratch/seed<S>/                   the from-scratch baseline
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atomsift.errors import ConfigError
+from atomsift.experiment.config import SCRATCH, Budget, ExperimentConfig
+from atomsift.settings import _deep_merge, validate
+from atomsift.train.config import FinetuneConfig, PretrainConfig
+from atomsift.train.finetune import load_preset, task_info
+from atomsift.train.metrics import target_key, unit_label
+
+EXAMPLE = "configs/experiment_demo.yaml"
+
+
+@dataclass(frozen=True)
+class FinetuneCell:
+    """One finetuning: a downstream task from one pretrained candidate (or from scratch) and seed."""
+
+    downstream: str
+    candidate: str
+    budget: Budget | None
+    seed: int
+    folder: Path
+    settings: dict[str, Any]
+    metric: str
+    upstream: dict[str, Any] = field(default_factory=dict)
+    """What the starting weights come from (the pretraining's settings digest): a finetuning whose pretraining
+    changed is not reused."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A unit of work for a launcher: an optional pretraining, then the finetunings that start from it."""
+
+    name: str
+    candidate: str
+    kind: str
+    members: tuple[str, ...]
+    budget: Budget | None
+    seed: int
+    pretrain_folder: Path | None
+    pretrain_settings: dict[str, Any] | None
+    finetunes: list[FinetuneCell] = field(default_factory=list)
+
+
+def rank_metric(cfg: FinetuneConfig, rank_on: str | None) -> str:
+    """The test metric key a downstream task is ranked on (lower is better): `rank_on`, else the preset's."""
+    if rank_on:
+        return rank_on
+    info = task_info(cfg, "task", cfg.task.target)
+    label = unit_label(info.unit, info.kind)[0]
+    if cfg.task.metric == "forces_mae":
+        return "forces_mae_meV_per_A"
+    return f"{target_key(info)}_mae_{label}"
+
+
+def finetune_settings(exp: ExperimentConfig, name: str, **cell: Any) -> FinetuneConfig:
+    """A downstream task's finetuning settings: preset < experiment `finetune` < the task's own keys < cell."""
+    down = exp.downstream[name]
+    data = _deep_merge(load_preset(down.preset), exp.finetune)
+    data = _deep_merge(data, down.finetune_keys())
+    data.update(data=down.data_spec().model_dump(mode="json", exclude_defaults=True), **cell)
+    return validate(FinetuneConfig, data, source=f"downstream task '{name}'", example=EXAMPLE)
+
+
+def pretrain_settings(exp: ExperimentConfig, candidate: str, budget: Budget, seed: int) -> PretrainConfig:
+    """A candidate's pretraining settings: the experiment's `pretrain` section plus the cell's data and budget."""
+    if candidate in exp.mixtures:
+        mix = exp.mixtures[candidate]
+        data: dict[str, Any] = {
+            "upstream": {m: exp.upstream[m].model_dump(mode="json", exclude_defaults=True) for m in mix.of},
+            "mixture": mix.mixture,
+            "temperature": mix.temperature,
+        }
+    else:
+        data = {
+            "upstream": {candidate: exp.upstream[candidate].model_dump(mode="json", exclude_defaults=True)},
+            "mixture": "single",
+        }
+    data.update(exp.pretrain, n_samples=budget.n_samples, epochs=budget.epochs, seed=seed)
+    return validate(PretrainConfig, data, source=f"pretraining of '{candidate}'", example=EXAMPLE)
+
+
+def settings_digest(settings: dict[str, Any] | None) -> str:
+    """sha256 (16 hex) of settings, with the run mechanics that do not change results left out."""
+    from atomsift.train.runner import MECHANICS
+
+    kept = {k: v for k, v in (settings or {}).items() if k not in MECHANICS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _members(exp: ExperimentConfig, candidate: str) -> tuple[str, ...]:
+    return tuple(exp.mixtures[candidate].of) if candidate in exp.mixtures else (candidate,)
+
+
+def build_jobs(exp: ExperimentConfig, out: Path) -> list[Job]:
+    """Every job of the grid in a fixed order (candidates x budgets x seeds, then scratch per seed)."""
+    out = Path(out).resolve()
+    jobs: list[Job] = []
+    backbone = exp.pretrain.get("backbone")
+    if exp.scratch and backbone is None:
+        raise ConfigError(
+            "the from-scratch baseline needs the architecture: pretrain.backbone",
+            fix="give pretrain: {backbone: {name: painn, ...}} (every cell shares it)",
+        )
+    for candidate in exp.candidates():
+        for budget in exp.budgets:
+            for seed in exp.seeds:
+                pre = pretrain_settings(exp, candidate, budget, seed)
+                folder = out / "cells" / "pretrain" / candidate / budget.label / f"seed{seed}"
+                job = Job(
+                    f"{candidate}/{budget.label}/seed{seed}",
+                    candidate,
+                    "mixture" if candidate in exp.mixtures else "dataset",
+                    _members(exp, candidate),
+                    budget,
+                    seed,
+                    folder,
+                    pre.model_dump(mode="json"),
+                )
+                source = {"pretraining": job.name, "settings_sha256": settings_digest(job.pretrain_settings)}
+                for task in exp.downstream:
+                    ft = finetune_settings(exp, task, checkpoint=str(folder / "model.pt"), seed=seed)
+                    job.finetunes.append(
+                        FinetuneCell(
+                            task,
+                            candidate,
+                            budget,
+                            seed,
+                            out / "cells" / "finetune" / task / candidate / budget.label / f"seed{seed}",
+                            ft.model_dump(mode="json"),
+                            rank_metric(ft, exp.downstream[task].rank_on),
+                            source,
+                        )
+                    )
+                jobs.append(job)
+    if exp.scratch:
+        for seed in exp.seeds:
+            job = Job(f"{SCRATCH}/seed{seed}", SCRATCH, SCRATCH, (), None, seed, None, None)
+            for task in exp.downstream:
+                ft = finetune_settings(exp, task, from_scratch=True, backbone=backbone, seed=seed)
+                job.finetunes.append(
+                    FinetuneCell(
+                        task,
+                        SCRATCH,
+                        None,
+                        seed,
+                        out / "cells" / "finetune" / task / SCRATCH / f"seed{seed}",
+                        ft.model_dump(mode="json"),
+                        rank_metric(ft, exp.downstream[task].rank_on),
+                    )
+                )
+            jobs.append(job)
+    if not jobs:
+        raise ConfigError("the grid is empty", fix="give upstream datasets and budgets, or scratch: true")
+    return jobs

@@ -1,0 +1,271 @@
+"""`atomsift experiment`: plan the grid, check its folders, compute CSI, run the jobs, gather and report.
+
+Jobs run one after another here (default), in K local processes (`--jobs K`, concurrent.futures with the
+spawn start method), or as SLURM jobs through submitit (`launcher: {name: slurm, ...}`); every job is an
+ordinary pretraining plus its finetunings in their own run folders, so a rerun reuses what has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from atomsift.errors import ConfigError
+from atomsift.experiment.cells import job_states, result_rows, run_job
+from atomsift.experiment.config import ExperimentConfig
+from atomsift.experiment.grid import Job, build_jobs
+from atomsift.settings import check_output_dir, write_text_atomic
+
+
+def _log_path(out: Path, job: Job) -> Path:
+    return out / "logs" / (job.name.replace("/", "__") + ".log")
+
+
+def check_folders(jobs: list[Job], *, resume: bool, overwrite: bool) -> Counter:
+    """Count cell states; refuse (one message, before any work) interrupted cells without --resume and cells
+    holding runs with other settings without --overwrite."""
+    states = [(f, s) for job in jobs for f, s in job_states(job)]
+    counts = Counter(s for _, s in states)
+    conflict = [str(f) for f, s in states if s == "conflict"]
+    if conflict and not overwrite:
+        raise ConfigError(
+            f"{len(conflict)} cell folder(s) hold runs with other settings, e.g. {conflict[0]}",
+            fix="use another --out for the new grid, or --overwrite to replace those cells (finished cells with "
+            "the same settings are kept either way)",
+        )
+    unfinished = [str(f) for f, s in states if s == "unfinished"]
+    if unfinished and not resume:
+        raise ConfigError(
+            f"{len(unfinished)} cell(s) were interrupted, e.g. {unfinished[0]}",
+            fix="rerun with --resume to continue them from their checkpoints (or --overwrite to start them again)",
+        )
+    return counts
+
+
+def print_grid(exp: ExperimentConfig, jobs: list[Job], counts: Counter, console: Console) -> None:
+    """The plan: candidates, tasks, budgets, seeds and how many cells are new, finished or to resume."""
+    table = Table(title="experiment grid", title_justify="left")
+    table.add_column("part")
+    table.add_column("what")
+    cands = [
+        f"{c} ({'+'.join(exp.mixtures[c].of)}, {exp.mixtures[c].mixture})" if c in exp.mixtures else c
+        for c in exp.candidates()
+    ]
+    table.add_row("candidates", ", ".join(cands) + (" and scratch" if exp.scratch else ""))
+    table.add_row("downstream", ", ".join(f"{n} ({d.preset or 'settings'})" for n, d in exp.downstream.items()))
+    table.add_row("budgets", ", ".join(f"{b.n_samples} x {b.epochs}" for b in exp.budgets) or "-")
+    table.add_row("seeds", ", ".join(map(str, exp.seeds)))
+    n_pre = sum(j.pretrain_folder is not None for j in jobs)
+    n_ft = sum(len(j.finetunes) for j in jobs)
+    table.add_row("cells", f"{len(jobs)} jobs: {n_pre} pretrainings, {n_ft} finetunings")
+    table.add_row("folders", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    launcher = exp.launcher.name + (f", {exp.launcher.jobs} processes" if exp.launcher.name == "local" else "")
+    table.add_row("launcher", launcher)
+    console.print(table)
+
+
+def check_downstream_labels(exp: ExperimentConfig, jobs: list[Job]) -> None:
+    """Each downstream task's data has the labels its finetuning trains and is ranked on (first structure)."""
+    from atomsift.data.spec import open_spec
+    from atomsift.train.config import FinetuneConfig
+
+    for task in exp.downstream:
+        cell = next(c for j in jobs for c in j.finetunes if c.downstream == task)
+        cfg = FinetuneConfig.model_validate(cell.settings)
+        ds = open_spec(cfg.data, f"downstream '{task}'")
+        if len(ds) == 0:
+            raise ConfigError(f"downstream task '{task}' has no structures", file=ds.path, fix="check its path")
+        rec = ds[0]
+        missing = []
+        if cfg.task.target == "energy" and rec.energy is None:
+            missing.append("energies")
+        if cfg.task.target != "energy" and cfg.task.target not in rec.targets:
+            missing.append(f"target '{cfg.task.target}' (it has {', '.join(rec.targets) or 'no targets'})")
+        if (cfg.task.force_weight > 0 or cell.metric.startswith("forces_")) and rec.forces is None:
+            missing.append("forces")
+        if missing:
+            preset = exp.downstream[task].preset
+            raise ConfigError(
+                f"downstream task '{task}' lacks {' and '.join(missing)}, which "
+                f"{f'the preset {preset!r}' if preset else 'its settings'} train(s) and rank(s) on",
+                file=ds.path,
+                fix="choose a preset for the labels it has (energy-forces, property, qm9 with task.target=...) or "
+                "set task.* / rank_on in the task's entry",
+            )
+
+
+def preflight(exp: ExperimentConfig, jobs: list[Job], console: Console, *, show: bool) -> None:
+    """Before any work: every distinct pretraining planned (N against each dataset), every downstream task's
+    labels and split checked; with `show`, the plans are printed (--dry-run)."""
+    from atomsift.train.config import FinetuneConfig, PretrainConfig
+    from atomsift.train.finetune import run_finetuning
+    from atomsift.train.pretrain import plan_pretraining, print_plan
+
+    quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115  (closed below)
+    try:
+        seen: set[str] = set()
+        for job in jobs:
+            if job.pretrain_settings is not None and job.budget is not None:
+                key = f"{job.candidate}/{job.budget.label}"
+                if key not in seen:
+                    seen.add(key)
+                    cfg = PretrainConfig.model_validate(job.pretrain_settings)
+                    plan = plan_pretraining(cfg)
+                    if show:
+                        console.rule(f"pretrain {key}")
+                        print_plan(plan, cfg, console)
+        check_downstream_labels(exp, jobs)
+        for task in exp.downstream:
+            cell = next(c for j in jobs for c in j.finetunes if c.downstream == task)
+            if show:
+                console.rule(f"finetune {task} (ranked on {cell.metric})")
+            cfg = FinetuneConfig.model_validate(cell.settings)
+            run_finetuning(cfg, cell.folder, console=console if show else quiet, dry_run=True)
+    finally:
+        quiet.file.close()
+
+
+def _announce(console: Console, job: Job, status: dict[str, str], done: int, total: int, wall: float) -> None:
+    ok = sum(v == "ok" for v in status.values())
+    reused = sum(v == "reused" for v in status.values())
+    bad = [k for k, v in status.items() if v == "failed"]
+    text = f"[{done}/{total}] {job.name}: {ok} cells run" + (f", {reused} reused" if reused else "") + f", {wall:.1f} s"
+    if bad:
+        text += (
+            f"; failed: {len(bad)} (see failed.json in {Path(bad[0]).name}..., log {job.name.replace('/', '__')}.log)"
+        )
+    console.print(text)
+
+
+def run_local(jobs: list[Job], out: Path, k: int, resume: bool, overwrite: bool, console: Console) -> None:
+    """Jobs here, one after another (k = 1), or in k spawned processes sharing the machine's cores."""
+    total = len(jobs)
+    if k <= 1:
+        for i, job in enumerate(jobs, start=1):
+            start = time.perf_counter()
+            status = run_job(job, resume=resume, overwrite=overwrite, log=_log_path(out, job))
+            _announce(console, job, status, i, total, time.perf_counter() - start)
+        return
+    threads = max(1, (os.cpu_count() or 1) // k)
+    os.environ.setdefault("ATOMSIFT_THREADS", str(threads))  # inherited by the spawned workers
+    with ProcessPoolExecutor(max_workers=k, mp_context=get_context("spawn")) as pool:
+        started = {}
+        pending = set()
+        for job in jobs:
+            fut = pool.submit(run_job, job, resume=resume, overwrite=overwrite, log=_log_path(out, job))
+            started[fut] = (job, time.perf_counter())
+            pending.add(fut)
+        done = 0
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                done += 1
+                job, t0 = started[fut]
+                _announce(console, job, fut.result(), done, total, time.perf_counter() - t0)
+
+
+def run_submitit(exp: ExperimentConfig, jobs: list[Job], out: Path, resume: bool, overwrite: bool, console: Console):
+    """Jobs as submitit jobs (SLURM, or submitit's local executor); waits for them (Ctrl-C leaves them running:
+    `--report-only` gathers what has finished)."""
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError(
+            "the slurm launcher needs submitit", fix='pip install "atomsift[slurm]" (or submitit)'
+        ) from None
+    lau = exp.launcher
+    folder = out / "submitit" / "%j"
+    if lau.name == "submitit-local":
+        executor: Any = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=lau.time)
+    else:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        params: dict[str, Any] = {
+            "timeout_min": lau.time,
+            "slurm_partition": lau.partition,
+            "gpus_per_node": lau.gpus_per_task or None,
+            "cpus_per_task": lau.cpus_per_task,
+            "mem_gb": lau.mem_gb,
+            "slurm_array_parallelism": lau.array_parallelism,
+            "slurm_account": lau.account,
+            "slurm_qos": lau.qos,
+            "slurm_constraint": lau.constraint,
+            **lau.extra,
+        }
+        executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    submitted = []
+    for job in jobs:
+        executor.update_parameters(name=f"atomsift-{job.name.replace('/', '-')}")
+        submitted.append(
+            (job, executor.submit(run_job, job, resume=resume, overwrite=overwrite, log=_log_path(out, job)))
+        )
+    console.print(f"submitted {len(submitted)} jobs ({lau.name}); submitit's files: {out}/submitit/")
+    for i, (job, sub) in enumerate(submitted, start=1):
+        start = time.perf_counter()
+        try:
+            status = sub.result()
+        except Exception as exc:  # noqa: BLE001  (a lost job is reported; its cells stay pending)
+            console.print(f"[{i}/{len(submitted)}] {job.name}: the job itself failed ({exc}); its cells stay pending")
+            continue
+        _announce(console, job, status, i, len(submitted), time.perf_counter() - start)
+
+
+def run_experiment(
+    exp: ExperimentConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    report_only: bool = False,
+    dry: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """The whole experiment into `out`; returns the summary (also OUT/summary.json)."""
+    from atomsift.csi.report import bar_chart, print_tables, write_outputs
+    from atomsift.experiment.csi import grid_csi
+    from atomsift.experiment.report import print_summary, write_report, write_results
+    from atomsift.experiment.summary import summarize
+
+    console = console or Console()
+    out = Path(out)
+    jobs = build_jobs(exp, out)
+    counts = Counter(s for job in jobs for _, s in job_states(job)) if dry or report_only else None
+    if dry:
+        print_grid(exp, jobs, counts or Counter(), console)
+        preflight(exp, jobs, console, show=True)
+        return {}
+    out = check_output_dir(out)
+    if not report_only:
+        counts = check_folders(jobs, resume=resume, overwrite=overwrite)
+        preflight(exp, jobs, console, show=False)
+    print_grid(exp, jobs, counts or Counter(), console)
+    write_text_atomic(out / "experiment.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
+    console.rule("CSI of every candidate to every downstream task")
+    csi_rows = grid_csi(exp, out / "csi")
+    write_outputs(csi_rows, out / "csi")
+    bar_chart(csi_rows, out / "csi" / "csi.png")
+    print_tables(csi_rows, console)
+    if not report_only:
+        console.rule(f"training: {len(jobs)} jobs (logs in {out}/logs/)")
+        if exp.launcher.name == "local":
+            run_local(jobs, out, exp.launcher.jobs, resume, overwrite, console)
+        else:
+            run_submitit(exp, jobs, out, resume, overwrite, console)
+    rows = result_rows(jobs, csi_rows, out)
+    write_results(rows, out)
+    summary = summarize(rows)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    files = write_report(rows, summary, out)
+    print_summary(summary, console)
+    console.print(f"report: {files.get('report', out / 'report.md')}; figures: {out}/figures/; rows: {out}/results.csv")
+    return summary

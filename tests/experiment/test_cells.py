@@ -1,0 +1,138 @@
+"""Running the tiny grid: every cell trains, finished cells are reused, an interrupted cell resumes, a failing
+cell is recorded while the others go on, and the parallel and submitit launchers give the same cells."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _grid_helpers import tiny
+from rich.console import Console
+
+from atomsift.errors import ConfigError
+from atomsift.experiment import cells
+from atomsift.experiment.config import ExperimentConfig
+from atomsift.experiment.grid import build_jobs
+from atomsift.experiment.run import check_folders, run_local, run_submitit
+from atomsift.settings import validate
+
+QUIET = Console(file=open("/dev/null", "w"))  # noqa: SIM115
+
+
+def _grid(tmp_path, **overrides):
+    exp = validate(ExperimentConfig, tiny(**overrides))
+    return exp, build_jobs(exp, tmp_path)
+
+
+def _rows(jobs, out):
+    return {(r["upstream"], r["downstream"], r["seed"]): r for r in cells.result_rows(jobs, [], out)}
+
+
+def test_grid_runs_reuses_and_resumes(tmp_path):
+    _exp, jobs = _grid(tmp_path, mixtures={})
+    assert check_folders(jobs, resume=False, overwrite=False) == {"new": 5}
+    run_local(jobs, tmp_path, 1, False, False, QUIET)
+    rows = _rows(jobs, tmp_path)
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    first = {k: r["value"] for k, r in rows.items()}
+    assert all(v is not None and v > 0 for v in first.values())
+    assert rows[("scratch", "ethanol", 0)]["csi"] is None
+    # the row's metrics are the cell's test metrics
+    cell = tmp_path / rows[("acac", "ethanol", 0)]["finetune_dir"]
+    assert json.loads((cell / "test_metrics.json").read_text())["forces_mae_meV_per_A"] == first[("acac", "ethanol", 0)]
+
+    # a rerun reuses every finished cell: nothing trains again
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("model.pt")}
+    assert check_folders(jobs, resume=False, overwrite=False) == {"done": 5}
+    statuses = [cells.run_job(j) for j in jobs]
+    assert {s for st in statuses for s in st.values()} == {"reused"}
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("model.pt")} == stamps
+
+    # a cell killed after its last checkpoint (no summary yet): refused without --resume, finished with it
+    pre = jobs[0].pretrain_folder
+    (pre / "summary.json").unlink()
+    with pytest.raises(ConfigError, match="--resume"):
+        check_folders(jobs, resume=False, overwrite=False)
+    status = cells.run_job(jobs[0], resume=True)
+    assert status[str(pre)] == "ok" and (pre / "summary.json").exists()
+    assert _rows(jobs, tmp_path)[("acac", "ethanol", 0)]["value"] == first[("acac", "ethanol", 0)]
+
+
+def test_changed_settings_are_refused_unless_overwrite(tmp_path):
+    _exp, jobs = _grid(tmp_path, mixtures={}, upstream={"acac": tiny()["upstream"]["acac"]}, scratch=False)
+    run_local(jobs, tmp_path, 1, False, False, QUIET)
+    pre = tiny()["pretrain"]
+    _, changed = _grid(
+        tmp_path,
+        mixtures={},
+        upstream={"acac": tiny()["upstream"]["acac"]},
+        scratch=False,
+        pretrain={**pre, "lr": 2e-3},
+    )
+    with pytest.raises(ConfigError, match="other settings"):
+        check_folders(changed, resume=False, overwrite=False)
+    counts = check_folders(changed, resume=False, overwrite=True)
+    assert counts["conflict"] == 2
+    status = cells.run_job(changed[0], overwrite=True)
+    assert set(status.values()) == {"ok"}
+
+
+def test_a_failing_cell_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
+    _exp, jobs = _grid(tmp_path, mixtures={}, seeds=[0])
+    real = cells._run_finetune
+
+    def flaky(cell, resume, overwrite, console):
+        if cell.candidate == "oxides":
+            raise RuntimeError("out of memory (simulated)")
+        return real(cell, resume, overwrite, console)
+
+    monkeypatch.setattr(cells, "_run_finetune", flaky)
+    run_local(jobs, tmp_path, 1, False, False, QUIET)
+    rows = _rows(jobs, tmp_path)
+    bad = rows[("oxides", "ethanol", 0)]
+    assert bad["status"] == "failed" and "out of memory (simulated)" in bad["error"] and bad["value"] is None
+    assert all(r["status"] == "ok" for k, r in rows.items() if k[0] != "oxides")
+    # on a rerun the failed cell runs again (and the record goes once it succeeds)
+    monkeypatch.setattr(cells, "_run_finetune", real)
+    run_local(jobs, tmp_path, 1, False, False, QUIET)
+    assert _rows(jobs, tmp_path)[("oxides", "ethanol", 0)]["status"] == "ok"
+    assert not (tmp_path / bad["finetune_dir"] / "failed.json").exists()
+
+
+def test_a_failed_pretraining_marks_its_finetunings_not_run(tmp_path, monkeypatch):
+    _exp, jobs = _grid(tmp_path, mixtures={}, scratch=False, upstream={"acac": tiny()["upstream"]["acac"]})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("diverged (simulated)")
+
+    monkeypatch.setattr("atomsift.train.pretrain.run_pretraining", broken)
+    status = cells.run_job(jobs[0])
+    assert list(status.values()) == ["failed", "failed"]
+    row = cells.result_rows(jobs, [], tmp_path)[0]
+    assert row["status"] == "failed" and "diverged (simulated)" in row["error"]
+
+
+def _values(jobs, out):
+    return {k: r["value"] for k, r in _rows(jobs, out).items()}
+
+
+def test_two_local_processes_give_the_sequential_results(tmp_path):
+    _, seq = _grid(tmp_path / "seq", mixtures={})
+    run_local(seq, tmp_path / "seq", 1, False, False, QUIET)
+    _, par = _grid(tmp_path / "par", mixtures={})
+    run_local(par, tmp_path / "par", 2, False, False, QUIET)
+    a, b = _values(seq, tmp_path / "seq"), _values(par, tmp_path / "par")
+    assert a.keys() == b.keys()
+    for key in a:  # same seeds, same data: the same numbers (threads may reorder float sums slightly)
+        assert b[key] == pytest.approx(a[key], rel=1e-3)
+
+
+def test_submitit_local_executor_runs_the_cells(tmp_path):
+    pytest.importorskip("submitit")
+    exp, jobs = _grid(
+        tmp_path, mixtures={}, upstream={"acac": tiny()["upstream"]["acac"]}, launcher={"name": "submitit-local"}
+    )
+    run_submitit(exp, jobs, tmp_path, False, False, QUIET)
+    rows = _rows(jobs, tmp_path)
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    assert (tmp_path / "submitit").is_dir()
