@@ -231,11 +231,6 @@ def run_experiment(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """The whole experiment into `out`; returns the summary (also OUT/summary.json)."""
-    from atomsift.csi.report import bar_chart, print_tables, write_outputs
-    from atomsift.experiment.csi import grid_csi
-    from atomsift.experiment.report import print_summary, write_report, write_results
-    from atomsift.experiment.summary import summarize
-
     console = console or Console()
     out = Path(out)
     jobs = build_jobs(exp, out)
@@ -244,6 +239,11 @@ def run_experiment(
         print_grid(exp, jobs, counts or Counter(), console)
         preflight(exp, jobs, console, show=True)
         return {}
+    from atomsift.csi.report import bar_chart, print_tables, write_outputs
+    from atomsift.experiment.csi import grid_csi
+    from atomsift.experiment.report import print_summary, write_report, write_results
+    from atomsift.experiment.summary import summarize
+
     out = check_output_dir(out)
     if not report_only:
         counts = check_folders(jobs, resume=resume, overwrite=overwrite)
