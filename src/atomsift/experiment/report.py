@@ -122,10 +122,16 @@ def _csi_figure(down: str, task: dict[str, Any], path: Path) -> Path:
         floor = min(v for v in vals + [c["ci_low"] or math.inf for c in cands] if v and v > 0) / 3
         lo = [min(e, v - floor) if v > 0 else 0.0 for v, e in zip(vals, lo, strict=True)]
         vals = [max(v, floor) for v in vals]
-    ax.bar(range(len(cands)), vals, color=colors, yerr=[lo, hi], capsize=3)
+    ax.bar(range(len(cands)), vals, color=colors)
+    for i, c in enumerate(cands):  # error bars only where an interval exists; the value above each bar
+        if c["ci_low"] is not None and c["ci_high"] is not None:
+            ax.errorbar(i, vals[i], yerr=[[lo[i]], [hi[i]]], color="black", capsize=3)
+        top = vals[i] + hi[i]
+        ax.annotate(fmt(c["csi"]), (i, top), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
     ax.set_xticks(range(len(cands)), [c["name"] for c in cands], rotation=20, ha="right")
     if log:
         ax.set_yscale("log")
+        ax.set_ylim(bottom=floor)
     ax.set_ylabel(f"CSI [{task['csi_units'] or 'feature units'}]" + (", log scale" if log else ""), fontsize=8)
     ax.set_title(f"CSI to {down} (lower = closer; orange = mixture)", fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
