@@ -148,7 +148,7 @@ def test_fewer_than_three_candidates_and_single_seed() -> None:
     assert "at least 3" in b["correlation"]["all"]["spearman"]["reason"]
     assert all(c["std"] is None and c["n"] == 1 for c in b["candidates"])
     assert s["tasks"]["d1"]["scratch"]["std"] is None
-    assert "no rank correlation" in s["tasks"]["d1"]["verdict"]
+    assert "No rank correlation" in s["tasks"]["d1"]["verdict"]
 
 
 def test_fig4_comparison_only_for_mixtures_holding_the_best_single() -> None:

@@ -290,7 +290,7 @@ def _pm(c: dict[str, Any], unit: str) -> str:
 def _corr_text(corr: dict[str, Any], label: str, note: str = "") -> str:
     rho, tau = corr["spearman"], corr["kendall"]
     if rho["statistic"] is None:
-        return f"{label}no rank correlation ({rho['reason']})."
+        return f"{label}{'n' if label else 'N'}o rank correlation ({rho['reason']})."
     how = (
         "exact permutation test" if rho["exact"] else f"Monte-Carlo permutation test, {rho['n_permutations']} pairings"
     )
@@ -309,6 +309,10 @@ def _corr_text(corr: dict[str, Any], label: str, note: str = "") -> str:
     else:
         text += f" p < {ALPHA} on {corr['n']} candidates (one grid, not independent replications)."
     return text
+
+
+def _csi_rank(c: dict[str, Any]) -> str:
+    return "no CSI" if c["csi"] is None else f"CSI {fmt(c['csi'])}, {ordinal(c['rank_csi'])} by CSI"
 
 
 def _budget_verdict(b: dict[str, Any], scratch: dict[str, Any], unit: str) -> list[str]:
@@ -331,8 +335,7 @@ def _budget_verdict(b: dict[str, Any], scratch: dict[str, Any], unit: str) -> li
         else:
             out.append(
                 f"CSI ranked {low['name']} ({fmt(low['csi'])}) first, but it came {ordinal(low['rank_metric'])} of "
-                f"{b['n_ranked']}: {_pm(low, unit)}; best was {best['name']} (CSI {fmt(best['csi'])}, "
-                f"{ordinal(best['rank_csi']) if best['rank_csi'] else 'no'} by CSI): {_pm(best, unit)}."
+                f"{b['n_ranked']}: {_pm(low, unit)}; best was {best['name']} ({_csi_rank(best)}): {_pm(best, unit)}."
             )
     if best is not None and scratch["mean"] is not None:
         gain = "" if best["gain"] is None else f", gain {100 * best['gain']:.1f} %"
@@ -381,5 +384,6 @@ def verdict(task: dict[str, Any]) -> str:
         text = "; ".join(f"{k}: {v}" for k, v in orders.items())
         parts.append(f"Equal budget C={g['budget']}: {text} ({'same' if same else 'different'} order).")
     if task["scratch"]["excluded"]:
-        parts.append(f"Scratch: {task['scratch']['excluded']} run(s) excluded ({task['scratch']['failed']} failed).")
+        sc = task["scratch"]
+        parts.append(f"Scratch: {sc['excluded']} run(s) excluded ({sc['failed']} failed, {sc['pending']} pending).")
     return " ".join(parts)
