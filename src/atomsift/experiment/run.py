@@ -266,6 +266,5 @@ def run_experiment(
     summary = summarize(rows)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     files = write_report(rows, summary, out)
-    print_summary(summary, console)
-    console.print(f"report: {files.get('report', out / 'report.md')}; figures: {out}/figures/; rows: {out}/results.csv")
+    print_summary(summary, console, files)
     return summary

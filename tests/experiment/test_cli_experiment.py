@@ -1,0 +1,98 @@
+"""`atomsift experiment` in a subprocess: the tiny grid end to end, its report recomputed from results.csv,
+--report-only, --dry-run, and one-paragraph errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+import subprocess
+import sys
+
+import yaml
+from _grid_helpers import tiny
+from scipy import stats as sps
+
+
+def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "atomsift", "experiment", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _config(tmp_path, **overrides):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(tiny(**overrides), sort_keys=False))
+    return str(path)
+
+
+def test_tiny_grid_end_to_end_and_report_equals_results(tmp_path):
+    config = _config(tmp_path, seeds=[0, 1])
+    out = tmp_path / "exp"
+    done = run("--config", config, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("results.csv", "results.json", "summary.json", "report.md", "experiment.yaml", "csi/csi.csv"):
+        assert (out / name).is_file(), name
+    assert "Downstream ethanol" in done.stdout and "Spearman" in done.stdout
+
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 * 2  # (acac, oxides, acac+oxides, scratch) x 2 seeds, one task, one budget
+    assert {r["status"] for r in rows} == {"ok"}
+    # recompute the summary's numbers from results.csv alone
+    means, csis = {}, {}
+    for r in rows:
+        means.setdefault(r["upstream"], []).append(float(r["value"]))
+        if r["csi"]:
+            csis[r["upstream"]] = float(r["csi"])
+    summary = json.loads((out / "summary.json").read_text())
+    block = summary["tasks"]["ethanol"]["budgets"]["N=40,E=2"]
+    for cand in block["candidates"]:
+        assert cand["mean"] == statistics.mean(means[cand["name"]])
+        assert cand["std"] == statistics.stdev(means[cand["name"]])
+        assert cand["csi"] == csis[cand["name"]]
+    scratch = statistics.mean(means["scratch"])
+    assert summary["tasks"]["ethanol"]["scratch"]["mean"] == scratch
+    names = sorted(csis)
+    rho = sps.spearmanr([csis[n] for n in names], [statistics.mean(means[n]) for n in names]).statistic
+    assert block["correlation"]["all"]["spearman"]["statistic"] == rho
+    best = min(names, key=lambda n: statistics.mean(means[n]))
+    assert block["best"] == best
+    assert block["lowest_csi"] == min(names, key=lambda n: csis[n])
+    # the report shows those numbers
+    report = (out / "report.md").read_text()
+    assert f"{rho:.3f}" in report and best in report
+
+    # a rerun trains nothing; --report-only gathers the same rows
+    again = run("--config", config, "--out", str(out))
+    assert again.returncode == 0 and "reused" in again.stdout
+    assert not re.search(r"[1-9]\d* cells run", again.stdout)
+    only = run("--config", config, "--out", str(out), "--report-only", "seeds=[0,1,2]")
+    assert only.returncode == 0, only.stderr[-2000:]
+    with open(out / "results.csv") as fh:
+        rows3 = list(csv.DictReader(fh))
+    assert sum(r["status"] == "pending" for r in rows3) == 4 and sum(r["status"] == "ok" for r in rows3) == 8
+
+
+def test_dry_run_trains_nothing(tmp_path):
+    out = tmp_path / "exp"
+    done = run("--config", _config(tmp_path), "--out", str(out), "--dry-run")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pretraining plan" in done.stdout and "acac+oxides" in done.stdout and "20 train / 10 val" in done.stdout
+    assert not (out / "cells").exists()
+
+
+def test_errors_are_one_paragraph(tmp_path):
+    bad_mix = run(
+        "--config", _config(tmp_path, mixtures={"m": {"of": ["acac", "metals"]}}), "--out", str(tmp_path / "a")
+    )
+    assert bad_mix.returncode == 2 and "metals" in bad_mix.stderr and "Traceback" not in bad_mix.stderr
+    empty = run("--config", _config(tmp_path, downstream={}), "--out", str(tmp_path / "b"))
+    assert empty.returncode == 2 and "empty" in empty.stderr and "Traceback" not in empty.stderr
+    # a downstream without the labels its preset trains: adsorbates have energies only, rmd17 trains forces
+    down = tiny()["downstream"]
+    down["ethanol"]["path"] = "bundled:adsorbates"
+    no_forces = run("--config", _config(tmp_path, downstream=down), "--out", str(tmp_path / "c"))
+    assert no_forces.returncode == 2 and "lacks forces" in no_forces.stderr and "Traceback" not in no_forces.stderr
+    assert not (tmp_path / "c" / "cells").exists()  # refused before any work
