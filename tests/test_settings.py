@@ -97,3 +97,16 @@ def test_output_rules(tmp_path):
     with pytest.raises(ConfigError, match="existing file"):
         check_output_dir(target)
     assert check_output_dir(tmp_path / "run").is_dir()
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path):
+    import os
+    import stat
+
+    from atomsift.settings import write_text_atomic
+
+    (tmp_path / "plain.txt").write_text("x")
+    write_text_atomic(tmp_path / "atomic.txt", "x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "atomic.txt").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "plain.txt").st_mode)
+    assert (tmp_path / "atomic.txt").read_text() == "x"

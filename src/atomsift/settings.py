@@ -187,11 +187,18 @@ def _suffix_hint(what: str) -> str:
     return ""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a text file atomically (temporary file beside it + rename): an interruption leaves no partial file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets the mode open() would give it
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)

@@ -1,4 +1,5 @@
-"""`atomsift demo`: the main job on the bundled data (for now: the data overview)."""
+"""`atomsift demo`: the main job on the bundled data: the data overview, then the paper's experiment on the
+bundled mini-benchmark (atomsift/configs/experiment_demo.yaml; docs/experiment.md, docs/benchmark.md)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,20 @@ from rich.table import Table
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the demo's outputs."),
-    csi: bool = typer.Option(True, "--csi/--no-csi", help="Also rank the bundled upstream sets by CSI."),
+    experiment: bool = typer.Option(
+        True, "--experiment/--no-experiment", help="Run the experiment after the overview (CSI, training, report)."
+    ),
+    csi: bool | None = typer.Option(None, "--csi/--no-csi", hidden=True, help="Old name of --experiment."),
+    seed: list[int] | None = typer.Option(None, "--seed", help="Seeds of the grid (repeat the flag; default 0 1)."),
+    jobs: int | None = typer.Option(None, "--jobs", help="Run K jobs at once in local processes (default 1)."),
 ) -> None:
-    """The main job on the bundled data: a data overview table, then CSI rankings with a bar chart."""
+    """The main job: a data overview, then CSI of five upstream sets to two tasks, pretraining on each,
+    finetuning (and from scratch), and whether the CSI ranking predicted the finetuned errors."""
+    import warnings
+
+    if csi is not None:
+        warnings.warn("--csi/--no-csi is now --experiment/--no-experiment", stacklevel=1)
+        experiment = csi
     from atomsift.cli.common import on_interrupt
     from atomsift.data import open_dataset
     from atomsift.data.bundled import DEMO_DATASETS
@@ -22,7 +34,10 @@ def demo(
     from atomsift.settings import check_output_dir
 
     check_output_dir(out)  # a run folder: the demo reuses what matches inside it
-    on_interrupt("nothing was kept yet (the data overview is written when it is complete); rerun the same command")
+    on_interrupt(
+        "finished experiment cells are kept and reused; rerun the same command to continue (the data overview is "
+        "written when it is complete)"
+    )
 
     console = Console() if Console().is_terminal else Console(width=160)
     table = Table(title="atomsift: bundled datasets", title_justify="left")
@@ -57,23 +72,33 @@ def demo(
     console.print(table)
     (out / "data_overview.json").write_text(json.dumps(rows, indent=2))
     console.print(f"saved {out / 'data_overview.json'}")
-    if csi:
-        _demo_csi(out / "csi", console)
+    if experiment:
+        _demo_experiment(out / "experiment", console, seed, jobs)
 
 
-def _demo_csi(out: Path, console: Console) -> None:
-    """CSI of the bundled upstream candidates to the bundled downstream sets (atomsift/configs/csi_demo.yaml)."""
-    from atomsift.cli.csi import run_and_report
-    from atomsift.csi.config import load_config
+def _demo_experiment(out: Path, console: Console, seeds: list[int] | None, jobs: int | None) -> None:
+    """`atomsift experiment` with the packaged demo grid; the demo owns its folder, so cells from other
+    settings are replaced and interrupted ones resumed (finished matching cells are reused)."""
+    from atomsift.cli.common import at_least_one
+    from atomsift.experiment.config import ExperimentConfig
+    from atomsift.experiment.run import run_experiment
+    from atomsift.settings import resolve_settings
 
-    config = demo_csi_config()
-    console.print(f"\nCSI on the bundled data (settings: {config})")
-    # the demo owns runs/demo: statistics cached by another atomsift version or settings are replaced, not refused
-    run_and_report(load_config(config, {"recompute": True}), out, console)
+    at_least_one(jobs, "--jobs")
+    config = demo_config("experiment_demo.yaml")
+    flags = {"launcher.jobs": jobs, "seeds": list(seeds) if seeds else None, "csi.recompute": True}
+    cfg = resolve_settings(ExperimentConfig, config, flags=flags)
+    console.print(f"\nthe experiment (settings: {config}; the same as configs/experiment_demo.yaml)")
+    run_experiment(cfg, out, resume=True, overwrite=True, console=console)
+
+
+def demo_config(name: str) -> Path:
+    """A packaged demo config (configs/NAME links to the same file)."""
+    from importlib import resources
+
+    return Path(str(resources.files("atomsift.configs") / name))
 
 
 def demo_csi_config() -> Path:
-    """The packaged CSI settings of the demo (configs/csi_demo.yaml links to the same file)."""
-    from importlib import resources
-
-    return Path(str(resources.files("atomsift.configs") / "csi_demo.yaml"))
+    """The packaged CSI example on the bundled data (configs/csi_demo.yaml links to the same file)."""
+    return demo_config("csi_demo.yaml")
