@@ -98,3 +98,19 @@ def test_a_task_key_the_finetuning_does_not_know_is_named(tmp_path):
 def test_scratch_needs_the_architecture(tmp_path):
     with pytest.raises(ConfigError, match="pretrain.backbone"):
         build_jobs(_cfg(pretrain={"batch_size": 10}, upstream={}, mixtures={}, budgets=[]), tmp_path)
+
+
+def test_nominal_sizes_give_a_mixtures_shares(tmp_path):
+    from atomsift.train.data import mixture_counts
+
+    mixtures = {"m": {"mixture": "temperature", "of": ["acac", "oxides"], "temperature": 1.0,
+                      "nominal_sizes": {"acac": 2, "oxides": 1}}}  # fmt: skip
+    exp = _cfg(mixtures=mixtures, budgets=[{"n_samples": 30, "epochs": 1}])
+    job = next(j for j in build_jobs(exp, tmp_path) if j.candidate == "m")
+    s = job.pretrain_settings
+    assert s["nominal_sizes"] == {"acac": 2.0, "oxides": 1.0}
+    sizes = {"acac": 500, "oxides": 295}
+    assert mixture_counts(sizes, 30, s["mixture"], s["temperature"], s["nominal_sizes"]) == {"acac": 20, "oxides": 10}
+    bad = {"m": {**mixtures["m"], "nominal_sizes": {"acac": 2}}}
+    with pytest.raises(ConfigError, match="nominal_sizes"):
+        _cfg(mixtures=bad)

@@ -77,10 +77,10 @@ GRIDS: dict[str, dict[str, Any]] = {
         "tasks": ID_TASKS,
         "preset": "S",
     },
-    # Fig. 4: ANI-1x alone against ANI-1x + OC22 (the paper's 2M + 1M bracketed by 1M + 1M and 1.5M + 1.5M)
+    # Fig. 4: ANI-1x alone against ANI-1x + OC22 (at N = 3M the mixture is the paper's 2M + 1M)
     "fig4_misaligned_data.yaml": {
         "upstream": {"ani1x", "oc22"},
-        "mixtures": {"balanced": {"ani1x", "oc22"}},
+        "mixtures": {"temperature": {"ani1x", "oc22"}},
         "budgets": [(2 * M, 5), (3 * M, 5)],
         "tasks": ID_TASKS,
         "preset": "S",
@@ -130,7 +130,11 @@ def test_config_holds_the_papers_settings(name, tmp_path):
     assert set(exp.upstream) == want["upstream"]
     assert {m.mixture: set(m.of) for m in exp.mixtures.values()} == want["mixtures"]
     for mix in exp.mixtures.values():
-        assert mix.temperature == 2.0  # section 3: Mixed (Temp) uses T = 2
+        if name.startswith("fig4"):  # Fig. 4: 2M ANI-1x + 1M OC22 = shares 2/3, 1/3 (T = 1 over sizes 2 : 1)
+            assert mix.temperature == 1.0 and mix.nominal_sizes == {"ani1x": 2.0, "oc22": 1.0}
+        elif mix.mixture == "temperature":  # section 3: Mixed (Temp) uses T = 2 over JMP's nominal sizes
+            assert mix.temperature == 2.0
+            assert mix.nominal_sizes == {"oc20": 100e6, "oc22": 8e6, "ani1x": 2e6, "transition1x": 10e6}
     assert [(b.n_samples, b.epochs) for b in exp.budgets] == want["budgets"]
     assert exp.singles
     pre = exp.pretrain

@@ -41,6 +41,9 @@ class MixtureSpec(Strict):
     mixture: Literal["balanced", "temperature"] = "balanced"
     of: list[str] = Field(min_length=2, description="upstream names mixed")
     temperature: float = Field(2.0, gt=0)
+    nominal_sizes: dict[str, float] | None = Field(
+        None, description="temperature mixtures: sizes the shares follow (default: the files' real sizes)"
+    )
 
     @field_validator("of")
     @classmethod
@@ -152,6 +155,8 @@ class ExperimentConfig(Strict):
         if clash:
             raise ValueError(f"{', '.join(clash)}: a mixture and an upstream dataset share the name")
         for name, mix in self.mixtures.items():
+            if mix.nominal_sizes is not None and set(mix.nominal_sizes) != set(mix.of):
+                raise ValueError(f"mixture '{name}': nominal_sizes must give exactly the members {mix.of}")
             unknown = [m for m in mix.of if m not in self.upstream]
             if unknown:
                 raise ValueError(

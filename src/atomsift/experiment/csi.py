@@ -1,7 +1,8 @@
 """CSI of every candidate to every downstream task, mixtures included, from the `atomsift csi` pipeline.
 
 A mixture's features follow the mixture distribution of its members' features: a structure comes from member
-i with probability p_i (the pretraining shares: balanced 1/k, temperature n_i^(1/T) / sum_j n_j^(1/T)); with
+i with probability p_i (the pretraining shares: balanced 1/k, temperature n_i^(1/T) / sum_j n_j^(1/T), with the
+mixture's nominal sizes where it gives them); with
 flat aggregation each structure adds its atoms, so an observation comes from member i with weight
 w_i ~ p_i a_i (a_i: the member's observations per structure; 1 for mean / sum / max aggregation). The
 mixture's mean and second moment are then exactly the w-weighted sums of the members' (docs/experiment.md).
@@ -69,7 +70,7 @@ def mixture_shares(exp: ExperimentConfig, name: str, sizes: dict[str, int]) -> l
     """Structure shares p_i of a mixture's members, as pretraining draws them."""
     mix = exp.mixtures[name]
     if mix.mixture == "temperature":
-        shares = temperature_shares({m: sizes[m] for m in mix.of}, mix.temperature)
+        shares = temperature_shares(mix.nominal_sizes or {m: sizes[m] for m in mix.of}, mix.temperature)
         return [shares[m] for m in mix.of]
     return [1.0 / len(mix.of)] * len(mix.of)
 

@@ -83,6 +83,7 @@ def pretrain_settings(exp: ExperimentConfig, candidate: str, budget: Budget, see
             "upstream": {m: exp.upstream[m].model_dump(mode="json", exclude_defaults=True) for m in mix.of},
             "mixture": mix.mixture,
             "temperature": mix.temperature,
+            "nominal_sizes": mix.nominal_sizes,
         }
     else:
         data = {
