@@ -77,7 +77,7 @@ class LabelSettings:
     electronic_temperature_k: float = 300.0
     catalysis_electronic_temperature_k: float = 1000.0  # Fermi smearing for the metals; 300 K failed SCF on some
     max_iterations: int = 250
-    rattle_sigma_a: float = 0.03  # GFN2 forces reach tens of eV/A on QM9 rattled by more than ~0.06 A
+    rattle_sigma_a: float = 0.02  # at 0.03 A a compressed C≡N bond gave 25 eV/A (docs/benchmark.md)
     md_temperature_k: float = 1500.0
     md_timestep_fs: float = 0.5
     md_friction_per_fs: float = 0.01
