@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from atomsift import __version__
 from atomsift.data._benchmark_labels import (
     bond_graph_hash,
     extxyz_frame,
@@ -377,7 +378,7 @@ def make_benchmark(
         sets[name] = {"file": FILES[name], "sha256": sha256_file(path), **writer.summary(), **sets[name]}
     provenance = {
         "generator": "atomsift data make-benchmark",
-        "atomsift_version": _version("atomsift"),
+        "atomsift_version": __version__,
         "seed": seed,
         "sizes": asdict(sizes),
         "settings": asdict(settings),
