@@ -207,14 +207,24 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise
 
 
-def check_output_dir(path: str | Path) -> Path:
-    """Refuse a run folder that is an existing file; create it otherwise (runs reuse what matches inside)."""
+def check_output_dir(path: str | Path, overwrite: bool | None = None) -> Path:
+    """Refuse a folder output that is an existing file; create it otherwise.
+
+    `overwrite` None: a run folder (runs reuse what matches inside). False: a generated folder, refused when
+    it exists and is not empty. True: such a folder may exist; the command replaces its own files in it.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(
             "--out names an existing file, but this command writes a folder",
             file=path,
             fix="choose a folder name for --out",
+        )
+    if overwrite is False and path.is_dir() and any(path.iterdir()):
+        raise ConfigError(
+            "the --out folder exists and is not empty",
+            file=path,
+            fix="pass --overwrite to replace the files this command writes there, or choose another --out",
         )
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -254,3 +254,37 @@ def bundled() -> None:
     for name, (_, fmt, _, text) in BUNDLED.items():
         table.add_row(f"bundled:{name}", fmt, text)
     console.print(table)
+
+
+@app.command("make-benchmark")
+def make_benchmark(
+    out: Path = typer.Option(..., "--out", help="Output folder (refused when it exists and is not empty)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the molecule choice, rattling, MD and subset."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into an existing folder, replacing its files."),
+    qm9: Path | None = typer.Option(
+        None, "--qm9", help="QM9 copy to take molecules from (any QM9 format atomsift reads) instead of qm9pack."
+    ),
+    n_organic: int = typer.Option(600, "--n-organic", help="Rattled QM9 molecules in bench-organic."),
+    n_reactive_molecules: int = typer.Option(20, "--n-reactive-molecules", help="MD trajectories in bench-reactive."),
+    frames_per_molecule: int = typer.Option(20, "--frames-per-molecule", help="Frames kept per MD trajectory."),
+    n_catalysis: int = typer.Option(350, "--n-catalysis", help="Adsorbate+slab structures in bench-catalysis."),
+    n_qm9: int = typer.Option(600, "--n-qm9", help="Downstream QM9 molecules in bench-qm9."),
+) -> None:
+    """Make the mini-benchmark (bench-organic, -reactive, -catalysis, -qm9) with GFN-xTB labels (docs/benchmark.md)."""
+    import time
+
+    from atomsift.data._benchmark_labels import require_modules
+    from atomsift.data.benchmark import FILES, PROVENANCE_FILE, BenchmarkSizes
+    from atomsift.data.benchmark import make_benchmark as make
+    from atomsift.settings import check_output_dir
+
+    sizes = BenchmarkSizes(n_organic, n_reactive_molecules, frames_per_molecule, n_catalysis, n_qm9)
+    sizes.check()
+    require_modules(["tblite"] + (["qm9pack"] if qm9 is None else []))
+    dest = check_output_dir(out, overwrite)
+    start = time.perf_counter()
+    provenance = make(dest, seed=seed, sizes=sizes, qm9=qm9)
+    for name, file in FILES.items():
+        info = provenance["sets"][name]
+        console.print(f"{name}: {info['n_structures']} structures, {info['n_atoms']} atoms -> {dest / file}")
+    console.print(f"provenance: {dest / PROVENANCE_FILE}; wall time {time.perf_counter() - start:.0f} s")

@@ -22,6 +22,31 @@ BUNDLED: dict[str, tuple[str, str, dict[str, Any], str]] = {
     "oc20-frame": ("oc20_adslab_frame.json", "ase-db", {}, "one OC20-style adsorbate+slab frame"),
     "ethanol-isolated-atoms": ("rmd17_ethanol_isolated_atoms.xyz", "extxyz", {}, "isolated-atom energies, ethanol set"),
     "acac-isolated-atoms": ("acac_isolated_atoms.xyz", "extxyz", {}, "isolated-atom energies, acac set"),
+    # the mini-benchmark (docs/benchmark.md), made by `atomsift data make-benchmark` with default settings
+    "bench-organic": (
+        "benchmark/organic_gfn2.xyz",
+        "extxyz",
+        {},
+        "600 rattled QM9 molecules, GFN2-xTB energy and forces (ANI-1x's role)",
+    ),
+    "bench-reactive": (
+        "benchmark/reactive_md_gfn2.xyz",
+        "extxyz",
+        {},
+        "400 frames of 1500 K GFN2-xTB MD of 20 QM9 molecules (Transition-1x's role)",
+    ),
+    "bench-catalysis": (
+        "benchmark/catalysis_gfn1.xyz",
+        "extxyz",
+        {"class_key": "metal"},  # the slab's metal, as OC20's classes are bulk compositions (adsorbate ignored)
+        "350 adsorbate+fcc(111) slabs, periodic GFN1-xTB energy and forces (OC20's role)",
+    ),
+    "bench-qm9": (
+        "benchmark/qm9_downstream.xyz",
+        "extxyz",
+        {},
+        "600 QM9 molecules (none used upstream), targets U0, U0_atom, gap, homo, lumo in eV",
+    ),
 }
 
 DEMO_DATASETS = ("ethanol", "acac", "oxides", "adsorbates", "oc20-frame")
