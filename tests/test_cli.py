@@ -67,12 +67,17 @@ def test_unknown_target_lists_the_available_ones():
 
 
 def test_demo_prints_table_and_saves_json(tmp_path):
-    proc = run("demo", "--out", str(tmp_path), "--no-csi")  # the CSI part: tests/test_csi_pipeline.py
+    # the experiment part: tests/experiment/ (the demo's grid: test_demo_config.py)
+    proc = run("demo", "--out", str(tmp_path), "--no-experiment")
     assert proc.returncode == 0, proc.stderr
-    for name in ("bundled:ethanol", "bundled:acac", "bundled:oxides", "bundled:adsorbates", "bundled:oc20-frame"):
-        assert name in proc.stdout
+    names = ["ethanol", "acac", "oxides", "adsorbates", "oc20-frame", "bench-organic", "bench-reactive"]
+    names += ["bench-catalysis", "bench-qm9"]
+    for name in names:
+        assert f"bundled:{name}" in proc.stdout
     rows = json.loads((tmp_path / "data_overview.json").read_text())
-    assert [r["name"] for r in rows] == ["ethanol", "acac", "oxides", "adsorbates", "oc20-frame"]
+    assert [r["name"] for r in rows] == names
+    old = run("demo", "--out", str(tmp_path), "--no-csi")  # the old flag still works, with a warning
+    assert old.returncode == 0 and "--experiment" in old.stderr
 
 
 def test_convert_to_aselmdb_roundtrip(tmp_path):

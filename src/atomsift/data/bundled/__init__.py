@@ -49,7 +49,17 @@ BUNDLED: dict[str, tuple[str, str, dict[str, Any], str]] = {
     ),
 }
 
-DEMO_DATASETS = ("ethanol", "acac", "oxides", "adsorbates", "oc20-frame")
+DEMO_DATASETS = (
+    "ethanol",
+    "acac",
+    "oxides",
+    "adsorbates",
+    "oc20-frame",
+    "bench-organic",
+    "bench-reactive",
+    "bench-catalysis",
+    "bench-qm9",
+)
 """The bundled datasets the main job (`make demo`) reports on."""
 
 
