@@ -371,3 +371,19 @@ def test_random_sample_never_repeats_or_exceeds_the_dataset(tmp_path):
     row = run_csi(cfg, tmp_path / "out")[0]
     assert row["n_structures_upstream"] == row["n_unique_upstream"] == row["n_total_upstream"] == 500
     assert row["n_structures_downstream"] == row["n_unique_downstream"] == 1000
+
+
+def test_upstream_sampling_sets_the_default_of_upstream_sets(tmp_path):
+    from atomsift.csi.pipeline import sample_indices
+    from atomsift.data import open_dataset
+
+    ds = open_dataset("bundled:adsorbates")  # classes: the 7 metals
+    spec = DatasetSpec(path="bundled:adsorbates")
+    cfg = CSIConfig(n_samples=70)
+    _, method = sample_indices(ds, spec, "upstream", cfg)
+    assert method == "balanced"
+    idx, method = sample_indices(ds, spec, "upstream", CSIConfig(n_samples=70, upstream_sampling="random"))
+    assert method == "random" and len(set(idx.tolist())) == 70
+    own = DatasetSpec(path="bundled:adsorbates", sampling="balanced")  # a spec's own sampling wins
+    assert sample_indices(ds, own, "upstream", CSIConfig(n_samples=70, upstream_sampling="random"))[1] == "balanced"
+    assert sample_indices(ds, spec, "downstream", cfg)[1] == "random"

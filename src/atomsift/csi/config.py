@@ -27,6 +27,9 @@ class CSIConfig(BaseModel):
     extractor_options: dict[str, Any] = Field(default_factory=dict)
     aggregation: Literal["flat", "mean", "sum", "max"] = "flat"
     n_samples: int = Field(10_000, ge=1, description="structures per dataset")
+    upstream_sampling: Literal["balanced", "random"] = Field(
+        "balanced", description="how upstream sets are sampled where their spec does not say (downstream: random)"
+    )
     seed: int = 0
     bootstrap: int = Field(100, ge=0, description="bootstrap resamples for the intervals (0: off)")
     groups: int = Field(32, ge=2, description="random blocks of whole structures resampled by the bootstrap")

@@ -87,7 +87,7 @@ def _n_groups(cfg: CSIConfig, n_structures: int, dim: int) -> int:
 def sample_indices(ds: Dataset, spec: DatasetSpec, role: str, cfg: CSIConfig) -> tuple[np.ndarray, str]:
     """Indices of the sample and the sampling actually used ('balanced' falls back to 'random' without classes)."""
     n = spec.n_samples or cfg.n_samples
-    method = spec.sampling or ("balanced" if role == "upstream" else "random")
+    method = spec.sampling or (cfg.upstream_sampling if role == "upstream" else "random")
     if method == "balanced":
         labels = ds.class_labels()
         if labels is not None:
