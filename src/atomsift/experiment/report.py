@@ -167,7 +167,9 @@ def _corr_label(corr: dict[str, Any]) -> str:
     )
 
 
-def _scatter_figure(down: str, key: str, b: dict[str, Any], unit: str, path: Path) -> Path:
+def _scatter_figure(
+    down: str, key: str, b: dict[str, Any], unit: str, path: Path, scratch: dict[str, Any] | None = None
+) -> Path:
     plt = _plt()
     cands = [c for c in b["candidates"] if c["mean"] is not None and c["csi"] is not None]
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
@@ -177,6 +179,10 @@ def _scatter_figure(down: str, key: str, b: dict[str, Any], unit: str, path: Pat
         ax.annotate(c["name"], (c["csi"], c["mean"]), xytext=(4, 4), textcoords="offset points", fontsize=8)
     if _log_axis([c["csi"] for c in cands]):
         ax.set_xscale("log")
+    if scratch and scratch.get("mean") is not None:
+        ax.axhline(scratch["mean"], color="tab:gray", linestyle="--", linewidth=1)
+        ax.annotate("scratch", (0.99, scratch["mean"]), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                    fontsize=8, color="tab:gray")  # fmt: skip
     ax.set_xlabel("CSI (lower = closer)", fontsize=9)
     ax.set_ylabel(f"{b['metric']}" + (f" [{unit}]" if unit else ""), fontsize=8)
     ax.set_title(f"{down}, {key}\n{_corr_label(b['correlation']['all'])}", fontsize=9)
@@ -294,7 +300,7 @@ def write_report(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: P
             paths[f"metric:{down}:{key}"] = _metric_figure(down, key, b, s, unit, figs / f"metric_{d}_{k}.png")
             md += [f"![metric, {down}, {key}](figures/metric_{d}_{k}.png)", ""]
             md += _table(["set", "n", "Spearman", "p", "Kendall tau-b", "p", "test"], _corr_rows(b))
-            paths[f"scatter:{down}:{key}"] = _scatter_figure(down, key, b, unit, figs / f"scatter_{d}_{k}.png")
+            paths[f"scatter:{down}:{key}"] = _scatter_figure(down, key, b, unit, figs / f"scatter_{d}_{k}.png", s)
             md += [f"![CSI vs metric, {down}, {key}](figures/scatter_{d}_{k}.png)", ""]
             if b["csi_ties"]:
                 md += ["CSI intervals overlap: " + ", ".join(f"{a}/{c}" for a, c in b["csi_ties"]), ""]
