@@ -64,6 +64,17 @@ def xtb_calculator(method: str, *, accuracy: float, electronic_temperature: floa
     )
 
 
+def one_openmp_thread() -> Any:
+    """A context in which every loaded OpenMP runtime (tblite's, torch's) runs one thread (threadpoolctl).
+
+    tblite is imported first, so its runtime is loaded and limited too."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import tblite.ase  # noqa: F401  (loads tblite's OpenMP runtime before the limit is applied)
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="openmp")
+
+
 def xtb_errors() -> tuple[type[BaseException], ...]:
     """The exceptions a failed tblite calculation raises (SCF not converged, ...); its ASE calculator wraps
     tblite's own errors in ASE's CalculationFailed."""

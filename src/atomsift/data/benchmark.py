@@ -29,6 +29,7 @@ from atomsift.data._benchmark_labels import (
     bond_graph_hash,
     extxyz_frame,
     langevin_frames,
+    one_openmp_thread,
     progress_bar,
     require_modules,
     sha256_file,
@@ -313,13 +314,16 @@ def make_benchmark(
     out = Path(out)
     ds, source = open_qm9_source(qm9)
     rows = _Rows(ds, seed)
-    organic, organic_meta = _organic(rows, sizes.n_organic, settings, seed, progress)
-    reactive, reactive_meta = _reactive(
-        rows, sizes.n_reactive_molecules, sizes.frames_per_molecule, settings, seed, progress
-    )
-    upstream_graphs = set(organic_meta.pop("_graphs")) | set(reactive_meta.pop("_graphs"))
-    downstream, downstream_meta = _qm9_downstream(rows, sizes.n_qm9, upstream_graphs)
-    catalysis, catalysis_meta = _catalysis(sizes.n_catalysis, settings, seed, progress)
+    # One OpenMP thread for tblite even where the runtime started before OMP_NUM_THREADS was set (torch
+    # imported first, as in a test process): otherwise the labels' last digits depend on the thread count.
+    with one_openmp_thread():
+        organic, organic_meta = _organic(rows, sizes.n_organic, settings, seed, progress)
+        reactive, reactive_meta = _reactive(
+            rows, sizes.n_reactive_molecules, sizes.frames_per_molecule, settings, seed, progress
+        )
+        upstream_graphs = set(organic_meta.pop("_graphs")) | set(reactive_meta.pop("_graphs"))
+        downstream, downstream_meta = _qm9_downstream(rows, sizes.n_qm9, upstream_graphs)
+        catalysis, catalysis_meta = _catalysis(sizes.n_catalysis, settings, seed, progress)
 
     mol_labels = {
         "program": "tblite",
