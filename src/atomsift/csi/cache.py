@@ -96,5 +96,5 @@ def lookup(path: Path, provenance: dict[str, Any], recompute: bool = False) -> d
     raise ConfigError(
         f"the statistics cache file was computed with other settings ({detail})",
         file=path,
-        fix="pass --recompute to replace it, or choose another --cache-dir",
+        fix="pass --recompute (csi.recompute=true in an experiment) to replace it, or choose another --cache-dir",
     )

@@ -192,7 +192,8 @@ def plan_dataset(sample: _Sample, extractor: FeatureExtractor, cfg: CSIConfig, o
         "indices_sha256": indices_hash(indices),
     }
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-    cache_file = cache_dir / f"{role}-{name}.{extractor.name}.{cfg.aggregation}.npz"
+    # the sampling method is in the name so that balanced and random samples of one dataset are kept side by side
+    cache_file = cache_dir / f"{role}-{name}.{extractor.name}.{cfg.aggregation}.{method}.npz"
     cached = lookup(cache_file, provenance, recompute=cfg.recompute)
     return _Plan(name, role, ds, indices, method, n_groups, provenance, cache_file, cached)
 
