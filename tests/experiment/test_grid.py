@@ -114,3 +114,10 @@ def test_nominal_sizes_give_a_mixtures_shares(tmp_path):
     bad = {"m": {**mixtures["m"], "nominal_sizes": {"acac": 2}}}
     with pytest.raises(ConfigError, match="nominal_sizes"):
         _cfg(mixtures=bad)
+
+
+def test_scratch_from_a_checkpoint_backbone_takes_its_architecture(tmp_path):
+    pre = {**tiny()["pretrain"], "backbone": {"checkpoint": "/data/jmp-s.pt"}}
+    jobs = build_jobs(_cfg(pretrain=pre), tmp_path)
+    s = jobs[-1].finetunes[0].settings
+    assert s["from_scratch"] is True and s["checkpoint"] == "/data/jmp-s.pt" and s["backbone"] is None

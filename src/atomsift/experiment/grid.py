@@ -102,6 +102,14 @@ def settings_digest(settings: dict[str, Any] | None) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _architecture(backbone: dict[str, Any]) -> dict[str, Any]:
+    """The scratch baseline's architecture keys: a new backbone's spec, or the checkpoint pretraining starts from
+    (its architecture only: from_scratch re-initialises the weights)."""
+    if backbone.get("checkpoint"):
+        return {"checkpoint": backbone["checkpoint"], "trust_checkpoint": bool(backbone.get("trust_checkpoint"))}
+    return {"backbone": backbone}
+
+
 def _members(exp: ExperimentConfig, candidate: str) -> tuple[str, ...]:
     return tuple(exp.mixtures[candidate].of) if candidate in exp.mixtures else (candidate,)
 
@@ -151,7 +159,7 @@ def build_jobs(exp: ExperimentConfig, out: Path) -> list[Job]:
         for seed in exp.seeds:
             job = Job(f"{SCRATCH}/seed{seed}", SCRATCH, SCRATCH, (), None, seed, None, None)
             for task in exp.downstream:
-                ft = finetune_settings(exp, task, from_scratch=True, backbone=backbone, seed=seed)
+                ft = finetune_settings(exp, task, from_scratch=True, seed=seed, **_architecture(backbone))
                 job.finetunes.append(
                     FinetuneCell(
                         task,
