@@ -213,3 +213,30 @@ def test_negative_variances_are_refused():
     m = np.zeros(3)
     with pytest.raises(ConfigError, match="negative variances"):
         frechet_distance(m, -np.eye(3), m, np.eye(3))
+
+
+def test_cholesky_and_eigh_factors_give_the_same_distance():
+    from atomsift.csi.frechet import FrechetReference
+
+    rng = np.random.default_rng(7)
+    d = 40
+    x, y = rng.standard_normal((200, d)), rng.standard_normal((300, d)) * 1.5 + 0.3
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    ref = FrechetReference(x.mean(0), s1)
+    assert ref.factor_kind == "cholesky"
+    fast = ref.distance(y.mean(0), s2)
+    from atomsift.csi.frechet import _psd_sqrt
+
+    ref.factor, ref.factor_kind = _psd_sqrt(s1), "eigh"
+    assert abs(ref.distance(y.mean(0), s2) - fast) <= 1e-10 * fast
+
+
+def test_singular_reference_falls_back_to_the_clipped_square_root():
+    from atomsift.csi.frechet import FrechetReference
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((10, 30))  # n < d: rank 9
+    ref = FrechetReference(x.mean(0), np.cov(x, rowvar=False))
+    assert ref.factor_kind == "eigh"
+    value = ref.distance(np.zeros(30), np.eye(30))
+    assert np.isfinite(value) and value >= 0

@@ -3,14 +3,19 @@
     CSI = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^1/2)
 
 S1 S2 is not symmetric, and the usual route (``scipy.linalg.sqrtm(S1 @ S2)``, then the real part) is
-slow, can return large imaginary parts and NaN for singular covariances. Here, with R = S1^1/2 (from
-``eigh``, negative eigenvalues clipped), S1 S2 is similar to the symmetric positive semi-definite
-R S2 R, so
+slow, can return large imaginary parts and NaN for singular covariances. Here S1 = L L^T is factored once
+(Cholesky, lower L), and S1 S2 = L (L^T S2 L) L^-1 is similar to the symmetric positive semi-definite
+M = L^T S2 L, so
 
-    Tr((S1 S2)^1/2) = sum_i sqrt(max(lambda_i(R S2 R), 0))
+    Tr((S1 S2)^1/2) = sum_i sqrt(max(lambda_i(M), 0))
 
-with the eigenvalues from ``eigvalsh``: real by construction, never NaN. R depends only on one side,
-so ``FrechetReference`` computes it once for a downstream set and reuses it for every upstream one.
+with the eigenvalues only of M (LAPACK's divide-and-conquer driver): real by construction, never NaN. One
+cheap factorisation per reference and one eigenvalue solve per pair. When S1 is singular or too close to it
+for a Cholesky factor (fewer observations than dimensions, repeated structures), L is replaced by the
+symmetric square root R = S1^1/2 from ``eigh`` with negative eigenvalues clipped (then M = R S2 R); both
+factors give the same eigenvalues, as R R^T = L L^T = S1. The factor depends only on one side, so
+``FrechetReference`` computes it once for a downstream set and reuses it for every upstream one (and for
+every bootstrap replicate of the upstream side).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import scipy.linalg
 
 from atomsift.errors import ConfigError
 
@@ -69,6 +75,25 @@ def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
     return vs @ v.T
 
 
+def psd_factor(sigma: np.ndarray) -> tuple[np.ndarray, str]:
+    """A factor F with F F^T = sigma: (the lower Cholesky factor, 'cholesky') when sigma is positive definite
+    to working precision, else (the clipped symmetric square root, 'eigh')."""
+    try:
+        lower = scipy.linalg.cholesky(sigma, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return _psd_sqrt(sigma), "eigh"
+    # a factor with a tiny pivot (relative to the largest) loses the small eigenvalues to rounding: use eigh
+    pivots = np.abs(np.diag(lower))
+    if not np.isfinite(lower).all() or pivots.min() <= 1e-7 * pivots.max():
+        return _psd_sqrt(sigma), "eigh"
+    return lower, "cholesky"
+
+
+def eigvalsh_only(m: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a symmetric matrix (d,), ascending; divide and conquer, no eigenvectors; m is overwritten."""
+    return scipy.linalg.eigh(m, eigvals_only=True, driver="evd", overwrite_a=True, check_finite=False)
+
+
 class FrechetReference:
     """One side of the Frechet distance (the downstream set) with its covariance square root precomputed.
 
@@ -82,7 +107,7 @@ class FrechetReference:
         self.mu, self.sigma = _check_gaussian(mu, sigma, name)
         self.name = name
         self.trace = float(np.trace(self.sigma))
-        self.sqrt_sigma = _psd_sqrt(self.sigma)  # R = S_ref^1/2, computed once
+        self.factor, self.factor_kind = psd_factor(self.sigma)  # F F^T = S_ref, computed once
 
     @property
     def dim(self) -> int:
@@ -90,18 +115,26 @@ class FrechetReference:
         return int(self.mu.shape[0])
 
     def trace_sqrt_product(self, sigma: np.ndarray) -> float:
-        """Tr((S_ref S)^1/2) = sum sqrt(clip(eigvalsh(R S R), 0)) for a validated symmetric S."""
-        r = self.sqrt_sigma
+        """Tr((S_ref S)^1/2) = sum sqrt(clip(eigvalsh(F^T S F), 0)) for a validated symmetric S."""
         with np.errstate(over="ignore", invalid="ignore"):
-            m = r @ sigma @ r
+            m = self._congruence(sigma)
             m = 0.5 * (m + m.T)
         if not np.isfinite(m).all():  # only float64 overflow gets here (covariance entries beyond ~1e150)
             raise ConfigError(
                 f"the product of the covariances of {self.name} and the compared set overflows float64",
                 fix="rescale the features (their covariance entries are too large)",
             )
-        ev = np.linalg.eigvalsh(m)
+        ev = eigvalsh_only(m)
         return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
+
+    def _congruence(self, sigma: np.ndarray) -> np.ndarray:
+        """F^T S F: two triangular products (BLAS trmm, half the work of full ones) for a Cholesky factor."""
+        f = self.factor
+        if self.factor_kind != "cholesky":
+            return f.T @ (sigma @ f)
+        trmm = scipy.linalg.blas.get_blas_funcs("trmm", (f, sigma))
+        sl = trmm(1.0, f, sigma, side=1, lower=1)  # S L
+        return trmm(1.0, f, sl, side=0, lower=1, trans_a=1, overwrite_b=1)  # L^T (S L)
 
     def distance(self, mu: object, sigma: object, name: str = "candidate") -> float:
         """Frechet distance between this reference and N(mu, sigma); float >= 0."""
