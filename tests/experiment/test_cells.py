@@ -136,3 +136,60 @@ def test_submitit_local_executor_runs_the_cells(tmp_path):
     rows = _rows(jobs, tmp_path)
     assert {r["status"] for r in rows.values()} == {"ok"}
     assert (tmp_path / "submitit").is_dir()
+
+
+def test_review_cases_error_text_retry_after_checkpoint_moved_folder_and_stale_rows(tmp_path, monkeypatch):
+    import shutil
+
+    from atomsift.errors import ConfigError as CE
+
+    one = {"acac": tiny()["upstream"]["acac"]}
+    _, jobs = _grid(tmp_path / "a", mixtures={}, scratch=False, upstream=one)
+    real = cells._run_finetune
+
+    def config_error(cell, resume, overwrite, console):
+        raise CE("the split asks too much", fix="lower split.train")
+
+    monkeypatch.setattr(cells, "_run_finetune", config_error)
+    run_local(jobs, tmp_path / "a", 1, False, False, QUIET)
+    row = cells.result_rows(jobs, [], tmp_path / "a")[0]
+    assert row["status"] == "failed"
+    assert (
+        row["error"].endswith("the split asks too much. Fix: lower split.train.") and "bound method" not in row["error"]
+    )
+
+    # a cell that failed after its checkpoint (a finished-looking folder without summary + failed.json) is retried
+    monkeypatch.setattr(cells, "_run_finetune", real)
+    run_local(jobs, tmp_path / "a", 1, False, False, QUIET)
+    pre = jobs[0].pretrain_folder
+    (pre / "summary.json").unlink()
+    (pre / "failed.json").write_text('{"error": "diverged (simulated)"}')
+    assert check_folders(jobs, resume=False, overwrite=False)["failed"] == 1
+    status = cells.run_job(jobs[0])
+    assert status[str(pre)] == "ok" and not (pre / "failed.json").exists()
+    values = _values(jobs, tmp_path / "a")
+
+    # the experiment folder moved: every cell is reused (the finetuning's checkpoint path moves with it)
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    _, moved = _grid(tmp_path / "b", mixtures={}, scratch=False, upstream=one)
+    assert check_folders(moved, resume=False, overwrite=False) == {"done": 2}
+    assert set(cells.run_job(moved[0]).values()) == {"reused"}
+    assert _values(moved, tmp_path / "b") == values
+
+    # other settings: the old numbers are reported as stale, never as results of the new grid
+    _, changed = _grid(
+        tmp_path / "b", mixtures={}, scratch=False, upstream=one, pretrain={**tiny()["pretrain"], "lr": 5e-3}
+    )
+    row = cells.result_rows(changed, [], tmp_path / "b")[0]
+    assert row["status"] == "stale" and row["value"] is None and "other settings" in row["error"]
+
+
+def test_rank_on_must_be_a_reported_metric(tmp_path):
+    from atomsift.experiment.run import preflight
+
+    down = tiny()["downstream"]
+    down["ethanol"]["rank_on"] = "nonsense_mae_meV"
+    exp, jobs = _grid(tmp_path, downstream=down)
+    with pytest.raises(ConfigError) as err:
+        preflight(exp, jobs, QUIET, show=False)
+    assert "rank_on" in err.value.message() and "forces_mae_meV_per_A" in err.value.message()

@@ -28,9 +28,15 @@ def test_demo_runs_end_to_end_scaled_down(tmp_path):
     # the packaged grid with budget, epochs and CSI sample scaled down; everything else as make demo runs it
     small = tmp_path / "small.yaml"
     text = demo_config("experiment_demo.yaml").read_text()
-    text = text.replace("{n_samples: 250, epochs: 20}", "{n_samples: 20, epochs: 1}")
-    text = text.replace("epochs: 40\n", "epochs: 1\n").replace("epochs: 30\n", "epochs: 1\n")
-    text = text.replace("n_samples: 200\n", "n_samples: 8\n").replace("bootstrap: 50\n", "bootstrap: 5\n")
+    for old, new, count in (
+        ("{n_samples: 250, epochs: 20}", "{n_samples: 20, epochs: 1}", 1),
+        ("epochs: 40\n", "epochs: 1\n", 2),  # epochs and cosine_epochs
+        ("epochs: 30\n", "epochs: 1\n", 2),
+        ("n_samples: 200\n", "n_samples: 8\n", 1),
+        ("bootstrap: 50\n", "bootstrap: 5\n", 1),
+    ):
+        assert text.count(old) == count, old  # the scaled-down copy must really be small
+        text = text.replace(old, new)
     small.write_text(text)
     out = tmp_path / "exp"
     proc = subprocess.run(

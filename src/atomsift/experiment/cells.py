@@ -29,9 +29,14 @@ def cell_state(folder: Path, settings: dict[str, Any], done_file: str, source: d
     finetuning that started from another pretraining)."""
     saved = folder / "config.yaml"
     if saved.exists():
-        if config_diff(yaml.safe_load(saved.read_text()) or {}, settings):
-            return "conflict"
+        old = yaml.safe_load(saved.read_text()) or {}
         if source and _read_json(folder / SOURCE) not in (None, source):
+            return "conflict"
+        if source and _read_json(folder / SOURCE) == source:
+            # the pretraining it starts from is identified by cell.json; its path moves with the folder
+            old.pop("checkpoint", None)
+            settings = {k: v for k, v in settings.items() if k != "checkpoint"}
+        if config_diff(old, settings):
             return "conflict"
         if (folder / done_file).exists():
             return "done"
@@ -52,12 +57,39 @@ def job_states(job: Job) -> list[tuple[Path, str]]:
 
 
 def _record_failure(folder: Path, exc: BaseException, what: str) -> str:
+    from atomsift.errors import AtomsiftError
+
     folder.mkdir(parents=True, exist_ok=True)
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    fix = getattr(exc, "fix", None)
-    text = f"{what}: {message}" + (f" ({fix})" if fix else "")
+    message = exc.message() if isinstance(exc, AtomsiftError) else (str(exc) or type(exc).__name__)
+    text = f"{what}: {message}"
     write_json(folder / FAILED, {"error": text, "type": type(exc).__name__, "traceback": traceback.format_exc()})
     return text
+
+
+def run_flags(state: str, folder: Path, resume: bool, overwrite: bool) -> tuple[bool, bool]:
+    """(resume, overwrite) for one cell's run: interrupted cells resume with --resume (or restart with
+    --overwrite); a failed cell resumes from its checkpoint with --resume, else starts again; a cell holding
+    other settings is replaced with --overwrite."""
+    has_ckpt = (folder / "checkpoints" / "last.ckpt").exists()
+    if state == "unfinished":
+        return (resume, not resume and overwrite)
+    if state == "failed":
+        return (resume and has_ckpt, not (resume and has_ckpt))
+    return (False, overwrite and state == "conflict")
+
+
+def _adopt_moved_checkpoint(folder: Path, settings: dict[str, Any]) -> None:
+    """A finished or started finetuning whose experiment folder moved: its config.yaml gets the new path of
+    the (same, by cell.json) pretrained weights, so that the run folder's own check accepts it."""
+    saved = folder / "config.yaml"
+    if not saved.exists():
+        return
+    old = yaml.safe_load(saved.read_text()) or {}
+    if old.get("checkpoint") not in (None, settings.get("checkpoint")):
+        old["checkpoint"] = settings.get("checkpoint")
+        from atomsift.settings import write_text_atomic
+
+        write_text_atomic(saved, yaml.safe_dump(old, sort_keys=False))
 
 
 def _clear_failure(folder: Path) -> None:
@@ -71,16 +103,19 @@ def _run_finetune(cell: FinetuneCell, resume: bool, overwrite: bool, console: An
     from atomsift.train.finetune import run_finetuning
 
     state = cell_state(cell.folder, cell.settings, "test_metrics.json", cell.upstream)
+    run_resume, run_overwrite = run_flags(state, cell.folder, resume, overwrite)
     _clear_failure(cell.folder)
     cfg = FinetuneConfig.model_validate(cell.settings)
+    if state in ("done", "unfinished", "failed") and cell.upstream:
+        _adopt_moved_checkpoint(cell.folder, cell.settings)
     if cell.upstream:
         cell.folder.mkdir(parents=True, exist_ok=True)
         write_json(cell.folder / SOURCE, cell.upstream)
     run_finetuning(
         cfg,
         cell.folder,
-        resume=resume and state == "unfinished",
-        overwrite=overwrite and state == "conflict",
+        resume=run_resume,
+        overwrite=run_overwrite,
         console=console,
         progress=False,
     )
@@ -118,14 +153,15 @@ def _run_job(job: Job, resume: bool, overwrite: bool, console: Any) -> dict[str,
 
         folder = job.pretrain_folder
         state = cell_state(folder, job.pretrain_settings, "summary.json")
+        run_resume, run_overwrite = run_flags(state, folder, resume, overwrite)
         _clear_failure(folder)
         try:
             console.rule(f"pretrain {job.name}")
             run_pretraining(
                 PretrainConfig.model_validate(job.pretrain_settings),
                 folder,
-                resume=resume and state == "unfinished",
-                overwrite=overwrite and state == "conflict",
+                resume=run_resume,
+                overwrite=run_overwrite,
                 console=console,
                 progress=False,
             )
@@ -163,10 +199,13 @@ def result_rows(jobs: list[Job], csi_rows: list[dict[str, Any]], out: Path) -> l
         pre = _read_json(job.pretrain_folder / "summary.json") if job.pretrain_folder else None
         for cell in job.finetunes:
             c = csi.get((job.candidate, cell.downstream), {})
-            metrics = _read_json(cell.folder / "test_metrics.json") if (cell.folder / "summary.json").exists() else None
+            state = cell_state(cell.folder, cell.settings, "test_metrics.json", cell.upstream)
+            status = STATUS_OF_STATE[state]
+            metrics = _read_json(cell.folder / "test_metrics.json") if status == "ok" else None
             failed = _read_json(cell.folder / FAILED)
-            ft = _read_json(cell.folder / "summary.json")
-            status = "ok" if metrics is not None else ("failed" if failed is not None else "pending")
+            ft = _read_json(cell.folder / "summary.json") if status == "ok" else None
+            if status == "ok" and metrics is None:
+                status = "pending"
             row: dict[str, Any] = {
                 "upstream": job.candidate,
                 "kind": job.kind,
@@ -183,7 +222,7 @@ def result_rows(jobs: list[Job], csi_rows: list[dict[str, Any]], out: Path) -> l
                 "metric": cell.metric,
                 "value": None if metrics is None else metrics.get(cell.metric),
                 "status": status,
-                "error": None if failed is None or status == "ok" else failed.get("error"),
+                "error": _row_error(status, failed),
                 "pretrain_dir": _rel(job.pretrain_folder, out),
                 "finetune_dir": _rel(cell.folder, out),
                 "pretrain_wall_s": None if pre is None else pre.get("wall_time_s"),
@@ -193,6 +232,19 @@ def result_rows(jobs: list[Job], csi_rows: list[dict[str, Any]], out: Path) -> l
                 row.update({k: v for k, v in metrics.items() if "_mae_" in k or "_rmse_" in k})
             rows.append(row)
     return rows
+
+
+STATUS_OF_STATE = {"done": "ok", "failed": "failed", "conflict": "stale", "new": "pending", "unfinished": "pending"}
+"""A row's status from its cell folder: 'stale' is a finished run whose settings (or pretraining) are not the
+grid's any more; it is reported, never averaged."""
+
+
+def _row_error(status: str, failed: dict[str, Any] | None) -> str | None:
+    if status == "failed" and failed is not None:
+        return failed.get("error")
+    if status == "stale":
+        return "the cell folder holds a run with other settings (or from another pretraining): rerun the grid"
+    return None
 
 
 def _rel(path: Path | None, out: Path) -> str | None:

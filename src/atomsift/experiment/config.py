@@ -149,8 +149,13 @@ class ExperimentConfig(Strict):
         if not self.budgets and (self.upstream or self.mixtures):
             raise ValueError("give at least one budget: budgets: [{n_samples: N, epochs: E}]")
         for name in [*self.upstream, *self.mixtures, *self.downstream]:
-            if name == SCRATCH or not name or any(c in name for c in "/\\ "):
-                raise ValueError(f"'{name}' cannot be a name here (reserved, empty, or holds '/', '\\' or a space)")
+            if name == SCRATCH or not name or name.startswith(".") or any(c in name for c in "/\\ "):
+                raise ValueError(
+                    f"'{name}' cannot be a name here (reserved, empty, starts with '.', or holds '/', '\\' or a space)"
+                )
+        plus = [n for n in self.upstream if "+" in n]
+        if plus:
+            raise ValueError(f"upstream names cannot hold '+' (it joins a mixture's members): {', '.join(plus)}")
         clash = sorted(set(self.upstream) & set(self.mixtures))
         if clash:
             raise ValueError(f"{', '.join(clash)}: a mixture and an upstream dataset share the name")

@@ -72,7 +72,9 @@ def finetune_settings(exp: ExperimentConfig, name: str, **cell: Any) -> Finetune
     data = _deep_merge(load_preset(down.preset), exp.finetune)
     data = _deep_merge(data, down.finetune_keys())
     data.update(data=down.data_spec().model_dump(mode="json", exclude_defaults=True), **cell)
-    return validate(FinetuneConfig, data, source=f"downstream task '{name}'", example=EXAMPLE)
+    return validate(
+        FinetuneConfig, data, source=f"the finetune section or downstream.{name} (with its preset)", example=EXAMPLE
+    )
 
 
 def pretrain_settings(exp: ExperimentConfig, candidate: str, budget: Budget, seed: int) -> PretrainConfig:
@@ -91,7 +93,9 @@ def pretrain_settings(exp: ExperimentConfig, candidate: str, budget: Budget, see
             "mixture": "single",
         }
     data.update(exp.pretrain, n_samples=budget.n_samples, epochs=budget.epochs, seed=seed)
-    return validate(PretrainConfig, data, source=f"pretraining of '{candidate}'", example=EXAMPLE)
+    return validate(
+        PretrainConfig, data, source=f"the pretrain section or upstream (pretraining of '{candidate}')", example=EXAMPLE
+    )
 
 
 def settings_digest(settings: dict[str, Any] | None) -> str:

@@ -44,7 +44,7 @@ def check_folders(jobs: list[Job], *, resume: bool, overwrite: bool) -> Counter:
             "the same settings are kept either way)",
         )
     unfinished = [str(f) for f, s in states if s == "unfinished"]
-    if unfinished and not resume:
+    if unfinished and not resume and not overwrite:
         raise ConfigError(
             f"{len(unfinished)} cell(s) were interrupted, e.g. {unfinished[0]}",
             fix="rerun with --resume to continue them from their checkpoints (or --overwrite to start them again)",
@@ -74,6 +74,21 @@ def print_grid(exp: ExperimentConfig, jobs: list[Job], counts: Counter, console:
     console.print(table)
 
 
+def test_metric_names(cfg: Any) -> set[str]:
+    """The metric keys a finetuning's test reports (as `atomsift evaluate` names them)."""
+    from atomsift.train.finetune import task_info
+    from atomsift.train.metrics import target_key, unit_label
+
+    info = task_info(cfg, "task", cfg.task.target)
+    stem, label = target_key(info), unit_label(info.unit, info.kind)[0]
+    names = {f"{stem}_mae_{label}", f"{stem}_rmse_{label}"}
+    if info.kind == "energy":
+        names.add(f"{stem}_per_atom_mae_{label}")
+    if info.forces:
+        names |= {"forces_mae_meV_per_A", "forces_rmse_meV_per_A"}
+    return names
+
+
 def check_downstream_labels(exp: ExperimentConfig, jobs: list[Job]) -> None:
     """Each downstream task's data has the labels its finetuning trains and is ranked on (first structure)."""
     from atomsift.data.spec import open_spec
@@ -93,6 +108,12 @@ def check_downstream_labels(exp: ExperimentConfig, jobs: list[Job]) -> None:
             missing.append(f"target '{cfg.task.target}' (it has {', '.join(rec.targets) or 'no targets'})")
         if (cfg.task.force_weight > 0 or cell.metric.startswith("forces_")) and rec.forces is None:
             missing.append("forces")
+        rank_on = exp.downstream[task].rank_on
+        if rank_on is not None and rank_on not in test_metric_names(cfg):
+            raise ConfigError(
+                f"downstream.{task}.rank_on is '{rank_on}', which the task's test does not report",
+                fix=f"use one of: {', '.join(sorted(test_metric_names(cfg)))}",
+            )
         if missing:
             preset = exp.downstream[task].preset
             raise ConfigError(
@@ -125,6 +146,9 @@ def preflight(exp: ExperimentConfig, jobs: list[Job], console: Console, *, show:
                         console.rule(f"pretrain {key}")
                         print_plan(plan, cfg, console)
         check_downstream_labels(exp, jobs)
+        from atomsift.experiment.csi import csi_config
+
+        csi_config(exp)  # the csi section's keys, checked before any work
         for task in exp.downstream:
             cell = next(c for j in jobs for c in j.finetunes if c.downstream == task)
             if show:
@@ -135,15 +159,19 @@ def preflight(exp: ExperimentConfig, jobs: list[Job], console: Console, *, show:
         quiet.file.close()
 
 
+def _under_cells(folder: str) -> str:
+    """A cell folder from 'cells/' on (the part that names it)."""
+    parts = Path(folder).parts
+    return str(Path(*parts[parts.index("cells") :])) if "cells" in parts else folder
+
+
 def _announce(console: Console, job: Job, status: dict[str, str], done: int, total: int, wall: float) -> None:
     ok = sum(v == "ok" for v in status.values())
     reused = sum(v == "reused" for v in status.values())
-    bad = [k for k, v in status.items() if v == "failed"]
+    bad = [_under_cells(k) for k, v in status.items() if v == "failed"]
     text = f"[{done}/{total}] {job.name}: {ok} cells run" + (f", {reused} reused" if reused else "") + f", {wall:.1f} s"
     if bad:
-        text += (
-            f"; failed: {len(bad)} (see failed.json in {Path(bad[0]).name}..., log {job.name.replace('/', '__')}.log)"
-        )
+        text += f"; failed: {len(bad)} (failed.json in {bad[0]}, log logs/{job.name.replace('/', '__')}.log)"
     console.print(text)
 
 
@@ -156,22 +184,33 @@ def run_local(jobs: list[Job], out: Path, k: int, resume: bool, overwrite: bool,
             status = run_job(job, resume=resume, overwrite=overwrite, log=_log_path(out, job))
             _announce(console, job, status, i, total, time.perf_counter() - start)
         return
-    threads = max(1, (os.cpu_count() or 1) // k)
-    os.environ.setdefault("ATOMSIFT_THREADS", str(threads))  # inherited by the spawned workers
-    with ProcessPoolExecutor(max_workers=k, mp_context=get_context("spawn")) as pool:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["ATOMSIFT_THREADS"] = str(max(1, cores // k))  # inherited by the spawned workers
+    pool = ProcessPoolExecutor(max_workers=k, mp_context=get_context("spawn"))
+    try:
         started = {}
-        pending = set()
         for job in jobs:
             fut = pool.submit(run_job, job, resume=resume, overwrite=overwrite, log=_log_path(out, job))
             started[fut] = (job, time.perf_counter())
-            pending.add(fut)
-        done = 0
+        pending, done = set(started), 0
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 done += 1
                 job, t0 = started[fut]
-                _announce(console, job, fut.result(), done, total, time.perf_counter() - t0)
+                try:
+                    status = fut.result()
+                except Exception as exc:  # noqa: BLE001  (a lost worker is reported; its cells stay pending)
+                    console.print(
+                        f"[{done}/{total}] {job.name}: the job's process failed ({exc!r}); its cells stay pending"
+                    )
+                    continue
+                _announce(console, job, status, done, total, time.perf_counter() - t0)
+    except KeyboardInterrupt:
+        # the workers got the Ctrl-C too and saved their checkpoints; jobs not yet started are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def run_submitit(exp: ExperimentConfig, jobs: list[Job], out: Path, resume: bool, overwrite: bool, console: Console):
@@ -210,14 +249,14 @@ def run_submitit(exp: ExperimentConfig, jobs: list[Job], out: Path, resume: bool
             (job, executor.submit(run_job, job, resume=resume, overwrite=overwrite, log=_log_path(out, job)))
         )
     console.print(f"submitted {len(submitted)} jobs ({lau.name}); submitit's files: {out}/submitit/")
+    start = time.perf_counter()
     for i, (job, sub) in enumerate(submitted, start=1):
-        start = time.perf_counter()
         try:
             status = sub.result()
         except Exception as exc:  # noqa: BLE001  (a lost job is reported; its cells stay pending)
             console.print(f"[{i}/{len(submitted)}] {job.name}: the job itself failed ({exc}); its cells stay pending")
             continue
-        _announce(console, job, status, i, len(submitted), time.perf_counter() - start)
+        _announce(console, job, status, i, len(submitted), time.perf_counter() - start)  # since submission
 
 
 def run_experiment(
