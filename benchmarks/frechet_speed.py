@@ -4,8 +4,8 @@ Table 1, side by side in one run on the same random SPD covariances (covariances
 features with a decaying spectrum, each set in its own random basis), for d = 256, 1024, 3200:
   - the scipy sqrtm route of the reference implementations (pytorch-fid / clean-fid / the paper's code):
     sqrtm(S1 @ S2), retried with 1e-6 I added to both diagonals when not finite, real part kept;
-  - atomsift's route: FrechetReference(downstream) built once (eigh), then distance(upstream) per
-    candidate (two products and one eigvalsh);
+  - atomsift's route: FrechetReference(downstream) built once (one Cholesky factor), then distance(upstream)
+    per candidate (two triangular products and the eigenvalues only of one symmetric matrix);
   - per-pair times excluding and including the one-off reference cost, ratios, relative difference.
 Table 2: peak memory of accumulating GaussianStats (d = 128) over 10,000 structures of 10, 100 and 1000
 atoms, rows generated on the fly per structure, each case in a fresh process.
@@ -230,9 +230,10 @@ def main() -> None:
         + "; ".join(f"d={r['d']}: {r['csi_range'][0]:.6g}..{r['csi_range'][1]:.6g}" for r in speed)
     )
     big = max(speed, key=lambda r: r["d"])
-    ok = big["ratio_excl"] >= 3.0 and big["max_rel_diff"] <= 1e-8
+    ok = big["ratio_excl"] >= 10.0 and big["ratio_incl"] >= 7.0 and big["max_rel_diff"] <= 1e-10
     print(
-        f"Target (d={big['d']}: >= 3x faster per pair, values equal to 1e-8 relative): "
+        f"Target (d={big['d']}: a single call incl. the reference >= 7x faster, each further pair >= 10x, values "
+        f"equal to 1e-10 relative): "
         f"{'met' if ok else 'NOT met'} ({big['ratio_excl']:.1f}x excl., {big['ratio_incl']:.1f}x incl. "
         f"reference, max rel. diff {big['max_rel_diff']:.1e})"
     )
