@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -299,6 +300,12 @@ def run_experiment(
         if exp.launcher.name == "local":
             run_local(jobs, out, exp.launcher.jobs, resume, overwrite, console)
         else:
+            if exp.launcher.jobs > 1:
+                warnings.warn(
+                    f"--jobs / launcher.jobs applies to the local launcher; with '{exp.launcher.name}' "
+                    "array_parallelism sets how many jobs run at once",
+                    stacklevel=1,
+                )
             run_submitit(exp, jobs, out, resume, overwrite, console)
     rows = result_rows(jobs, csi_rows, out)
     write_results(rows, out)
