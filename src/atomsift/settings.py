@@ -141,7 +141,7 @@ def resolve_settings(
     by dots; an override's value is parsed with `parse_value`. `prepare` may reshape the file's settings into
     the form the flags address (e.g. move inline reader options under `options`) before flags apply.
     """
-    data: dict[str, Any] = _deep_merge(dict(base or {}), load_yaml(config, example or "configs/"))
+    data: dict[str, Any] = deep_merge(dict(base or {}), load_yaml(config, example or "configs/"))
     if prepare is not None:
         data = prepare(data)
     for key, value in (flags or {}).items():
@@ -152,12 +152,12 @@ def resolve_settings(
     return validate(model, data, source=config, example=example)
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     """`top` over `base`; mappings merge key by key, everything else is replaced."""
     out = dict(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out

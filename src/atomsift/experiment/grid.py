@@ -16,10 +16,10 @@ from typing import Any
 
 from atomsift.errors import ConfigError
 from atomsift.experiment.config import SCRATCH, Budget, ExperimentConfig
-from atomsift.settings import _deep_merge, validate
+from atomsift.settings import deep_merge, validate
 from atomsift.train.config import FinetuneConfig, PretrainConfig
 from atomsift.train.finetune import load_preset, task_info
-from atomsift.train.metrics import target_key, unit_label
+from atomsift.train.metrics import FORCES_MAE, target_metric_names
 
 EXAMPLE = "configs/experiment_demo.yaml"
 
@@ -59,18 +59,16 @@ def rank_metric(cfg: FinetuneConfig, rank_on: str | None) -> str:
     """The test metric key a downstream task is ranked on (lower is better): `rank_on`, else the preset's."""
     if rank_on:
         return rank_on
-    info = task_info(cfg, "task", cfg.task.target)
-    label = unit_label(info.unit, info.kind)[0]
     if cfg.task.metric == "forces_mae":
-        return "forces_mae_meV_per_A"
-    return f"{target_key(info)}_mae_{label}"
+        return FORCES_MAE
+    return target_metric_names(task_info(cfg, "task", cfg.task.target))["mae"]
 
 
 def finetune_settings(exp: ExperimentConfig, name: str, **cell: Any) -> FinetuneConfig:
     """A downstream task's finetuning settings: preset < experiment `finetune` < the task's own keys < cell."""
     down = exp.downstream[name]
-    data = _deep_merge(load_preset(down.preset), exp.finetune)
-    data = _deep_merge(data, down.finetune_keys())
+    data = deep_merge(load_preset(down.preset), exp.finetune)
+    data = deep_merge(data, down.finetune_keys())
     data.update(data=down.data_spec().model_dump(mode="json", exclude_defaults=True), **cell)
     return validate(
         FinetuneConfig, data, source=f"the finetune section or downstream.{name} (with its preset)", example=EXAMPLE

@@ -75,25 +75,12 @@ def print_grid(exp: ExperimentConfig, jobs: list[Job], counts: Counter, console:
     console.print(table)
 
 
-def test_metric_names(cfg: Any) -> set[str]:
-    """The metric keys a finetuning's test reports (as `atomsift evaluate` names them)."""
-    from atomsift.train.finetune import task_info
-    from atomsift.train.metrics import target_key, unit_label
-
-    info = task_info(cfg, "task", cfg.task.target)
-    stem, label = target_key(info), unit_label(info.unit, info.kind)[0]
-    names = {f"{stem}_mae_{label}", f"{stem}_rmse_{label}"}
-    if info.kind == "energy":
-        names.add(f"{stem}_per_atom_mae_{label}")
-    if info.forces:
-        names |= {"forces_mae_meV_per_A", "forces_rmse_meV_per_A"}
-    return names
-
-
 def check_downstream_labels(exp: ExperimentConfig, jobs: list[Job]) -> None:
     """Each downstream task's data has the labels its finetuning trains and is ranked on (first structure)."""
     from atomsift.data.spec import open_spec
     from atomsift.train.config import FinetuneConfig
+    from atomsift.train.finetune import task_info
+    from atomsift.train.metrics import metric_names
 
     for task in exp.downstream:
         cell = next(c for j in jobs for c in j.finetunes if c.downstream == task)
@@ -110,10 +97,11 @@ def check_downstream_labels(exp: ExperimentConfig, jobs: list[Job]) -> None:
         if (cfg.task.force_weight > 0 or cell.metric.startswith("forces_")) and rec.forces is None:
             missing.append("forces")
         rank_on = exp.downstream[task].rank_on
-        if rank_on is not None and rank_on not in test_metric_names(cfg):
+        reported = metric_names(task_info(cfg, task, cfg.task.target))
+        if rank_on is not None and rank_on not in reported:
             raise ConfigError(
                 f"downstream.{task}.rank_on is '{rank_on}', which the task's test does not report",
-                fix=f"use one of: {', '.join(sorted(test_metric_names(cfg)))}",
+                fix=f"use one of: {', '.join(sorted(reported))}",
             )
         if missing:
             preset = exp.downstream[task].preset

@@ -28,7 +28,7 @@ from atomsift.models.checkpoint import LoadReport
 from atomsift.train.config import FinetuneConfig, SplitSpec
 from atomsift.train.data import BatchCollator, Task, TrainSet, indices_hash
 from atomsift.train.losses import TaskInfo
-from atomsift.train.metrics import target_key, unit_label
+from atomsift.train.metrics import FORCES_MAE, target_metric_names
 from atomsift.train.module import TrainModule
 from atomsift.train.runner import prepare_run, quiet_if_secondary, run_fit, write_json
 from atomsift.train.setup import (
@@ -193,9 +193,9 @@ def task_info(cfg: FinetuneConfig, name: str, head_name: str) -> TaskInfo:
 def monitor_of(cfg: FinetuneConfig, info: TaskInfo) -> str:
     """The validation quantity that picks the best weights."""
     if cfg.task.metric == "forces_mae":
-        return f"val/{info.name}/forces_mae_meV_per_A"
+        return f"val/{info.name}/{FORCES_MAE}"
     if cfg.task.metric == "target_mae":
-        return f"val/{info.name}/{target_key(info)}_mae_{unit_label(info.unit, info.kind)[0]}"
+        return f"val/{info.name}/{target_metric_names(info)['mae']}"
     return "val/loss"
 
 

@@ -26,20 +26,38 @@ def target_key(task: TaskInfo) -> str:
     return "energy" if task.target == "energy" else re.sub(r"[^A-Za-z0-9]+", "_", task.target).strip("_")
 
 
+FORCES_MAE = "forces_mae_meV_per_A"
+FORCES_RMSE = "forces_rmse_meV_per_A"
+
+
+def target_metric_names(task: TaskInfo) -> dict[str, str]:
+    """The keys of the target's errors: 'mae', 'rmse' and, for energies, 'per_atom_mae'."""
+    label, stem = unit_label(task.unit, task.kind)[0], target_key(task)
+    names = {"mae": f"{stem}_mae_{label}", "rmse": f"{stem}_rmse_{label}"}
+    if task.kind == "energy":
+        names["per_atom_mae"] = f"{stem}_per_atom_mae_{label}"
+    return names
+
+
+def metric_names(task: TaskInfo) -> set[str]:
+    """Every error key `metrics_from_sums` reports for a task with all its labels."""
+    return set(target_metric_names(task).values()) | ({FORCES_MAE, FORCES_RMSE} if task.forces else set())
+
+
 def metrics_from_sums(sums: dict[str, float], task: TaskInfo) -> dict[str, float | int]:
     """MAE and RMSE of the target (and forces) from summed errors; NaN-free: absent parts are left out."""
     out: dict[str, float | int] = {}
     n = sums.get("n", 0.0)
     if n > 0:
-        label, factor = unit_label(task.unit, task.kind)
-        stem = target_key(task)
+        factor = unit_label(task.unit, task.kind)[1]
+        names = target_metric_names(task)
         out["n_structures"] = int(n)
-        out[f"{stem}_mae_{label}"] = factor * sums["target_abs"] / n
-        out[f"{stem}_rmse_{label}"] = factor * math.sqrt(sums["target_sq"] / n)
-        if task.kind == "energy":
-            out[f"{stem}_per_atom_mae_{label}"] = factor * sums["target_abs_per_atom"] / n
+        out[names["mae"]] = factor * sums["target_abs"] / n
+        out[names["rmse"]] = factor * math.sqrt(sums["target_sq"] / n)
+        if "per_atom_mae" in names:
+            out[names["per_atom_mae"]] = factor * sums["target_abs_per_atom"] / n
     nf = sums.get("n_force", 0.0)
     if nf > 0:
-        out["forces_mae_meV_per_A"] = 1000.0 * sums["force_abs"] / nf
-        out["forces_rmse_meV_per_A"] = 1000.0 * math.sqrt(sums["force_sq"] / nf)
+        out[FORCES_MAE] = 1000.0 * sums["force_abs"] / nf
+        out[FORCES_RMSE] = 1000.0 * math.sqrt(sums["force_sq"] / nf)
     return out
