@@ -193,3 +193,15 @@ def test_rank_on_must_be_a_reported_metric(tmp_path):
     with pytest.raises(ConfigError) as err:
         preflight(exp, jobs, QUIET, show=False)
     assert "rank_on" in err.value.message() and "forces_mae_meV_per_A" in err.value.message()
+
+
+def test_a_finetuning_from_another_pretraining_is_not_reused_without_overwrite(tmp_path):
+    one = {"acac": tiny()["upstream"]["acac"]}
+    _, jobs = _grid(tmp_path, mixtures={}, scratch=False, upstream=one)
+    run_local(jobs, tmp_path, 1, False, False, QUIET)
+    cell = jobs[0].finetunes[0]
+    (cell.folder / "cell.json").write_text('{"pretraining": "acac/N40_E2/seed0", "settings_sha256": "0000"}')
+    status = cells.run_job(jobs[0])
+    assert status[str(cell.folder)] == "failed"
+    assert "another pretraining" in json.loads((cell.folder / "failed.json").read_text())["error"]
+    assert set(cells.run_job(jobs[0], overwrite=True).values()) == {"reused", "ok"}

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from atomsift.errors import ConfigError
 from atomsift.experiment.grid import FinetuneCell, Job
 from atomsift.train.runner import config_diff, write_json
 
@@ -30,9 +31,10 @@ def cell_state(folder: Path, settings: dict[str, Any], done_file: str, source: d
     saved = folder / "config.yaml"
     if saved.exists():
         old = yaml.safe_load(saved.read_text()) or {}
-        if source and _read_json(folder / SOURCE) not in (None, source):
+        recorded = _read_json(folder / SOURCE) if source else None
+        if recorded not in (None, source):
             return "conflict"
-        if source and _read_json(folder / SOURCE) == source:
+        if recorded is not None:
             # the pretraining it starts from is identified by cell.json; its path moves with the folder
             old.pop("checkpoint", None)
             settings = {k: v for k, v in settings.items() if k != "checkpoint"}
@@ -104,11 +106,18 @@ def _run_finetune(cell: FinetuneCell, resume: bool, overwrite: bool, console: An
 
     state = cell_state(cell.folder, cell.settings, "test_metrics.json", cell.upstream)
     run_resume, run_overwrite = run_flags(state, cell.folder, resume, overwrite)
+    if state == "conflict" and not run_overwrite:
+        # the folder's own check sees only the settings, not a changed pretraining: refuse here
+        raise ConfigError(
+            "the cell folder holds a run with other settings or from another pretraining",
+            file=cell.folder,
+            fix="rerun the experiment with --overwrite to replace it",
+        )
     _clear_failure(cell.folder)
     cfg = FinetuneConfig.model_validate(cell.settings)
-    if state in ("done", "unfinished", "failed") and cell.upstream:
-        _adopt_moved_checkpoint(cell.folder, cell.settings)
     if cell.upstream:
+        if state in ("done", "unfinished", "failed"):
+            _adopt_moved_checkpoint(cell.folder, cell.settings)
         cell.folder.mkdir(parents=True, exist_ok=True)
         write_json(cell.folder / SOURCE, cell.upstream)
     run_finetuning(
