@@ -157,10 +157,11 @@ def write_outputs(rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     return paths
 
 
-def use_log_axis(values: list[float]) -> bool:
-    """True when the positive values span more than two decades (a small bar would vanish on a linear axis)."""
+def use_log_axis(values: list[float | None], span: float = LOG_SPAN) -> bool:
+    """True when the positive values span more than `span` (default two decades: a small bar would vanish on a
+    linear axis)."""
     positive = [v for v in values if v is not None and math.isfinite(v) and v > 0]
-    return len(positive) >= 2 and max(positive) > LOG_SPAN * min(positive)
+    return len(positive) >= 2 and max(positive) > span * min(positive)
 
 
 def bar_chart(rows: list[dict[str, Any]], path: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from atomsift.csi.report import use_log_axis
 from atomsift.experiment.summary import fmt
 from atomsift.settings import write_text_atomic
 
@@ -68,8 +69,7 @@ def _slug(text: str) -> str:
 
 
 def _log_axis(values: list[float | None]) -> bool:
-    positive = [v for v in values if v is not None and math.isfinite(v) and v > 0]
-    return len(positive) >= 2 and max(positive) > LOG_SPAN * min(positive)
+    return use_log_axis(values, LOG_SPAN)
 
 
 def _pm(mean: float | None, std: float | None) -> str:
