@@ -41,6 +41,19 @@ class CSIConfig(BaseModel):
     stats_memory_gb: float = Field(
         4.0, gt=0, description="memory for all grouped statistics of the run (groups x d^2 float64 per dataset)"
     )
+    measures: list[str] = Field(
+        default_factory=lambda: ["all"],
+        validate_default=True,
+        description="alignment measures besides CSI (docs/measures.md), or all",
+    )
+    reservoir: int = Field(2000, ge=10, description="feature rows kept per dataset for the kNN and kernel measures")
+    knn_k: int = Field(5, ge=1, description="k of the k-nearest-neighbour precision, recall and coverage")
+    element_memory_gb: float = Field(
+        2.0, gt=0, description="memory per dataset for per-element statistics (elements x d^2 float64)"
+    )
+    ood_ratio: float = Field(
+        1.0, gt=0, description="out of distribution: nearest upstream CSI > ood_ratio x median upstream-upstream CSI"
+    )
     device: str = "cpu"
     cache_dir: str | None = Field(None, description="default: OUT/cache")
     recompute: bool = False
@@ -55,6 +68,23 @@ class CSIConfig(BaseModel):
                 f"must map dataset names to settings, got {type(value).__name__} (write it like  ani1x: {{path: ...}})"
             )
         return value
+
+    @field_validator("measures", mode="before")
+    @classmethod
+    def _measure_names(cls, value: Any) -> Any:
+        from atomsift.csi.measures import MEASURE_INFO
+
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            return value
+        unknown = [v for v in value if v != "all" and v not in MEASURE_INFO]
+        if unknown:
+            raise ValueError(
+                f"unknown measure(s) {', '.join(map(str, unknown))}; known: all, {', '.join(MEASURE_INFO)}"
+            )
+        names = list(MEASURE_INFO) if "all" in value else ["csi", *[v for v in value if v != "csi"]]
+        return list(dict.fromkeys(names))
 
     @field_validator("shrinkage")
     @classmethod

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from atomsift.csi.cache import dataset_fingerprint, lookup, save_stats
 from atomsift.csi.config import CSIConfig, DatasetSpec
 from atomsift.csi.extract import FeatureExtractor, aggregate, get_extractor
+from atomsift.csi.extras import DatasetExtras, ExtrasAccumulator
 from atomsift.csi.frechet import FrechetReference, check_observations, shrink_covariance
 from atomsift.csi.statistics import GaussianStats, GroupedStats
 from atomsift.data import open_dataset
@@ -51,6 +52,7 @@ class DatasetStats:
     n_total: int = 0
     identity: tuple[str, ...] = ()
     indices: np.ndarray | None = None
+    extras: DatasetExtras | None = None
 
     @property
     def n_obs(self) -> int:
@@ -101,9 +103,15 @@ def sample_indices(ds: Dataset, spec: DatasetSpec, role: str, cfg: CSIConfig) ->
 
 
 def _accumulate(
-    ds: Dataset, indices: np.ndarray, extractor: FeatureExtractor, cfg: CSIConfig, n_groups: int, label: str
+    ds: Dataset,
+    indices: np.ndarray,
+    extractor: FeatureExtractor,
+    cfg: CSIConfig,
+    n_groups: int,
+    label: str,
+    extras: ExtrasAccumulator | None = None,
 ) -> GroupedStats:
-    """Run the extractor over the sampled structures and accumulate grouped statistics.
+    """Run the extractor over the sampled structures and accumulate grouped statistics (and `extras`).
 
     The k-th distinct structure of the sample (in its random order) goes to group k % K, and every copy of a
     structure drawn more than once (balanced sampling of small classes) goes with it, so the bootstrap never
@@ -119,10 +127,13 @@ def _accumulate(
             batch = unique[start : start + cfg.batch_size]
             records = [ds[i] for i in batch]
             features = extractor.features(records)
+            records_by = dict(zip(batch, records, strict=True))
             for idx, feats in zip(batch, features, strict=True):
                 rows = aggregate([feats], cfg.aggregation)
                 for _ in positions[idx]:
                     grouped.update(group_of[idx], rows)
+                if extras is not None:
+                    extras.update(np.asarray(records_by[idx].numbers), rows, len(positions[idx]))
                 bar.update(len(positions[idx]))
     return grouped
 
@@ -159,6 +170,9 @@ class _Plan:
     provenance: dict[str, Any]
     cache_file: Path
     cached: dict[str, np.ndarray] | None
+    extras_provenance: dict[str, Any] | None = None
+    extras_file: Path | None = None
+    extras_cached: dict[str, np.ndarray] | None = None
 
 
 def plan_dataset(sample: _Sample, extractor: FeatureExtractor, cfg: CSIConfig, out: Path) -> _Plan:
@@ -195,7 +209,23 @@ def plan_dataset(sample: _Sample, extractor: FeatureExtractor, cfg: CSIConfig, o
     # the sampling method is in the name so that balanced and random samples of one dataset are kept side by side
     cache_file = cache_dir / f"{role}-{name}.{extractor.name}.{cfg.aggregation}.{method}.npz"
     cached = lookup(cache_file, provenance, recompute=cfg.recompute)
-    return _Plan(name, role, ds, indices, method, n_groups, provenance, cache_file, cached)
+    plan = _Plan(name, role, ds, indices, method, n_groups, provenance, cache_file, cached)
+    if needs_extras(cfg):
+        plan.extras_provenance = {
+            **provenance,
+            "kind": "measures",
+            "reservoir": cfg.reservoir,
+            "reservoir_seed": _sub_seed(cfg.seed, f"reservoir:{role}:{name}"),
+            "element_memory_gb": cfg.element_memory_gb,
+        }
+        plan.extras_file = cache_file.with_suffix(".measures.npz")
+        plan.extras_cached = lookup(plan.extras_file, plan.extras_provenance, recompute=cfg.recompute)
+    return plan
+
+
+def needs_extras(cfg: CSIConfig) -> bool:
+    """Whether any measure besides CSI was asked for (they need element counts and a feature reservoir)."""
+    return any(m != "csi" for m in cfg.measures)
 
 
 def dataset_stats(plan: _Plan, extractor: FeatureExtractor, cfg: CSIConfig, out: Path) -> DatasetStats:
@@ -210,13 +240,30 @@ def dataset_stats(plan: _Plan, extractor: FeatureExtractor, cfg: CSIConfig, out:
         seed=cfg.seed,
         n_total=len(plan.ds),
     )
-    if plan.cached is not None:
+    extras = None
+    if plan.cached is not None and (plan.extras_file is None or plan.extras_cached is not None):
         grouped = GroupedStats.from_arrays({k: plan.cached[k] for k in ("counts", "sums", "outers")})
+        if plan.extras_cached is not None:
+            extras = DatasetExtras.from_arrays(plan.extras_cached)
     else:
-        grouped = _accumulate(plan.ds, plan.indices, extractor, cfg, plan.n_groups, f"{plan.role}:{plan.name}")
+        label = f"{plan.role}:{plan.name}"
+        acc = None
+        if plan.extras_provenance is not None:
+            acc = ExtrasAccumulator(
+                extractor.dim,
+                cfg.reservoir,
+                plan.extras_provenance["reservoir_seed"],
+                per_element=cfg.aggregation == "flat",
+                element_memory=cfg.element_memory_gb * 2**30,
+                label=plan.name,
+            )
+        grouped = _accumulate(plan.ds, plan.indices, extractor, cfg, plan.n_groups, label, acc)
         total = grouped.total()
         summary = {"mu": total.mean, "sigma": total.covariance(), "n": np.int64(total.n), "d": np.int64(total.dim)}
         save_stats(plan.cache_file, {**grouped.to_arrays(), **summary}, plan.provenance)
+        if acc is not None and plan.extras_file is not None and plan.extras_provenance is not None:
+            extras = acc.result()
+            save_stats(plan.extras_file, extras.to_arrays(), plan.extras_provenance)
     return DatasetStats(
         plan.name,
         plan.role,
@@ -228,6 +275,7 @@ def dataset_stats(plan: _Plan, extractor: FeatureExtractor, cfg: CSIConfig, out:
         n_total=len(plan.ds),
         identity=dataset_identity(plan.ds, plan.provenance["reader_options"]),
         indices=plan.indices,
+        extras=extras,
     )
 
 
@@ -245,7 +293,8 @@ def same_sample(a: DatasetStats, b: DatasetStats) -> bool:
     return bool(np.array_equal(np.sort(a.indices), np.sort(b.indices)))
 
 
-def _moments(stats: GaussianStats, cfg: CSIConfig) -> tuple[np.ndarray, np.ndarray]:
+def moments(stats: GaussianStats, cfg: CSIConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (d,), covariance (d, d)) of statistics, shrunk as the run asks."""
     sigma = stats.covariance()
     if cfg.shrinkage is not None:
         sigma = shrink_covariance(sigma, stats.n, None if cfg.shrinkage == "auto" else float(cfg.shrinkage))
@@ -260,8 +309,8 @@ def score(up: list[DatasetStats], down: list[DatasetStats], cfg: CSIConfig) -> l
         total = d.grouped.total()
         check_observations(total.n, total.dim, f"{d.role} '{d.name}'")
     for dn in down:
-        ref = FrechetReference(*_moments(dn.grouped.total(), cfg))
-        values = {u.name: ref.distance(*_moments(u.grouped.total(), cfg)) for u in up}
+        ref = FrechetReference(*moments(dn.grouped.total(), cfg))
+        values = {u.name: ref.distance(*moments(u.grouped.total(), cfg)) for u in up}
         reps: dict[str, list[float]] = {u.name: [] for u in up}
         # a set with fewer than 2 distinct structures cannot be resampled: no interval for its pairs only
         able = [u for u in up if u.n_unique >= 2] if dn.n_unique >= 2 else []
@@ -277,10 +326,10 @@ def score(up: list[DatasetStats], down: list[DatasetStats], cfg: CSIConfig) -> l
                 up_b = {u.name: next(up_reps[u.name]) for u in able}
                 if down_b.n < 2:
                     continue  # a replicate drew too few observations for a covariance (tiny samples only)
-                ref_b = FrechetReference(*_moments(down_b, cfg))
+                ref_b = FrechetReference(*moments(down_b, cfg))
                 for u in able:
                     if up_b[u.name].n >= 2:
-                        reps[u.name].append(ref_b.distance(*_moments(up_b[u.name], cfg)))
+                        reps[u.name].append(ref_b.distance(*moments(up_b[u.name], cfg)))
         ranked = sorted(up, key=lambda u: values[u.name])
         for rank, u in enumerate(ranked, start=1):
             r = np.asarray(reps[u.name])
@@ -353,7 +402,16 @@ def annotate(rows: list[dict[str, Any]], extractor: FeatureExtractor, cfg: CSICo
 def run_csi(cfg: CSIConfig, out: Path) -> list[dict[str, Any]]:
     """The whole computation; returns one row per (upstream, downstream) pair."""
     up, down, extractor = gather_stats(cfg, out)
-    return annotate(score(up, down, cfg), extractor, cfg)
+    return annotate(score_all(up, down, cfg), extractor, cfg)
+
+
+def score_all(up: list[DatasetStats], down: list[DatasetStats], cfg: CSIConfig) -> list[dict[str, Any]]:
+    """`score`, then the measures beyond CSI, ties and out-of-distribution flags (csi/alignment.py)."""
+    from atomsift.csi.alignment import score_measures
+
+    rows = score(up, down, cfg)
+    score_measures(rows, up, down, cfg)
+    return rows
 
 
 def comparable_within(extractor: FeatureExtractor, cfg: CSIConfig) -> str:

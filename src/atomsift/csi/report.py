@@ -44,7 +44,23 @@ COLUMNS = (
     "confidence",
     "bootstrap",
     "extractor_load_report",
+    "csi_element",
+    "uncovered",
+    "uncovered_elements",
+    "precision",
+    "recall",
+    "coverage",
+    "mmd",
+    "diversity",
+    "tied_with",
+    "out_of_distribution",
+    "ood_ratio",
+    "upstream_median_csi",
+    "uncovered_by_all",
+    "bandwidth",
+    "reservoir_rows_upstream",
 )
+MEASURE_COLUMNS = ("csi_element", "uncovered", "precision", "recall", "coverage", "mmd", "diversity")
 
 REPEATS_REASON = "class balancing: classes smaller than their equal share of the sample repeat their structures"
 LOG_SPAN = 100.0  # the chart's value axis is logarithmic when the largest positive CSI exceeds the smallest 100x
@@ -99,6 +115,7 @@ def table_notes(rows: list[dict[str, Any]]) -> list[str]:
     )
     if any(r["ci_low"] is not None for r in rows):
         notes.append("interval: " + interval_text(first))
+    notes.extend(warning_lines(rows))
     load_report = first.get("extractor_load_report")
     if isinstance(load_report, dict) and load_report.get("summary"):
         notes.append(f"extractor weights: {load_report['summary']}")
@@ -117,7 +134,12 @@ def print_tables(rows: list[dict[str, Any]], console: Console | None = None) -> 
         )
         conf = sub[0].get("confidence")
         interval_col = "interval" if conf is None else f"{100 * conf:g}% interval"
-        for col in ("rank", "upstream", "CSI", interval_col, "observations (up)", "structures (up)"):
+        from atomsift.csi.measures import MEASURE_INFO
+
+        extra = measure_columns(sub)
+        labels = [f"{MEASURE_INFO[m].label} {'v' if MEASURE_INFO[m].better == 'lower' else '^'}" for m in extra]
+        counts = () if extra else ("observations (up)",)  # with measures: in csi.json / csi.csv only (width)
+        for col in ("rank", "upstream", "CSI", interval_col, *labels, *counts, "structures (up)"):
             table.add_column(col, justify="left" if col == "upstream" else "right")
         for r in sub:
             interval = "-" if r["ci_low"] is None else f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
@@ -126,19 +148,59 @@ def print_tables(rows: list[dict[str, Any]], console: Console | None = None) -> 
             if r["n_structures_upstream"] > r["n_unique_upstream"]:
                 structures += f" ({r['n_structures_upstream']} draws)*"
             table.add_row(
-                str(r["rank"]),
+                str(r["rank"]) + ("=" if r.get("tied_with") else ""),
                 r["upstream"] + (" (same dataset)" if r.get("same_dataset") else ""),
                 f"{r['csi']:.4g}",
                 interval,
-                str(r["n_obs_upstream"]),
+                *[measure_text(r.get(m)) for m in extra],
+                *([] if extra else [str(r["n_obs_upstream"])]),
                 structures,
             )
         console.print(table)
+        if extra:
+            console.print("v: lower is better aligned, ^: higher is better (docs/measures.md)", highlight=False)
         for line in table_notes(sub):  # one line each (the console wraps only what is wider than itself)
             console.print(line, markup=False, highlight=False)
 
 
+def warning_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One downstream set's warnings: out of distribution, tied candidates, elements no upstream set has."""
+    first, lines = rows[0], []
+    down = first["downstream"]
+    if first.get("out_of_distribution"):
+        lines.append(
+            f"warning: '{down}' is out of distribution: the ranking is unreliable (its nearest upstream CSI is "
+            f"{first['ood_ratio']:.3g}x the median CSI between the upstream sets)"
+        )
+    seen: set[frozenset[str]] = set()
+    for r in rows:
+        group = frozenset([r["upstream"], *(r.get("tied_with") or [])])
+        if len(group) > 1 and group not in seen:
+            seen.add(group)
+            lines.append(
+                f"tied (intervals overlap, not ranked against each other): {r['upstream']} and "
+                + ", ".join(r["tied_with"])
+            )
+    if first.get("uncovered_by_all"):
+        lines.append(
+            f"warning: no upstream set has these elements of '{down}' (share of its atoms; their embeddings never "
+            f"train in pretraining): {first['uncovered_by_all']}"
+        )
+    return lines
+
+
+def measure_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The measures beyond CSI that these rows hold."""
+    return [m for m in MEASURE_COLUMNS if any(r.get(m) is not None for r in rows)]
+
+
+def measure_text(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
 def _csv_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return "; ".join(map(str, value))
     if isinstance(value, dict):
         return value.get("summary", json.dumps(value, sort_keys=True))
     return value

@@ -10,60 +10,19 @@ mixture's mean and second moment are then exactly the w-weighted sums of the mem
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from atomsift.csi.config import CSIConfig
-from atomsift.csi.pipeline import DatasetStats, annotate, gather_stats, score
-from atomsift.csi.statistics import GaussianStats
+from atomsift.csi.extras import mix_extras
+from atomsift.csi.mixture import MixtureStats, observation_weights
+from atomsift.csi.pipeline import DatasetStats, annotate, gather_stats, score_all
 from atomsift.data.spec import DatasetSpec
 from atomsift.experiment.config import ExperimentConfig
 from atomsift.settings import validate
 from atomsift.train.data import temperature_shares
-
-
-class MixtureStats:
-    """Grouped statistics of a weighted mixture of datasets (the interface `score` uses: total, bootstrap).
-
-    Args:
-        parts: the members' statistics.
-        weights: observation weights w_i (any positive scale; normalised here).
-    """
-
-    def __init__(self, parts: list[DatasetStats], weights: list[float]) -> None:
-        self.parts = parts
-        w = np.asarray(weights, dtype=np.float64)
-        w = w / w.sum()
-        n = np.array([p.grouped.total().n for p in parts], dtype=np.float64)
-        # member i's sums are scaled by f_i so that its share of the (unchanged) total count N is w_i
-        self.factors = w * n.sum() / n
-
-    def _combine(self, stats: list[GaussianStats]) -> GaussianStats:
-        out = GaussianStats(stats[0].dim)
-        out.n = round(float(sum(f * s.n for f, s in zip(self.factors, stats))))
-        for f, s in zip(self.factors, stats):
-            out.total += f * s.total
-            out.outer += f * s.outer
-        return out
-
-    def total(self) -> GaussianStats:
-        return self._combine([p.grouped.total() for p in self.parts])
-
-    def bootstrap(self, n_resamples: int, seed: int) -> Iterator[GaussianStats]:
-        """Replicates: each member resampled independently (its own seed), then mixed with the same weights."""
-        streams = [p.grouped.bootstrap(n_resamples, seed + 7919 * (i + 1)) for i, p in enumerate(self.parts)]
-        for reps in zip(*streams):
-            yield self._combine(list(reps))
-
-
-def observation_weights(parts: list[DatasetStats], shares: list[float], aggregation: str) -> list[float]:
-    """w_i ~ p_i a_i: structure shares times observations per structure (flat aggregation) or 1."""
-    if aggregation != "flat":
-        return list(shares)
-    return [p * d.n_obs / max(d.n_structures, 1) for p, d in zip(shares, parts)]
 
 
 def mixture_shares(exp: ExperimentConfig, name: str, sizes: dict[str, int]) -> list[float]:
@@ -72,6 +31,9 @@ def mixture_shares(exp: ExperimentConfig, name: str, sizes: dict[str, int]) -> l
     if mix.mixture == "temperature":
         shares = temperature_shares(mix.nominal_sizes or {m: sizes[m] for m in mix.of}, mix.temperature)
         return [shares[m] for m in mix.of]
+    if mix.mixture == "weights" and mix.weights is not None:
+        total = sum(mix.weights.values())
+        return [mix.weights[m] / total for m in mix.of]
     return [1.0 / len(mix.of)] * len(mix.of)
 
 
@@ -93,7 +55,11 @@ def grid_csi(exp: ExperimentConfig, out: Path) -> list[dict[str, Any]]:
     for name, mix in exp.mixtures.items():
         parts = [by_name[m] for m in mix.of]
         shares = mixture_shares(exp, name, {u.name: u.n_total for u in up})
-        grouped = MixtureStats(parts, observation_weights(parts, shares, cfg.aggregation))
+        weights = observation_weights(parts, shares, cfg.aggregation)
+        grouped = MixtureStats(parts, weights)
+        extras = None
+        if all(p.extras is not None for p in parts):
+            extras = mix_extras([p.extras for p in parts], grouped.factors, np.asarray(weights))  # type: ignore[misc]
         up.append(
             DatasetStats(
                 name=name,
@@ -104,6 +70,7 @@ def grid_csi(exp: ExperimentConfig, out: Path) -> list[dict[str, Any]]:
                 sampling=f"{mix.mixture} mixture of " + "+".join(mix.of),
                 cached=all(p.cached for p in parts),
                 n_total=sum(p.n_total for p in parts),
+                extras=extras,
             )
         )
-    return annotate(score(up, down, cfg), extractor, cfg)
+    return annotate(score_all(up, down, cfg), extractor, cfg)

@@ -8,12 +8,13 @@ a perfect ranking cannot reach a small p-value: `min_p` says how small the exact
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from atomsift.csi.alignment import interval_ties  # noqa: F401  (re-exported: the summary's ties)
 
 EXACT_MAX_N = 8  # 8! = 40320 pairings: enumerated in well under a second
 N_RESAMPLES = 9999  # Monte-Carlo pairings above EXACT_MAX_N
@@ -132,21 +133,3 @@ def rank_correlation(
 def correlations(x: Sequence[float], y: Sequence[float], *, seed: int = 0, **kwargs: Any) -> dict[str, dict[str, Any]]:
     """Spearman and Kendall (`rank_correlation` of each) of the same paired values, keyed by method."""
     return {m: rank_correlation(x, y, m, seed=seed, **kwargs) for m in METHODS}
-
-
-def interval_ties(
-    names: Sequence[str], lows: Sequence[float | None], highs: Sequence[float | None]
-) -> list[tuple[str, str]]:
-    """Pairs of candidates whose CSI intervals [low, high] overlap (their CSI order is not resolved).
-
-    Candidates without an interval (None ends or non-finite) are never flagged: nothing says they tie.
-    Returns pairs (a, b) in the order of `names`.
-    """
-    known = [
-        (name, lo, hi)
-        for name, lo, hi in zip(names, lows, highs, strict=True)
-        if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
-    ]
-    return [
-        (a, b) for i, (a, alo, ahi) in enumerate(known) for b, blo, bhi in known[i + 1 :] if alo <= bhi and blo <= ahi
-    ]
