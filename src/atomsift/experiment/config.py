@@ -19,9 +19,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from atomsift.data.spec import DatasetSpec
-from atomsift.train.config import UpstreamSpec
+from atomsift.train.config import UpstreamSpec, check_weights
 
-PRETRAIN_OWN = ("upstream", "mixture", "temperature", "nominal_sizes", "n_samples", "epochs", "seed")
+PRETRAIN_OWN = ("upstream", "mixture", "temperature", "nominal_sizes", "weights", "n_samples", "epochs", "seed")
 """Pretraining keys the grid sets per cell (not allowed under `pretrain:`)."""
 
 FINETUNE_OWN = ("data", "checkpoint", "from_scratch", "seed", "backbone")
@@ -38,9 +38,12 @@ class Strict(BaseModel):
 class MixtureSpec(Strict):
     """A pretraining mixture of upstream datasets (shares as `atomsift pretrain` draws them)."""
 
-    mixture: Literal["balanced", "temperature"] = "balanced"
+    mixture: Literal["balanced", "temperature", "weights"] = "balanced"
     of: list[str] = Field(min_length=2, description="upstream names mixed")
     temperature: float = Field(2.0, gt=0)
+    weights: dict[str, float] | None = Field(
+        None, description="weights mixtures: structure shares per member (atomsift select writes them)"
+    )
     nominal_sizes: dict[str, float] | None = Field(
         None, description="temperature mixtures: sizes the shares follow (default: the files' real sizes)"
     )
@@ -51,6 +54,11 @@ class MixtureSpec(Strict):
         if len(set(value)) != len(value):
             raise ValueError(f"lists an upstream twice: {value}")
         return value
+
+    @model_validator(mode="after")
+    def _weights(self) -> MixtureSpec:
+        check_weights(self.mixture, self.weights, self.of)
+        return self
 
 
 class DownstreamSpec(Strict):

@@ -84,6 +84,7 @@ def pretrain_settings(exp: ExperimentConfig, candidate: str, budget: Budget, see
             "mixture": mix.mixture,
             "temperature": mix.temperature,
             "nominal_sizes": mix.nominal_sizes,
+            "weights": mix.weights,
         }
     else:
         data = {
@@ -96,11 +97,17 @@ def pretrain_settings(exp: ExperimentConfig, candidate: str, budget: Budget, see
     )
 
 
+LATER_KEYS: dict[str, Any] = {"weights": None}
+"""Settings added after experiments were run, left out of the digest at their default so those folders still match."""
+
+
 def settings_digest(settings: dict[str, Any] | None) -> str:
     """sha256 (16 hex) of settings, with the run mechanics that do not change results left out."""
     from atomsift.train.runner import MECHANICS
 
-    kept = {k: v for k, v in (settings or {}).items() if k not in MECHANICS}
+    kept = {
+        k: v for k, v in (settings or {}).items() if k not in MECHANICS and not (k in LATER_KEYS and v == LATER_KEYS[k])
+    }
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

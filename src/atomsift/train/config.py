@@ -117,8 +117,11 @@ class PretrainConfig(Optimisation):
     backbone: BackboneSpec
     heads: HeadSettings = Field(default_factory=HeadSettings)
     upstream: dict[str, UpstreamSpec]
-    mixture: Literal["single", "balanced", "temperature"] = "single"
+    mixture: Literal["single", "balanced", "temperature", "weights"] = "single"
     temperature: float = Field(2.0, gt=0)
+    weights: dict[str, float] | None = Field(
+        None, description="mixture 'weights': each dataset's share of the N structures (e.g. from atomsift select)"
+    )
     nominal_sizes: dict[str, float] | None = Field(None, description="sizes for temperature shares (default: real)")
     n_samples: int = Field(ge=1, description="N: structures drawn once, over all datasets")
     allow_repeats: bool = Field(False, description="allow N above a dataset's size (structures then repeat)")
@@ -135,7 +138,27 @@ class PretrainConfig(Optimisation):
             missing = sorted(set(self.upstream) - set(self.nominal_sizes))
             if missing:
                 raise ValueError(f"nominal_sizes lacks {', '.join(missing)}")
+        check_weights(self.mixture, self.weights, list(self.upstream))
         return self
+
+
+def check_weights(mixture: str, weights: dict[str, float] | None, names: list[str]) -> None:
+    """`weights` is given exactly for mixture 'weights': one non-negative share per dataset, not all 0."""
+    if mixture != "weights":
+        if weights is not None:
+            raise ValueError(f"weights apply to mixture 'weights' only (this mixture is '{mixture}')")
+        return
+    if weights is None:
+        raise ValueError("mixture 'weights' needs weights: {NAME: share, ...} for every dataset")
+    missing, extra = sorted(set(names) - set(weights)), sorted(set(weights) - set(names))
+    if missing or extra:
+        raise ValueError(
+            "weights must name exactly the mixed datasets"
+            + (f"; missing {', '.join(missing)}" if missing else "")
+            + (f"; not mixed: {', '.join(extra)}" if extra else "")
+        )
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"weights must be >= 0 and not all 0, got {weights}")
 
 
 Count = int | float | Literal["rest"] | None

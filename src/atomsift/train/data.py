@@ -54,9 +54,15 @@ class Task:
 
 
 def mixture_counts(
-    sizes: dict[str, int], n: int, mixture: str, temperature: float = 2.0, nominal: dict[str, float] | None = None
+    sizes: dict[str, int],
+    n: int,
+    mixture: str,
+    temperature: float = 2.0,
+    nominal: dict[str, float] | None = None,
+    weights: dict[str, float] | None = None,
 ) -> dict[str, int]:
-    """Structures per dataset: single (all N), balanced (N / k each), temperature (p_i ~ n_i^(1/T)).
+    """Structures per dataset: single (all N), balanced (N / k each), temperature (p_i ~ n_i^(1/T)), weights
+    (p_i ~ weights[i]).
 
     Counts sum to n exactly: floor of each share, the rest to the largest remainders (ties: listed order).
     """
@@ -65,12 +71,15 @@ def mixture_counts(
         return {names[0]: n}
     if mixture == "balanced":
         shares = np.full(len(names), 1.0 / len(names))
+    elif mixture == "weights" and weights is not None:
+        base = np.array([float(weights[k]) for k in names])
+        shares = base / base.sum()
     elif mixture == "temperature":
         base = np.array([float((nominal or sizes)[k]) for k in names])
         weights = base ** (1.0 / temperature)
         shares = weights / weights.sum()
     else:
-        raise ConfigError(f"unknown mixture '{mixture}'", fix="use single, balanced or temperature")
+        raise ConfigError(f"unknown mixture '{mixture}'", fix="use single, balanced, temperature or weights")
     exact = shares * n
     counts = np.floor(exact).astype(np.int64)
     order = sorted(range(len(names)), key=lambda i: (-(exact[i] - counts[i]), i))

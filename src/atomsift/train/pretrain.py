@@ -103,7 +103,7 @@ def plan_pretraining(cfg: PretrainConfig, world_size: int | None = None) -> Pret
     backbone = _backbone_name(cfg)
     opened = {name: open_spec(spec, name) for name, spec in cfg.upstream.items()}
     sizes = {name: len(ds) for name, ds in opened.items()}
-    counts = mixture_counts(sizes, cfg.n_samples, cfg.mixture, cfg.temperature, cfg.nominal_sizes)
+    counts = mixture_counts(sizes, cfg.n_samples, cfg.mixture, cfg.temperature, cfg.nominal_sizes, cfg.weights)
     if cfg.mixture == "temperature":
         shares = temperature_shares(cfg.nominal_sizes or sizes, cfg.temperature)
     else:
