@@ -46,6 +46,7 @@ def _register() -> None:
     app.add_typer(data.app, name="data")
     app.add_typer(model.app, name="model")
     app.command("csi")(csi.csi)
+    app.command("select")(csi.select)
     app.command("demo")(demo.demo)
     app.command("pretrain")(train.pretrain)
     app.command("finetune")(train.finetune)

@@ -16,57 +16,97 @@ DATASET_HELP = (
 )
 
 
+OVERRIDES_OPT = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP)
+UPSTREAM_OPT = typer.Option(None, "--upstream", "-u", help="Upstream candidate: " + DATASET_HELP)
+DOWNSTREAM_OPT = typer.Option(None, "--downstream", "-d", help="Downstream set: " + DATASET_HELP)
+OUT_OPT = typer.Option(..., "--out", help="Run folder (csi.json, csi.csv, csi_bars.png, subsets/, cache/).")
+CONFIG_OPT = typer.Option(None, "--config", help="YAML file with any of these settings (see configs/).")
+EXTRACTOR_OPT = typer.Option(
+    None, "--extractor", help="sevenn (default), chgnet, soap, soap-full, checkpoint:PATH (a model file)."
+)
+EXTRACTOR_OPTION_OPT = typer.Option(
+    None, "--extractor-option", "-x", help="Extractor option KEY=VALUE (repeatable), e.g. -x batch_size=8."
+)
+TRUST_CHECKPOINT_OPT = typer.Option(False, "--trust-checkpoint", help="With --extractor checkpoint:PATH: " + TRUST_HELP)
+AGGREGATION_OPT = typer.Option(None, "--aggregation", help="flat (default: every atom), mean, sum, max.")
+N_SAMPLES_OPT = typer.Option(None, "--n-samples", help="Structures per dataset (default 10000).")
+BATCH_SIZE_OPT = typer.Option(None, "--batch-size", help="Structures per extractor call (default 16).")
+BOOTSTRAP_OPT = typer.Option(None, "--bootstrap", help="Bootstrap resamples for intervals (0: off; default 100).")
+SEED_OPT = typer.Option(None, "--seed", help="Seed of sampling and bootstrap (default 0).")
+SHRINKAGE_OPT = typer.Option(None, "--shrinkage", help="Covariance shrinkage: a weight in [0,1] or 'auto'.")
+CACHE_DIR_OPT = typer.Option(None, "--cache-dir", help="Statistics cache (default OUT/cache).")
+RECOMPUTE_OPT = typer.Option(False, "--recompute", help="Replace cached statistics whose settings differ.")
+DEVICE_OPT = typer.Option(None, "--device", help="Torch device of the extractor (default cpu).")
+MEASURE_OPT = typer.Option("csi", "--measure", help="The measure minimised: csi (default), csi_element or mmd.")
+
+
 def csi(
-    overrides: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP),
-    upstream: list[str] | None = typer.Option(None, "--upstream", "-u", help="Upstream candidate: " + DATASET_HELP),
-    downstream: list[str] | None = typer.Option(None, "--downstream", "-d", help="Downstream set: " + DATASET_HELP),
-    out: Path = typer.Option(..., "--out", help="Run folder (csi.json, csi.csv, csi_bars.png, subsets/, cache/)."),
-    config: Path | None = typer.Option(None, "--config", help="YAML file with any of these settings (see configs/)."),
-    extractor: str | None = typer.Option(
-        None, "--extractor", help="sevenn (default), chgnet, soap, soap-full, checkpoint:PATH (a model file)."
+    overrides: list[str] | None = OVERRIDES_OPT,
+    upstream: list[str] | None = UPSTREAM_OPT,
+    downstream: list[str] | None = DOWNSTREAM_OPT,
+    out: Path = OUT_OPT,
+    config: Path | None = CONFIG_OPT,
+    extractor: str | None = EXTRACTOR_OPT,
+    extractor_option: list[str] | None = EXTRACTOR_OPTION_OPT,
+    trust_checkpoint: bool = TRUST_CHECKPOINT_OPT,
+    aggregation: str | None = AGGREGATION_OPT,
+    n_samples: int | None = N_SAMPLES_OPT,
+    batch_size: int | None = BATCH_SIZE_OPT,
+    bootstrap: int | None = BOOTSTRAP_OPT,
+    seed: int | None = SEED_OPT,
+    shrinkage: str | None = SHRINKAGE_OPT,
+    cache_dir: Path | None = CACHE_DIR_OPT,
+    recompute: bool = RECOMPUTE_OPT,
+    device: str | None = DEVICE_OPT,
+    measures: str | None = typer.Option(
+        None, "--measures", help="Measures besides CSI, comma-separated, or all (default); see docs/measures.md."
     ),
-    extractor_option: list[str] | None = typer.Option(
-        None, "--extractor-option", "-x", help="Extractor option KEY=VALUE (repeatable), e.g. -x batch_size=8."
-    ),
-    trust_checkpoint: bool = typer.Option(
-        False, "--trust-checkpoint", help="With --extractor checkpoint:PATH: " + TRUST_HELP
-    ),
-    aggregation: str | None = typer.Option(None, "--aggregation", help="flat (default: every atom), mean, sum, max."),
-    n_samples: int | None = typer.Option(None, "--n-samples", help="Structures per dataset (default 10000)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Structures per extractor call (default 16)."),
-    bootstrap: int | None = typer.Option(
-        None, "--bootstrap", help="Bootstrap resamples for intervals (0: off; default 100)."
-    ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of sampling and bootstrap (default 0)."),
-    shrinkage: str | None = typer.Option(
-        None, "--shrinkage", help="Covariance shrinkage: a weight in [0,1] or 'auto'."
-    ),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Statistics cache (default OUT/cache)."),
-    recompute: bool = typer.Option(False, "--recompute", help="Replace cached statistics whose settings differ."),
-    device: str | None = typer.Option(None, "--device", help="Torch device of the extractor (default cpu)."),
 ) -> None:
-    """Rank upstream datasets by CSI to each downstream set (lowest first), with bootstrap intervals."""
+    """Rank upstream datasets by CSI to each downstream set (lowest first), with bootstrap intervals and the
+    measures beyond CSI (docs/measures.md)."""
+    cfg = _load(
+        config,
+        overrides,
+        upstream,
+        downstream,
+        extractor_option,
+        trust_checkpoint,
+        extractor=extractor,
+        aggregation=aggregation,
+        n_samples=n_samples,
+        batch_size=batch_size,
+        bootstrap=bootstrap,
+        seed=seed,
+        shrinkage=_shrinkage(shrinkage),
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        recompute=recompute or None,
+        device=device,
+        measures=measures,
+    )
+    run_and_report(cfg, out)
+
+
+def _load(
+    config: Path | None,
+    overrides: list[str] | None,
+    upstream: list[str] | None,
+    downstream: list[str] | None,
+    extractor_option: list[str] | None,
+    trust_checkpoint: bool,
+    **flags: object,
+):
+    """The CSI settings from --config, the flags and KEY=VALUE overrides (shared by csi and select)."""
     from atomsift.csi.config import load_config
     from atomsift.settings import parse_key_values
 
     options = parse_key_values(extractor_option, "extractor option")
     if trust_checkpoint:
         options["trusted"] = True
-    flags = {
-        "upstream": _named(upstream, "--upstream"),
-        "downstream": _named(downstream, "--downstream"),
-        "extractor": extractor,
-        "extractor_options": options or None,
-        "aggregation": aggregation,
-        "n_samples": n_samples,
-        "batch_size": batch_size,
-        "bootstrap": bootstrap,
-        "seed": seed,
-        "shrinkage": _shrinkage(shrinkage),
-        "cache_dir": None if cache_dir is None else str(cache_dir),
-        "recompute": recompute or None,
-        "device": device,
-    }
+    flags.update(
+        upstream=_named(upstream, "--upstream"),
+        downstream=_named(downstream, "--downstream"),
+        extractor_options=options or None,
+    )
     cfg = load_config(config, flags, overrides)
     if trust_checkpoint and not cfg.extractor.startswith("checkpoint:"):
         from atomsift.errors import ConfigError
@@ -75,7 +115,7 @@ def csi(
             f"--trust-checkpoint is for --extractor checkpoint:PATH, but the extractor is '{cfg.extractor}'",
             fix="leave --trust-checkpoint out, or pass --extractor checkpoint:PATH",
         )
-    run_and_report(cfg, out)
+    return cfg
 
 
 def _shrinkage(text: str | None) -> float | str | None:
@@ -125,3 +165,54 @@ def run_and_report(cfg, out: Path, console: Console | None = None) -> list[dict]
     paths = write_outputs(rows, out)
     console.print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
     return rows
+
+
+def select(
+    overrides: list[str] | None = OVERRIDES_OPT,
+    upstream: list[str] | None = UPSTREAM_OPT,
+    downstream: list[str] | None = DOWNSTREAM_OPT,
+    out: Path = typer.Option(..., "--out", help="Run folder (selection.json, mixture-*.yaml, csi.json, cache/)."),
+    config: Path | None = CONFIG_OPT,
+    measure: str = MEASURE_OPT,
+    extractor: str | None = EXTRACTOR_OPT,
+    extractor_option: list[str] | None = EXTRACTOR_OPTION_OPT,
+    trust_checkpoint: bool = TRUST_CHECKPOINT_OPT,
+    aggregation: str | None = AGGREGATION_OPT,
+    n_samples: int | None = N_SAMPLES_OPT,
+    batch_size: int | None = BATCH_SIZE_OPT,
+    bootstrap: int | None = BOOTSTRAP_OPT,
+    seed: int | None = SEED_OPT,
+    cache_dir: Path | None = CACHE_DIR_OPT,
+    recompute: bool = RECOMPUTE_OPT,
+    device: str | None = DEVICE_OPT,
+) -> None:
+    """Choose mixture weights over the upstream sets that minimise a measure to each downstream set, and write
+    the mixture for `atomsift pretrain` (docs/measures.md)."""
+    from atomsift.cli.select import run_select
+    from atomsift.csi.selection import SELECTABLE
+    from atomsift.errors import ConfigError
+
+    if measure not in SELECTABLE:
+        raise ConfigError(
+            f"--measure {measure} cannot be optimised over mixture weights",
+            fix=f"use --measure {', '.join(SELECTABLE)} (kNN measures are step functions of the weights)",
+        )
+    cfg = _load(
+        config,
+        overrides,
+        upstream,
+        downstream,
+        extractor_option,
+        trust_checkpoint,
+        extractor=extractor,
+        aggregation=aggregation,
+        n_samples=n_samples,
+        batch_size=batch_size,
+        bootstrap=bootstrap,
+        seed=seed,
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        recompute=recompute or None,
+        device=device,
+        measures=",".join(dict.fromkeys(["csi", "uncovered", measure])),
+    )
+    run_select(cfg, out, measure)
