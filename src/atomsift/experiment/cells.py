@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from atomsift.csi.report import MEASURE_COLUMNS
 from atomsift.errors import ConfigError
 from atomsift.experiment.grid import FinetuneCell, Job
 from atomsift.train.runner import config_diff, write_json
@@ -228,6 +229,9 @@ def result_rows(jobs: list[Job], csi_rows: list[dict[str, Any]], out: Path) -> l
                 "ci_low": c.get("ci_low"),
                 "ci_high": c.get("ci_high"),
                 "csi_units": c.get("csi_units"),
+                **{m: c.get(m) for m in MEASURE_COLUMNS},
+                "out_of_distribution": c.get("out_of_distribution"),
+                "uncovered_by_all": c.get("uncovered_by_all"),
                 "metric": cell.metric,
                 "value": None if metrics is None else metrics.get(cell.metric),
                 "status": status,

@@ -20,8 +20,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from atomsift.csi.report import use_log_axis
-from atomsift.experiment.summary import fmt
+from atomsift.csi.report import MEASURE_COLUMNS, use_log_axis
+from atomsift.experiment.summary import ALPHA, fmt
 from atomsift.settings import write_text_atomic
 
 COLUMNS = (
@@ -37,6 +37,9 @@ COLUMNS = (
     "ci_low",
     "ci_high",
     "csi_units",
+    *MEASURE_COLUMNS,
+    "out_of_distribution",
+    "uncovered_by_all",
     "metric",
     "value",
     "status",
@@ -254,6 +257,46 @@ def _corr_rows(b: dict[str, Any]) -> list[list[str]]:
     return out
 
 
+def task_warnings(down: str, task: dict[str, Any]) -> list[str]:
+    """Out of distribution and elements no upstream set has, for one task."""
+    out = []
+    if task.get("out_of_distribution"):
+        out.append(
+            f"'{down}' is out of distribution (its nearest upstream set is farther than the median distance between "
+            "the upstream sets): the ranking is unreliable."
+        )
+    if task.get("uncovered_by_all"):
+        out.append(
+            f"no upstream set has these elements of '{down}' (share of its atoms): {task['uncovered_by_all']}; their "
+            "embeddings never train in pretraining."
+        )
+    return out
+
+
+def _measure_section(ranking: list[dict[str, Any]]) -> list[str]:
+    """Which measure predicted finetuning: Spearman per task and budget, the mean, and counts."""
+    if len(ranking) < 2:
+        return []
+    cases = list(dict.fromkeys(k for e in ranking for k in e["cases"]))
+    md = [
+        "## Which measure predicted finetuning",
+        "",
+        "Spearman between each measure (oriented: positive = the measure ranked the candidates in the order "
+        "finetuning did) and the seed-mean metric, all candidates, per task and budget; p-values in brackets "
+        f"(permutation tests). 'predicted' counts rho > 0, 'significant' rho > 0 with p < {ALPHA}.",
+        "",
+    ]
+    rows = []
+    for e in ranking:
+        cells = []
+        for k in cases:
+            c = e["cases"].get(k)
+            cells.append("-" if c is None or c["rho"] is None else f"{c['rho']:.2f} ({c['p']:.2g})")
+        rows.append([e["measure"], *cells, fmt(e["mean_rho"]), f"{e['positive']}/{e['n_cases']}",
+                     f"{e['significant']}/{e['n_cases']}"])  # fmt: skip
+    return md + _table(["measure", *cases, "mean rho", "predicted", "significant"], rows)
+
+
 def write_report(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """DIR/report.md and its PNG figures under DIR/figures/; returns {"report": path, "<figure id>": path}."""
     out_dir = Path(out_dir)
@@ -269,9 +312,11 @@ def write_report(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: P
         "are excluded from every number and listed at the end.",
         "",
     ]
+    md += _measure_section(summary.get("measures") or [])
     for down, task in summary["tasks"].items():
         unit, d = task["unit"], _slug(down)
         md += [f"## Downstream `{down}`", "", f"Metric: `{task['metric']}` ({unit or 'no unit'}), lower is better.", ""]
+        md += [f"**Warning:** {w}" for w in task_warnings(down, task)] + ([""] if task_warnings(down, task) else [])
         md += ["### CSI", ""]
         md += _table(
             ["CSI rank", "upstream", "kind", "members", f"CSI [{task['csi_units']}]", "interval"],
@@ -300,6 +345,21 @@ def write_report(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: P
             paths[f"metric:{down}:{key}"] = _metric_figure(down, key, b, s, unit, figs / f"metric_{d}_{k}.png")
             md += [f"![metric, {down}, {key}](figures/metric_{d}_{k}.png)", ""]
             md += _table(["set", "n", "Spearman", "p", "Kendall tau-b", "p", "test"], _corr_rows(b))
+            if len(b.get("measures") or []) > 1:
+                md += ["Every measure against the metric (all candidates; oriented so that a positive correlation "
+                       "means the measure predicted the order):", ""]  # fmt: skip
+                md += _table(
+                    ["measure", "better", "n", "Spearman", "p", "Kendall tau-b", "p"],
+                    [[m["measure"], m["better"], str(m["n"]), fmt(m["spearman"]["statistic"]),
+                      fmt(m["spearman"]["p_value"]), fmt(m["kendall"]["statistic"]), fmt(m["kendall"]["p_value"])]
+                     for m in b["measures"]],
+                )  # fmt: skip
+                md += _table(
+                    ["upstream", *(m for m in MEASURE_COLUMNS if any(m in c.get("measures", {}) for c in b["candidates"]))],
+                    [[c["name"], *(fmt(c.get("measures", {}).get(m)) for m in MEASURE_COLUMNS
+                                   if any(m in x.get("measures", {}) for x in b["candidates"]))]
+                     for c in b["candidates"]],
+                )  # fmt: skip
             paths[f"scatter:{down}:{key}"] = _scatter_figure(down, key, b, unit, figs / f"scatter_{d}_{k}.png", s)
             md += [f"![CSI vs metric, {down}, {key}](figures/scatter_{d}_{k}.png)", ""]
             if b["csi_ties"]:

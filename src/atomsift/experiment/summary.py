@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from atomsift.csi.measures import MEASURE_INFO
+from atomsift.csi.report import MEASURE_COLUMNS
 from atomsift.experiment.stats import correlations, interval_ties
 
 SCRATCH = "scratch"
@@ -89,6 +91,29 @@ def _correlation(cands: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def oriented(measure: str, value: float) -> float:
+    """A measure turned so that lower is better aligned (higher-is-better measures change sign)."""
+    return value if MEASURE_INFO[measure].better == "lower" else -value
+
+
+def measure_correlations(cands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per measure (CSI included), Spearman and Kendall between the measure, oriented so that lower is better
+    aligned, and the seed-mean metric: positive = the measure predicted the finetuning order. Sorted by Spearman,
+    best first; candidates without the measure or a metric are left out (their number is `n`)."""
+    out = []
+    for m in MEASURE_INFO:
+        use = [c for c in cands if c["mean"] is not None and _measure(c, m) is not None]
+        if len(use) < 3:
+            continue
+        corr = correlations([oriented(m, _measure(c, m)) for c in use], [c["mean"] for c in use], seed=0)  # type: ignore[arg-type]
+        out.append({"measure": m, "better": MEASURE_INFO[m].better, "n": len(use), **corr})
+    return sorted(out, key=lambda r: -(r["spearman"]["statistic"] if r["spearman"]["statistic"] is not None else -2))
+
+
+def _measure(c: dict[str, Any], m: str) -> float | None:
+    return c["csi"] if m == "csi" else c.get("measures", {}).get(m)
+
+
 def _candidate(
     name: str, rows: list[dict[str, Any]], metric: str, scratch_mean: float | None, csi_rows: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -110,6 +135,8 @@ def _candidate(
         "csi": src.get("csi"),
         "ci_low": src.get("ci_low"),
         "ci_high": src.get("ci_high"),
+        "measures": {m: src.get(m) for m in MEASURE_COLUMNS if src.get(m) is not None},
+        "out_of_distribution": src.get("out_of_distribution"),
         **s,
         "values": [float(r["value"]) for r in ok],
         "seeds": [r["seed"] for r in ok],
@@ -175,6 +202,7 @@ def _budget_summary(
             "all": _correlation(cands),
             "singles": _correlation([c for c in cands if c["kind"] == "dataset"]),
         },
+        "measures": measure_correlations(cands),
         "csi_ties": [list(p) for p in interval_ties(*zip(*[(c["name"], c["ci_low"], c["ci_high"]) for c in with_csi]))]
         if with_csi
         else [],
@@ -273,10 +301,36 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "scratch": scratch,
             "budgets": budgets,
             "vs_budget": _vs_budget(budgets),
+            "out_of_distribution": any(r.get("out_of_distribution") for r in sub),
+            "uncovered_by_all": next((r["uncovered_by_all"] for r in sub if r.get("uncovered_by_all")), ""),
         }
         task["verdict"] = verdict({"downstream": down, **task})
         out["tasks"][down] = task
+    out["measures"] = measure_ranking(out["tasks"])
     return out
+
+
+def measure_ranking(tasks: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every measure's Spearman (all candidates) per task and budget, their mean, and in how many of them the
+    measure predicted the order (rho > 0) and significantly so (p < ALPHA); best mean first."""
+    per: dict[str, dict[str, Any]] = {}
+    for down, task in tasks.items():
+        for key, b in task["budgets"].items():
+            for m in b["measures"]:
+                rho = m["spearman"]
+                entry = per.setdefault(m["measure"], {"measure": m["measure"], "cases": {}})
+                entry["cases"][f"{down} {key}"] = {"rho": rho["statistic"], "p": rho["p_value"], "n": m["n"]}
+    out = []
+    for entry in per.values():
+        rhos = [c["rho"] for c in entry["cases"].values() if c["rho"] is not None]
+        entry["mean_rho"] = float(np.mean(rhos)) if rhos else None
+        entry["positive"] = sum(r > 0 for r in rhos)
+        entry["significant"] = sum(
+            1 for c in entry["cases"].values() if c["rho"] is not None and c["rho"] > 0 and c["p"] < ALPHA
+        )
+        entry["n_cases"] = len(rhos)
+        out.append(entry)
+    return sorted(out, key=lambda e: -(e["mean_rho"] if e["mean_rho"] is not None else -2.0))
 
 
 # ----- the verdict paragraph ---------------------------------------------------------------------------------
