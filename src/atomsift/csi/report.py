@@ -172,15 +172,12 @@ def warning_lines(rows: list[dict[str, Any]]) -> list[str]:
             f"warning: '{down}' is out of distribution: the ranking is unreliable (its nearest upstream CSI is "
             f"{first['ood_ratio']:.3g}x the median CSI between the upstream sets)"
         )
-    seen: set[frozenset[str]] = set()
-    for r in rows:
-        group = frozenset([r["upstream"], *(r.get("tied_with") or [])])
-        if len(group) > 1 and group not in seen:
-            seen.add(group)
-            lines.append(
-                f"tied (intervals overlap, not ranked against each other): {r['upstream']} and "
-                + ", ".join(r["tied_with"])
-            )
+    pairs: list[str] = []
+    for i, r in enumerate(rows):  # each overlapping pair once, in table order
+        later = [x["upstream"] for x in rows[i + 1 :] if x["upstream"] in (r.get("tied_with") or [])]
+        pairs += [f"{r['upstream']}/{other}" for other in later]
+    if pairs:
+        lines.append("tied (CSI intervals overlap: not ranked against each other): " + ", ".join(pairs))
     if first.get("uncovered_by_all"):
         lines.append(
             f"warning: no upstream set has these elements of '{down}' (share of its atoms; their embeddings never "
