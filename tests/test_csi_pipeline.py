@@ -99,7 +99,7 @@ def test_mean_aggregation_counts_structures(tmp_path):
 
 def test_cache_reused_and_refused_on_changed_provenance(tmp_path):
     first = run_csi(config(tmp_path), tmp_path / "out")
-    cache_files = sorted((tmp_path / "cache").glob("*.npz"))
+    cache_files = sorted(p for p in (tmp_path / "cache").glob("*.npz") if not p.name.endswith(".measures.npz"))
     assert len(cache_files) == 3
     stamps = [f.stat().st_mtime_ns for f in cache_files]
     again = run_csi(config(tmp_path), tmp_path / "out")
@@ -201,7 +201,7 @@ def test_copies_of_a_structure_share_a_bootstrap_group(tmp_path):
     cfg = config(tmp_path, upstream={"small": DatasetSpec(path=str(small), n_samples=12)}, bootstrap=0)
     rows = run_csi(cfg, tmp_path / "out")
     assert rows[0]["n_structures_upstream"] == 12 and rows[0]["n_unique_upstream"] == 3
-    arrays = np.load(next((tmp_path / "cache").glob("upstream-small*.npz")))
+    arrays = np.load(next((tmp_path / "cache").glob("upstream-small*.balanced.npz")))
     counts = arrays["counts"]
     assert counts.sum() == 108  # 12 draws x 9 atoms
     # each group holds copies of a single structure: its mean row is that structure's mean row exactly
