@@ -94,7 +94,7 @@ def _upstream_spread(up: list[Any]) -> float | None:
     return float(np.median(values))
 
 
-def _mmd(down_rows: np.ndarray, kdd: float, up: DatasetExtras, h: float, size: int) -> float:
+def _mmd(down_rows: np.ndarray, kdd: float, up: DatasetExtras, h: float) -> float:
     """MMD^2 between the upstream (a dataset or a weighted mixture of reservoirs) and the downstream rows."""
     parts = [(r, w) for r, w in up.parts if w > 0]
     g = np.array([kernel_mean(r, down_rows, h) for r, _ in parts])
@@ -177,7 +177,7 @@ def score_measures(
                 values = manifold_measures(down_rows, up_rows, cfg.knn_k) if knn_ok else {}
                 r.update({name: values.get(name) for name in knn})
             if "mmd" in wanted and h:
-                r["mmd"] = _mmd(down_rows, kdd, ux, h, cfg.reservoir)
+                r["mmd"] = _mmd(down_rows, kdd, ux, h)
             if "diversity" in wanted and h:
                 r["diversity"] = vendi_score(up_rows, h)
             r["reservoir_rows_upstream"] = int(up_rows.shape[0])
