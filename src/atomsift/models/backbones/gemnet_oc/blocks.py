@@ -20,6 +20,7 @@ from atomsift.models.backbones.gemnet_oc.layers import (
     EdgeEmbedding,
     EfficientInteractionBilinear,
     ResidualLayer,
+    fused_dense,
 )
 from atomsift.models.backbones.gemnet_oc.scaling import ScaleFactor
 
@@ -98,6 +99,7 @@ class TripletInteraction(nn.Module):
         idx_agg2: Tensor | None = None,
         idx_agg2_inner: Tensor | None = None,
         agg2_out_size: int | None = None,
+        x_ba: Tensor | None = None,
     ) -> Tensor:
         """Args:
             m: (E_in, emb_size_in) input embeddings (edges, or atoms when ``expand_idx`` is given).
@@ -106,11 +108,13 @@ class TripletInteraction(nn.Module):
             id_swap: (E,) reverse edge of each main-graph edge.
             expand_idx: (E_b,) atom of each edge b->a (atom-to-edge: atoms are expanded to edges).
             idx_agg2, idx_agg2_inner, agg2_out_size: second aggregation edges -> atoms (edge-to-atom).
+            x_ba: ``dense_ba(m)`` when the caller computed it already (fused with other layers reading m).
 
         Returns:
             (E, emb_size_out) edge embeddings, or (agg2_out_size, emb_size_out) atom embeddings.
         """
-        x_ba = self.dense_ba(m)
+        if x_ba is None:
+            x_ba = self.dense_ba(m)
         if expand_idx is not None:
             x_ba = x_ba.index_select(0, expand_idx)
         x_ba = self.scale_rbf(x_ba * self.mlp_rbf(bases["rad"]), ref=x_ba)
@@ -127,8 +131,8 @@ class TripletInteraction(nn.Module):
         )
         x = self.scale_cbf_sum(x, ref=x_ba)
         if self.symmetric_mp:
-            x_ca = self.up_projection_ca(x)
-            x_ac = self.up_projection_ac(x).index_select(0, id_swap)  # the same message, written to the reverse edge
+            x_ca, x_ac = fused_dense(x, [self.up_projection_ca, self.up_projection_ac])
+            x_ac = x_ac.index_select(0, id_swap)  # the same message, written to the reverse edge
             return (x_ca + x_ac) * _INV_SQRT_2
         if self.swap_output:
             x = x.index_select(0, id_swap)
@@ -174,17 +178,21 @@ class QuadrupletInteraction(nn.Module):
         if symmetric_mp:
             self.up_projection_ac = Dense(emb_size_quad_out, emb_size_edge, activation=activation, bias=False)
 
-    def forward(self, m: Tensor, bases: dict[str, Any], idx: dict[str, Any], id_swap: Tensor) -> Tensor:
+    def forward(
+        self, m: Tensor, bases: dict[str, Any], idx: dict[str, Any], id_swap: Tensor, x_db: Tensor | None = None
+    ) -> Tensor:
         """Args:
             m: (E, emb_size_edge) edge embeddings.
             bases: {"rad": (E, emb_size_rbf), "cir": (T_in, emb_size_cbf), "sph": (rad_W1, sph)}.
             idx: quadruplet indices from get_quadruplets.
             id_swap: (E,) reverse edge of each edge.
+            x_db: ``dense_db(m)`` when the caller computed it already (fused with other layers reading m).
 
         Returns:
             (E, emb_size_edge).
         """
-        x_db = self.dense_db(m)
+        if x_db is None:
+            x_db = self.dense_db(m)
         x_db = self.scale_rbf(x_db * self.mlp_rbf(bases["rad"]), ref=x_db)
         x_db = self.down_projection(x_db)
         x_db = x_db.index_select(0, idx["triplet_in"]["in"])  # (T_in, emb_size_quad_in), one per triplet d->b->a
@@ -193,8 +201,8 @@ class QuadrupletInteraction(nn.Module):
         x = self.mlp_sbf(bases["sph"], x_db, idx["out"], idx["out_agg"])
         x = self.scale_sbf_sum(x, ref=x_db)
         if self.symmetric_mp:
-            x_ca = self.up_projection_ca(x)
-            x_ac = self.up_projection_ac(x).index_select(0, id_swap)
+            x_ca, x_ac = fused_dense(x, [self.up_projection_ca, self.up_projection_ac])
+            x_ac = x_ac.index_select(0, id_swap)
             return (x_ca + x_ac) * _INV_SQRT_2
         return self.up_projection_ca(x)
 
@@ -469,9 +477,16 @@ class InteractionBlock(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Update atom embeddings h (N, emb_size_atom) and edge embeddings m (E, emb_size_edge)."""
         num_atoms = h.shape[0]
-        x = self.dense_ca(m) + self.trip_interaction(m, bases_e2e, trip_idx_e2e, id_swap)
+        # the first layers of every branch that reads m, as one matrix product
+        readers = [self.dense_ca, self.trip_interaction.dense_ba]
         if self.quad_interaction is not None:
-            x = x + self.quad_interaction(m, bases_qint, quad_idx, id_swap)
+            readers.append(self.quad_interaction.dense_db)
+        if self.edge_atom_interaction is not None:
+            readers.append(self.edge_atom_interaction.dense_ba)
+        m_proj = fused_dense(m, readers)
+        x = m_proj[0] + self.trip_interaction(m, bases_e2e, trip_idx_e2e, id_swap, x_ba=m_proj[1])
+        if self.quad_interaction is not None:
+            x = x + self.quad_interaction(m, bases_qint, quad_idx, id_swap, x_db=m_proj[2])
         if self.atom_edge_interaction is not None:
             x = x + self.atom_edge_interaction(
                 h, bases_a2e, trip_idx_a2e, id_swap, expand_idx=a2ee2a_graph["edge_index"][0]
@@ -488,6 +503,7 @@ class InteractionBlock(nn.Module):
                 idx_agg2=a2ee2a_graph["edge_index"][1],
                 idx_agg2_inner=a2ee2a_graph["target_neighbor_idx"],
                 agg2_out_size=num_atoms,
+                x_ba=m_proj[-1],
             )
         if self.atom_interaction is not None:
             h_new = h_new + self.atom_interaction(
