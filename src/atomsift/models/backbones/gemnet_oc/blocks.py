@@ -133,7 +133,7 @@ class TripletInteraction(nn.Module):
         if self.symmetric_mp:
             x_ca, x_ac = fused_dense(x, [self.up_projection_ca, self.up_projection_ac])
             x_ac = x_ac.index_select(0, id_swap)  # the same message, written to the reverse edge
-            return (x_ca + x_ac) * _INV_SQRT_2
+            return (x_ca + x_ac).mul_(_INV_SQRT_2)
         if self.swap_output:
             x = x.index_select(0, id_swap)
         return self.up_projection_ca(x)
@@ -203,7 +203,7 @@ class QuadrupletInteraction(nn.Module):
         if self.symmetric_mp:
             x_ca, x_ac = fused_dense(x, [self.up_projection_ca, self.up_projection_ac])
             x_ac = x_ac.index_select(0, id_swap)
-            return (x_ca + x_ac) * _INV_SQRT_2
+            return (x_ca + x_ac).mul_(_INV_SQRT_2)
         return self.up_projection_ca(x)
 
 
@@ -232,18 +232,22 @@ class PairInteraction(nn.Module):
         self.down_projection = Dense(emb_size_atom, emb_size_pair_in, activation=activation, bias=False)
         self.up_projection = Dense(emb_size_pair_out, emb_size_atom, activation=activation, bias=False)
 
-    def forward(self, h: Tensor, rad_basis: Tensor, edge_index: Tensor, target_neighbor_idx: Tensor) -> Tensor:
+    def forward(
+        self, h: Tensor, rad_basis: Tensor, edge_index: Tensor, target_neighbor_idx: Tensor, x_b: Tensor | None = None
+    ) -> Tensor:
         """Args:
             h: (N, emb_size_atom) atom embeddings.
             rad_basis: (N, emb_size_rbf, Kmax) radial basis padded per target atom.
             edge_index: (2, E_a2a) [source, target] of the a2a graph (sorted by target).
             target_neighbor_idx: (E_a2a,) slot of each edge among its target's edges.
+            x_b: ``down_projection(h)`` when the caller computed it already (fused with other layers reading h).
 
         Returns:
             (N, emb_size_atom).
         """
         num_atoms = h.shape[0]
-        x_b = self.down_projection(h)
+        if x_b is None:
+            x_b = self.down_projection(h)
         x_ba = x_b.index_select(0, edge_index[0])  # (E_a2a, emb_size_pair_in)
         kmax = int(target_neighbor_idx.max()) + 1 if target_neighbor_idx.numel() > 0 else 0
         # padded (N, Kmax, emb_size_pair_in) through one flat row index (cheaper than a two-index put)
@@ -333,12 +337,16 @@ class OutputBlock(AtomUpdateBlock):
     def forward(self, h: Tensor, m: Tensor, basis_rad: Tensor, idx_atom: Tensor) -> tuple[Tensor, Tensor | None]:
         """Returns (N, emb_size_atom) atom features and (E, emb_size_edge) edge features (None without
         direct forces)."""
-        x = m * self.dense_rbf(basis_rad)
+        if self.direct_forces:
+            rbf_E, rbf_F = fused_dense(basis_rad, [self.dense_rbf, self.dense_rbf_F])
+        else:
+            rbf_E, rbf_F = self.dense_rbf(basis_rad), None
+        x = m * rbf_E
         x_E = self.scale_sum(scatter_sum(x, idx_atom, h.shape[0]), ref=m)
         for layer in self.seq_energy_pre:
             x_E = layer(x_E)
         if self.seq_energy2 is not None:
-            x_E = (x_E + h) * _INV_SQRT_2
+            x_E = (x_E + h).mul_(_INV_SQRT_2)
             for layer in self.seq_energy2:
                 x_E = layer(x_E)
         if not self.direct_forces:
@@ -346,7 +354,7 @@ class OutputBlock(AtomUpdateBlock):
         x_F = m
         for layer in self.seq_forces:
             x_F = layer(x_F)
-        x_F = self.scale_rbf_F(x_F * self.dense_rbf_F(basis_rad), ref=x_F)
+        x_F = self.scale_rbf_F(x_F * rbf_F, ref=x_F)
         return x_E, x_F
 
 
@@ -486,12 +494,21 @@ class InteractionBlock(nn.Module):
         m_proj = fused_dense(m, readers)
         x = m_proj[0] + self.trip_interaction(m, bases_e2e, trip_idx_e2e, id_swap, x_ba=m_proj[1])
         if self.quad_interaction is not None:
-            x = x + self.quad_interaction(m, bases_qint, quad_idx, id_swap, x_db=m_proj[2])
+            x.add_(self.quad_interaction(m, bases_qint, quad_idx, id_swap, x_db=m_proj[2]))
+        # the first layers of the branches that read h, as one matrix product
+        h_readers = []
         if self.atom_edge_interaction is not None:
-            x = x + self.atom_edge_interaction(
-                h, bases_a2e, trip_idx_a2e, id_swap, expand_idx=a2ee2a_graph["edge_index"][0]
+            h_readers.append(self.atom_edge_interaction.dense_ba)
+        if self.atom_interaction is not None:
+            h_readers.append(self.atom_interaction.down_projection)
+        h_proj = fused_dense(h, h_readers) if h_readers else []
+        if self.atom_edge_interaction is not None:
+            x.add_(
+                self.atom_edge_interaction(
+                    h, bases_a2e, trip_idx_a2e, id_swap, expand_idx=a2ee2a_graph["edge_index"][0], x_ba=h_proj[0]
+                )
             )
-        x = x * self.inv_sqrt_num_eint
+        x.mul_(self.inv_sqrt_num_eint)
 
         h_new = h
         if self.edge_atom_interaction is not None:
@@ -507,25 +524,25 @@ class InteractionBlock(nn.Module):
             )
         if self.atom_interaction is not None:
             h_new = h_new + self.atom_interaction(
-                h, basis_a2a_rad, a2a_graph["edge_index"], a2a_graph["target_neighbor_idx"]
+                h, basis_a2a_rad, a2a_graph["edge_index"], a2a_graph["target_neighbor_idx"], x_b=h_proj[-1]
             )
         h = h_new * self.inv_sqrt_num_aint
 
         # edge update with a skip connection
         for layer in self.layers_before_skip:
             x = layer(x)
-        m = (m + x) * _INV_SQRT_2
+        m = (m + x).mul_(_INV_SQRT_2)
         for layer in self.layers_after_skip:
             m = layer(m)
 
         # atom update with a skip connection
         for layer in self.atom_emb_layers:
             h = layer(h)
-        h = (h + self.atom_update(h, m, basis_atom_update, edge_index_main[1])) * _INV_SQRT_2
+        h = (h + self.atom_update(h, m, basis_atom_update, edge_index_main[1])).mul_(_INV_SQRT_2)
 
         # edges refreshed from the updated atoms
         m2 = self.concat_layer(h, m, edge_index_main)
         for layer in self.residual_m:
             m2 = layer(m2)
-        m = (m + m2) * _INV_SQRT_2
+        m = (m + m2).mul_(_INV_SQRT_2)
         return h, m
