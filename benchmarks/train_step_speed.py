@@ -3,12 +3,17 @@
 One training step = build graphs, forward, energy + forces, loss (L1 energy + mean per-atom force error
 norm), backward, AdamW step. Measured on real bundled data: rMD17 ethanol molecules (8 A cutoff, no pbc)
 and periodic PBE oxides (12 A, periodic), 30 neighbours, for PaiNN (gradient forces), atomsift GemNet-OC
-"small" and "S" (direct forces, as in the paper's pretraining) and, where fairchem-core 1.10 is importable,
-fairchem's GemNet-OC with the same hyperparameters, the same weights and the same batches.
+"small" and "S" (direct forces as in the paper's pretraining, and/or gradient forces) and, where
+fairchem-core 1.10 is importable, fairchem's GemNet-OC with the same hyperparameters, the same weights and
+the same batches (gradient forces: fairchem's ``direct_forces=False``).
+
+The two sides of a row alternate step by step (A B, B A, A B, ...: each goes first in half of the pairs),
+so load from other processes lands on both; the table gives each side's median ms/step and the median over
+pairs of the per-pair ratio fairchem / atomsift with a 95 % bootstrap interval.
 
     .venv/bin/python benchmarks/train_step_speed.py                 # atomsift models only
     fairchem-venv/bin/python benchmarks/train_step_speed.py         # adds fairchem (docs/gemnet_oc.md)
-    ... --models painn,gemnet-small --min-time 5 --device cuda
+    ... --models painn,gemnet-small --forces direct,gradient --pairs 10 --min-time 10 --device cuda
 
 Prints one table; paste it into benchmarks/RESULTS.md with the machine and date.
 """
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
+import statistics
 import time
 from collections.abc import Callable
 
@@ -52,46 +59,78 @@ def loss_of(out: dict[str, torch.Tensor], batch) -> torch.Tensor:
     return e + 10.0 * f
 
 
-def time_steps(step: Callable[[], None], min_time: float, min_steps: int) -> float:
-    """Seconds per step: one warm-up step, then steps until both min_time and min_steps are reached."""
-    step()
-    count, start = 0, time.perf_counter()
-    while count < min_steps or time.perf_counter() - start < min_time:
-        step()
-        count += 1
-    return (time.perf_counter() - start) / count
-
-
-def trainer(model: torch.nn.Module, run: Callable[[], tuple[dict, object]]) -> Callable[[], None]:
+def trainer(
+    model: torch.nn.Module, run: Callable[[], tuple[dict, object]], device: torch.device
+) -> Callable[[], float]:
+    """A function doing one training step and returning its wall time in seconds."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     model.train()
 
-    def step() -> None:
+    def step() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         out, batch = run()
         loss_of(out, batch).backward()
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
 
     return step
+
+
+def alternate(a: Callable[[], float], b: Callable[[], float] | None, pairs: int, min_time: float) -> tuple[list, list]:
+    """Step times of a and b: one warm-up step each, then pairs A B, B A, ... until pairs and min_time are met."""
+    a()
+    if b is not None:
+        b()
+    times_a: list[float] = []
+    times_b: list[float] = []
+    start = time.perf_counter()
+    while len(times_a) < pairs or time.perf_counter() - start < min_time:
+        if b is None:
+            times_a.append(a())
+        elif len(times_a) % 2 == 0:
+            times_a.append(a())
+            times_b.append(b())
+        else:
+            times_b.append(b())
+            times_a.append(a())
+    return times_a, times_b
+
+
+def median_interval(values: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(median, 2.5 %, 97.5 %) of the median of values, by bootstrap resampling."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.tensor(values, dtype=torch.float64)
+    idx = torch.randint(0, len(values), (draws, len(values)), generator=gen)
+    meds = x[idx].median(dim=1).values.sort().values
+    return statistics.median(values), float(meds[int(0.025 * draws)]), float(meds[int(0.975 * draws) - 1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="painn,gemnet-small,gemnet-S")
     parser.add_argument("--data", default="ethanol,oxides")
-    parser.add_argument("--min-time", type=float, default=4.0, help="seconds timed per row (after a warm-up step)")
-    parser.add_argument("--min-steps", type=int, default=2)
+    parser.add_argument("--forces", default="direct", help="GemNet-OC force modes: direct, gradient or both")
+    parser.add_argument("--pairs", type=int, default=10, help="least number of timed pairs (steps for PaiNN)")
+    parser.add_argument("--min-time", type=float, default=10.0, help="least seconds of timed pairs per row")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
     with_fairchem = fairchem_available()
     print(
-        f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {cpu_name()}  "
+        f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {cpu_name()}  {os.cpu_count()} cores  "
         f"{torch.get_num_threads()} threads  torch {torch.__version__}  device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-        + f"  fairchem {'yes' if with_fairchem else 'not installed'}"
+        + f"  fairchem {'yes' if with_fairchem else 'not installed'}  load {os.getloadavg()[0]:.2f}"
     )
-    header = f"{'model':<22} {'data':<8} {'batch':>5} {'atoms':>6} {'ms/step':>9} {'struct/s':>9} {'atoms/s':>9} {'vs fairchem':>11}"
+    header = (
+        f"{'model':<13} {'data':<8} {'forces':<8} {'batch':>5} {'atoms':>5} {'pairs':>5} {'atomsift ms':>11} "
+        f"{'atoms/s':>8} {'fairchem ms':>11} {'fairchem/atomsift [95 %]':>25}"
+    )
     print(header)
     print("-" * len(header))
     for data_name in args.data.split(","):
@@ -105,38 +144,43 @@ def main() -> None:
                 torch.manual_seed(0)
                 model = AtomsModel(build_backbone("painn"), {"energy": {"kind": "energy", "forces": "gradient"}})
                 model.to(device)
-                sec = time_steps(trainer(model, lambda m=model, b=batch: (m(b), b)), args.min_time, args.min_steps)
+                times, _ = alternate(
+                    trainer(model, lambda m=model, b=batch: (m(b), b), device), None, args.pairs, args.min_time
+                )
+                ms = 1000 * statistics.median(times)
                 print(
-                    f"{name:<22} {data_name:<8} {batch_size:>5} {natoms:>6} {1000 * sec:>9.1f} "
-                    f"{batch_size / sec:>9.1f} {natoms / sec:>9.0f} {'':>11}"
+                    f"{name:<13} {data_name:<8} {'gradient':<8} {batch_size:>5} {natoms:>5} {len(times):>5} "
+                    f"{ms:>11.1f} {1000 * natoms / ms:>8.0f}"
                 )
                 continue
-            preset = name.split("-", 1)[1]
-            config = {**presets("gemnet_oc")[preset], **graph}
-            reference = fairchem_gemnet(config, seed=0) if with_fairchem else None
-            if reference is not None:
-                state = reference.state_dict()
-            else:
-                torch.manual_seed(0)
-                state = build_backbone("gemnet_oc", **config).state_dict()
-            backbone, heads, _ = gemnet_from_fairchem(config, state)
-            ours = FairchemGemNetOC(backbone, heads).to(device)
-            sec = time_steps(trainer(ours, lambda m=ours, b=batch: (m(b), b)), args.min_time, args.min_steps)
-            ratio = ""
-            if reference is not None:
-                data = to_fairchem_batch(batch)
-                fc_sec = time_steps(
-                    trainer(reference, lambda m=reference, d=data, b=batch: (m(d), b)), args.min_time, args.min_steps
+            for forces in args.forces.split(","):
+                preset = name.split("-", 1)[1]
+                config = {**presets("gemnet_oc")[preset], **graph, "direct_forces": forces == "direct"}
+                reference = fairchem_gemnet(config, seed=0).to(device) if with_fairchem else None
+                if reference is not None:
+                    state = reference.state_dict()
+                else:
+                    torch.manual_seed(0)
+                    state = build_backbone("gemnet_oc", **config).state_dict()
+                backbone, heads, _ = gemnet_from_fairchem(config, state)
+                ours = FairchemGemNetOC(backbone, heads).to(device)
+                step_ours = trainer(ours, lambda m=ours, b=batch: (m(b), b), device)
+                step_ref = None
+                if reference is not None:
+                    data = to_fairchem_batch(batch).to(device)
+                    step_ref = trainer(reference, lambda m=reference, d=data, b=batch: (m(d), b), device)
+                times, ref_times = alternate(step_ours, step_ref, args.pairs, args.min_time)
+                ms = 1000 * statistics.median(times)
+                line = (
+                    f"{name:<13} {data_name:<8} {forces:<8} {batch_size:>5} {natoms:>5} {len(times):>5} "
+                    f"{ms:>11.1f} {1000 * natoms / ms:>8.0f}"
                 )
-                ratio = f"{fc_sec / sec:.2f}x"
-                print(
-                    f"{'fairchem ' + name:<22} {data_name:<8} {batch_size:>5} {natoms:>6} {1000 * fc_sec:>9.1f} "
-                    f"{batch_size / fc_sec:>9.1f} {natoms / fc_sec:>9.0f} {'1.00x':>11}"
-                )
-            print(
-                f"{'atomsift ' + name:<22} {data_name:<8} {batch_size:>5} {natoms:>6} {1000 * sec:>9.1f} "
-                f"{batch_size / sec:>9.1f} {natoms / sec:>9.0f} {ratio:>11}"
-            )
+                if ref_times:
+                    ratio, low, high = median_interval([r / t for r, t in zip(ref_times, times)])
+                    ratio_text = f"{ratio:.2f}x [{low:.2f}, {high:.2f}]"
+                    line += f" {1000 * statistics.median(ref_times):>11.1f} {ratio_text:>25}"
+                print(line, flush=True)
+    print(f"# load at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from atomsift.models.backbones.gemnet_oc.layers import (
     ResidualLayer,
     ScaledSiLU,
     SiQU,
+    fused_dense,
     get_initializer,
     he_orthogonal_init,
 )
@@ -139,3 +140,43 @@ def test_bilinear_empty_inputs():
     basis = be(rad, torch.zeros(0, 3), idx_sph_outer=empty, idx_sph_inner=empty)
     out = EfficientInteractionBilinear(6, 4, 2)(basis, torch.zeros(0, 6), empty, empty)
     assert out.shape == (3, 2) and torch.all(out == 0)
+
+
+@pytest.mark.parametrize("activation", ["silu", None])
+def test_fused_dense_matches_separate_layers(activation):
+    """One product over concatenated weights: the same outputs and gradients as each layer on its own."""
+    torch.manual_seed(0)
+    layers = [Dense(12, n, activation=activation) for n in (12, 5, 7)]
+    x = torch.randn(30, 12, requires_grad=True)
+    fused = fused_dense(x, layers)
+    separate = [layer(x) for layer in layers]
+    assert [f.shape for f in fused] == [(30, 12), (30, 5), (30, 7)]
+    for f, s in zip(fused, separate):
+        torch.testing.assert_close(f, s, rtol=1e-6, atol=1e-7)
+    weights = [torch.randn_like(s) for s in separate]
+    grads_fused = torch.autograd.grad(sum((f * w).sum() for f, w in zip(fused, weights)), [x, layers[1].linear.weight])
+    grads_sep = torch.autograd.grad(sum((s * w).sum() for s, w in zip(separate, weights)), [x, layers[1].linear.weight])
+    for a, b in zip(grads_fused, grads_sep):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_dense_falls_back_for_mixed_layers():
+    """Layers with a bias or different activations are applied one by one (still the same values)."""
+    torch.manual_seed(1)
+    layers = [Dense(6, 4, activation="silu"), Dense(6, 3, activation=None), Dense(6, 2, bias=True, activation="silu")]
+    x = torch.randn(9, 6)
+    for f, layer in zip(fused_dense(x, layers), layers):
+        torch.testing.assert_close(f, layer(x), rtol=0, atol=0)
+    assert fused_dense(x, layers[:2])[1].shape == (9, 3)
+
+
+def test_residual_layer_formula_and_input_untouched():
+    """(x + mlp(x)) / sqrt(2) computed in place on the branch output must leave the input as it was."""
+    torch.manual_seed(2)
+    layer = ResidualLayer(8, nLayers=2, activation="silu")
+    x = torch.randn(5, 8)
+    before = x.clone()
+    out = layer(x)
+    torch.testing.assert_close(out, (before + layer.dense_mlp(before)) / math.sqrt(2.0))
+    torch.testing.assert_close(x, before, rtol=0, atol=0)
+    torch.testing.assert_close(ResidualLayer(8, nLayers=0)(x), 2.0 * x / math.sqrt(2.0))

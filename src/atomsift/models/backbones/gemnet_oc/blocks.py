@@ -20,6 +20,7 @@ from atomsift.models.backbones.gemnet_oc.layers import (
     EdgeEmbedding,
     EfficientInteractionBilinear,
     ResidualLayer,
+    fused_dense,
 )
 from atomsift.models.backbones.gemnet_oc.scaling import ScaleFactor
 
@@ -98,6 +99,7 @@ class TripletInteraction(nn.Module):
         idx_agg2: Tensor | None = None,
         idx_agg2_inner: Tensor | None = None,
         agg2_out_size: int | None = None,
+        x_ba: Tensor | None = None,
     ) -> Tensor:
         """Args:
             m: (E_in, emb_size_in) input embeddings (edges, or atoms when ``expand_idx`` is given).
@@ -106,11 +108,13 @@ class TripletInteraction(nn.Module):
             id_swap: (E,) reverse edge of each main-graph edge.
             expand_idx: (E_b,) atom of each edge b->a (atom-to-edge: atoms are expanded to edges).
             idx_agg2, idx_agg2_inner, agg2_out_size: second aggregation edges -> atoms (edge-to-atom).
+            x_ba: ``dense_ba(m)`` when the caller computed it already (fused with other layers reading m).
 
         Returns:
             (E, emb_size_out) edge embeddings, or (agg2_out_size, emb_size_out) atom embeddings.
         """
-        x_ba = self.dense_ba(m)
+        if x_ba is None:
+            x_ba = self.dense_ba(m)
         if expand_idx is not None:
             x_ba = x_ba.index_select(0, expand_idx)
         x_ba = self.scale_rbf(x_ba * self.mlp_rbf(bases["rad"]), ref=x_ba)
@@ -127,9 +131,9 @@ class TripletInteraction(nn.Module):
         )
         x = self.scale_cbf_sum(x, ref=x_ba)
         if self.symmetric_mp:
-            x_ca = self.up_projection_ca(x)
-            x_ac = self.up_projection_ac(x).index_select(0, id_swap)  # the same message, written to the reverse edge
-            return (x_ca + x_ac) * _INV_SQRT_2
+            x_ca, x_ac = fused_dense(x, [self.up_projection_ca, self.up_projection_ac])
+            x_ac = x_ac.index_select(0, id_swap)  # the same message, written to the reverse edge
+            return (x_ca + x_ac).mul_(_INV_SQRT_2)
         if self.swap_output:
             x = x.index_select(0, id_swap)
         return self.up_projection_ca(x)
@@ -174,17 +178,21 @@ class QuadrupletInteraction(nn.Module):
         if symmetric_mp:
             self.up_projection_ac = Dense(emb_size_quad_out, emb_size_edge, activation=activation, bias=False)
 
-    def forward(self, m: Tensor, bases: dict[str, Any], idx: dict[str, Any], id_swap: Tensor) -> Tensor:
+    def forward(
+        self, m: Tensor, bases: dict[str, Any], idx: dict[str, Any], id_swap: Tensor, x_db: Tensor | None = None
+    ) -> Tensor:
         """Args:
             m: (E, emb_size_edge) edge embeddings.
             bases: {"rad": (E, emb_size_rbf), "cir": (T_in, emb_size_cbf), "sph": (rad_W1, sph)}.
             idx: quadruplet indices from get_quadruplets.
             id_swap: (E,) reverse edge of each edge.
+            x_db: ``dense_db(m)`` when the caller computed it already (fused with other layers reading m).
 
         Returns:
             (E, emb_size_edge).
         """
-        x_db = self.dense_db(m)
+        if x_db is None:
+            x_db = self.dense_db(m)
         x_db = self.scale_rbf(x_db * self.mlp_rbf(bases["rad"]), ref=x_db)
         x_db = self.down_projection(x_db)
         x_db = x_db.index_select(0, idx["triplet_in"]["in"])  # (T_in, emb_size_quad_in), one per triplet d->b->a
@@ -193,9 +201,9 @@ class QuadrupletInteraction(nn.Module):
         x = self.mlp_sbf(bases["sph"], x_db, idx["out"], idx["out_agg"])
         x = self.scale_sbf_sum(x, ref=x_db)
         if self.symmetric_mp:
-            x_ca = self.up_projection_ca(x)
-            x_ac = self.up_projection_ac(x).index_select(0, id_swap)
-            return (x_ca + x_ac) * _INV_SQRT_2
+            x_ca, x_ac = fused_dense(x, [self.up_projection_ca, self.up_projection_ac])
+            x_ac = x_ac.index_select(0, id_swap)
+            return (x_ca + x_ac).mul_(_INV_SQRT_2)
         return self.up_projection_ca(x)
 
 
@@ -224,18 +232,22 @@ class PairInteraction(nn.Module):
         self.down_projection = Dense(emb_size_atom, emb_size_pair_in, activation=activation, bias=False)
         self.up_projection = Dense(emb_size_pair_out, emb_size_atom, activation=activation, bias=False)
 
-    def forward(self, h: Tensor, rad_basis: Tensor, edge_index: Tensor, target_neighbor_idx: Tensor) -> Tensor:
+    def forward(
+        self, h: Tensor, rad_basis: Tensor, edge_index: Tensor, target_neighbor_idx: Tensor, x_b: Tensor | None = None
+    ) -> Tensor:
         """Args:
             h: (N, emb_size_atom) atom embeddings.
             rad_basis: (N, emb_size_rbf, Kmax) radial basis padded per target atom.
             edge_index: (2, E_a2a) [source, target] of the a2a graph (sorted by target).
             target_neighbor_idx: (E_a2a,) slot of each edge among its target's edges.
+            x_b: ``down_projection(h)`` when the caller computed it already (fused with other layers reading h).
 
         Returns:
             (N, emb_size_atom).
         """
         num_atoms = h.shape[0]
-        x_b = self.down_projection(h)
+        if x_b is None:
+            x_b = self.down_projection(h)
         x_ba = x_b.index_select(0, edge_index[0])  # (E_a2a, emb_size_pair_in)
         kmax = int(target_neighbor_idx.max()) + 1 if target_neighbor_idx.numel() > 0 else 0
         # padded (N, Kmax, emb_size_pair_in) through one flat row index (cheaper than a two-index put)
@@ -325,12 +337,16 @@ class OutputBlock(AtomUpdateBlock):
     def forward(self, h: Tensor, m: Tensor, basis_rad: Tensor, idx_atom: Tensor) -> tuple[Tensor, Tensor | None]:
         """Returns (N, emb_size_atom) atom features and (E, emb_size_edge) edge features (None without
         direct forces)."""
-        x = m * self.dense_rbf(basis_rad)
+        if self.direct_forces:
+            rbf_E, rbf_F = fused_dense(basis_rad, [self.dense_rbf, self.dense_rbf_F])
+        else:
+            rbf_E, rbf_F = self.dense_rbf(basis_rad), None
+        x = m * rbf_E
         x_E = self.scale_sum(scatter_sum(x, idx_atom, h.shape[0]), ref=m)
         for layer in self.seq_energy_pre:
             x_E = layer(x_E)
         if self.seq_energy2 is not None:
-            x_E = (x_E + h) * _INV_SQRT_2
+            x_E = (x_E + h).mul_(_INV_SQRT_2)
             for layer in self.seq_energy2:
                 x_E = layer(x_E)
         if not self.direct_forces:
@@ -338,7 +354,7 @@ class OutputBlock(AtomUpdateBlock):
         x_F = m
         for layer in self.seq_forces:
             x_F = layer(x_F)
-        x_F = self.scale_rbf_F(x_F * self.dense_rbf_F(basis_rad), ref=x_F)
+        x_F = self.scale_rbf_F(x_F * rbf_F, ref=x_F)
         return x_E, x_F
 
 
@@ -469,14 +485,30 @@ class InteractionBlock(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Update atom embeddings h (N, emb_size_atom) and edge embeddings m (E, emb_size_edge)."""
         num_atoms = h.shape[0]
-        x = self.dense_ca(m) + self.trip_interaction(m, bases_e2e, trip_idx_e2e, id_swap)
+        # the first layers of every branch that reads m, as one matrix product
+        readers = [self.dense_ca, self.trip_interaction.dense_ba]
         if self.quad_interaction is not None:
-            x = x + self.quad_interaction(m, bases_qint, quad_idx, id_swap)
+            readers.append(self.quad_interaction.dense_db)
+        if self.edge_atom_interaction is not None:
+            readers.append(self.edge_atom_interaction.dense_ba)
+        m_proj = fused_dense(m, readers)
+        x = m_proj[0] + self.trip_interaction(m, bases_e2e, trip_idx_e2e, id_swap, x_ba=m_proj[1])
+        if self.quad_interaction is not None:
+            x.add_(self.quad_interaction(m, bases_qint, quad_idx, id_swap, x_db=m_proj[2]))
+        # the first layers of the branches that read h, as one matrix product
+        h_readers = []
         if self.atom_edge_interaction is not None:
-            x = x + self.atom_edge_interaction(
-                h, bases_a2e, trip_idx_a2e, id_swap, expand_idx=a2ee2a_graph["edge_index"][0]
+            h_readers.append(self.atom_edge_interaction.dense_ba)
+        if self.atom_interaction is not None:
+            h_readers.append(self.atom_interaction.down_projection)
+        h_proj = fused_dense(h, h_readers) if h_readers else []
+        if self.atom_edge_interaction is not None:
+            x.add_(
+                self.atom_edge_interaction(
+                    h, bases_a2e, trip_idx_a2e, id_swap, expand_idx=a2ee2a_graph["edge_index"][0], x_ba=h_proj[0]
+                )
             )
-        x = x * self.inv_sqrt_num_eint
+        x.mul_(self.inv_sqrt_num_eint)
 
         h_new = h
         if self.edge_atom_interaction is not None:
@@ -488,28 +520,29 @@ class InteractionBlock(nn.Module):
                 idx_agg2=a2ee2a_graph["edge_index"][1],
                 idx_agg2_inner=a2ee2a_graph["target_neighbor_idx"],
                 agg2_out_size=num_atoms,
+                x_ba=m_proj[-1],
             )
         if self.atom_interaction is not None:
             h_new = h_new + self.atom_interaction(
-                h, basis_a2a_rad, a2a_graph["edge_index"], a2a_graph["target_neighbor_idx"]
+                h, basis_a2a_rad, a2a_graph["edge_index"], a2a_graph["target_neighbor_idx"], x_b=h_proj[-1]
             )
         h = h_new * self.inv_sqrt_num_aint
 
         # edge update with a skip connection
         for layer in self.layers_before_skip:
             x = layer(x)
-        m = (m + x) * _INV_SQRT_2
+        m = (m + x).mul_(_INV_SQRT_2)
         for layer in self.layers_after_skip:
             m = layer(m)
 
         # atom update with a skip connection
         for layer in self.atom_emb_layers:
             h = layer(h)
-        h = (h + self.atom_update(h, m, basis_atom_update, edge_index_main[1])) * _INV_SQRT_2
+        h = (h + self.atom_update(h, m, basis_atom_update, edge_index_main[1])).mul_(_INV_SQRT_2)
 
         # edges refreshed from the updated atoms
         m2 = self.concat_layer(h, m, edge_index_main)
         for layer in self.residual_m:
             m2 = layer(m2)
-        m = (m + m2) * _INV_SQRT_2
+        m = (m + m2).mul_(_INV_SQRT_2)
         return h, m
