@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from atomsift.errors import ConfigError
 from atomsift.models.backbones.gemnet_oc.bases import CircularBasisLayer, RadialBasis, SphericalBasisLayer
-from atomsift.models.backbones.gemnet_oc.blocks import InteractionBlock, OutputBlock
+from atomsift.models.backbones.gemnet_oc.blocks import InteractionBlock
 from atomsift.models.backbones.gemnet_oc.graphs import (
     GraphSettings,
     InteractionGraphs,
@@ -43,6 +43,7 @@ from atomsift.models.backbones.gemnet_oc.layers import (
     EdgeEmbedding,
     ResidualLayer,
 )
+from atomsift.models.backbones.gemnet_oc.outputs import OutputBlock
 from atomsift.models.backbones.gemnet_oc.scaling import fit_scale_factors, unfitted_scale_factors
 from atomsift.models.backbones.gemnet_oc.utils import get_angle, inner_product_clamped
 from atomsift.models.base import Backbone, BackboneOutput, no_neighbours_error
