@@ -44,8 +44,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from atomsift.errors import DataError
 from atomsift.graph.batch import AtomsBatch
+from atomsift.graph.cells import lattice_shift, length, wrap
+from atomsift.graph.vesin_backend import find_pairs_vesin, use_vesin
 
 _PAIR_CHUNK = 1 << 20  # (target, image) pairs tested at once
 _CANDIDATE_CHUNK = 1 << 21  # (target, image, source) candidates whose distances are computed at once
@@ -106,6 +107,7 @@ def radius_graph(
     *,
     pbc: bool | None = None,
     strict: bool = True,
+    backend: str | None = None,
 ) -> NeighborGraph:
     """All neighbours within `cutoff` (A) of every atom, optionally the nearest `max_neighbors` only.
 
@@ -121,6 +123,10 @@ def radius_graph(
             the squared distance of the (max_neighbors + 1)-th nearest plus 0.01 A^2. Note that this
             keeps at least max_neighbors + 1 edges for such atoms (fairchem's behaviour, kept on purpose
             so graphs match its models).
+        backend: who finds the pairs within the cutoff: "torch" (the batched search below), "vesin" (the
+            vesin library, one structure at a time on CPU) or "auto" (vesin for CPU batches holding a
+            periodic structure when vesin is installed, torch otherwise). None reads the environment
+            variable ATOMSIFT_NEIGHBOR_BACKEND (default "auto"). Both give the same graph, edge for edge.
     """
     if cutoff <= 0:
         raise ValueError(f"cutoff must be positive, got {cutoff}")
@@ -136,7 +142,10 @@ def radius_graph(
     with torch.no_grad():
         pos = batch.positions.detach().to(torch.float64)
         cell = batch.cell.detach().to(device=device, dtype=torch.float64)
-        target, source, offsets, dist = _find_pairs(pos, cell, use_pbc, batch, float(cutoff))
+        if use_vesin(backend, device, use_pbc):
+            target, source, offsets, dist = find_pairs_vesin(pos, cell, use_pbc, batch, float(cutoff))
+        else:
+            target, source, offsets, dist = _find_pairs(pos, cell, use_pbc, batch, float(cutoff))
         if max_neighbors is not None:  # drop edges that cannot be among the nearest before sorting
             near = _near_enough(target, dist, batch.num_atoms, max_neighbors)
             if near is not None:
@@ -216,49 +225,6 @@ def _limit_mask(
     return keep | (value <= _gather(ref, target) + tolerance)
 
 
-def _cross(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise cross product of (..., 3) tensors (closed form; cheaper than linalg for tiny batches)."""
-    a0, a1, a2 = a.unbind(-1)
-    b0, b1, b2 = b.unbind(-1)
-    return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], dim=-1)
-
-
-def _reciprocal(cell: Tensor) -> tuple[Tensor, Tensor]:
-    """Reciprocal rows (B, 3, 3) with recip[b, k] . cell[b, l] = delta_kl, and |det| (B,)."""
-    a0, a1, a2 = cell.unbind(1)
-    cross = torch.stack([_cross(a1, a2), _cross(a2, a0), _cross(a0, a1)], dim=1)
-    det = (a0 * cross[:, 0]).sum(-1)
-    return cross / det[:, None, None], det.abs()
-
-
-def _complete_cells(cell: Tensor, pbc: Tensor, ids: list[str]) -> Tensor:
-    """Cells usable for fractional coordinates: periodic rows kept, degenerate rest filled in.
-
-    Structures without pbc get the identity; structures whose non-periodic lattice vectors are zero
-    (or dependent) get an orthonormal complement of their periodic vectors there.
-    """
-    any_pbc = pbc.any(dim=1)
-    eye = torch.eye(3, dtype=cell.dtype, device=cell.device)
-    out = torch.where(any_pbc[:, None, None], cell, eye)
-    unit = out / torch.linalg.vector_norm(out, dim=-1, keepdim=True).clamp_min(1e-300)
-    _, unit_det = _reciprocal(unit)
-    bad = torch.nonzero(any_pbc & ~(unit_det >= 1e-6)).flatten().tolist()
-    for b in bad:  # rare: slabs or wires built without a vacuum vector
-        periodic = out[b][pbc[b]]
-        if (
-            torch.linalg.matrix_rank(periodic).item() < periodic.shape[0]
-            or (torch.linalg.vector_norm(periodic, dim=-1) < 1e-8).any()
-        ):
-            raise DataError(
-                "lattice vectors along periodic directions are zero or linearly dependent",
-                record=ids[b] if b < len(ids) else b,
-                fix="give this structure a proper cell, or make it non-periodic (pbc=False)",
-            )
-        _, _, vh = torch.linalg.svd(periodic, full_matrices=True)
-        out[b][~pbc[b]] = vh[periodic.shape[0] :]
-    return out
-
-
 def _chunk_bounds(counts: Tensor, budget: int) -> list[tuple[int, int]]:
     """Contiguous ranges of `counts` (1-D, >= 0) whose sums stay below `budget` (>= 1 item each)."""
     cum = torch.cumsum(counts.cpu(), 0)
@@ -293,22 +259,8 @@ def _find_pairs(
     periodic = bool(pbc.any())
 
     if periodic:
-        has_pbc = pbc.any(dim=1)
-        no_cell = has_pbc & (cell.abs().sum(dim=(1, 2)) == 0)
-        if bool(no_cell.any()):
-            b = int(torch.nonzero(no_cell)[0])
-            raise DataError(
-                "periodic structure has no cell",
-                record=batch.ids[b] if b < len(batch.ids) else b,
-                fix="give it a cell, or build the graph with pbc=False",
-            )
-        full = _complete_cells(cell, pbc, batch.ids)
-        recip, _ = _reciprocal(full)
         # 1. wrap periodic directions into the cell; k = integer lattice shift taken off each atom
-        frac = torch.einsum("nl,nkl->nk", pos, _gather(recip, atom_struct))
-        k = torch.where(_gather(pbc, atom_struct), torch.floor(frac), torch.zeros_like(frac))
-        wrapped = pos - torch.einsum("nk,nkl->nl", k, _gather(full, atom_struct))
-        k = k.to(torch.int64)
+        full, recip, wrapped, k = wrap(pos, cell, pbc, batch)
         # 2. images: |S_k| <= ceil(cutoff / plane spacing_k), spacing_k = 1 / |recip_k|
         reps = torch.ceil(cutoff * torch.linalg.vector_norm(recip, dim=-1)).to(torch.int64)
         reps = torch.where(pbc, reps, torch.zeros_like(reps))
@@ -338,7 +290,7 @@ def _find_pairs(
     local = torch.arange(image_struct.numel(), device=device) - _gather(image_ptr, image_struct)
     w, r = _gather(widths, image_struct), _gather(reps, image_struct)
     image_offsets = torch.stack([local // (w[:, 1] * w[:, 2]), (local // w[:, 2]) % w[:, 1], local % w[:, 2]], 1) - r
-    image_shift = torch.einsum("mk,mkl->ml", image_offsets.to(dtype), _gather(full, image_struct))
+    image_shift = lattice_shift(image_offsets.to(dtype), _gather(full, image_struct))
     image_centre = image_shift + _gather(centre, image_struct)  # centre of the atoms' sphere in image m
     image_is_zero = (image_offsets == 0).all(dim=1)
 
@@ -410,7 +362,7 @@ def _expand(
         p1 = min(p0 + pairs_per_chunk, pair_target.numel())
         struct = pair_struct[p0:p1]
         vec = _gather(blocks, struct).view(-1, width, 3) + rel[p0:p1, None, :]  # (P, width, 3)
-        dist = torch.linalg.vector_norm(vec, dim=-1)
+        dist = length(vec)
         slot = self_slot[p0:p1]
         own = torch.where(slot < width)[0]
         dist[own, _gather(slot, own)] = float("inf")
