@@ -40,6 +40,18 @@ def _structures() -> list[Atoms]:
     return [molecule("C6H6"), molecule("CH4"), rattled, triclinic, small, tiny, rock, cubic, slab, flat]
 
 
+def test_large_structures_same_graph():
+    big = bulk("MgO", "rocksalt", 4.2, cubic=True) * (4, 4, 4)  # 512 atoms, perfect: many exact ties
+    rattled = big.copy()
+    rattled.rattle(0.05, seed=5)
+    cluster = rattled.copy()
+    cluster.pbc = False
+    batch = collate([big, rattled, cluster], dtype=F64)
+    for max_neighbors, strict in ((None, True), (30, True), (12, False)):
+        args = (batch, 6.0, max_neighbors)
+        _same(radius_graph(*args, strict=strict, backend="torch"), radius_graph(*args, strict=strict, backend="vesin"))
+
+
 def _same(a, b) -> None:
     assert torch.equal(a.edge_index, b.edge_index)
     assert torch.equal(a.cell_offsets, b.cell_offsets)
@@ -111,8 +123,14 @@ def test_backend_choice(monkeypatch):
     monkeypatch.setattr(nb, "find_pairs_vesin", counting)
     radius_graph(periodic, 5.0)  # auto: CPU and periodic -> vesin
     assert len(calls) == 1
-    radius_graph(periodic, 5.0, pbc=False)  # auto: molecules -> torch
+    radius_graph(periodic, 5.0, pbc=False)  # auto: small molecules -> torch
     radius_graph(periodic, 5.0, backend="torch")
+    assert len(calls) == 1
+    cluster = bulk("MgO", "rocksalt", 4.2, cubic=True) * (3, 3, 3)  # 216 atoms
+    radius_graph(collate([cluster], dtype=F64), 5.0, pbc=False)  # auto: large molecules -> vesin
+    assert len(calls) == 2
+    calls.clear()
+    radius_graph(periodic, 5.0)
     assert len(calls) == 1
     monkeypatch.setenv("ATOMSIFT_NEIGHBOR_BACKEND", "torch")
     radius_graph(periodic, 5.0)

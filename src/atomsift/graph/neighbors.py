@@ -27,13 +27,16 @@ How it works (all structures of a batch at once; Python loops only over chunks):
    cells) means many small kernels. Cost is O(atoms x atoms per structure x images); for large
    non-periodic systems (thousands of atoms) a cell list would be faster.
 4. Edges are selected without gradients in float64 (so the edge set hardly depends on the batch
-   dtype). With `max_neighbors`, edges beyond each target's (k+1)-th distance are dropped first (one
+   dtype), on squared distances (elementwise products and sums, rounded the same by torch and numpy; no
+   square root, whose vectorised torch version is not correctly rounded), so the vesin backend
+   (`vesin_backend.py`: vesin proposes the pairs, atomsift selects and sorts them) gives the same
+   graph bit for bit. With `max_neighbors`, edges beyond each target's (k+1)-th distance are dropped first (one
    `kthvalue` on a padded matrix); the rest are sorted by (target, distance, source, offset),
    trimmed, and their vectors/distances recomputed in the batch dtype from the caller's (unwrapped)
    positions with `edge_vectors`, so they carry gradients with respect to `batch.positions`.
 
-Distances are compared on a 2^-26 A (~1.5e-8 A) grid when sorting, so symmetry-equivalent neighbours
-whose float distances differ only by rounding count as tied and are ordered by source index and
+Squared distances are compared on a 2^-26 A^2 (~1.5e-8 A^2) grid when sorting, so symmetry-equivalent
+neighbours whose float distances differ only by rounding count as tied and are ordered by source index and
 then by offset (lexicographic): the result does not depend on enumeration order.
 """
 
@@ -45,12 +48,12 @@ import torch
 from torch import Tensor
 
 from atomsift.graph.batch import AtomsBatch
-from atomsift.graph.cells import lattice_shift, length, wrap
+from atomsift.graph.cells import lattice_shift, squared_length, wrap
 from atomsift.graph.vesin_backend import find_pairs_vesin, use_vesin
 
 _PAIR_CHUNK = 1 << 20  # (target, image) pairs tested at once
 _CANDIDATE_CHUNK = 1 << 21  # (target, image, source) candidates whose distances are computed at once
-_DIST_QUANTUM = 2.0**-26  # A; distances closer than this sort as ties
+_DIST_QUANTUM = 2.0**-26  # A^2; squared distances closer than this sort as ties
 FAIRCHEM_TOLERANCE = 0.01  # fairchem's degeneracy tolerance, compared on squared distances (A^2)
 
 
@@ -125,8 +128,9 @@ def radius_graph(
             so graphs match its models).
         backend: who finds the pairs within the cutoff: "torch" (the batched search below), "vesin" (the
             vesin library, one structure at a time on CPU) or "auto" (vesin for CPU batches holding a
-            periodic structure when vesin is installed, torch otherwise). None reads the environment
-            variable ATOMSIFT_NEIGHBOR_BACKEND (default "auto"). Both give the same graph, edge for edge.
+            periodic structure or a molecule of 200 atoms or more when vesin is installed, torch
+            otherwise). None reads the environment variable ATOMSIFT_NEIGHBOR_BACKEND (default "auto").
+            Both give the same graph, edge for edge.
     """
     if cutoff <= 0:
         raise ValueError(f"cutoff must be positive, got {cutoff}")
@@ -142,17 +146,19 @@ def radius_graph(
     with torch.no_grad():
         pos = batch.positions.detach().to(torch.float64)
         cell = batch.cell.detach().to(device=device, dtype=torch.float64)
-        if use_vesin(backend, device, use_pbc):
-            target, source, offsets, dist = find_pairs_vesin(pos, cell, use_pbc, batch, float(cutoff))
+        if use_vesin(backend, device, use_pbc, int(batch.natoms.max()) if num_structures else 0):
+            target, source, offsets, dist2 = find_pairs_vesin(pos, cell, use_pbc, batch, float(cutoff), max_neighbors)
         else:
-            target, source, offsets, dist = _find_pairs(pos, cell, use_pbc, batch, float(cutoff))
+            target, source, offsets, dist2 = _find_pairs(pos, cell, use_pbc, batch, float(cutoff))
         if max_neighbors is not None:  # drop edges that cannot be among the nearest before sorting
-            near = _near_enough(target, dist, batch.num_atoms, max_neighbors)
+            near = _near_enough(target, dist2, batch.num_atoms, max_neighbors)
             if near is not None:
-                target, source, offsets, dist = (_gather(x, near) for x in (target, source, offsets, dist))
-        order = _sort_edges(target, source, offsets, dist)
+                target, source, offsets, dist2 = (_gather(x, near) for x in (target, source, offsets, dist2))
+        order = _sort_edges(target, source, offsets, dist2)
         if max_neighbors is not None:
-            keep = _limit_mask(_gather(target, order), _gather(dist, order), batch.num_atoms, max_neighbors, strict)
+            # fairchem's rule on squared distances (squared=False: dist2 already is squared)
+            t, d2 = _gather(target, order), _gather(dist2, order)
+            keep = _limit_mask(t, d2, batch.num_atoms, max_neighbors, strict, squared=False)
             order = _gather(order, torch.where(keep)[0])
         target, source, offsets = _gather(target, order), _gather(source, order), _gather(offsets, order)
 
@@ -250,7 +256,7 @@ def _gather(x: Tensor, index: Tensor) -> Tensor:
 def _find_pairs(
     pos: Tensor, cell: Tensor, pbc: Tensor, batch: AtomsBatch, cutoff: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Unsorted (target, source, offsets, distance) of all pairs within the cutoff (float64)."""
+    """Unsorted (target, source, offsets, squared distance in A^2) of all pairs within the cutoff (float64)."""
     device, dtype = pos.device, pos.dtype
     natoms = batch.natoms.to(device)
     atom_struct = batch.batch.to(device)
@@ -352,7 +358,7 @@ def _expand(
     cutoff: float,
     pairs_per_chunk: int,
 ) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """Test every source of each (target, image) pair: (target, source, image, distance) of the hits.
+    """Test every source of each (target, image) pair: (target, source, image, squared distance) of the hits.
 
     blocks: (B, width * 3) padded wrapped positions; rel: (P, 3) S @ cell - r_i per pair;
     self_slot: (P,) block slot of the target itself where the pair is its own zero image, else >= width.
@@ -362,11 +368,11 @@ def _expand(
         p1 = min(p0 + pairs_per_chunk, pair_target.numel())
         struct = pair_struct[p0:p1]
         vec = _gather(blocks, struct).view(-1, width, 3) + rel[p0:p1, None, :]  # (P, width, 3)
-        dist = length(vec)
+        dist = squared_length(vec)  # A^2
         slot = self_slot[p0:p1]
         own = torch.where(slot < width)[0]
         dist[own, _gather(slot, own)] = float("inf")
-        hit = torch.where(dist.view(-1) <= cutoff)[0]
+        hit = torch.where(dist.view(-1) <= cutoff * cutoff)[0]
         pair_of_hit = torch.div(hit, width, rounding_mode="floor")
         src = _gather(_gather(ptr, struct), pair_of_hit) + hit - pair_of_hit * width
         out.append(
@@ -381,7 +387,7 @@ def _expand(
 
 
 def _near_enough(target: Tensor, dist: Tensor, num_atoms: int, k: int) -> Tensor | None:
-    """Indices of edges within reach of their target's (k+1)-th nearest distance (None: all are).
+    """Indices of edges within reach of their target's (k+1)-th nearest squared distance `dist` (None: all are).
 
     A cheap superset of what `_limit_mask` keeps (strict or not), found with one `kthvalue` over a
     padded (atoms, max neighbours) matrix instead of a full sort of every edge.
@@ -406,12 +412,12 @@ def _near_enough(target: Tensor, dist: Tensor, num_atoms: int, k: int) -> Tensor
     padded = torch.full((num_atoms * width,), float("inf"), dtype=d.dtype, device=d.device)
     padded.index_copy_(0, t * width + rank, d)
     ref = padded.view(num_atoms, width).kthvalue(k + 1, dim=1).values  # inf where fewer neighbours
-    reach = torch.sqrt(ref * ref + FAIRCHEM_TOLERANCE) + 1e-6
+    reach = ref + FAIRCHEM_TOLERANCE + 1e-6
     return _gather(perm, torch.where(d <= _gather(reach, t))[0])
 
 
 def _sort_edges(target: Tensor, source: Tensor, offsets: Tensor, dist: Tensor) -> Tensor:
-    """Permutation sorting edges by target, distance (on a fine grid), source, offset (x, y, z)."""
+    """Permutation sorting edges by target, squared distance `dist` (A^2, on a fine grid), source, offset (x, y, z)."""
     if target.numel() == 0:
         return torch.arange(0, device=target.device)
     quantized = torch.round(dist / _DIST_QUANTUM).to(torch.int64)

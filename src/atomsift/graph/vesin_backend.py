@@ -3,7 +3,7 @@
 `radius_graph` uses this on CPU for batches with periodic structures, where vesin finds pairs faster
 than the brute-force torch search (benchmarks/RESULTS.md, "Neighbour lists"). The graph is the same
 edge for edge: vesin only proposes pairs (at a cutoff a hair longer than asked), then each pair's
-distance is recomputed from atomsift's own wrapped positions and lattice shifts with the same
+squared distance is recomputed from atomsift's own wrapped positions and lattice shifts with the same
 elementwise float64 arithmetic as the torch search, the cutoff is applied to that distance, and
 atomsift's nearest-first limit, tie rule and ordering run on the result as before.
 """
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from atomsift.errors import ConfigError
 from atomsift.graph.batch import AtomsBatch
-from atomsift.graph.cells import lattice_shift, length, wrap
+from atomsift.graph.cells import lattice_shift, squared_length, wrap
 
 _MARGIN = 1e-8  # A added to the cutoff vesin is asked for; the exact cutoff is applied afterwards
 
@@ -35,10 +35,17 @@ def vesin_available() -> bool:
 
 
 BACKENDS = ("auto", "torch", "vesin")
+MOLECULE_ATOMS = 200  # "auto" uses vesin for molecules from this size on
 
 
-def use_vesin(backend: str | None, device: torch.device, pbc: Tensor) -> bool:
-    """Whether `radius_graph` finds pairs with vesin (see its `backend` argument)."""
+def use_vesin(backend: str | None, device: torch.device, pbc: Tensor, largest: int) -> bool:
+    """Whether `radius_graph` finds pairs with vesin (see its `backend` argument); largest: most atoms in a structure.
+
+    "auto" picks vesin on CPU for batches holding a periodic structure or a molecule of at least
+    `MOLECULE_ATOMS` atoms: there it was as fast or faster than the torch search (small periodic cells at
+    full lists: as fast; at 30 nearest: 1.3x; cells of 200-4000 atoms: 3-23x; molecules of 500-1000 atoms: 2-3x),
+    while for batches of small molecules the torch search wins (one vesin call per structure costs ~50 us).
+    """
     name = backend if backend is not None else os.environ.get("ATOMSIFT_NEIGHBOR_BACKEND", "auto").strip() or "auto"
     if name not in BACKENDS:
         where = "radius_graph(backend=...)" if backend is not None else "environment variable ATOMSIFT_NEIGHBOR_BACKEND"
@@ -54,50 +61,59 @@ def use_vesin(backend: str | None, device: torch.device, pbc: Tensor) -> bool:
                 fix="pip install vesin, or use backend 'auto' or 'torch'",
             )
         return True
-    return device.type == "cpu" and bool(pbc.any()) and vesin_available()
+    return device.type == "cpu" and (bool(pbc.any()) or largest >= MOLECULE_ATOMS) and vesin_available()
 
 
 def find_pairs_vesin(
-    pos: Tensor, cell: Tensor, pbc: Tensor, batch: AtomsBatch, cutoff: float
+    pos: Tensor, cell: Tensor, pbc: Tensor, batch: AtomsBatch, cutoff: float, max_neighbors: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Unsorted (target, source, offsets, distance) of all pairs within the cutoff, one vesin call per structure.
+    """Unsorted (target, source, offsets, squared distance A^2) of the pairs within the cutoff, found by vesin.
 
     Args: pos (N, 3) float64 A; cell (B, 3, 3) float64 A; pbc (B, 3) bool; cutoff in A. Tensors may live on
-    any device: the search runs on CPU and the results are moved back.
+    any device: the search runs on CPU and the results are moved back. With `max_neighbors`, pairs that
+    cannot be among any target's nearest (the cheap superset `_near_enough` keeps, judged on vesin's own
+    distances with a margin far above their rounding) are dropped before the exact recomputation.
     """
     import vesin
 
+    from atomsift.graph.neighbors import _near_enough
+
     device = pos.device
-    pos_cpu, cell_cpu, pbc_cpu = pos.cpu(), cell.cpu(), pbc.cpu()
-    if bool(pbc_cpu.any()):
-        full, _, wrapped, k = wrap(pos_cpu, cell_cpu, pbc_cpu, batch)
+    pos, cell, pbc = pos.cpu(), cell.cpu(), pbc.cpu()
+    if bool(pbc.any()):
+        full, _, wrapped, k = wrap(pos, cell, pbc, batch)
     else:
-        full, wrapped, k = torch.zeros_like(cell_cpu), pos_cpu, torch.zeros(pos_cpu.shape, dtype=torch.int64)
+        full, wrapped, k = torch.zeros_like(cell), pos, torch.zeros(pos.shape, dtype=torch.int64)
     finder = vesin.NeighborList(cutoff=cutoff + _MARGIN, full_list=True, n_threads=1)
-    wrapped_np, full_np, pbc_np = wrapped.numpy(), full.numpy(), pbc_cpu.numpy()
-    targets, sources, images = [], [], []
-    start = 0
-    for b, n in enumerate(batch.natoms.tolist()):
+    wrapped_np, full_np, pbc_np = wrapped.numpy(), full.numpy(), pbc.numpy()
+    natoms = batch.natoms.tolist()
+    parts, start = [], 0
+    for b, n in enumerate(natoms):
         if n > 0:
-            i, j, s = finder.compute(wrapped_np[start : start + n], full_np[b], pbc_np[b], "ijS")
-            targets.append(i.astype(np.int64) + start)
-            sources.append(j.astype(np.int64) + start)
-            images.append(s.astype(np.int64))
+            i, j, image, d = finder.compute(wrapped_np[start : start + n], full_np[b], pbc_np[b], "ijSd")
+            parts.append((i.view(np.int64) + start, j.view(np.int64) + start, image, d))
         start += n
-    if targets:
-        target = torch.from_numpy(np.concatenate(targets))
-        source = torch.from_numpy(np.concatenate(sources))
-        image = torch.from_numpy(np.concatenate(images).reshape(-1, 3))
-    else:
-        target = source = torch.zeros(0, dtype=torch.int64)
-        image = torch.zeros((0, 3), dtype=torch.int64)
-    # the distance exactly as the torch search computes it: r_j + (S @ cell - r_i), wrapped positions
-    atom_struct = batch.batch.cpu()
-    shift = lattice_shift(image.to(wrapped.dtype), full.index_select(0, atom_struct.index_select(0, target)))
-    rel = shift - wrapped.index_select(0, target)
-    dist = length(wrapped.index_select(0, source) + rel)
-    inside = torch.where(dist <= cutoff)[0]
-    target, source, image, dist = (x.index_select(0, inside) for x in (target, source, image, dist))
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty, torch.zeros((0, 3), dtype=torch.int64, device=device), torch.zeros(0, dtype=pos.dtype)
+    target, source, image, approx = (torch.from_numpy(np.concatenate(x)) for x in zip(*parts))
+    if max_neighbors is not None:
+        near = _near_enough(target, approx * approx, pos.shape[0], max_neighbors)
+        if near is not None:  # ascending targets: structures stay contiguous and in order
+            target, source, image = target[near], source[near], image[near]
+    # exact squared distances, as the torch search computes them: r_j + (S @ cell - r_i), wrapped positions
+    struct = batch.batch.cpu().index_select(0, target)
+    counts = torch.bincount(struct, minlength=len(natoms)).tolist()
+    image_f = image.to(torch.float64)
+    dist2 = torch.empty(target.shape, dtype=torch.float64)
+    e0 = 0
+    for b, m in enumerate(counts):  # per structure: its cell broadcasts, nothing is gathered per edge
+        if m:
+            rel = lattice_shift(image_f[e0 : e0 + m], full[b : b + 1]) - wrapped.index_select(0, target[e0 : e0 + m])
+            dist2[e0 : e0 + m] = squared_length(wrapped.index_select(0, source[e0 : e0 + m]) + rel)
+            e0 += m
+    inside = torch.where(dist2 <= cutoff * cutoff)[0]
+    target, source, image, dist2 = (x.index_select(0, inside) for x in (target, source, image, dist2))
     # back to the caller's (unwrapped) positions: r_j + S' cell - r_i with r = wrapped + k cell
-    offsets = image - k.index_select(0, source) + k.index_select(0, target)
-    return tuple(x.to(device) for x in (target, source, offsets, dist))  # type: ignore[return-value]
+    offsets = image.to(torch.int64) - k.index_select(0, source) + k.index_select(0, target)
+    return tuple(x.to(device) for x in (target, source, offsets, dist2))  # type: ignore[return-value]
