@@ -9,7 +9,8 @@ Methods are timed in alternation: each repetition times every method once (a met
 over the structures until --min-seconds have passed), so load from other processes lands on all of them;
 the table reports the median over --reps repetitions and the min-max range of structures/s.
 ASE, matscipy and vesin build full lists (every pair within the cutoff, one structure per call); ASE runs
-on the first --ase-structures structures only (it is slow). `radius_graph` is timed for full lists
+on the first --ase-structures structures only (one for "large"; it is slow). "large": --large rattled
+216-atom MgO supercells at the OC20 settings (12 A, 30 nearest), where cell lists pay off. `radius_graph` is timed for full lists
 (max_neighbors None) and at the paper's 30 nearest, on batches already collated (collate's own cost is a
 separate row), with backend="torch" (the batched torch search) and backend="vesin" (vesin finds the pairs,
 atomsift limits and sorts them: the same graph).
@@ -27,6 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from ase import Atoms
+from ase.build import bulk
 from ase.neighborlist import neighbor_list
 
 from _machine import cpu_name
@@ -52,22 +55,34 @@ def _optional(module: str):
         return None
 
 
+def load(name: str, limit: int) -> list[Atoms]:
+    """The first `limit` structures of a data set, or `limit` rattled 216-atom MgO supercells ("large")."""
+    if name == "large":
+        out = []
+        for seed in range(limit):
+            a = bulk("MgO", "rocksalt", 4.21, cubic=True) * (3, 3, 3)
+            a.rattle(0.05, seed=seed)
+            out.append(a)
+        return out
+    ds = open_dataset(name)
+    return [ds[i].to_atoms() for i in range(min(limit, len(ds)))]
+
+
 def methods_for(name: str, settings_name: str, limit: int, args: argparse.Namespace) -> tuple[str, list]:
     """(row label, [(method name, structures per pass, fn)]) for one data set."""
-    ds = open_dataset(name)
-    records = [ds[i] for i in range(min(limit, len(ds)))]
+    records = load(name, limit)
     s = graph_settings_for(settings_name)
     n = len(records)
-    label = f"{name} ({n} str, {sum(r.natoms for r in records) / n:.1f} atoms avg; {s.cutoff:g} A, pbc={s.pbc})"
+    label = f"{name} ({n} str, {sum(len(r) for r in records) / n:.1f} atoms avg; {s.cutoff:g} A, pbc={s.pbc})"
     atoms_list = []
     for r in records:
-        a = r.to_atoms()
+        a = r.copy()
         if not s.pbc:  # a box around molecules (matscipy needs one), pbc False
             a.pbc = False
             a.positions -= a.positions.min(axis=0) - s.cutoff
             a.cell = np.diag(np.ptp(a.positions, axis=0) + 2 * s.cutoff)
         atoms_list.append(a)
-    ase_atoms = atoms_list[: args.ase_structures]
+    ase_atoms = atoms_list[: args.ase_structures if name != "large" else 1]
     out = [
         (f"ase.neighborlist (full; first {len(ase_atoms)} str)", len(ase_atoms),
          lambda: sum(len(neighbor_list("i", a, s.cutoff)) for a in ase_atoms)),
@@ -117,6 +132,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--molecules", type=int, default=1000, help="ethanol frames used")
     parser.add_argument("--crystals", type=int, default=295, help="oxide structures used")
+    parser.add_argument("--large", type=int, default=8, help="216-atom MgO cells used (0: none)")
     parser.add_argument("--ase-structures", type=int, default=60, help="structures timed with ASE (slow)")
     parser.add_argument("--reps", type=int, default=5, help="alternated repetitions (median reported)")
     parser.add_argument("--min-seconds", type=float, default=0.3, help="minimum timing per method and repetition")
@@ -133,10 +149,9 @@ def main() -> None:
     print(f"python {platform.python_version()}, torch {torch.__version__}, device {args.device}{gpu}")
     print(f"alternated repetitions: {args.reps}, >= {args.min_seconds} s per method and repetition")
     rows = []
-    for name, settings, limit in (
-        ("bundled:ethanol", "ani1x", args.molecules),
-        ("bundled:oxides", "oc20", args.crystals),
-    ):
+    sets = [("bundled:ethanol", "ani1x", args.molecules), ("bundled:oxides", "oc20", args.crystals)]
+    sets += [("large", "oc20", args.large)] if args.large else []
+    for name, settings, limit in sets:
         label, methods = methods_for(name, settings, limit, args)
         for _, _, fn in methods:  # warm-up
             fn()

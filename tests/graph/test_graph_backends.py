@@ -123,11 +123,17 @@ def test_backend_choice(monkeypatch):
     monkeypatch.setattr(nb, "find_pairs_vesin", counting)
     radius_graph(periodic, 5.0)  # auto: CPU and periodic -> vesin
     assert len(calls) == 1
-    radius_graph(periodic, 5.0, pbc=False)  # auto: small molecules -> torch
+    two = collate([bulk("Cu", "fcc", 3.6)] * 2, dtype=F64)
+    radius_graph(two, 5.0, pbc=False)  # auto: a batch of small molecules -> torch
     radius_graph(periodic, 5.0, backend="torch")
     assert len(calls) == 1
+    radius_graph(periodic, 5.0, pbc=False)  # auto: one structure -> vesin
+    assert len(calls) == 2
+    calls.clear()
+    radius_graph(periodic, 5.0)
+    assert len(calls) == 1
     cluster = bulk("MgO", "rocksalt", 4.2, cubic=True) * (3, 3, 3)  # 216 atoms
-    radius_graph(collate([cluster], dtype=F64), 5.0, pbc=False)  # auto: large molecules -> vesin
+    radius_graph(collate([cluster, cluster], dtype=F64), 5.0, pbc=False)  # auto: large molecules -> vesin
     assert len(calls) == 2
     calls.clear()
     radius_graph(periodic, 5.0)
@@ -136,7 +142,7 @@ def test_backend_choice(monkeypatch):
     radius_graph(periodic, 5.0)
     assert len(calls) == 1
     monkeypatch.setenv("ATOMSIFT_NEIGHBOR_BACKEND", "vesin")
-    radius_graph(periodic, 5.0, pbc=False)
+    radius_graph(two, 5.0, pbc=False)
     assert len(calls) == 2
     monkeypatch.setenv("ATOMSIFT_NEIGHBOR_BACKEND", "fast")
     with pytest.raises(ConfigError, match="ATOMSIFT_NEIGHBOR_BACKEND"):

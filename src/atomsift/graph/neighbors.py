@@ -1,4 +1,4 @@
-"""Radius neighbour graphs for batches of molecules and (partly) periodic crystals, in pure PyTorch.
+"""Radius neighbour graphs for batches of molecules and (partly) periodic crystals: PyTorch (+ vesin on CPU).
 
     graph = radius_graph(batch, cutoff=12.0, max_neighbors=30)
     j, i = graph.edge_index            # source (neighbour), target (centre)
@@ -25,10 +25,10 @@ How it works (all structures of a batch at once; Python loops only over chunks):
    cutoffs are long (7-19 A): the cutoff sphere then covers much of every structure and its images,
    so binning saves little, and its bookkeeping (per-structure bins of different shapes, triclinic
    cells) means many small kernels. Cost is O(atoms x atoms per structure x images); for large
-   non-periodic systems (thousands of atoms) a cell list would be faster.
+   non-periodic systems a cell list is faster: `backend="auto"` hands those to vesin on CPU.
 4. Edges are selected without gradients in float64 (so the edge set hardly depends on the batch
-   dtype), on squared distances (elementwise products and sums, rounded the same by torch and numpy; no
-   square root, whose vectorised torch version is not correctly rounded), so the vesin backend
+   dtype), on squared distances (elementwise products and sums from the same helpers in both pair
+   finders; no square root, whose vectorised torch version is not correctly rounded), so the vesin backend
    (`vesin_backend.py`: vesin proposes the pairs, atomsift selects and sorts them) gives the same
    graph bit for bit. With `max_neighbors`, edges beyond each target's (k+1)-th distance are dropped first (one
    `kthvalue` on a padded matrix); the rest are sorted by (target, distance, source, offset),
@@ -127,8 +127,8 @@ def radius_graph(
             keeps at least max_neighbors + 1 edges for such atoms (fairchem's behaviour, kept on purpose
             so graphs match its models).
         backend: who finds the pairs within the cutoff: "torch" (the batched search below), "vesin" (the
-            vesin library, one structure at a time on CPU) or "auto" (vesin for CPU batches holding a
-            periodic structure or a molecule of 200 atoms or more when vesin is installed, torch
+            vesin library, one structure at a time on CPU) or "auto" (vesin on CPU for one structure or batches
+            holding a periodic structure or a molecule of 200 atoms or more, when vesin is installed; torch
             otherwise). None reads the environment variable ATOMSIFT_NEIGHBOR_BACKEND (default "auto").
             Both give the same graph, edge for edge.
     """
@@ -146,7 +146,7 @@ def radius_graph(
     with torch.no_grad():
         pos = batch.positions.detach().to(torch.float64)
         cell = batch.cell.detach().to(device=device, dtype=torch.float64)
-        if use_vesin(backend, device, use_pbc, int(batch.natoms.max()) if num_structures else 0):
+        if use_vesin(backend, device, use_pbc, batch.natoms.tolist()):
             target, source, offsets, dist2 = find_pairs_vesin(pos, cell, use_pbc, batch, float(cutoff), max_neighbors)
         else:
             target, source, offsets, dist2 = _find_pairs(pos, cell, use_pbc, batch, float(cutoff))

@@ -38,13 +38,15 @@ BACKENDS = ("auto", "torch", "vesin")
 MOLECULE_ATOMS = 200  # "auto" uses vesin for molecules from this size on
 
 
-def use_vesin(backend: str | None, device: torch.device, pbc: Tensor, largest: int) -> bool:
-    """Whether `radius_graph` finds pairs with vesin (see its `backend` argument); largest: most atoms in a structure.
+def use_vesin(backend: str | None, device: torch.device, pbc: Tensor, natoms: list[int]) -> bool:
+    """Whether `radius_graph` finds pairs with vesin (see its `backend` argument); natoms: atoms per structure.
 
-    "auto" picks vesin on CPU for batches holding a periodic structure or a molecule of at least
-    `MOLECULE_ATOMS` atoms: there it was as fast or faster than the torch search (small periodic cells at
-    full lists: as fast; at 30 nearest: 1.3x; cells of 200-4000 atoms: 3-23x; molecules of 500-1000 atoms: 2-3x),
-    while for batches of small molecules the torch search wins (one vesin call per structure costs ~50 us).
+    "auto" picks vesin on CPU for a single structure, or for batches holding a periodic structure or a
+    molecule of at least `MOLECULE_ATOMS` atoms: there it was as fast or faster than the torch search
+    (benchmarks/RESULTS.md: small periodic cells, full lists as fast, 30 nearest 1.1-1.4x; 216-atom cells
+    1.4-2x; one small molecule 1.4x; separately measured: cells of 1000-4000 atoms 12-23x, molecules of
+    500-1000 atoms 2-3x), while for batches of small molecules the torch search is 3x faster (one vesin
+    call per structure costs ~50 us).
     """
     name = backend if backend is not None else os.environ.get("ATOMSIFT_NEIGHBOR_BACKEND", "auto").strip() or "auto"
     if name not in BACKENDS:
@@ -61,7 +63,8 @@ def use_vesin(backend: str | None, device: torch.device, pbc: Tensor, largest: i
                 fix="pip install vesin, or use backend 'auto' or 'torch'",
             )
         return True
-    return device.type == "cpu" and (bool(pbc.any()) or largest >= MOLECULE_ATOMS) and vesin_available()
+    wins = len(natoms) == 1 or bool(pbc.any()) or max(natoms, default=0) >= MOLECULE_ATOMS
+    return device.type == "cpu" and wins and vesin_available()
 
 
 def find_pairs_vesin(
