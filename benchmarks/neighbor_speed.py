@@ -97,7 +97,7 @@ def methods_for(name: str, settings_name: str, limit: int, args: argparse.Namesp
         finder = vesin.NeighborList(cutoff=s.cutoff, full_list=True, n_threads=1)
         arrays = [(a.positions, a.cell.array, bool(s.pbc)) for a in atoms_list]
         out.append(("vesin (full)", n, lambda: sum(len(finder.compute(*x, "ij")[0]) for x in arrays)))
-    vesin_torch = _optional("vesin.torch")
+    vesin_torch = _optional("vesin_torch")
     if vesin_torch is not None:
         tfinder = vesin_torch.NeighborList(cutoff=s.cutoff, full_list=True, n_threads=1)
         tensors = [(torch.from_numpy(a.positions), torch.from_numpy(a.cell.array), bool(s.pbc)) for a in atoms_list]
