@@ -1,4 +1,4 @@
-"""Batching structures and building neighbour graphs (periodic and not), in pure PyTorch.
+"""Batching structures and building neighbour graphs (periodic and not): PyTorch, with vesin finding pairs on CPU.
 
 from atomsift.graph import collate, radius_graph, graph_settings_for
 batch = collate(records)

@@ -1,4 +1,4 @@
-"""Radius neighbour graphs for batches of molecules and (partly) periodic crystals, in pure PyTorch.
+"""Radius neighbour graphs for batches of molecules and (partly) periodic crystals: PyTorch (+ vesin on CPU).
 
     graph = radius_graph(batch, cutoff=12.0, max_neighbors=30)
     j, i = graph.edge_index            # source (neighbour), target (centre)
@@ -25,15 +25,18 @@ How it works (all structures of a batch at once; Python loops only over chunks):
    cutoffs are long (7-19 A): the cutoff sphere then covers much of every structure and its images,
    so binning saves little, and its bookkeeping (per-structure bins of different shapes, triclinic
    cells) means many small kernels. Cost is O(atoms x atoms per structure x images); for large
-   non-periodic systems (thousands of atoms) a cell list would be faster.
+   non-periodic systems a cell list is faster: `backend="auto"` hands those to vesin on CPU.
 4. Edges are selected without gradients in float64 (so the edge set hardly depends on the batch
-   dtype). With `max_neighbors`, edges beyond each target's (k+1)-th distance are dropped first (one
+   dtype), on squared distances (elementwise products and sums from the same helpers in both pair
+   finders; no square root, whose vectorised torch version is not correctly rounded), so the vesin backend
+   (`vesin_backend.py`: vesin proposes the pairs, atomsift selects and sorts them) gives the same
+   graph bit for bit. With `max_neighbors`, edges beyond each target's (k+1)-th distance are dropped first (one
    `kthvalue` on a padded matrix); the rest are sorted by (target, distance, source, offset),
    trimmed, and their vectors/distances recomputed in the batch dtype from the caller's (unwrapped)
    positions with `edge_vectors`, so they carry gradients with respect to `batch.positions`.
 
-Distances are compared on a 2^-26 A (~1.5e-8 A) grid when sorting, so symmetry-equivalent neighbours
-whose float distances differ only by rounding count as tied and are ordered by source index and
+Squared distances are compared on a 2^-26 A^2 (~1.5e-8 A^2) grid when sorting, so symmetry-equivalent
+neighbours whose float distances differ only by rounding count as tied and are ordered by source index and
 then by offset (lexicographic): the result does not depend on enumeration order.
 """
 
@@ -44,12 +47,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from atomsift.errors import DataError
 from atomsift.graph.batch import AtomsBatch
+from atomsift.graph.cells import lattice_shift, squared_length, wrap
+from atomsift.graph.vesin_backend import find_pairs_vesin, use_vesin
 
 _PAIR_CHUNK = 1 << 20  # (target, image) pairs tested at once
 _CANDIDATE_CHUNK = 1 << 21  # (target, image, source) candidates whose distances are computed at once
-_DIST_QUANTUM = 2.0**-26  # A; distances closer than this sort as ties
+_DIST_QUANTUM = 2.0**-26  # A^2; squared distances closer than this sort as ties
 FAIRCHEM_TOLERANCE = 0.01  # fairchem's degeneracy tolerance, compared on squared distances (A^2)
 
 
@@ -106,6 +110,7 @@ def radius_graph(
     *,
     pbc: bool | None = None,
     strict: bool = True,
+    backend: str | None = None,
 ) -> NeighborGraph:
     """All neighbours within `cutoff` (A) of every atom, optionally the nearest `max_neighbors` only.
 
@@ -121,6 +126,11 @@ def radius_graph(
             the squared distance of the (max_neighbors + 1)-th nearest plus 0.01 A^2. Note that this
             keeps at least max_neighbors + 1 edges for such atoms (fairchem's behaviour, kept on purpose
             so graphs match its models).
+        backend: who finds the pairs within the cutoff: "torch" (the batched search below), "vesin" (the
+            vesin library, one structure at a time on CPU) or "auto" (vesin on CPU for one structure or batches
+            holding a periodic structure or a molecule of 200 atoms or more, when vesin is installed; torch
+            otherwise). None reads the environment variable ATOMSIFT_NEIGHBOR_BACKEND (default "auto").
+            Both give the same graph, edge for edge.
     """
     if cutoff <= 0:
         raise ValueError(f"cutoff must be positive, got {cutoff}")
@@ -136,14 +146,19 @@ def radius_graph(
     with torch.no_grad():
         pos = batch.positions.detach().to(torch.float64)
         cell = batch.cell.detach().to(device=device, dtype=torch.float64)
-        target, source, offsets, dist = _find_pairs(pos, cell, use_pbc, batch, float(cutoff))
+        if use_vesin(backend, device, use_pbc, batch.natoms.tolist()):
+            target, source, offsets, dist2 = find_pairs_vesin(pos, cell, use_pbc, batch, float(cutoff), max_neighbors)
+        else:
+            target, source, offsets, dist2 = _find_pairs(pos, cell, use_pbc, batch, float(cutoff))
         if max_neighbors is not None:  # drop edges that cannot be among the nearest before sorting
-            near = _near_enough(target, dist, batch.num_atoms, max_neighbors)
+            near = _near_enough(target, dist2, batch.num_atoms, max_neighbors)
             if near is not None:
-                target, source, offsets, dist = (_gather(x, near) for x in (target, source, offsets, dist))
-        order = _sort_edges(target, source, offsets, dist)
+                target, source, offsets, dist2 = (_gather(x, near) for x in (target, source, offsets, dist2))
+        order = _sort_edges(target, source, offsets, dist2)
         if max_neighbors is not None:
-            keep = _limit_mask(_gather(target, order), _gather(dist, order), batch.num_atoms, max_neighbors, strict)
+            # fairchem's rule on squared distances (squared=False: dist2 already is squared)
+            t, d2 = _gather(target, order), _gather(dist2, order)
+            keep = _limit_mask(t, d2, batch.num_atoms, max_neighbors, strict, squared=False)
             order = _gather(order, torch.where(keep)[0])
         target, source, offsets = _gather(target, order), _gather(source, order), _gather(offsets, order)
 
@@ -216,49 +231,6 @@ def _limit_mask(
     return keep | (value <= _gather(ref, target) + tolerance)
 
 
-def _cross(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise cross product of (..., 3) tensors (closed form; cheaper than linalg for tiny batches)."""
-    a0, a1, a2 = a.unbind(-1)
-    b0, b1, b2 = b.unbind(-1)
-    return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], dim=-1)
-
-
-def _reciprocal(cell: Tensor) -> tuple[Tensor, Tensor]:
-    """Reciprocal rows (B, 3, 3) with recip[b, k] . cell[b, l] = delta_kl, and |det| (B,)."""
-    a0, a1, a2 = cell.unbind(1)
-    cross = torch.stack([_cross(a1, a2), _cross(a2, a0), _cross(a0, a1)], dim=1)
-    det = (a0 * cross[:, 0]).sum(-1)
-    return cross / det[:, None, None], det.abs()
-
-
-def _complete_cells(cell: Tensor, pbc: Tensor, ids: list[str]) -> Tensor:
-    """Cells usable for fractional coordinates: periodic rows kept, degenerate rest filled in.
-
-    Structures without pbc get the identity; structures whose non-periodic lattice vectors are zero
-    (or dependent) get an orthonormal complement of their periodic vectors there.
-    """
-    any_pbc = pbc.any(dim=1)
-    eye = torch.eye(3, dtype=cell.dtype, device=cell.device)
-    out = torch.where(any_pbc[:, None, None], cell, eye)
-    unit = out / torch.linalg.vector_norm(out, dim=-1, keepdim=True).clamp_min(1e-300)
-    _, unit_det = _reciprocal(unit)
-    bad = torch.nonzero(any_pbc & ~(unit_det >= 1e-6)).flatten().tolist()
-    for b in bad:  # rare: slabs or wires built without a vacuum vector
-        periodic = out[b][pbc[b]]
-        if (
-            torch.linalg.matrix_rank(periodic).item() < periodic.shape[0]
-            or (torch.linalg.vector_norm(periodic, dim=-1) < 1e-8).any()
-        ):
-            raise DataError(
-                "lattice vectors along periodic directions are zero or linearly dependent",
-                record=ids[b] if b < len(ids) else b,
-                fix="give this structure a proper cell, or make it non-periodic (pbc=False)",
-            )
-        _, _, vh = torch.linalg.svd(periodic, full_matrices=True)
-        out[b][~pbc[b]] = vh[periodic.shape[0] :]
-    return out
-
-
 def _chunk_bounds(counts: Tensor, budget: int) -> list[tuple[int, int]]:
     """Contiguous ranges of `counts` (1-D, >= 0) whose sums stay below `budget` (>= 1 item each)."""
     cum = torch.cumsum(counts.cpu(), 0)
@@ -284,7 +256,7 @@ def _gather(x: Tensor, index: Tensor) -> Tensor:
 def _find_pairs(
     pos: Tensor, cell: Tensor, pbc: Tensor, batch: AtomsBatch, cutoff: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Unsorted (target, source, offsets, distance) of all pairs within the cutoff (float64)."""
+    """Unsorted (target, source, offsets, squared distance in A^2) of all pairs within the cutoff (float64)."""
     device, dtype = pos.device, pos.dtype
     natoms = batch.natoms.to(device)
     atom_struct = batch.batch.to(device)
@@ -293,22 +265,8 @@ def _find_pairs(
     periodic = bool(pbc.any())
 
     if periodic:
-        has_pbc = pbc.any(dim=1)
-        no_cell = has_pbc & (cell.abs().sum(dim=(1, 2)) == 0)
-        if bool(no_cell.any()):
-            b = int(torch.nonzero(no_cell)[0])
-            raise DataError(
-                "periodic structure has no cell",
-                record=batch.ids[b] if b < len(batch.ids) else b,
-                fix="give it a cell, or build the graph with pbc=False",
-            )
-        full = _complete_cells(cell, pbc, batch.ids)
-        recip, _ = _reciprocal(full)
         # 1. wrap periodic directions into the cell; k = integer lattice shift taken off each atom
-        frac = torch.einsum("nl,nkl->nk", pos, _gather(recip, atom_struct))
-        k = torch.where(_gather(pbc, atom_struct), torch.floor(frac), torch.zeros_like(frac))
-        wrapped = pos - torch.einsum("nk,nkl->nl", k, _gather(full, atom_struct))
-        k = k.to(torch.int64)
+        full, recip, wrapped, k = wrap(pos, cell, pbc, batch)
         # 2. images: |S_k| <= ceil(cutoff / plane spacing_k), spacing_k = 1 / |recip_k|
         reps = torch.ceil(cutoff * torch.linalg.vector_norm(recip, dim=-1)).to(torch.int64)
         reps = torch.where(pbc, reps, torch.zeros_like(reps))
@@ -338,7 +296,7 @@ def _find_pairs(
     local = torch.arange(image_struct.numel(), device=device) - _gather(image_ptr, image_struct)
     w, r = _gather(widths, image_struct), _gather(reps, image_struct)
     image_offsets = torch.stack([local // (w[:, 1] * w[:, 2]), (local // w[:, 2]) % w[:, 1], local % w[:, 2]], 1) - r
-    image_shift = torch.einsum("mk,mkl->ml", image_offsets.to(dtype), _gather(full, image_struct))
+    image_shift = lattice_shift(image_offsets.to(dtype), _gather(full, image_struct))
     image_centre = image_shift + _gather(centre, image_struct)  # centre of the atoms' sphere in image m
     image_is_zero = (image_offsets == 0).all(dim=1)
 
@@ -400,7 +358,7 @@ def _expand(
     cutoff: float,
     pairs_per_chunk: int,
 ) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """Test every source of each (target, image) pair: (target, source, image, distance) of the hits.
+    """Test every source of each (target, image) pair: (target, source, image, squared distance) of the hits.
 
     blocks: (B, width * 3) padded wrapped positions; rel: (P, 3) S @ cell - r_i per pair;
     self_slot: (P,) block slot of the target itself where the pair is its own zero image, else >= width.
@@ -410,11 +368,11 @@ def _expand(
         p1 = min(p0 + pairs_per_chunk, pair_target.numel())
         struct = pair_struct[p0:p1]
         vec = _gather(blocks, struct).view(-1, width, 3) + rel[p0:p1, None, :]  # (P, width, 3)
-        dist = torch.linalg.vector_norm(vec, dim=-1)
+        dist = squared_length(vec)  # A^2
         slot = self_slot[p0:p1]
         own = torch.where(slot < width)[0]
         dist[own, _gather(slot, own)] = float("inf")
-        hit = torch.where(dist.view(-1) <= cutoff)[0]
+        hit = torch.where(dist.view(-1) <= cutoff * cutoff)[0]
         pair_of_hit = torch.div(hit, width, rounding_mode="floor")
         src = _gather(_gather(ptr, struct), pair_of_hit) + hit - pair_of_hit * width
         out.append(
@@ -429,7 +387,7 @@ def _expand(
 
 
 def _near_enough(target: Tensor, dist: Tensor, num_atoms: int, k: int) -> Tensor | None:
-    """Indices of edges within reach of their target's (k+1)-th nearest distance (None: all are).
+    """Indices of edges within reach of their target's (k+1)-th nearest squared distance `dist` (None: all are).
 
     A cheap superset of what `_limit_mask` keeps (strict or not), found with one `kthvalue` over a
     padded (atoms, max neighbours) matrix instead of a full sort of every edge.
@@ -454,12 +412,12 @@ def _near_enough(target: Tensor, dist: Tensor, num_atoms: int, k: int) -> Tensor
     padded = torch.full((num_atoms * width,), float("inf"), dtype=d.dtype, device=d.device)
     padded.index_copy_(0, t * width + rank, d)
     ref = padded.view(num_atoms, width).kthvalue(k + 1, dim=1).values  # inf where fewer neighbours
-    reach = torch.sqrt(ref * ref + FAIRCHEM_TOLERANCE) + 1e-6
+    reach = ref + FAIRCHEM_TOLERANCE + 1e-6
     return _gather(perm, torch.where(d <= _gather(reach, t))[0])
 
 
 def _sort_edges(target: Tensor, source: Tensor, offsets: Tensor, dist: Tensor) -> Tensor:
-    """Permutation sorting edges by target, distance (on a fine grid), source, offset (x, y, z)."""
+    """Permutation sorting edges by target, squared distance `dist` (A^2, on a fine grid), source, offset (x, y, z)."""
     if target.numel() == 0:
         return torch.arange(0, device=target.device)
     quantized = torch.round(dist / _DIST_QUANTUM).to(torch.int64)
