@@ -174,6 +174,9 @@ def select(
     out: Path = typer.Option(..., "--out", help="Run folder (selection.json, mixture-*.yaml, csi.json, cache/)."),
     config: Path | None = CONFIG_OPT,
     measure: str = MEASURE_OPT,
+    over: str = typer.Option(
+        "datasets", "--over", help="Mix whole datasets (default) or the classes of each dataset (csi only)."
+    ),
     extractor: str | None = EXTRACTOR_OPT,
     extractor_option: list[str] | None = EXTRACTOR_OPTION_OPT,
     trust_checkpoint: bool = TRUST_CHECKPOINT_OPT,
@@ -192,6 +195,12 @@ def select(
     from atomsift.csi.selection import SELECTABLE
     from atomsift.errors import ConfigError
 
+    if over not in ("datasets", "classes"):
+        raise ConfigError(f"--over {over} is not known", fix="use --over datasets or --over classes")
+    if over == "classes" and measure != "csi":
+        raise ConfigError(
+            f"--over classes selects by csi only, not {measure}", fix="use --measure csi with --over classes"
+        )
     if measure not in SELECTABLE:
         raise ConfigError(
             f"--measure {measure} cannot be optimised over mixture weights",
@@ -215,4 +224,4 @@ def select(
         device=device,
         measures=",".join(dict.fromkeys(["csi", "uncovered", measure])),
     )
-    run_select(cfg, out, measure)
+    run_select(cfg, out, measure, over)

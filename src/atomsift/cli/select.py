@@ -15,35 +15,49 @@ from atomsift.csi.config import CSIConfig
 from atomsift.csi.selection import Selection
 
 
-def mixture_settings(cfg: CSIConfig, sel: Selection, subsets: Path) -> dict[str, Any]:
-    """The pretraining keys of the selected mixture: `upstream` (the datasets with non-zero shares), `mixture:
-    weights` and `weights` (structure shares), for `atomsift pretrain --config` plus backbone and budget."""
+def mixture_settings(cfg: CSIConfig, sel: Selection, candidates: list[Any]) -> dict[str, Any]:
+    """The pretraining keys of the selected mixture: `upstream` (the candidates with non-zero shares; a class
+    is its dataset restricted to the class's subset file, reader option `indices`), `mixture: weights` and
+    `weights` (structure shares), for `atomsift pretrain --config` plus backbone and budget."""
     kept = [(n, w) for n, w in zip(sel.names, sel.shares.tolist()) if w > 0]
+    by_name = {c.name: c for c in candidates}
     upstream = {}
     for name, _ in kept:
-        spec = cfg.upstream[name].model_dump(mode="json", exclude_defaults=True)
+        cand = by_name[name]
+        dataset = getattr(cand, "dataset", name)
+        spec = cfg.upstream[dataset].model_dump(mode="json", exclude_defaults=True)
         spec.pop("n_samples", None)  # pretraining's N and the weights decide each dataset's count
+        if getattr(cand, "subset_file", None) is not None:
+            spec["options"] = {**spec.get("options", {}), "indices": str(cand.subset_file)}
         upstream[name] = spec
     if len(kept) == 1:
         return {"upstream": upstream, "mixture": "single"}
     return {"upstream": upstream, "mixture": "weights", "weights": {n: round(w, 6) for n, w in kept}}
 
 
-def selection_table(sel: Selection, unit: str) -> Table:
-    """Each upstream set: the measure alone, its structure share and its atom share in the selected mixture."""
+def selection_table(sel: Selection, unit: str, shown: int | None = None) -> Table:
+    """Each candidate: the measure alone, its structure share and its atom share in the selected mixture (with
+    `shown`: the selected candidates and the best others by the measure alone, at most `shown` rows)."""
     table = Table(
         title=f"mixture for '{sel.downstream}' minimising {sel.measure} (lower = better aligned)",
         title_justify="left",
     )
     for col in ("upstream", f"{sel.measure} alone", "structure share", f"{unit} share"):
         table.add_column(col, justify="left" if col == "upstream" else "right")
-    for i, name in enumerate(sel.names):
+    order = range(len(sel.names))
+    if shown is not None:
+        order = sorted(order, key=lambda i: (sel.shares[i] == 0, sel.singles[sel.names[i]]))[:shown]
+    for i in order:
+        name = sel.names[i]
         table.add_row(name, f"{sel.singles[name]:.4g}", f"{sel.shares[i]:.3f}", f"{sel.atom_weights[i]:.3f}")
     return table
 
 
-def run_select(cfg: CSIConfig, out: Path, measure: str, console: Console | None = None) -> list[Selection]:
-    """Gather statistics, score the single sets (with warnings), select a mixture per downstream set, write it."""
+def run_select(
+    cfg: CSIConfig, out: Path, measure: str, over: str = "datasets", console: Console | None = None
+) -> list[Selection]:
+    """Gather statistics, score the single sets (with warnings), select a mixture per downstream set (over the
+    datasets, or over the classes of each dataset), write it."""
     from atomsift.cli.common import on_interrupt
     from atomsift.csi.pipeline import annotate, gather_stats, score_all
     from atomsift.csi.report import print_tables, write_outputs
@@ -59,11 +73,17 @@ def run_select(cfg: CSIConfig, out: Path, measure: str, console: Console | None 
     print_tables(rows, console)
     write_outputs(rows, out)
     unit = "atom" if cfg.aggregation == "flat" else "observation"
+    candidates: list[Any] = up
+    if over == "classes":
+        from atomsift.csi.classes import class_candidates
+
+        candidates = class_candidates(up, extractor, cfg, out)
+        console.print(f"{len(candidates)} candidates: the classes of the upstream sets (subset files in {out}/classes)")
     selections = []
     for dn in down:
-        sel = select_weights(up, dn, cfg, measure)
+        sel = select_weights(candidates, dn, cfg, measure)
         selections.append(sel)
-        console.print(selection_table(sel, unit))
+        console.print(selection_table(sel, unit, shown=30 if over == "classes" else None))
         best = min(sel.singles, key=sel.singles.__getitem__)
         console.print(
             f"selected mixture: {measure} {sel.value:.4g}; best single set {best}: {sel.singles[best]:.4g}; "
@@ -76,7 +96,7 @@ def run_select(cfg: CSIConfig, out: Path, measure: str, console: Console | None 
                     f"warning: '{dn.name}' is out of distribution: the selection is unreliable", highlight=False
                 )
         path = out / f"mixture-{dn.name}.yaml"
-        settings = mixture_settings(cfg, sel, out / "subsets")
+        settings = mixture_settings(cfg, sel, candidates)
         header = (
             f"# atomsift select: {measure} to downstream '{dn.name}' ({sel.value:.6g}; best single {best} "
             f"{sel.singles[best]:.6g}).\n# Use: atomsift pretrain --config {path.name} backbone.name=... "

@@ -9,7 +9,7 @@ weight w_i ~ p_i a_i (a_i: atoms per structure of i's sample); the measures are 
 - csi_element: the same per element, each element's members weighted by their atoms of that element;
 - mmd: MMD^2(w) = w^T G w - 2 w^T g + k_dd (kernel means between the reservoirs): a convex quadratic.
 
-w is optimised on the simplex by SLSQP from the uniform mixture and from next to every single dataset; the best
+w is optimised on the simplex by SLSQP from the uniform mixture and from next to each of the 5 best single sets; the best
 of those and of the single datasets themselves is kept, so the selection is never worse than the best single
 set under the measure. kNN measures (precision, recall, coverage) are step functions of w and are not optimised.
 """
@@ -31,6 +31,7 @@ from atomsift.errors import ConfigError
 
 SELECTABLE = ("csi", "csi_element", "mmd")
 MIN_SHARE = 1e-3
+MAX_VERTEX_STARTS = 5  # starts next to the 5 best single candidates (classes can make k large)
 """Atom shares below this are set to 0 in the selection (the reported value is that of the rounded mixture)."""
 
 __all__ = ["SELECTABLE", "Selection", "select_weights", "structure_shares"]
@@ -174,7 +175,8 @@ def select_weights(up: list[Any], dn: Any, cfg: CSIConfig, measure: str = "csi")
     uniform = counted(uniform_w)
     candidates: list[tuple[float, np.ndarray]] = [(v, np.eye(k)[i]) for i, v in enumerate(singles.values())]
     candidates.append((uniform, uniform_w))
-    starts = [np.full(k, 1.0 / k), uniform_w] + [0.7 * np.eye(k)[i] + 0.3 / k for i in range(k)]
+    nearest = sorted(range(k), key=lambda i: candidates[i][0])[:MAX_VERTEX_STARTS]
+    starts = [np.full(k, 1.0 / k), uniform_w] + [0.7 * np.eye(k)[i] + 0.3 / k for i in nearest]
     for x0 in starts:
         res = scipy.optimize.minimize(
             counted,

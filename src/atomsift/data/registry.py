@@ -116,7 +116,8 @@ def open_dataset(path: str | Path, format: str | None = None, **options: Any) ->
             ('data/*.xyz'), 'bundled:NAME', or 'qm9pack' for the QM9 CSVs inside the installed `qm9pack`
             package.
         format: a registered format name; detected from the path when None.
-        **options: reader options (e.g. split='train', level='wb97x_dz', classes='map.pkl').
+        **options: reader options (e.g. split='train', level='wb97x_dz', classes='map.pkl'); every format also
+            takes indices=FILE, a subset file whose indices the dataset is restricted to (data/indexed.py).
             Options that are None are dropped, so CLI flags left out fall back to defaults.
 
     Returns:
@@ -142,5 +143,11 @@ def open_dataset(path: str | Path, format: str | None = None, **options: Any) ->
             fix="point to the dataset's file or folder, or drop --format for a pattern of .xyz/.extxyz files",
         )
     cls = reader_class(name)
+    indices = options.pop("indices", None)  # every format: restrict to a subset file's indices
     _check_options(cls, options, path)
-    return cls(path, **options)
+    ds = cls(path, **options)
+    if indices is not None:
+        from atomsift.data.indexed import IndexedDataset
+
+        return IndexedDataset(ds, indices)
+    return ds
