@@ -97,6 +97,14 @@ def test_csi_only_writes_no_measure_file_and_measure_files_are_reused(tmp_path):
         run_csi(config(tmp_path, reservoir=200), tmp_path / "out")
 
 
+def test_mean_aggregation_says_why_there_is_no_per_element_csi(tmp_path):
+    rows = run_csi(config(tmp_path, aggregation="mean", bootstrap=0, measures=["csi_element"]), tmp_path / "out")
+    assert all(r["csi_element"] is None for r in rows)
+    console = Console(width=250, record=True)
+    print_tables(rows, console)
+    assert "per-element CSI not computed: per-element statistics need flat aggregation" in console.export_text()
+
+
 def test_unknown_measure_is_refused():
     with pytest.raises(Exception, match="unknown measure"):
         CSIConfig(measures=["csi", "coverge"])

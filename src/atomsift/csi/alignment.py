@@ -166,6 +166,7 @@ def score_measures(
             if "csi_element" in wanted:
                 if down_elements is None or ux.element_stats is None:
                     r["csi_element"] = None
+                    r["csi_element_note"] = ex.note or ux.note or "no element with enough atoms on both sides"
                 else:
                     value, breakdown = per_element_frechet(down_elements, _element_moments(ux))
                     r["csi_element"] = value

@@ -178,6 +178,9 @@ def warning_lines(rows: list[dict[str, Any]]) -> list[str]:
         pairs += [f"{r['upstream']}/{other}" for other in later]
     if pairs:
         lines.append("tied (CSI intervals overlap: not ranked against each other): " + ", ".join(pairs))
+    notes = sorted({r["csi_element_note"] for r in rows if r.get("csi_element_note")})
+    if notes:
+        lines.append("per-element CSI not computed: " + "; ".join(notes))
     if first.get("uncovered_by_all"):
         lines.append(
             f"warning: no upstream set has these elements of '{down}' (share of its atoms; their embeddings never "
