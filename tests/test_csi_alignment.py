@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 from tests.test_csi_pipeline import RadialExtractor
+from tests.test_csi_pipeline import config as pipeline_config
 
 from atomsift.csi.alignment import score_measures, ties
 from atomsift.csi.config import CSIConfig, DatasetSpec
@@ -33,18 +34,8 @@ def _register():
 
 
 def config(tmp_path, **kw) -> CSIConfig:
-    base = dict(
-        upstream={"acac": DatasetSpec(path="bundled:acac"), "ethanol_b": DatasetSpec(path="bundled:ethanol")},
-        downstream={"ethanol": DatasetSpec(path="bundled:ethanol")},
-        extractor="test-radial",
-        n_samples=60,
-        bootstrap=10,
-        groups=8,
-        reservoir=300,
-        cache_dir=str(tmp_path / "cache"),
-    )
-    base.update(kw)
-    return CSIConfig(**base)
+    """The CSI pipeline tests' settings, with fewer resamples and a reservoir below the sample's 540 atoms."""
+    return pipeline_config(tmp_path, **{"bootstrap": 10, "reservoir": 300, **kw})
 
 
 def test_every_measure_is_a_column_and_the_same_dataset_is_closest(tmp_path):

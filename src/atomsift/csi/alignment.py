@@ -77,11 +77,6 @@ def _whole(counts: dict[int, float]) -> dict[int, int]:
     return {z: max(1, int(round(c))) for z, c in counts.items() if c > 0}
 
 
-def _element_moments(extras: DatasetExtras) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
-    stats = extras.element_stats or {}
-    return {z: (s.mean, s.covariance(), s.n) for z, s in stats.items() if s.n >= 2}
-
-
 def _upstream_spread(up: list[Any]) -> float | None:
     """Median CSI between pairs of upstream datasets (mixtures left out); None with fewer than two."""
     singles = [u for u in up if isinstance(u.grouped, GroupedStats)]
@@ -150,7 +145,7 @@ def score_measures(
             kdd = kernel_mean(down_rows, down_rows, h) if "mmd" in wanted and h else 0.0
             diag["bandwidth"] = h
             diag["reservoir_rows_downstream"] = int(down_rows.shape[0])
-            down_elements = _element_moments(ex) if "csi_element" in wanted and ex.element_stats else None
+            down_elements = ex.element_moments() if "csi_element" in wanted and ex.element_stats else None
         for r in tqdm(sub, desc=f"measures {dn.name}", unit="set", leave=False):
             u = next(x for x in up if x.name == r["upstream"])
             r["tied_with"] = tied[u.name]
@@ -168,7 +163,7 @@ def score_measures(
                     r["csi_element"] = None
                     r["csi_element_note"] = ex.note or ux.note or "no element with enough atoms on both sides"
                 else:
-                    value, breakdown = per_element_frechet(down_elements, _element_moments(ux))
+                    value, breakdown = per_element_frechet(down_elements, ux.element_moments())
                     r["csi_element"] = value
                     r["per_element"] = diag["per_element"][u.name] = breakdown
             up_rows = ux.rows(cfg.reservoir, cfg.seed)

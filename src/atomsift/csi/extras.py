@@ -45,6 +45,11 @@ class DatasetExtras:
     parts: list[tuple[np.ndarray, float]] = field(default_factory=list)
     note: str = ""
 
+    def element_moments(self, min_rows: int = 2) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
+        """{Z: (mean (d,), covariance (d, d), n)} of the elements with at least `min_rows` rows (none: {})."""
+        stats = self.element_stats or {}
+        return {z: (s.mean, s.covariance(), s.n) for z, s in stats.items() if s.n >= min_rows}
+
     def rows(self, size: int, seed: int) -> np.ndarray:
         """One sample of at most `size` rows: a dataset's reservoir, or a mixture's members' rows drawn in
         proportion to their weights (seeded), (k, d) float64."""

@@ -14,7 +14,29 @@ import numpy as np
 
 from atomsift.csi.statistics import GaussianStats
 
-__all__ = ["MixtureStats", "observation_weights"]
+__all__ = ["MixtureStats", "combine", "mixture_factors", "observation_weights"]
+
+
+def mixture_factors(weights: Any, counts: Any) -> np.ndarray:
+    """(k,) scale f_i of member i's sums so that its share of the (unchanged) total count N is w_i.
+
+    Args:
+        weights: observation weights w_i (any positive scale; normalised here).
+        counts: the members' observation counts n_i.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    n = np.asarray(counts, dtype=np.float64)
+    return w / w.sum() * n.sum() / n
+
+
+def combine(stats: list[GaussianStats], factors: np.ndarray) -> GaussianStats:
+    """The mixture's statistics: sum_i f_i (n_i, total_i, outer_i)."""
+    out = GaussianStats(stats[0].dim)
+    out.n = round(float(sum(f * s.n for f, s in zip(factors, stats))))
+    for f, s in zip(factors, stats):
+        out.total += f * s.total
+        out.outer += f * s.outer
+    return out
 
 
 class MixtureStats:
@@ -27,28 +49,16 @@ class MixtureStats:
 
     def __init__(self, parts: list[Any], weights: list[float]) -> None:
         self.parts = parts
-        w = np.asarray(weights, dtype=np.float64)
-        w = w / w.sum()
-        n = np.array([p.grouped.total().n for p in parts], dtype=np.float64)
-        # member i's sums are scaled by f_i so that its share of the (unchanged) total count N is w_i
-        self.factors = w * n.sum() / n
-
-    def _combine(self, stats: list[GaussianStats]) -> GaussianStats:
-        out = GaussianStats(stats[0].dim)
-        out.n = round(float(sum(f * s.n for f, s in zip(self.factors, stats))))
-        for f, s in zip(self.factors, stats):
-            out.total += f * s.total
-            out.outer += f * s.outer
-        return out
+        self.factors = mixture_factors(weights, [p.grouped.total().n for p in parts])
 
     def total(self) -> GaussianStats:
-        return self._combine([p.grouped.total() for p in self.parts])
+        return combine([p.grouped.total() for p in self.parts], self.factors)
 
     def bootstrap(self, n_resamples: int, seed: int) -> Iterator[GaussianStats]:
         """Replicates: each member resampled independently (its own seed), then mixed with the same weights."""
         streams = [p.grouped.bootstrap(n_resamples, seed + 7919 * (i + 1)) for i, p in enumerate(self.parts)]
         for reps in zip(*streams):
-            yield self._combine(list(reps))
+            yield combine(list(reps), self.factors)
 
 
 def observation_weights(parts: list[Any], shares: list[float], aggregation: str) -> list[float]:

@@ -27,6 +27,7 @@ from atomsift.csi.config import CSIConfig
 from atomsift.csi.extras import mix_extras
 from atomsift.csi.frechet import FrechetReference
 from atomsift.csi.measures import kernel_mean, median_bandwidth, mixture_mmd2, per_element_frechet
+from atomsift.csi.mixture import combine, mixture_factors
 from atomsift.errors import ConfigError
 
 SELECTABLE = ("csi", "csi_element", "mmd")
@@ -100,37 +101,33 @@ def _vertex(w: np.ndarray) -> int | None:
 
 def _objective(measure: str, up: list[Any], dn: Any, cfg: CSIConfig) -> Callable[[np.ndarray], float]:
     """The measure as a function of the observation weights w (k,)."""
-    from atomsift.csi.mixture import MixtureStats
     from atomsift.csi.pipeline import moments
 
+    totals = [u.grouped.total() for u in up]  # once: every evaluation mixes these
+    n = np.array([t.n for t in totals], dtype=np.float64)
     if measure == "csi":
         ref = FrechetReference(*moments(dn.grouped.total(), cfg))
 
         def csi(w: np.ndarray) -> float:
             i = _vertex(w)  # a single set: its own statistics (a mixture's n would change the ddof scaling)
-            stats = up[i].grouped.total() if i is not None else MixtureStats(up, list(w)).total()
+            stats = totals[i] if i is not None else combine(totals, mixture_factors(w, n))
             return ref.distance(*moments(stats, cfg))
 
         return csi
     if any(u.extras is None for u in [*up, dn]):
         raise ConfigError(f"selecting by {measure} needs the measure data of every dataset (measures: [{measure}])")
     if measure == "csi_element":
-        down = {z: (s.mean, s.covariance(), s.n) for z, s in (dn.extras.element_stats or {}).items() if s.n >= 2}
+        down = dn.extras.element_moments()
         if not down or any(u.extras.element_stats is None for u in up):
             raise ConfigError(
                 "per-element statistics are missing (aggregation is not flat, or they exceeded element_memory_gb)",
                 fix="use --measure csi, or aggregation flat with a larger element_memory_gb",
             )
-        n = np.array([u.n_obs for u in up], dtype=np.float64)
 
         def csi_element(w: np.ndarray) -> float:
             i = _vertex(w)
-            if i is not None:
-                mixed = up[i].extras
-            else:
-                mixed = mix_extras([u.extras for u in up], np.asarray(w) * n.sum() / n, np.asarray(w))
-            parts = {z: (s.mean, s.covariance(), s.n) for z, s in (mixed.element_stats or {}).items() if s.n >= 2}
-            value, _ = per_element_frechet(down, parts)
+            mixed = up[i].extras if i is not None else mix_extras([u.extras for u in up], mixture_factors(w, n), w)
+            value, _ = per_element_frechet(down, mixed.element_moments())
             return float("inf") if value is None else value
 
         return csi_element
@@ -141,7 +138,7 @@ def _objective(measure: str, up: list[Any], dn: Any, cfg: CSIConfig) -> Callable
         g = np.array([kernel_mean(r, rows_d, h) for r in rows])
         gmat = np.array([[kernel_mean(a, b, h) for b in rows] for a in rows])
         kdd = kernel_mean(rows_d, rows_d, h)
-        return lambda w: mixture_mmd2(gmat, g, kdd, np.clip(w, 0.0, None) / max(np.clip(w, 0.0, None).sum(), 1e-300))
+        return lambda w: mixture_mmd2(gmat, g, kdd, w)  # `select_weights` passes w >= 0 summing to 1
     raise ConfigError(
         f"cannot select mixture weights by '{measure}'",
         fix=f"use --measure {' or '.join(SELECTABLE)} (kNN measures are step functions of the weights)",

@@ -354,12 +354,11 @@ def write_report(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: P
                       fmt(m["spearman"]["p_value"]), fmt(m["kendall"]["statistic"]), fmt(m["kendall"]["p_value"])]
                      for m in b["measures"]],
                 )  # fmt: skip
+                held = [m for m in MEASURE_COLUMNS if any(m in c.get("measures", {}) for c in b["candidates"])]
                 md += _table(
-                    ["upstream", *(m for m in MEASURE_COLUMNS if any(m in c.get("measures", {}) for c in b["candidates"]))],
-                    [[c["name"], *(fmt(c.get("measures", {}).get(m)) for m in MEASURE_COLUMNS
-                                   if any(m in x.get("measures", {}) for x in b["candidates"]))]
-                     for c in b["candidates"]],
-                )  # fmt: skip
+                    ["upstream", *held],
+                    [[c["name"], *(fmt(c.get("measures", {}).get(m)) for m in held)] for c in b["candidates"]],
+                )
             paths[f"scatter:{down}:{key}"] = _scatter_figure(down, key, b, unit, figs / f"scatter_{d}_{k}.png", s)
             md += [f"![CSI vs metric, {down}, {key}](figures/scatter_{d}_{k}.png)", ""]
             if b["csi_ties"]:
