@@ -142,6 +142,19 @@ def test_out_of_distribution_rule_and_elements_no_upstream_has():
     assert not rows2[0]["out_of_distribution"]
 
 
+def test_out_of_distribution_spread_uses_the_runs_shrinkage():
+    from atomsift.csi.frechet import shrink_covariance
+
+    rng = np.random.default_rng(2)
+    a, b = _synthetic("a", "upstream", rng, 0.0, n=3), _synthetic("b", "upstream", rng, 1.0, n=3)
+    _, diag = _scored([a, b], [_synthetic("d", "downstream", rng, 0.5, n=3)], shrinkage=0.5)
+    ta, tb = a.grouped.total(), b.grouped.total()
+    shrunk = frechet_distance(
+        ta.mean, shrink_covariance(ta.covariance(), ta.n, 0.5), tb.mean, shrink_covariance(tb.covariance(), tb.n, 0.5)
+    )
+    assert diag["d"]["upstream_median_csi"] == pytest.approx(shrunk, rel=1e-12)
+
+
 def test_one_upstream_set_gives_no_ood_verdict_and_ties_come_from_overlapping_intervals():
     rng = np.random.default_rng(1)
     a = _synthetic("a", "upstream", rng, 0.0)

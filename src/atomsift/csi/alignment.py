@@ -77,15 +77,18 @@ def _whole(counts: dict[int, float]) -> dict[int, int]:
     return {z: max(1, int(round(c))) for z, c in counts.items() if c > 0}
 
 
-def _upstream_spread(up: list[Any]) -> float | None:
-    """Median CSI between pairs of upstream datasets (mixtures left out); None with fewer than two."""
+def _upstream_spread(up: list[Any], cfg: CSIConfig) -> float | None:
+    """Median CSI between pairs of upstream datasets (mixtures left out; covariances shrunk as the run's CSI
+    is, so the ratio compares like with like); None with fewer than two."""
+    from atomsift.csi.pipeline import moments
+
     singles = [u for u in up if isinstance(u.grouped, GroupedStats)]
     if len(singles) < 2:
         return None
-    moments = [(t.mean, t.covariance()) for t in (u.grouped.total() for u in singles)]
+    fitted = [moments(u.grouped.total(), cfg) for u in singles]
     values = []
     for i, j in itertools.combinations(range(len(singles)), 2):
-        values.append(FrechetReference(*moments[i]).distance(*moments[j]))
+        values.append(FrechetReference(*fitted[i]).distance(*fitted[j]))
     return float(np.median(values))
 
 
@@ -116,7 +119,7 @@ def score_measures(
         CSI breakdown per upstream set.
     """
     wanted = set(cfg.measures)
-    spread = _upstream_spread(up)
+    spread = _upstream_spread(up, cfg)
     singles = [u for u in up if isinstance(u.grouped, GroupedStats)]
     diagnostics: dict[str, dict[str, Any]] = {}
     for dn in down:
