@@ -146,10 +146,13 @@ def _named(args: list[str] | None, flag: str) -> dict:
     return out
 
 
-def run_and_report(cfg, out: Path, console: Console | None = None) -> list[dict]:
-    """Save the resolved config, run CSI, print the ranked tables, write json/csv/png into `out`."""
+def run_and_report(
+    cfg, out: Path, console: Console | None = None, settings: tuple[str, dict] = ("csi_config.yaml", {})
+) -> tuple[list[dict], list, list, object, Console]:
+    """Run CSI, save the resolved settings (`settings`: file name and extra keys), print the ranked tables and
+    write json/csv/png into `out`. Returns (rows, upstream stats, downstream stats, extractor, console)."""
     from atomsift.cli.common import on_interrupt
-    from atomsift.csi.pipeline import run_csi
+    from atomsift.csi.pipeline import run_csi_with_stats
     from atomsift.csi.report import print_tables, write_outputs
     from atomsift.settings import check_output_dir
 
@@ -159,12 +162,13 @@ def run_and_report(cfg, out: Path, console: Console | None = None) -> list[dict]
     on_interrupt(
         f"statistics of the datasets that finished are kept in {cache}; rerun the same command to resume from them"
     )
-    rows = run_csi(cfg, out)  # refuses mismatched caches before it writes anything into `out`
-    (out / "csi_config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    rows, up, down, extractor = run_csi_with_stats(cfg, out)  # refuses mismatched caches before writing into `out`
+    name, extra = settings
+    (out / name).write_text(yaml.safe_dump({**cfg.model_dump(), **extra}, sort_keys=False))
     print_tables(rows, console)
     paths = write_outputs(rows, out)
     console.print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
-    return rows
+    return rows, up, down, extractor, console
 
 
 def select(

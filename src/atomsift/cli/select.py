@@ -58,20 +58,11 @@ def run_select(
 ) -> list[Selection]:
     """Gather statistics, score the single sets (with warnings), select a mixture per downstream set (over the
     datasets, or over the classes of each dataset), write it."""
-    from atomsift.cli.common import on_interrupt
-    from atomsift.csi.pipeline import annotate, gather_stats, score_all
-    from atomsift.csi.report import print_tables, write_outputs
+    from atomsift.cli.csi import run_and_report
     from atomsift.csi.selection import select_weights
-    from atomsift.settings import check_output_dir
 
-    console = console or (Console() if Console().is_terminal else Console(width=140))
-    check_output_dir(out)
-    on_interrupt("statistics of the datasets that finished are cached; rerun the same command to resume from them")
-    up, down, extractor = gather_stats(cfg, out)
-    rows = annotate(score_all(up, down, cfg), extractor, cfg)
-    (out / "select_config.yaml").write_text(yaml.safe_dump({**cfg.model_dump(), "measure": measure}, sort_keys=False))
-    print_tables(rows, console)
-    write_outputs(rows, out)
+    settings = ("select_config.yaml", {"measure": measure, "over": over})
+    rows, up, down, extractor, console = run_and_report(cfg, out, console, settings)
     unit = "atom" if cfg.aggregation == "flat" else "observation"
     candidates: list[Any] = up
     if over == "classes":

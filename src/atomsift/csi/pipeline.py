@@ -401,8 +401,15 @@ def annotate(rows: list[dict[str, Any]], extractor: FeatureExtractor, cfg: CSICo
 
 def run_csi(cfg: CSIConfig, out: Path) -> list[dict[str, Any]]:
     """The whole computation; returns one row per (upstream, downstream) pair."""
+    return run_csi_with_stats(cfg, out)[0]
+
+
+def run_csi_with_stats(
+    cfg: CSIConfig, out: Path
+) -> tuple[list[dict[str, Any]], list[DatasetStats], list[DatasetStats], FeatureExtractor]:
+    """`run_csi`, also returning what later steps (mixture selection) read: (rows, upstream, downstream, extractor)."""
     up, down, extractor = gather_stats(cfg, out)
-    return annotate(score_all(up, down, cfg), extractor, cfg)
+    return annotate(score_all(up, down, cfg), extractor, cfg), up, down, extractor
 
 
 def score_all(up: list[DatasetStats], down: list[DatasetStats], cfg: CSIConfig) -> list[dict[str, Any]]:
