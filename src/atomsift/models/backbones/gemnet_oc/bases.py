@@ -339,6 +339,18 @@ class SphericalBasisLayer(nn.Module):
         outer = f(cosφ)[:, :, None] * f(torch.cos(ϑ))[:, None, :]
         return outer.reshape(cosφ.shape[0], self.num_spherical**2)
 
+    @property
+    def factorable(self) -> bool:
+        """True if the basis is an outer product of a cos phi and a theta factor (see `factors`)."""
+        return self._kind in ("legendre_outer", "gaussian_outer") and not self.scale_basis
+
+    def factors(self, D_ca: Tensor, cosφ: Tensor, ϑ: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The outer-product basis as its factors: distances (E,), cos phi (P,), theta (Q,) -> radial
+        (E, num_radial), f(cos phi) (P, L), f(cos theta) (Q, L); ``spherical_basis`` is their outer product
+        (reshaped to L**2, first factor major) when cos phi is given per quadruplet."""
+        f = self._cir if self._kind == "legendre_outer" else self.circular_basis
+        return self.radial_basis(D_ca), f(cosφ), f(torch.cos(ϑ))
+
     def forward(self, D_ca: Tensor, cosφ_cab: Tensor, θ_cabd: Tensor) -> tuple[Tensor, Tensor]:
         """Distances (E,), cos phi (Q,), theta (Q,) -> radial (E, num_radial), spherical (Q, L**2)."""
         rad = self.radial_basis(D_ca)

@@ -23,6 +23,7 @@ from atomsift.models.backbones.gemnet_oc.layers import (
     fused_dense,
 )
 from atomsift.models.backbones.gemnet_oc.outputs import _INV_SQRT_2, AtomUpdateBlock, OutputBlock, scatter_sum
+from atomsift.models.backbones.gemnet_oc.quadruplets import FactoredQuadBasis
 from atomsift.models.backbones.gemnet_oc.scaling import ScaleFactor
 
 __all__ = [
@@ -190,9 +191,15 @@ class QuadrupletInteraction(nn.Module):
         x_db = self.down_projection(x_db)
         x_db = x_db.index_select(0, idx["triplet_in"]["in"])  # (T_in, emb_size_quad_in), one per triplet d->b->a
         x_db = self.scale_cbf(x_db * self.mlp_cbf(bases["cir"]), ref=x_db)
-        x_db = x_db.index_select(0, idx["trip_in_to_quad"])  # (Q, emb_size_quad_in)
-        x = self.mlp_sbf(bases["sph"], x_db, idx["out"], idx["out_agg"])
-        x = self.scale_sbf_sum(x, ref=x_db)
+        sph = bases["sph"]
+        if isinstance(sph, FactoredQuadBasis):
+            x = self.mlp_sbf.combine(sph.rad_W1, sph.aggregate(x_db))
+            # the per-quadruplet messages are only formed when a scale factor is being fitted on them
+            ref = x_db.index_select(0, idx["trip_in_to_quad"]) if self.scale_sbf_sum.stats is not None else None
+        else:
+            ref = x_db = x_db.index_select(0, idx["trip_in_to_quad"])  # (Q, emb_size_quad_in)
+            x = self.mlp_sbf(sph, x_db, idx["out"], idx["out_agg"])
+        x = self.scale_sbf_sum(x, ref=ref)
         if self.symmetric_mp:
             x_ca, x_ac = fused_dense(x, [self.up_projection_ca, self.up_projection_ac])
             x_ac = x_ac.index_select(0, id_swap)

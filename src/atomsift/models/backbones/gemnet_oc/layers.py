@@ -298,6 +298,10 @@ class BasisEmbedding(nn.Module):
     def reset_parameters(self) -> None:
         he_orthogonal_init(self.weight)
 
+    def radial(self, rad_basis: Tensor, sph_size: int) -> Tensor:
+        """(E, num_radial) -> rad_W1 (E, emb_size_interm, sph_size) (with num_spherical; see the class note)."""
+        return (rad_basis @ self.weight.reshape(self.weight.shape[0], -1)).reshape(rad_basis.shape[0], -1, sph_size)
+
     def forward(
         self,
         rad_basis: Tensor,
@@ -327,9 +331,7 @@ class BasisEmbedding(nn.Module):
         if self.num_spherical is None:
             rad_W1 = rad_basis @ self.weight.T
         else:
-            rad_W1 = (rad_basis @ self.weight.reshape(self.weight.shape[0], -1)).reshape(
-                num_edges, -1, sph_basis.shape[-1]
-            )
+            rad_W1 = self.radial(rad_basis, sph_basis.shape[-1])
 
         if idx_rad_inner is not None:
             padded = _to_padded(rad_W1, idx_rad_outer, idx_rad_inner, num_atoms)
@@ -390,5 +392,9 @@ class EfficientInteractionBilinear(nn.Module):
         if idx_agg2_outer is not None:
             sph_m = _to_padded(sph_m, idx_agg2_outer, idx_agg2_inner, agg2_out_size)  # (A, K2, S, in)
             sph_m = sph_m.reshape(agg2_out_size, -1, sph_m.shape[-1])  # (A, K2 * S, in)
-        out = rad_W1 @ sph_m  # (E or A, interm, in)
+        return self.combine(rad_W1, sph_m)
+
+    def combine(self, rad_W1: Tensor, sph_m: Tensor) -> Tensor:
+        """rad_W1 (E, interm, S) and basis-weighted message sums sph_m (E, S, in) -> (E, emb_size_out)."""
+        out = rad_W1 @ sph_m  # (E, interm, in)
         return self.bilinear(out.reshape(out.shape[0], out.shape[1:].numel()))

@@ -44,6 +44,7 @@ from atomsift.models.backbones.gemnet_oc.layers import (
     ResidualLayer,
 )
 from atomsift.models.backbones.gemnet_oc.outputs import OutputBlock
+from atomsift.models.backbones.gemnet_oc.quadruplets import factored_quad_basis
 from atomsift.models.backbones.gemnet_oc.scaling import fit_scale_factors, unfitted_scale_factors
 from atomsift.models.backbones.gemnet_oc.utils import get_angle, inner_product_clamped
 from atomsift.models.base import Backbone, BackboneOutput, no_neighbours_error
@@ -100,6 +101,9 @@ class GemNetOC(Backbone):
     """
 
     name: ClassVar[str] = "gemnet_oc"
+    #: sum quadruplets in factored form when the spherical basis is an outer product (quadruplets.py); the
+    #: same sums as fairchem's padded route in another order (float64: equal to 1e-12). False: fairchem's route.
+    factor_quadruplets: bool = True
 
     def __init__(
         self,
@@ -397,21 +401,28 @@ class GemNetOC(Backbone):
             q = g.quad_idx
             cos_cab_q, cos_abd, angle_cabd = self._quad_angles(g)
             rad_cir_q, cir_q = self.cbf_basis_qint(g.qint["distance"], cos_abd)
-            cos_cab_quad = cos_cab_q.index_select(0, q["trip_out_to_quad"])
-            rad_sph_q, sph_q = self.sbf_basis_qint(main["distance"], cos_cab_quad, angle_cabd)
             out["qint"] = {
                 "rad": self.mlp_rbf_qint(rad_main),
                 "cir": _embed_basis(
                     self.mlp_cbf_qint, rad_basis=rad_cir_q, sph_basis=cir_q, idx_sph_outer=q["triplet_in"]["out"]
                 ),
-                "sph": _embed_basis(
+            }
+            sbf = self.sbf_basis_qint
+            if self.factor_quadruplets and sbf.factorable and q["out"].numel() > 0:
+                rad_sph_q, left, right = sbf.factors(main["distance"], cos_cab_q, angle_cabd)
+                rad_W1 = self.mlp_sbf_qint.radial(rad_sph_q, left.shape[1] ** 2)
+                num_edges, num_inter = rad_main.shape[0], g.qint["distance"].shape[0]
+                out["qint"]["sph"] = factored_quad_basis(rad_W1, left, right, q, num_edges, num_inter)
+            else:
+                cos_cab_quad = cos_cab_q.index_select(0, q["trip_out_to_quad"])
+                rad_sph_q, sph_q = sbf(main["distance"], cos_cab_quad, angle_cabd)
+                out["qint"]["sph"] = _embed_basis(
                     self.mlp_sbf_qint,
                     rad_basis=rad_sph_q,
                     sph_basis=sph_q,
                     idx_sph_outer=q["out"],
                     idx_sph_inner=q["out_agg"],
-                ),
-            }
+                )
         if self.atom_edge_interaction:
             a = g.trip_idx_a2e
             rad_a2ee2a = self.radial_basis_aeaint(g.a2ee2a["distance"])
