@@ -143,6 +143,16 @@ class ExponentialEnvelope(nn.Module):
 # --------------------------------------------------------------------------- radial functions
 
 
+def flush_subnormals(x: Tensor) -> Tensor:
+    """x with its subnormal values (|x| < the dtype's smallest normal, e.g. 1.2e-38 in float32) set to zero.
+
+    The tails of the Gaussian radial basis underflow into subnormals (2-5 % of the values); every matrix
+    product that reads them then runs 10-30x slower on x86 CPUs (microcode assists), forwards and backwards.
+    Adding one to a sum of normal-sized terms changes no bit of the sum, so the outputs stay the same.
+    """
+    return x.masked_fill(x.abs() < torch.finfo(x.dtype).tiny, 0.0)
+
+
 class GaussianBasis(nn.Module):
     """Gaussians exp(coeff (x - offset_k)^2) on ``num_gaussians`` equally spaced centres in [start, stop].
 
@@ -255,6 +265,7 @@ class RadialBasis(nn.Module):
         """Distances (E,) Angstrom -> (E, num_radial)."""
         d_scaled = d * self.inv_cutoff
         out = self.envelope(d_scaled)[:, None] * self.rbf(d_scaled)
+        out = flush_subnormals(out)
         if self.scale_basis:
             out = self.scale_rbf(out)
         return out
