@@ -16,6 +16,7 @@ from atomsift.models.backbones.gemnet_oc.bases import (
     PolynomialEnvelope,
     RadialBasis,
     SphericalBasisLayer,
+    flush_subnormals,
     get_sph_harm_basis,
     legendre_polynomials,
     real_sph_harm,
@@ -164,3 +165,20 @@ def test_circular_and_spherical_layers():
     go = SphericalBasisLayer(4, rb, sbf={"name": "gaussian_outer"})
     assert "circular_basis.offset" in go.state_dict()
     assert go(d, cos, theta)[1].shape == (4, 16)
+
+
+def test_radial_basis_has_no_subnormals():
+    """The Gaussian tails underflow into subnormals (slow matrix products); they are set to zero, nothing else."""
+    basis = RadialBasis(128, 12.0, rbf={"name": "gaussian"}, envelope={"name": "polynomial", "exponent": 5})
+    d = torch.linspace(0.5, 11.9, 4000)
+    scaled = d * basis.inv_cutoff
+    raw = basis.envelope(scaled)[:, None] * basis.rbf(scaled)
+    tiny = torch.finfo(torch.float32).tiny
+    assert int(((raw != 0) & (raw.abs() < tiny)).sum()) > 1000  # the case exists
+    out = basis(d)
+    assert not bool(((out != 0) & (out.abs() < tiny)).any())
+    normal = raw.abs() >= tiny
+    assert torch.equal(out[normal], raw[normal]) and bool((out[~normal] == 0).all())
+    x = torch.tensor([1e-39, -1e-40, 1.2e-38, -3.0, 0.0], dtype=torch.float32)
+    assert flush_subnormals(x).tolist() == [0.0, 0.0, x[2].item(), -3.0, 0.0]
+    assert flush_subnormals(torch.tensor([1e-310, 1e-300], dtype=torch.float64)).tolist() == [0.0, 1e-300]
