@@ -11,6 +11,7 @@ from scipy import special
 
 from atomsift.errors import ConfigError
 from atomsift.models.backbones.gemnet_oc.bases import (
+    TINY_BASIS_VALUE,
     CircularBasisLayer,
     ExponentialEnvelope,
     PolynomialEnvelope,
@@ -168,17 +169,21 @@ def test_circular_and_spherical_layers():
 
 
 def test_radial_basis_has_no_subnormals():
-    """The Gaussian tails underflow into subnormals (slow matrix products); they are set to zero, nothing else."""
+    """Gaussian tails underflow into subnormals (slow matrix products): values below TINY_BASIS_VALUE are zero,
+    every other value is the plain formula's, bit for bit."""
     basis = RadialBasis(128, 12.0, rbf={"name": "gaussian"}, envelope={"name": "polynomial", "exponent": 5})
-    d = torch.linspace(0.5, 11.9, 4000)
+    d = torch.linspace(0.5, 11.99999, 4000)
     scaled = d * basis.inv_cutoff
-    raw = basis.envelope(scaled)[:, None] * basis.rbf(scaled)
+    diff = scaled[:, None] - basis.rbf.offset[None, :]
+    gauss = torch.exp(basis.rbf.coeff * diff * diff)
+    raw = basis.envelope(scaled)[:, None] * gauss
     tiny = torch.finfo(torch.float32).tiny
     assert int(((raw != 0) & (raw.abs() < tiny)).sum()) > 1000  # the case exists
     out = basis(d)
     assert not bool(((out != 0) & (out.abs() < tiny)).any())
-    normal = raw.abs() >= tiny
-    assert torch.equal(out[normal], raw[normal]) and bool((out[~normal] == 0).all())
+    kept = gauss >= TINY_BASIS_VALUE
+    assert torch.equal(out[kept], raw[kept]) and bool((out[~kept] == 0).all())
+    assert bool((raw[~kept].abs() < 1e-19).all())
     x = torch.tensor([1e-39, -1e-40, 1.2e-38, -3.0, 0.0], dtype=torch.float32)
     assert flush_subnormals(x).tolist() == [0.0, 0.0, x[2].item(), -3.0, 0.0]
     assert flush_subnormals(torch.tensor([1e-310, 1e-300], dtype=torch.float64)).tolist() == [0.0, 1e-300]
