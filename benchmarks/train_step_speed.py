@@ -9,11 +9,13 @@ the same batches (gradient forces: fairchem's ``direct_forces=False``).
 
 The two sides of a row alternate step by step (A B, B A, A B, ...: each goes first in half of the pairs),
 so load from other processes lands on both; the table gives each side's median ms/step and the median over
-pairs of the per-pair ratio fairchem / atomsift with a 95 % bootstrap interval.
+pairs of the per-pair ratio fairchem / atomsift with a 95 % bootstrap interval, and "dE rel", the largest
+relative energy difference between the two sides before the first step (they must compute the same thing).
 
     .venv/bin/python benchmarks/train_step_speed.py                 # atomsift models only
     fairchem-venv/bin/python benchmarks/train_step_speed.py         # adds fairchem (docs/gemnet_oc.md)
     ... --models painn,gemnet-small --forces direct,gradient --pairs 10 --min-time 10 --device cuda
+    ... --against padded      # side B: atomsift with fairchem's padded quadruplet sum instead of fairchem
 
 Prints one table; paste it into benchmarks/RESULTS.md with the machine and date.
 """
@@ -21,6 +23,7 @@ Prints one table; paste it into benchmarks/RESULTS.md with the machine and date.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import statistics
@@ -110,6 +113,16 @@ def median_interval(values: list[float], draws: int = 2000, seed: int = 0) -> tu
     return statistics.median(values), float(meds[int(0.025 * draws)]), float(meds[int(0.975 * draws) - 1])
 
 
+def dense_share(step: Callable[[], float]) -> tuple[float, float]:
+    """(step ms, ms in dense matrix products aten::mm / addmm) of one step run under torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall = step()
+    dense = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm"))
+    return 1000 * wall, dense / 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="painn,gemnet-small,gemnet-S")
@@ -118,9 +131,23 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=10, help="least number of timed pairs (steps for PaiNN)")
     parser.add_argument("--min-time", type=float, default=10.0, help="least seconds of timed pairs per row")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--dense-share",
+        action="store_true",
+        help="after each GemNet-OC row, profile one step per side and print the time in dense matrix products "
+        "(the same products on both sides): B's step over A's dense time bounds the ratio any A could reach",
+    )
+    parser.add_argument(
+        "--against",
+        default="fairchem",
+        choices=["fairchem", "padded"],
+        help="GemNet-OC side B: fairchem 1.10's model, or atomsift with fairchem's padded quadruplet sum "
+        "(GemNetOC.factor_quadruplets = False) to measure the factored sum alone",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     with_fairchem = fairchem_available()
+    other = "fairchem" if args.against == "fairchem" else "padded"
     print(
         f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {cpu_name()}  {os.cpu_count()} cores  "
         f"{torch.get_num_threads()} threads  torch {torch.__version__}  device {device}"
@@ -129,7 +156,7 @@ def main() -> None:
     )
     header = (
         f"{'model':<13} {'data':<8} {'forces':<8} {'batch':>5} {'atoms':>5} {'pairs':>5} {'atomsift ms':>11} "
-        f"{'atoms/s':>8} {'fairchem ms':>11} {'fairchem/atomsift [95 %]':>25}"
+        f"{'atoms/s':>8} {other + ' ms':>11} {other + '/atomsift [95 %]':>25} {'dE rel':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -156,7 +183,9 @@ def main() -> None:
             for forces in args.forces.split(","):
                 preset = name.split("-", 1)[1]
                 config = {**presets("gemnet_oc")[preset], **graph, "direct_forces": forces == "direct"}
-                reference = fairchem_gemnet(config, seed=0).to(device) if with_fairchem else None
+                reference = (
+                    fairchem_gemnet(config, seed=0).to(device) if with_fairchem and args.against == "fairchem" else None
+                )
                 if reference is not None:
                     state = reference.state_dict()
                 else:
@@ -165,10 +194,21 @@ def main() -> None:
                 backbone, heads, _ = gemnet_from_fairchem(config, state)
                 ours = FairchemGemNetOC(backbone, heads).to(device)
                 step_ours = trainer(ours, lambda m=ours, b=batch: (m(b), b), device)
-                step_ref = None
-                if reference is not None:
+                run_ref = None
+                if args.against == "padded":
+                    padded = copy.deepcopy(ours)  # the same weights, heads included
+                    padded.backbone.factor_quadruplets = False
+                    run_ref = lambda m=padded, b=batch: (m(b), b)  # noqa: E731
+                elif reference is not None:
                     data = to_fairchem_batch(batch).to(device)
-                    step_ref = trainer(reference, lambda m=reference, d=data, b=batch: (m(d), b), device)
+                    run_ref = lambda m=reference, d=data, b=batch: (m(d), b)  # noqa: E731
+                agree = ""
+                if run_ref is not None:  # both sides must compute the same thing: energies before any step
+                    e_ours, e_ref = ours(batch)["energy"].detach(), run_ref()[0]["energy"].detach()
+                    agree = f" {float(((e_ours - e_ref).abs() / e_ref.abs()).max()):>9.1e}"
+                step_ref = (
+                    trainer(reference if args.against == "fairchem" else padded, run_ref, device) if run_ref else None
+                )
                 times, ref_times = alternate(step_ours, step_ref, args.pairs, args.min_time)
                 ms = 1000 * statistics.median(times)
                 line = (
@@ -178,8 +218,15 @@ def main() -> None:
                 if ref_times:
                     ratio, low, high = median_interval([r / t for r, t in zip(ref_times, times)])
                     ratio_text = f"{ratio:.2f}x [{low:.2f}, {high:.2f}]"
-                    line += f" {1000 * statistics.median(ref_times):>11.1f} {ratio_text:>25}"
+                    line += f" {1000 * statistics.median(ref_times):>11.1f} {ratio_text:>25}{agree}"
                 print(line, flush=True)
+                if args.dense_share and step_ref is not None and device.type == "cpu":
+                    (wall_a, dense_a), (wall_b, dense_b) = dense_share(step_ours), dense_share(step_ref)
+                    print(
+                        f"#   profiled step: atomsift {wall_a:.0f} ms, {dense_a:.0f} ms in dense products; {other} "
+                        f"{wall_b:.0f} ms, {dense_b:.0f} ms ({dense_b / wall_b:.0%}); bound {wall_b / dense_a:.2f}x",
+                        flush=True,
+                    )
     print(f"# load at the end {os.getloadavg()[0]:.2f}")
 
 
