@@ -35,6 +35,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/frechet_speed.py
 	$(PY) benchmarks/neighbor_speed.py
 	$(PY) benchmarks/train_step_speed.py
+	$(PY) benchmarks/optimizer_speed.py
+	$(PY) benchmarks/subnormal_speed.py
 	$(PY) benchmarks/train_throughput.py --quick
 
 clean:
