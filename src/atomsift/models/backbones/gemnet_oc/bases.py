@@ -146,8 +146,10 @@ class ExponentialEnvelope(nn.Module):
 #: Gaussian basis values below this are set to zero, and envelope values below ENVELOPE_FLOOR: their
 #: products are then zero or normal floats. The Gaussian tails underflow otherwise: exp with a result below
 #: float32's smallest normal (1.2e-38) takes a slow path, and every matrix product reading subnormal values
-#: (the basis projections forwards, their weight gradients backwards) runs 10-30x slower on x86 CPUs.
-#: A term below 1e-20 added to a float32 sum of terms of 1e-12 or more changes no bit of it.
+#: (the basis projections forwards, their weight gradients backwards) runs 3-14x slower on x86 CPUs
+#: (benchmarks/subnormal_speed.py). Each row also holds values near 1 (the nearest Gaussian), so terms
+#: below 1e-20 are far under the rounding of the sums they enter: GemNet-OC's energies and forces were
+#: bitwise equal with and without the floor (small and S presets, molecules and oxides).
 TINY_BASIS_VALUE = 1e-20
 ENVELOPE_FLOOR = 1e-17
 _EXP_FLOOR = -46.5  # exp(-46.5) = 6.3e-21 < TINY_BASIS_VALUE: exponents below are clamped, then zeroed

@@ -15,8 +15,8 @@ Q * K numbers forwards and backwards. Here the sum is split in two:
     S[e, l1, l2, k] = sum over p into e of A[p, l1] Y[p, l2, k]  one bmm per output edge c->a
 
 Q * L * K + P * L^2 * K multiply-adds (P output triplets, P << Q), and no per-quadruplet copy of x. The
-result is the same sum in another order: equal in exact arithmetic (float64 tests agree to 1e-12), a few
-float32 ulps apart from the padded route. Quadruplets removed for d == c are zeros of the padded B.
+result is the same sum in another order: equal in exact arithmetic (float64 tests agree to 1e-12); in
+float32 it differs from the padded route by rounding. Quadruplets removed for d == c are zeros of the padded B.
 """
 
 from __future__ import annotations
