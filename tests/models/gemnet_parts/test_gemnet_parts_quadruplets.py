@@ -8,6 +8,7 @@ from _gemnet_parts_graphs import random_periodic
 from ase import Atoms
 
 from atomsift.graph import collate
+from atomsift.models.backbones.gemnet_oc.batch_bases import batch_bases
 from atomsift.models.backbones.gemnet_oc.compat import FairchemGemNetOC, FairchemOutputHeads
 from atomsift.models.backbones.gemnet_oc.indices import get_quadruplets
 from atomsift.models.backbones.gemnet_oc.model import GemNetOC, ensure_scale_factors
@@ -63,7 +64,7 @@ def test_model_factored_equals_padded(structures, direct_forces, monkeypatch):
     model = _models(direct_forces)
     batch = collate(structures, dtype=torch.float64)
     graphs = model.backbone.build_graphs(batch)
-    assert isinstance(model.backbone._bases(graphs, batch.num_atoms)["qint"]["sph"], FactoredQuadBasis)
+    assert isinstance(batch_bases(model.backbone, graphs, batch.num_atoms)["qint"]["sph"], FactoredQuadBasis)
     assert graphs.quad_idx["out"].numel() > 1000
 
     results = {}

@@ -1,0 +1,145 @@
+"""The bases of one batch and their shared projections (fairchem-core 1.10's ``GemNetOC.get_bases``).
+
+Radial bases per edge, circular bases per triplet, the spherical basis per quadruplet (in factored form
+where it is an outer product, see quadruplets.py), each projected by the model's shared basis layers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from atomsift.models.backbones.gemnet_oc.graphs import InteractionGraphs
+from atomsift.models.backbones.gemnet_oc.layers import BasisEmbedding
+from atomsift.models.backbones.gemnet_oc.quadruplets import factored_quad_basis
+from atomsift.models.backbones.gemnet_oc.utils import get_angle, inner_product_clamped
+
+if TYPE_CHECKING:
+    from atomsift.models.backbones.gemnet_oc.model import GemNetOC
+
+__all__ = ["batch_bases", "quad_angles"]
+
+
+def quad_angles(graphs: InteractionGraphs) -> tuple[Tensor, Tensor, Tensor]:
+    """cos(c-a-b) per output triplet, cos(a-b-d) per input triplet, dihedral c-a-b-d per quadruplet."""
+    v_main, v_qint, q = graphs.main["vector"], graphs.qint["vector"], graphs.quad_idx
+    v_ba = v_qint.index_select(0, q["triplet_in"]["out"])
+    v_db = v_main.index_select(0, q["triplet_in"]["in"])
+    cos_abd = inner_product_clamped(v_ba, v_db)
+    v_db_cross = torch.cross(v_db, v_ba, dim=-1).index_select(0, q["trip_in_to_quad"])
+    v_ca = v_main.index_select(0, q["triplet_out"]["out"])
+    v_ba = v_qint.index_select(0, q["triplet_out"]["in"])
+    cos_cab = inner_product_clamped(v_ca, v_ba)
+    v_ca_cross = torch.cross(v_ca, v_ba, dim=-1).index_select(0, q["trip_out_to_quad"])
+    return cos_cab, cos_abd, get_angle(v_ca_cross, v_db_cross)
+
+
+def batch_bases(model: GemNetOC, g: InteractionGraphs, num_atoms: int) -> dict[str, Any]:
+    """Raw bases of one batch's graphs and their shared projections by ``model``'s layers, as fairchem's
+    ``get_bases``."""
+    main = g.main
+    rad_main = model.radial_basis(main["distance"])
+    out: dict[str, Any] = {"rad_raw": rad_main, "qint": {}, "a2e": {}, "e2a": {}, "a2a_rad": None}
+    t = g.trip_idx_e2e
+    v_main = main["vector"]
+    cos_cab = inner_product_clamped(v_main.index_select(0, t["out"]), v_main.index_select(0, t["in"]))
+    rad_cir_e2e, cir_e2e = model.cbf_basis_tint(main["distance"], cos_cab)
+
+    if model.quad_interaction:
+        q = g.quad_idx
+        cos_cab_q, cos_abd, angle_cabd = quad_angles(g)
+        rad_cir_q, cir_q = model.cbf_basis_qint(g.qint["distance"], cos_abd)
+        out["qint"] = {
+            "rad": model.mlp_rbf_qint(rad_main),
+            "cir": _embed_basis(
+                model.mlp_cbf_qint, rad_basis=rad_cir_q, sph_basis=cir_q, idx_sph_outer=q["triplet_in"]["out"]
+            ),
+        }
+        sbf = model.sbf_basis_qint
+        if model.factor_quadruplets and sbf.factorable and q["out"].numel() > 0:
+            rad_sph_q, left, right = sbf.factors(main["distance"], cos_cab_q, angle_cabd)
+            rad_W1 = model.mlp_sbf_qint.radial(rad_sph_q, left.shape[1] ** 2)
+            num_edges, num_inter = rad_main.shape[0], g.qint["distance"].shape[0]
+            out["qint"]["sph"] = factored_quad_basis(rad_W1, left, right, q, num_edges, num_inter)
+        else:
+            cos_cab_quad = cos_cab_q.index_select(0, q["trip_out_to_quad"])
+            rad_sph_q, sph_q = sbf(main["distance"], cos_cab_quad, angle_cabd)
+            out["qint"]["sph"] = _embed_basis(
+                model.mlp_sbf_qint,
+                rad_basis=rad_sph_q,
+                sph_basis=sph_q,
+                idx_sph_outer=q["out"],
+                idx_sph_inner=q["out_agg"],
+            )
+    if model.atom_edge_interaction:
+        a = g.trip_idx_a2e
+        rad_a2ee2a = model.radial_basis_aeaint(g.a2ee2a["distance"])
+        v_a2e = g.a2ee2a["vector"]
+        cos_a2e = inner_product_clamped(v_main.index_select(0, a["out"]), v_a2e.index_select(0, a["in"]))
+        rad_cir_a2e, cir_a2e = model.cbf_basis_aeint(main["distance"], cos_a2e)
+        out["a2e"] = {
+            "rad": model.mlp_rbf_aeint(rad_a2ee2a),
+            "cir": _embed_basis(
+                model.mlp_cbf_aeint,
+                rad_basis=rad_cir_a2e,
+                sph_basis=cir_a2e,
+                idx_sph_outer=a["out"],
+                idx_sph_inner=a["out_agg"],
+            ),
+        }
+    if model.edge_atom_interaction:
+        e = g.trip_idx_e2a
+        v_a2e = g.a2ee2a["vector"]
+        cos_e2a = inner_product_clamped(v_a2e.index_select(0, e["out"]), v_main.index_select(0, e["in"]))
+        rad_cir_e2a, cir_e2a = model.cbf_basis_eaint(g.a2ee2a["distance"], cos_e2a)
+        out["e2a"] = {
+            "rad": model.mlp_rbf_eaint(rad_main),
+            "cir": _embed_basis(
+                model.mlp_cbf_eaint,
+                rad_basis=rad_cir_e2a,
+                sph_basis=cir_e2a,
+                idx_rad_outer=g.a2ee2a["edge_index"][1],
+                idx_rad_inner=g.a2ee2a["target_neighbor_idx"],
+                idx_sph_outer=e["out"],
+                idx_sph_inner=e["out_agg"],
+                num_atoms=num_atoms,
+            ),
+        }
+    if model.atom_interaction:
+        out["a2a_rad"] = model.mlp_rbf_aint(
+            rad_basis=model.radial_basis_aint(g.a2a["distance"]),
+            idx_rad_outer=g.a2a["edge_index"][1],
+            idx_rad_inner=g.a2a["target_neighbor_idx"],
+            num_atoms=num_atoms,
+        )
+    out["e2e"] = {
+        "rad": model.mlp_rbf_tint(rad_main),
+        "cir": _embed_basis(
+            model.mlp_cbf_tint,
+            rad_basis=rad_cir_e2e,
+            sph_basis=cir_e2e,
+            idx_sph_outer=t["out"],
+            idx_sph_inner=t["out_agg"],
+        ),
+    }
+    out["atom_update"] = model.mlp_rbf_h(rad_main)
+    out["output"] = model.mlp_rbf_out(rad_main)
+    return out
+
+
+def _embed_basis(module: BasisEmbedding, **kwargs: Any) -> Any:
+    """``module(**kwargs)``, also for graphs without edges (e.g. no atom with a qint tag, isolated atoms),
+    where BasisEmbedding's reshape of an empty tensor fails: the results are then empty / zero tensors."""
+    rad = kwargs["rad_basis"]
+    if rad.shape[0] > 0:
+        return module(**kwargs)
+    sph = kwargs["sph_basis"]
+    interm = module.weight.shape[-1]
+    rad_W1 = rad.new_zeros((0, interm, sph.shape[-1]))
+    if kwargs.get("idx_rad_inner") is not None:
+        rad_W1 = rad.new_zeros((kwargs["num_atoms"], interm, 0))
+    if kwargs.get("idx_sph_inner") is None:
+        return rad.new_zeros((sph.shape[0], interm))
+    return rad_W1, sph.new_zeros((0, sph.shape[-1], 0))
