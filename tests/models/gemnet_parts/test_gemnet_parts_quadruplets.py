@@ -39,9 +39,9 @@ def test_aggregate_equals_sum_over_quadruplets(seed):
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
-def _models(direct_forces: bool) -> FairchemGemNetOC:
+def _models(direct_forces: bool, preset: str = "tiny") -> FairchemGemNetOC:
     torch.manual_seed(7)
-    backbone = GemNetOC.from_preset("tiny", direct_forces=direct_forces)
+    backbone = GemNetOC.from_preset(preset, direct_forces=direct_forces)
     gen = torch.Generator().manual_seed(8)
     for m in backbone.modules():
         if isinstance(m, ScaleFactor):
@@ -99,3 +99,21 @@ def test_scale_factor_fitting_same_on_both_routes(structures, monkeypatch):
     assert "int_blocks.0.quad_interaction.scale_sbf_sum" in fitted[True]
     for name, value in fitted[False].items():
         assert fitted[True][name] == pytest.approx(value, rel=1e-9), name
+
+
+@pytest.mark.parametrize("direct_forces", [True, False], ids=["direct", "gradient"])
+def test_radial_basis_floor_leaves_energies_and_forces_bitwise_equal(structures, direct_forces, monkeypatch):
+    """The floor on the Gaussian basis (no subnormals, bases.py) changes no bit of float32 energies and forces."""
+    from atomsift.models.backbones.gemnet_oc import bases
+
+    model = _models(direct_forces, "small").float()  # 32 Gaussians: subnormal tails (tiny's 8 have none)
+    batch = collate(structures)
+    floored = model(batch)
+    monkeypatch.setattr(bases, "TINY_BASIS_VALUE", -1.0)  # keep every value: the plain formula
+    monkeypatch.setattr(bases, "ENVELOPE_FLOOR", -1.0)
+    monkeypatch.setattr(bases, "_EXP_FLOOR", -1e30)
+    plain = model(batch)
+    rad = model.backbone.radial_basis(model.backbone.build_graphs(batch).main["distance"])
+    tiny = torch.finfo(torch.float32).tiny
+    assert bool(((rad != 0) & (rad.abs() < tiny)).any())  # the plain basis does hold subnormals here
+    assert torch.equal(floored["energy"], plain["energy"]) and torch.equal(floored["forces"], plain["forces"])
