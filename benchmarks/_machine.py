@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import os
 import platform
 
 
@@ -15,3 +17,13 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def machine_line() -> str:
+    """``# date  CPU  cores  threads  torch version``: the first line of a benchmark's table."""
+    import torch
+
+    return (
+        f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {cpu_name()}  {os.cpu_count()} cores  "
+        f"{torch.get_num_threads()} threads  torch {torch.__version__}"
+    )

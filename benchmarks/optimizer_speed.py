@@ -11,17 +11,16 @@ after all steps (same gradients, same start: they must agree to float rounding).
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import time
 
 import torch
 
-from _machine import cpu_name
+from _machine import machine_line
 from atomsift.models import build_backbone
 from atomsift.models.registry import presets
-from train_step_speed import median_interval
+from train_step_speed import alternate, median_interval
 
 MODELS = {
     "painn": lambda: build_backbone("painn"),
@@ -35,10 +34,7 @@ def main() -> None:
     parser.add_argument("--models", default="painn,gemnet-small,gemnet-S")
     parser.add_argument("--pairs", type=int, default=20)
     args = parser.parse_args()
-    print(
-        f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {cpu_name()}  {os.cpu_count()} cores  "
-        f"{torch.get_num_threads()} threads  torch {torch.__version__}  load {os.getloadavg()[0]:.2f}"
-    )
+    print(f"{machine_line()}  load {os.getloadavg()[0]:.2f}")
     header = f"{'model':<13} {'parameters':>11} {'pairs':>5} {'default ms':>10} {'fused ms':>9} {'ratio [95 %]':>20} {'max |dp|':>9}"
     print(header)
     print("-" * len(header))
@@ -52,7 +48,6 @@ def main() -> None:
             for c, g in zip(copies, grads):
                 c.grad = g.clone()
             opt = torch.optim.AdamW(copies, lr=1e-4, weight_decay=0.01, fused=True if fused else None)
-            opt.step()  # warm-up: creates the state
 
             def step(opt=opt) -> float:
                 start = time.perf_counter()
@@ -60,10 +55,9 @@ def main() -> None:
                 return time.perf_counter() - start
 
             sides[fused] = (copies, step)
-        times: dict[bool, list[float]] = {False: [], True: []}
-        for i in range(args.pairs):
-            for fused in (False, True) if i % 2 == 0 else (True, False):
-                times[fused].append(sides[fused][1]())
+        # one warm-up step each (it creates the optimizer state), then the alternating pairs
+        default, fused_times = alternate(sides[False][1], sides[True][1], args.pairs, 0.0)
+        times = {False: default, True: fused_times}
         ratio, low, high = median_interval([a / b for a, b in zip(times[False], times[True])])
         diff = max(float((a - b).detach().abs().max()) for a, b in zip(sides[False][0], sides[True][0]))
         print(

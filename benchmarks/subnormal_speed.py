@@ -12,7 +12,6 @@ plain / floored; the table gives medians and the median per-pair ratio.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import time
@@ -20,18 +19,23 @@ from collections.abc import Callable
 
 import torch
 
-from _machine import cpu_name
+from _machine import machine_line
 from atomsift.data import open_dataset
 from atomsift.graph import collate
 from atomsift.models import build_backbone
 from atomsift.models.registry import presets
-from train_step_speed import median_interval
+from train_step_speed import alternate, median_interval
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def timed(fn: Callable[[], object]) -> Callable[[], float]:
+    """fn as a function returning its wall time in seconds (what `alternate` runs)."""
+
+    def run() -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    return run
 
 
 def main() -> None:
@@ -65,10 +69,7 @@ def main() -> None:
         "rad @ W": {k: (lambda r=r: r @ weight.T) for k, r in rad.items()},
         "g^T @ rad": {k: (lambda r=r: grad.T @ r) for k, r in rad.items()},
     }
-    print(
-        f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {cpu_name()}  {os.cpu_count()} cores  "
-        f"{torch.get_num_threads()} threads  torch {torch.__version__}  load {os.getloadavg()[0]:.2f}"
-    )
+    print(f"{machine_line()}  load {os.getloadavg()[0]:.2f}")
     print(
         f"# basis {tuple(rad['plain'].shape)}: subnormal share plain {sub['plain']:.2%}, floored {sub['floored']:.2%}"
     )
@@ -76,12 +77,8 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for name, sides in work.items():
-        times: dict[str, list[float]] = {"plain": [], "floored": []}
-        for k in sides:
-            sides[k]()  # warm-up
-        for i in range(args.pairs):
-            for k in ("plain", "floored") if i % 2 == 0 else ("floored", "plain"):
-                times[k].append(timed(sides[k]))
+        plain_times, floored_times = alternate(timed(sides["plain"]), timed(sides["floored"]), args.pairs, 0.0)
+        times = {"plain": plain_times, "floored": floored_times}
         ratio, low, high = median_interval([a / b for a, b in zip(times["plain"], times["floored"])])
         print(
             f"{name:<10} {args.pairs:>5} {1000 * statistics.median(times['plain']):>9.2f} "

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import os
 import statistics
 import time
@@ -32,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 
-from _machine import cpu_name
+from _machine import machine_line
 from atomsift.data import open_dataset
 from atomsift.graph import collate
 from atomsift.models import AtomsModel, build_backbone
@@ -149,8 +148,7 @@ def main() -> None:
     with_fairchem = fairchem_available()
     other = "fairchem" if args.against == "fairchem" else "padded"
     print(
-        f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {cpu_name()}  {os.cpu_count()} cores  "
-        f"{torch.get_num_threads()} threads  torch {torch.__version__}  device {device}"
+        f"{machine_line()}  device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f"  fairchem {'yes' if with_fairchem else 'not installed'}  load {os.getloadavg()[0]:.2f}"
     )
