@@ -16,13 +16,14 @@ from typing import Any
 from torch import Tensor, nn
 
 from atomsift.models.backbones.gemnet_oc.layers import (
+    INV_SQRT_2,
     Dense,
     EdgeEmbedding,
     EfficientInteractionBilinear,
     ResidualLayer,
     fused_dense,
 )
-from atomsift.models.backbones.gemnet_oc.outputs import _INV_SQRT_2, AtomUpdateBlock, OutputBlock, scatter_sum
+from atomsift.models.backbones.gemnet_oc.outputs import AtomUpdateBlock, OutputBlock, scatter_sum
 from atomsift.models.backbones.gemnet_oc.quadruplets import FactoredQuadBasis
 from atomsift.models.backbones.gemnet_oc.scaling import ScaleFactor
 
@@ -127,7 +128,7 @@ class TripletInteraction(nn.Module):
         if self.symmetric_mp:
             x_ca, x_ac = fused_dense(x, [self.up_projection_ca, self.up_projection_ac])
             x_ac = x_ac.index_select(0, id_swap)  # the same message, written to the reverse edge
-            return (x_ca + x_ac).mul_(_INV_SQRT_2)
+            return (x_ca + x_ac).mul_(INV_SQRT_2)
         if self.swap_output:
             x = x.index_select(0, id_swap)
         return self.up_projection_ca(x)
@@ -203,7 +204,7 @@ class QuadrupletInteraction(nn.Module):
         if self.symmetric_mp:
             x_ca, x_ac = fused_dense(x, [self.up_projection_ca, self.up_projection_ac])
             x_ac = x_ac.index_select(0, id_swap)
-            return (x_ca + x_ac).mul_(_INV_SQRT_2)
+            return (x_ca + x_ac).mul_(INV_SQRT_2)
         return self.up_projection_ca(x)
 
 
@@ -433,18 +434,18 @@ class InteractionBlock(nn.Module):
         # edge update with a skip connection
         for layer in self.layers_before_skip:
             x = layer(x)
-        m = (m + x).mul_(_INV_SQRT_2)
+        m = (m + x).mul_(INV_SQRT_2)
         for layer in self.layers_after_skip:
             m = layer(m)
 
         # atom update with a skip connection
         for layer in self.atom_emb_layers:
             h = layer(h)
-        h = (h + self.atom_update(h, m, basis_atom_update, edge_index_main[1])).mul_(_INV_SQRT_2)
+        h = (h + self.atom_update(h, m, basis_atom_update, edge_index_main[1])).mul_(INV_SQRT_2)
 
         # edges refreshed from the updated atoms
         m2 = self.concat_layer(h, m, edge_index_main)
         for layer in self.residual_m:
             m2 = layer(m2)
-        m = (m + m2).mul_(_INV_SQRT_2)
+        m = (m + m2).mul_(INV_SQRT_2)
         return h, m

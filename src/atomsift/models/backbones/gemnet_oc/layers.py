@@ -31,6 +31,9 @@ __all__ = [
 ]
 
 
+INV_SQRT_2 = 1.0 / math.sqrt(2.0)  # the scaling of every residual sum
+
+
 # --------------------------------------------------------------------------- initialisers
 
 
@@ -195,7 +198,7 @@ class ResidualLayer(nn.Module):
         self.dense_mlp = nn.Sequential(
             *[layer(in_features=units, out_features=units, bias=False, **layer_kwargs) for _ in range(nLayers)]
         )
-        self.inv_sqrt_2 = 1.0 / math.sqrt(2.0)
+        self.inv_sqrt_2 = INV_SQRT_2
 
     def forward(self, input: Tensor) -> Tensor:
         if len(self.dense_mlp) == 0:

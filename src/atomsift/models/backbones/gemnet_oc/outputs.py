@@ -3,16 +3,12 @@ features), with fairchem-core 1.10's submodule names (``out_blocks.0.seq_energy_
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
-from atomsift.models.backbones.gemnet_oc.layers import Dense, ResidualLayer, fused_dense
+from atomsift.models.backbones.gemnet_oc.layers import INV_SQRT_2, Dense, ResidualLayer, fused_dense
 from atomsift.models.backbones.gemnet_oc.scaling import ScaleFactor
 
 __all__ = ["AtomUpdateBlock", "OutputBlock", "scatter_sum"]
-
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 
 
 def scatter_sum(values: Tensor, index: Tensor, size: int) -> Tensor:
@@ -107,7 +103,7 @@ class OutputBlock(AtomUpdateBlock):
         for layer in self.seq_energy_pre:
             x_E = layer(x_E)
         if self.seq_energy2 is not None:
-            x_E = (x_E + h).mul_(_INV_SQRT_2)
+            x_E = (x_E + h).mul_(INV_SQRT_2)
             for layer in self.seq_energy2:
                 x_E = layer(x_E)
         if not self.direct_forces:
