@@ -98,7 +98,12 @@ def find_pairs_vesin(
         start += n
     if not parts:
         empty = torch.zeros(0, dtype=torch.int64, device=device)
-        return empty, empty, torch.zeros((0, 3), dtype=torch.int64, device=device), torch.zeros(0, dtype=pos.dtype)
+        return (
+            empty,
+            empty,
+            torch.zeros((0, 3), dtype=torch.int64, device=device),
+            torch.zeros(0, dtype=pos.dtype, device=device),
+        )
     target, source, image, approx = (torch.from_numpy(np.concatenate(x)) for x in zip(*parts))
     if max_neighbors is not None:
         near = _near_enough(target, approx * approx, pos.shape[0], max_neighbors)
