@@ -32,8 +32,8 @@ from atomsift.errors import ConfigError
 
 SELECTABLE = ("csi", "csi_element", "mmd")
 MIN_SHARE = 1e-3
-MAX_VERTEX_STARTS = 5  # starts next to the 5 best single candidates (classes can make k large)
 """Atom shares below this are set to 0 in the selection (the reported value is that of the rounded mixture)."""
+MAX_VERTEX_STARTS = 5  # starts next to the 5 best single candidates (classes can make k large)
 
 __all__ = ["SELECTABLE", "Selection", "select_weights", "structure_shares"]
 

@@ -119,8 +119,8 @@ class TrainModule(L.LightningModule):
 
     def _fused_adamw(self, groups: list[dict[str, Any]]) -> bool | None:
         """True (PyTorch's one-kernel AdamW) for CPU parameters outside mixed precision, where it is
-        2.7x as fast as the per-tensor loop PyTorch picks by default on CPU (GemNet-OC S, 39M parameters: 28 ms
-        against 75 ms per step, benchmarks/RESULTS.md); None (PyTorch's default) elsewhere: under mixed
+        2.9x as fast as the per-tensor loop PyTorch picks by default on CPU (GemNet-OC S, 39M parameters: 27 ms
+        against 79 ms per step, benchmarks/optimizer_speed.py in benchmarks/RESULTS.md); None (PyTorch's default) elsewhere: under mixed
         precision Lightning refuses to clip gradients of an optimizer that unscales them itself."""
         params = [p for g in groups for p in g["params"]]
         precision = str(getattr(self._trainer, "precision", "32-true")) if self._trainer is not None else "32-true"
