@@ -15,6 +15,7 @@ from torch import nn
 
 from atomsift.errors import ConfigError, DataError
 from atomsift.models.backbones.gemnet_oc import jmp
+from atomsift.models.backbones.gemnet_oc.jmp_format import _jmp_group
 from atomsift.models.backbones.gemnet_oc.layers import ScaledSiLU
 from atomsift.models.backbones.gemnet_oc.model import GemNetOC
 from atomsift.models.backbones.gemnet_oc.presets import PRESETS
@@ -156,7 +157,7 @@ def test_jmp_layout_order_and_gaussian_widths(tiny, weights):
     keys = list(jmp.to_jmp_state_dict(raw))
     state = jmp.to_jmp_state_dict(raw)
     assert keys[0] == jmp.EMBEDDING_KEY
-    groups = [jmp._jmp_group(k) for k in keys]
+    groups = [_jmp_group(k) for k in keys]
     assert groups == sorted(groups)
     bases = [k for k in keys if k.startswith("backbone.bases.")]
     assert bases[-1].startswith("backbone.bases.edge_emb.")
