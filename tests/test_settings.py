@@ -72,6 +72,42 @@ def test_unknown_keys_and_bad_files_are_config_errors(tmp_path):
         resolve_settings(Outer, lst)
 
 
+class Runs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    upstream: dict[str, Inner] = {}
+    fallback: Inner | None = None
+
+
+def test_errors_say_where_a_bad_key_came_from_and_suggest_the_near_name(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: 0.1\n")
+    with pytest.raises(ConfigError) as typed:
+        resolve_settings(Outer, cfg, overrides=["sed=3"])
+    msg = str(typed.value)
+    assert "sed (command line: sed=3): unknown key; did you mean 'seed'?" in msg
+    assert "File:" not in msg  # the file is fine: the override is to blame
+    cfg.write_text("lr: 0.1\ndata: {pth: a.xyz}\n")
+    with pytest.raises(ConfigError) as in_file:
+        resolve_settings(Outer, cfg)
+    msg = str(in_file.value)
+    assert "data.pth: unknown key; did you mean 'path'?" in msg and f"File: {cfg}" in msg
+    assert "command line" not in msg
+    with pytest.raises(ConfigError, match=r"seed \(command line: --seed\): Input should be a valid integer"):
+        resolve_settings(Outer, None, flags={"seed": "abc"})
+    with pytest.raises(ConfigError, match=r"optimizer \(command line: optimizer\.lr=3\): unknown key"):
+        resolve_settings(Outer, cfg, overrides=["optimizer.lr=3"])  # the unknown key is above the typed one
+
+
+def test_suggestions_look_inside_mappings_and_optional_models():
+    with pytest.raises(ConfigError, match="upstream.a.sizes.*did you mean 'size'"):
+        resolve_settings(Runs, None, overrides=["upstream.a.sizes=2"])
+    with pytest.raises(ConfigError, match="fallback.paht.*did you mean 'path'"):
+        resolve_settings(Runs, None, overrides=["fallback.paht=x"])
+    with pytest.raises(ConfigError) as far:
+        resolve_settings(Runs, None, overrides=["zzz=1"])
+    assert "did you mean" not in str(far.value)
+
+
 def test_dataset_arg_inline_options_and_bare_path():
     name, spec = parse_dataset_arg("t1x=/d/a,b.h5,split=train,n_samples=50,format=transition1x")
     assert name == "t1x" and spec.path == "/d/a,b.h5" and spec.n_samples == 50

@@ -14,17 +14,19 @@ everywhere (`3` is an int, `1e-4` a float, `true` a bool, `[1, 2]` a list, `null
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from atomsift.errors import ConfigError, validation_problems
+from atomsift.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -112,17 +114,90 @@ def load_yaml(path: str | Path | None, example: str = "configs/") -> dict[str, A
     return data
 
 
-def validate(model: type[M], data: dict[str, Any], *, source: str | Path | None = None, example: str = "") -> M:
-    """`model.model_validate(data)`, with a ConfigError listing every bad or unknown key."""
+def validate(
+    model: type[M],
+    data: dict[str, Any],
+    *,
+    source: str | Path | None = None,
+    example: str = "",
+    given: dict[str, str] | None = None,
+) -> M:
+    """`model.model_validate(data)`, with a ConfigError listing every bad or unknown key.
+
+    An unknown key gets the nearest known name ("did you mean 'epochs'?"); ``given`` maps dotted keys set on
+    the command line to what the user typed (e.g. {"epoch": "epoch=3"}), so that a problem is blamed on the
+    command line rather than on ``source`` (the config file) when it came from there.
+    """
     try:
         return model.model_validate(data)
     except ValidationError as exc:
+        problems, in_file = [], False
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            text = _problem_text(model, err)
+            typed = _typed_for(loc, given or {})
+            in_file = in_file or typed is None
+            key = ".".join(map(str, loc))
+            where = f" (command line: {typed})" if typed else ""
+            problems.append((f"{key}{where}: " if key else "") + text)
+        keyed = any(e["loc"] for e in exc.errors())
+        fix = "check each named key's spelling and value" if keyed else "give the settings the message asks for"
         raise ConfigError(
-            f"invalid settings ({validation_problems(exc)})",
-            file=source,
-            fix="check each named key's spelling (unknown keys are rejected) and value"
-            + (f"; {example} lists every key" if example else ""),
+            f"invalid settings ({'; '.join(problems)})",
+            file=source if in_file else None,
+            fix=fix + (f"; the keys: {example}" if example else ""),
         ) from None
+
+
+def _problem_text(model: type[BaseModel], err: dict[str, Any]) -> str:
+    """pydantic's message for one error, without its "Value error, " prefix; unknown keys get a suggestion."""
+    if err["type"] == "extra_forbidden":
+        loc = tuple(err["loc"])
+        near = difflib.get_close_matches(str(loc[-1]), sorted(_known_keys(model, loc[:-1])), n=1, cutoff=0.6)
+        return "unknown key" + (f"; did you mean '{near[0]}'?" if near else "")
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _known_keys(model: Any, loc: tuple) -> set[str]:
+    """Field names (and aliases) of the settings model found at ``loc`` inside ``model`` ({} if not a model)."""
+    candidates = [model]
+    for part in loc:
+        nxt = []
+        for node in candidates:
+            for ann in _model_args(node):
+                if isinstance(ann, type) and issubclass(ann, BaseModel):
+                    field = ann.model_fields.get(str(part))
+                    if field is not None:
+                        nxt.append(field.annotation)
+                elif get_origin(ann) in (dict, list, tuple) and get_args(ann):
+                    nxt.append(get_args(ann)[-1] if get_origin(ann) is dict else get_args(ann)[0])
+        candidates = nxt
+    names: set[str] = set()
+    for node in candidates:
+        for ann in _model_args(node):
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                for name, field in ann.model_fields.items():
+                    names.add(field.alias or name)
+    return names
+
+
+def _model_args(annotation: Any) -> list[Any]:
+    """The alternatives of a Union / Optional annotation (the annotation itself otherwise)."""
+    args = get_args(annotation)
+    return [a for a in args if a is not type(None)] if get_origin(annotation) in (Union, UnionType) else [annotation]
+
+
+def _typed_for(loc: tuple, given: dict[str, str]) -> str | None:
+    """What the user typed on the command line that set the key at ``loc``, a key above it or one inside it."""
+    key = ".".join(map(str, loc))
+    parts = key.split(".") if key else []
+    for n in range(len(parts), 0, -1):
+        typed = given.get(".".join(parts[:n]))
+        if typed is not None:
+            return typed
+    inside = [typed for k, typed in given.items() if key and k.startswith(key + ".")]
+    return ", ".join(inside) if inside else None
 
 
 def resolve_settings(
@@ -144,12 +219,16 @@ def resolve_settings(
     data: dict[str, Any] = deep_merge(dict(base or {}), load_yaml(config, example or "configs/"))
     if prepare is not None:
         data = prepare(data)
+    given: dict[str, str] = {}
     for key, value in (flags or {}).items():
         if value is not None:
             set_dotted(data, key, value)
+            given[key] = "--" + key.replace("_", "-")
+    typed = {pair.partition("=")[0].strip(): pair for pair in overrides or []}
     for key, value in parse_key_values(overrides, "override").items():
         set_dotted(data, key, value)
-    return validate(model, data, source=config, example=example)
+        given[key] = typed.get(key, key)
+    return validate(model, data, source=config, example=example, given=given)
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

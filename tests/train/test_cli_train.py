@@ -94,7 +94,7 @@ def test_pretrain_finetune_evaluate_end_to_end(tmp_path):
 @pytest.mark.parametrize(
     ("changes", "args", "needle"),
     [
-        ({"learning_rate": 1e-3}, (), "learning_rate: Extra inputs are not permitted"),
+        ({"learning_rate": 1e-3}, (), "learning_rate: unknown key"),
         (
             {"upstream": {"ads": {"path": "bundled:adsorbates", "force_weight": 10}}, "mixture": "single"},
             (),

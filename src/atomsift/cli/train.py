@@ -65,7 +65,11 @@ def pretrain(
         at_least_one(value, flag)
     flags = {"seed": seed, "batch_size": batch_size, "n_samples": n_samples, "epochs": epochs}
     cfg = resolve_settings(
-        PretrainConfig, config, flags=flags, overrides=overrides, example="configs/pretrain_demo.yaml"
+        PretrainConfig,
+        config,
+        flags=flags,
+        overrides=overrides,
+        example='docs/training.md, "Settings of atomsift pretrain"',
     )
     console = _console()
     if dry_run:
@@ -140,7 +144,7 @@ def finetune(
         flags=flags,
         overrides=overrides,
         base=base,
-        example=f"the preset file of --preset (atomsift/train/presets/{preset or 'rmd17'}.yaml)",
+        example='docs/training.md, "Settings of atomsift finetune"',
     )
     _quiet_lightning()
     _resume_hint(out)

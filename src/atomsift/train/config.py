@@ -249,7 +249,10 @@ class FinetuneConfig(Optimisation):
         if self.data.n_samples is not None or self.data.sampling is not None:
             raise ValueError("data takes no n_samples or sampling: the split decides which structures train")
         if not self.from_scratch and self.checkpoint is None:
-            raise ValueError("give checkpoint: PATH, or from_scratch: true (with a backbone or a checkpoint)")
+            raise ValueError(
+                "no weights to start from: give --checkpoint FILE (checkpoint: FILE in a config), or --from-scratch "
+                "(from_scratch: true, with backbone: {name, preset} or a checkpoint for the architecture)"
+            )
         if not self.from_scratch and self.backbone is not None:
             raise ValueError("backbone is for from_scratch runs; a checkpoint brings its own architecture")
         if self.from_scratch and self.checkpoint is None and self.backbone is None:
