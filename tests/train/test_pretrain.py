@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import warnings
 
 import lightning as L
 import numpy as np
@@ -78,6 +80,17 @@ def test_cpu_training_uses_the_fused_adamw(tmp_path, monkeypatch):
         _with_callback(m, seen)
         run_pretraining(pretrain_config(epochs=1), tmp_path / "a", progress=False)
     assert seen.fused is True
+
+
+def test_a_warmup_longer_than_the_run_is_warned_about(tmp_path):
+    """The learning rate of a run shorter than its warm-up never reaches lr: say so (once, with the numbers)."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        run_pretraining(pretrain_config(epochs=1, warmup_steps=1000), tmp_path / "long", progress=False)
+        run_pretraining(pretrain_config(epochs=1), tmp_path / "short", progress=False)
+    said = [str(w.message) for w in seen if "warmup_steps" in str(w.message)]
+    assert len(said) == 1, said
+    assert re.search(r"warmup_steps=1000 is not below the run's \d+ optimizer steps", said[0])
 
 
 def test_resume_after_kill_mid_epoch_is_bit_for_bit(tmp_path, monkeypatch):

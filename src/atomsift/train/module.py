@@ -10,6 +10,7 @@ best validation value next to Lightning's own state.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ from atomsift.train.config import Optimisation
 from atomsift.train.data import BatchCollator, BudgetBatchSampler, TrainSet
 from atomsift.train.losses import ERROR_KEYS, TaskInfo, error_sums, structure_losses
 from atomsift.train.metrics import metrics_from_sums
-from atomsift.train.schedule import WarmupCosinePlateau
+from atomsift.train.schedule import WarmupCosinePlateau, warmup_problem
 
 
 class TrainingDiverged(AtomsiftError):
@@ -135,9 +136,12 @@ class TrainModule(L.LightningModule):
         optimizer = torch.optim.AdamW(
             groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=self._fused_adamw(groups)
         )
-        _, world = self._rank()
+        rank, world = self._rank()
         steps_per_epoch = -(-len(self.train_set) // (cfg.batch_size * world))
         cosine = (cfg.cosine_epochs or cfg.epochs) * steps_per_epoch
+        problem = warmup_problem(cfg.warmup_steps, cfg.epochs * steps_per_epoch, cfg.warmup_start_factor)
+        if problem and rank == 0:
+            warnings.warn(problem, stacklevel=2)
         # a scaled group's floor is the same absolute learning rate (min_lr_factor x lr), clamped to 1-99 %
         floors = [
             cfg.min_lr_factor if g["lr_scale"] == 1 else min(max(cfg.min_lr_factor / g["lr_scale"], 0.01), 0.99)

@@ -72,3 +72,15 @@ class WarmupCosinePlateau(LRScheduler):
             self.plateau_bad = 0
             for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
                 group["lr"] = lr
+
+
+def warmup_problem(warmup_steps: int, total_steps: int, start_factor: float) -> str | None:
+    """A sentence when the warm-up does not end before the run does (the learning rate never reaches lr), else None."""
+    if warmup_steps <= 0 or warmup_steps < total_steps:
+        return None
+    reached = start_factor + (1.0 - start_factor) * max(total_steps - 1, 0) / warmup_steps
+    return (
+        f"warmup_steps={warmup_steps} is not below the run's {total_steps} optimizer steps: the learning rate "
+        f"stays in its warm-up (it ends at {reached:.0%} of lr) and the cosine never starts; lower warmup_steps "
+        f"(e.g. warmup_steps={max(1, total_steps // 10)}) or train longer"
+    )
