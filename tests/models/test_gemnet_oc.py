@@ -210,6 +210,17 @@ def test_scale_factor_fitting(structures):
     assert ensure_scale_factors(model, batches) == []  # nothing left to fit
 
 
+def test_scale_factor_fitting_can_show_progress(structures, capsys):
+    """Fitting S's 41 factors takes minutes on a CPU: a bar on stderr counts them (off by default)."""
+    model = GemNetOC.from_preset("tiny").eval()
+    fitted = ensure_scale_factors(model, [collate(structures)], progress=True)
+    err = capsys.readouterr().err
+    assert "fitting scale factors:" in err and f"| 0/{len(fitted)} [" in err  # then redrawn as factors finish
+    model = GemNetOC.from_preset("tiny").eval()
+    ensure_scale_factors(model, [collate(structures)])
+    assert "fitting scale factors" not in capsys.readouterr().err
+
+
 def test_gemnet_from_fairchem_round_trip(structures):
     """Save atomsift weights in fairchem's layout (module. prefix, out_energy / out_forces) and load them back."""
     model = _model(seed=4)

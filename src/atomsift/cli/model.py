@@ -162,7 +162,7 @@ def _fit_scale_factors(backbone, data: str | DatasetSpec, num_batches: int, seed
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(ds))[: 8 * num_batches]
     batches = [collate([ds[int(i)] for i in order[k : k + 8]]) for k in range(0, len(order), 8)]
-    return ensure_scale_factors(backbone, batches, refit=True)
+    return ensure_scale_factors(backbone, batches, refit=True, progress=True)
 
 
 @app.command("info")

@@ -305,7 +305,7 @@ def run_finetuning(
         )
         normalizer.apply_to(model.heads[head_name])
         fitted = fit_scale_factors_if_needed(
-            model.backbone, [task], cfg.scale_factor_batches, cfg.batch_size, torch.float32
+            model.backbone, [task], cfg.scale_factor_batches, cfg.batch_size, torch.float32, progress
         )
         if fitted:
             console.print(f"fitted {len(fitted)} GemNet-OC scale factors on the training structures")

@@ -271,7 +271,7 @@ def run_pretraining(
             normalizers[task.name] = fit_task_normalizer(task, cfg.normalizer_samples, model.backbone.num_elements)
             normalizers[task.name].apply_to(model.heads[task.name])
         fitted = fit_scale_factors_if_needed(
-            model.backbone, tasks, cfg.scale_factor_batches, cfg.batch_size, torch.float32
+            model.backbone, tasks, cfg.scale_factor_batches, cfg.batch_size, torch.float32, progress
         )
         if fitted:
             console.print(f"fitted {len(fitted)} GemNet-OC scale factors on the training structures")

@@ -66,7 +66,12 @@ def fit_task_normalizer(task: Task, limit: int, num_elements: int, *, linear_ref
 
 
 def fit_scale_factors_if_needed(
-    backbone: torch.nn.Module, tasks: list[Task], n_batches: int, batch_size: int, dtype: torch.dtype
+    backbone: torch.nn.Module,
+    tasks: list[Task],
+    n_batches: int,
+    batch_size: int,
+    dtype: torch.dtype,
+    progress: bool = False,
 ) -> list[str]:
     """Fit GemNet-OC scale factors that have no value on training batches (never use them as identity).
 
@@ -93,7 +98,7 @@ def fit_scale_factors_if_needed(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            names = ensure_scale_factors(backbone, batches)
+            names = ensure_scale_factors(backbone, batches, progress=progress)
     finally:
         model_log.setLevel(level)
     backbone.train(was)

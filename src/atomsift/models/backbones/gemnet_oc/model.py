@@ -478,17 +478,18 @@ class GemNetOC(Backbone):
 
 
 def ensure_scale_factors(
-    model: nn.Module, batches: Iterable[Any], *, forward_fn: Any = None, refit: bool = False
+    model: nn.Module, batches: Iterable[Any], *, forward_fn: Any = None, refit: bool = False, progress: bool = False
 ) -> list[str]:
     """Fit the model's unfitted scale factors on a few batches (all of them with ``refit``).
 
-    Sets ``model.fitted_scale_factors`` to the names fitted here (so callers can tell the user) and logs a
-    warning naming them. Does nothing when every factor is already fitted and ``refit`` is False.
+    Sets ``model.fitted_scale_factors`` to the names fitted here (so callers can tell the user; they are also
+    logged at INFO level). Does nothing when every factor is already fitted and ``refit`` is False.
 
     Args:
         model: a GemNetOC (or any module holding its ScaleFactors).
         batches: a few AtomsBatch objects (fairchem uses 16); read once per factor.
         forward_fn: called with each batch (default: ``model(batch)``).
+        progress: show a progress bar on stderr (one step per factor).
 
     Returns:
         Module paths of the factors fitted, in fitting order.
@@ -496,8 +497,8 @@ def ensure_scale_factors(
     todo = unfitted_scale_factors(model)
     if not todo and not refit:
         return []
-    fitted = fit_scale_factors(model, batches, forward_fn, refit=refit)
+    fitted = fit_scale_factors(model, batches, forward_fn, refit=refit, progress=progress)
     names = list(fitted)
     model.fitted_scale_factors = names
-    log.warning("GemNet-OC: fitted %d scale factor(s) on the given batches: %s", len(names), ", ".join(names))
+    log.info("GemNet-OC: fitted %d scale factor(s): %s", len(names), ", ".join(names))
     return names

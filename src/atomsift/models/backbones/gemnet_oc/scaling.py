@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from atomsift.errors import ConfigError
 
@@ -146,6 +147,7 @@ def fit_scale_factors(
     *,
     refit: bool = True,
     no_grad: bool = True,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Fit every ScaleFactor of ``model``, one by one in order of first use.
 
@@ -160,6 +162,7 @@ def fit_scale_factors(
         forward_fn: called with each batch; default ``model(batch)``.
         refit: reset and refit factors that are already fitted (False: fit only unfitted ones).
         no_grad: run the passes under torch.no_grad().
+        progress: show a bar (stderr) counting the fitted factors; S takes minutes on a CPU.
 
     Returns:
         {module path: fitted value} in fitting order.
@@ -184,6 +187,7 @@ def fit_scale_factors(
     model.eval()
     grad_ctx = torch.no_grad if no_grad else torch.enable_grad
     fitted: dict[str, float] = {}
+    bar = tqdm(total=len(todo), desc="fitting scale factors", unit="factor", disable=not progress, leave=False)
     try:
         with grad_ctx():
             run(batches[0])
@@ -195,6 +199,7 @@ def fit_scale_factors(
                     log.warning("scale factor %s is never used by the forward pass; setting it to 1", name)
                     module.set_(1.0)
                     fitted[name] = 1.0
+                    bar.update()
                     continue
                 with module.fit_context_():
                     for batch in batches:
@@ -209,7 +214,9 @@ def fit_scale_factors(
                     value,
                 )
                 fitted[name] = value
+                bar.update()
     finally:
+        bar.close()
         for m in factors.values():
             m.initialize_(index_fn=None)
         model.train(was_training)
