@@ -123,7 +123,8 @@ def test_bad_input_is_one_paragraph_without_traceback(args, needle):
 
 def test_debug_flag_shows_traceback():
     proc = run("data", "inspect", "/no/such/file.h5", "--debug")
-    assert proc.returncode != 0 and "Traceback" in proc.stderr
+    assert "Traceback" in proc.stderr and "Fix:" in proc.stderr
+    assert proc.returncode == 2  # bad input stays bad input under --debug (1 would say: a bug)
 
 
 def test_unreadable_content_names_file(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 import warnings
 
 import typer
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
             _interrupted()
         raise
     except AtomsiftError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, then the same exit code as without --debug (2: bad input, not a bug)
+            traceback.print_exc()
         typer.secho(f"error: {exc.message()}", err=True, fg=typer.colors.RED)
         sys.exit(2)
     except KeyboardInterrupt:
