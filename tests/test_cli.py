@@ -103,6 +103,16 @@ def test_sample_writes_reproducible_subset(tmp_path):
     assert first["method"] == "balanced" and first["n_classes"] == 7  # one class per metal
     labels = open_dataset("bundled:adsorbates").class_labels()
     assert Counter(labels[first["indices"]].tolist()) == dict.fromkeys(("Pt", "Ag", "Ir", "Au", "Pd", "Rh", "Cu"), 10)
+    assert "warning" not in proc.stderr
+
+
+def test_sample_asking_for_more_than_there_is_says_so(tmp_path):
+    size = len(open_dataset("bundled:oxides"))
+    out = tmp_path / "all.json"
+    proc = run("data", "sample", "bundled:oxides", "--n-samples", "5000", "--sampling", "random", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(out.read_text())["indices"]) == size
+    assert f"warning: asked for 5000 structures, but {size} are there to draw from" in proc.stderr
 
 
 @pytest.mark.parametrize(

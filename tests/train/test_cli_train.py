@@ -89,6 +89,10 @@ def test_pretrain_finetune_evaluate_end_to_end(tmp_path):
     again = run("evaluate", str(tmp_path / "ft/model.pt"), "--data", "bundled:ethanol", "--out", str(tmp_path / "ev"))
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert _children_cpu_s() - start < 60
+    assert "note" not in metrics
+    whole = run("evaluate", str(tmp_path / "ft/model.pt"), "--data", "bundled:ethanol", "--out", str(tmp_path / "all"))
+    assert whole.returncode == 0, whole.stderr
+    assert "note: no --split: all 1000 structures were scored, the run's training" in whole.stdout.replace("\n", " ")
 
 
 @pytest.mark.parametrize(

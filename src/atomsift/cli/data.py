@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -219,6 +220,12 @@ def sample(
             )
         idx = class_balanced_indices(labels, n, cfg.seed)
         n_classes = len(set(labels.tolist()))
+    if n is not None and len(idx) < n:
+        warnings.warn(
+            f"asked for {n} structures, but {len(ds)} are there to draw from: the subset holds {len(idx)} "
+            "(draws are without repetition)",
+            stacklevel=1,
+        )
     save_subset(
         out,
         idx,

@@ -195,6 +195,8 @@ def evaluate(
             console.print(f"{key:<32} {value:.6g}")
     if "warning" in metrics:
         console.print(f"[yellow]warning:[/yellow] {metrics['warning']}")
+    if "note" in metrics:
+        console.print(f"note: {metrics['note']}")
     console.print(
         f"wrote {out / 'metrics.json'}" + (f" and {len(metrics['plots'])} plot(s)" if metrics["plots"] else "")
     )

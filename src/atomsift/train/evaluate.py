@@ -203,6 +203,11 @@ def evaluate_checkpoint(
     }
     if model.load_report.trained is False:
         metrics["warning"] = "the checkpoint's weights were never trained (random initialisation)"
+    if split is None and (Path(checkpoint).parent / "split.json").exists():
+        metrics["note"] = (
+            f"no --split: all {len(records)} structures were scored, the run's training and validation structures "
+            "included; --split test scores its held-out test set"
+        )
     out.mkdir(parents=True, exist_ok=True)
     label, factor = unit_label(task.unit, task.kind)
     plots = []
