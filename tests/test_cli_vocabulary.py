@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from atomsift.cli.common import dataset_spec
+from atomsift.data.spec import DatasetSpec, open_spec
 from atomsift.errors import ConfigError
 
 
@@ -117,6 +118,20 @@ def test_dataset_argument_takes_inline_reader_options(tmp_path):
         dataset_spec("t1x=/data/t1x.h5,split=train", split="val")
     _, spec = dataset_spec("bundled:ethanol", options=["a=1e-4", "b=[1, 2]", "c=true", "d=x.h5", "e='1e-4'"])
     assert spec.options == {"a": 1e-4, "b": [1, 2], "c": True, "d": "x.h5", "e": "1e-4"}  # quoted: text
+
+
+def test_a_misspelt_reader_option_names_the_dataset_and_the_near_key():
+    """As the user wrote the dataset (not an internal name), with the nearest key the command takes."""
+    one_paragraph(
+        run("data", "inspect", "bundled:ethanol,energy_ky=energy"),
+        "dataset 'bundled:ethanol': option(s) energy_ky not understood",
+        "did you mean 'energy_key' for 'energy_ky'?",
+        "keys of a dataset entry itself: path, format.",  # inspect takes no sampling keys: none offered
+    )
+    with pytest.raises(ConfigError) as exc:
+        open_spec(DatasetSpec(path="bundled:acac", options={"n_sample": 5}), "acac", role="upstream")
+    assert "upstream 'acac': option(s) n_sample" in str(exc.value)
+    assert "did you mean 'n_samples' for 'n_sample'?" in str(exc.value)
 
 
 def test_sample_config_flags_and_overrides_in_that_order(tmp_path):

@@ -54,9 +54,11 @@ def open_from_cli(
     """Open the one dataset of a command: PATH or NAME=PATH[,key=value...] plus the reader flags."""
     from atomsift.data.spec import open_spec
 
-    name, spec = dataset_spec(path, fmt=fmt, split=split, classes=classes, options=options)
+    name, spec = dataset_spec(path, fmt=fmt, split=split, classes=classes, options=options, default_name="")
+    name = name or spec.path  # errors name the dataset as the user wrote it, not by an internal "data"
     if command is not None:
         no_sampling(spec, name, command)
+        return open_spec(spec, name, own=("path", "format"))
     return open_spec(spec, name)
 
 

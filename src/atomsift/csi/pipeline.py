@@ -31,9 +31,9 @@ from atomsift.csi.extract import FeatureExtractor, aggregate, get_extractor
 from atomsift.csi.extras import DatasetExtras, ExtrasAccumulator
 from atomsift.csi.frechet import FrechetReference, check_observations, shrink_covariance
 from atomsift.csi.statistics import GaussianStats, GroupedStats
-from atomsift.data import open_dataset
 from atomsift.data.base import Dataset
 from atomsift.data.sampling import class_balanced_indices, indices_hash, random_indices, save_subset
+from atomsift.data.spec import open_spec
 from atomsift.device import check_device
 from atomsift.errors import ConfigError
 
@@ -152,7 +152,7 @@ class _Sample:
 
 def open_and_sample(name: str, spec: DatasetSpec, role: str, cfg: CSIConfig) -> _Sample:
     """Open a dataset and draw its sample, once per run."""
-    ds = open_dataset(spec.path, format=spec.format, **spec.options)
+    ds = open_spec(spec, name, role=role)
     indices, method = sample_indices(ds, spec, role, cfg)
     return _Sample(name, spec, role, ds, indices, method)
 

@@ -94,6 +94,18 @@ def detect_format(path: Path) -> str:
     )
 
 
+class UnknownReaderOptions(ConfigError):
+    """Reader options a format does not take; ``unknown`` and ``accepted`` let callers suggest names."""
+
+    def __init__(self, unknown: list[str], accepted: list[str], format_name: str, path: Path) -> None:
+        self.unknown, self.accepted, self.format_name = unknown, accepted, format_name
+        super().__init__(
+            f"option(s) {', '.join(unknown)} not understood by format '{format_name}'",
+            file=path,
+            fix=f"options of this format: {', '.join(accepted) or 'none'}",
+        )
+
+
 def _check_options(cls: type[Dataset], options: dict[str, Any], path: Path) -> None:
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -101,11 +113,7 @@ def _check_options(cls: type[Dataset], options: dict[str, Any], path: Path) -> N
     accepted = [n for n, p in params.items() if n not in ("self", "path") and p.kind is not p.VAR_POSITIONAL]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ConfigError(
-            f"option(s) {', '.join(unknown)} not understood by format '{cls.format_name}'",
-            file=path,
-            fix=f"options of this format: {', '.join(accepted) or 'none'}",
-        )
+        raise UnknownReaderOptions(unknown, accepted, cls.format_name, path)
 
 
 def open_dataset(path: str | Path, format: str | None = None, **options: Any) -> Dataset:

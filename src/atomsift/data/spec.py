@@ -11,6 +11,7 @@ does not know. Values are YAML scalars (atomsift.settings.parse_value).
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -100,17 +101,30 @@ def parse_dataset_arg(
     return name.strip(), spec
 
 
-def open_spec(spec: DatasetSpec, name: str | None = None) -> Dataset:
-    """Open the dataset a spec names; an unknown reader option names the spec's own keys as well."""
+def open_spec(
+    spec: DatasetSpec, name: str | None = None, *, role: str = "dataset", own: tuple[str, ...] | None = None
+) -> Dataset:
+    """Open the dataset a spec names (``role`` 'name' in errors, e.g. "upstream 'acac'").
+
+    An unknown reader option gets the nearest accepted name, among the format's options and the spec's own
+    keys (``own``: those the command takes; default all of the spec's fields).
+    """
     from atomsift.data import open_dataset
+    from atomsift.data.registry import UnknownReaderOptions
 
     try:
         return open_dataset(spec.path, **spec.reader_kwargs())
-    except ConfigError as exc:
-        if "not understood by format" not in exc.problem:
-            raise
-        own = ", ".join(k for k in type(spec).model_fields if k != "options")
-        where = f"dataset '{name}': " if name else ""
+    except UnknownReaderOptions as exc:
+        keys = list(own) if own is not None else [k for k in type(spec).model_fields if k != "options"]
+        near = [
+            f"'{hit[0]}' for '{bad}'"
+            for bad in exc.unknown
+            if (hit := difflib.get_close_matches(bad, exc.accepted + keys, n=1, cutoff=0.6))
+        ]
+        where = f"{role} '{name}': " if name else ""
         raise ConfigError(
-            where + exc.problem, file=exc.file, fix=f"{exc.fix}; keys of a dataset entry itself: {own}"
+            where + exc.problem,
+            file=exc.file,
+            fix=(f"did you mean {', '.join(near)}? " if near else "")
+            + f"{exc.fix}; keys of a dataset entry itself: {', '.join(keys)}",
         ) from None

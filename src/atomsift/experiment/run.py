@@ -85,7 +85,7 @@ def check_downstream_labels(exp: ExperimentConfig, jobs: list[Job]) -> None:
     for task in exp.downstream:
         cell = next(c for j in jobs for c in j.finetunes if c.downstream == task)
         cfg = FinetuneConfig.model_validate(cell.settings)
-        ds = open_spec(cfg.data, f"downstream '{task}'")
+        ds = open_spec(cfg.data, task, role="downstream")
         if len(ds) == 0:
             raise ConfigError(f"downstream task '{task}' has no structures", file=ds.path, fix="check its path")
         rec = ds[0]

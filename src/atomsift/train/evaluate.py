@@ -190,7 +190,7 @@ def evaluate_checkpoint(
     task = task_of_model(model, head)
     if split is not None and not (Path(checkpoint).parent / "split.json").exists():
         spec = _with_reader_split(spec, split, Path(checkpoint))
-    ds = open_spec(spec, "data")
+    ds = open_spec(spec, spec.path)
     records, used = split_records(ds, Path(checkpoint), split)
     result = evaluate_model(model, records, task, batch_size=batch_size, progress=len(records) > 4 * batch_size)
     metrics = {

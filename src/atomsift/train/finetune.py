@@ -217,13 +217,13 @@ def run_finetuning(
 
     console = quiet_if_secondary(console or Console())
     settings = cfg.model_dump(mode="json")
-    ds = open_spec(cfg.data, "data")
+    ds = open_spec(cfg.data, cfg.data.path)
     name = _task_name(cfg.data.path)
     splits = split_indices(len(ds), cfg.split, cfg.data.path)
     test_ds = ds
     if cfg.test_options is not None:
         spec = cfg.data.model_copy(update={"options": {**cfg.data.options, **cfg.test_options}})
-        test_ds = open_spec(spec, "test data")
+        test_ds = open_spec(spec, cfg.data.path, role="test set of")
         splits["test"] = np.arange(len(test_ds), dtype=np.int64)
     if len(splits["test"]) == 0:
         raise ConfigError(
