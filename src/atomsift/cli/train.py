@@ -33,6 +33,8 @@ def _quiet_lightning() -> None:
         ".*litlogger.*",
         ".*Converting a tensor with requires_grad.*",
         ".*exists and is not empty.*",
+        # epoch-level values are reduced over processes by the module itself before they are logged
+        ".*when logging on epoch level in distributed setting.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
