@@ -103,6 +103,7 @@ def learning_curve(metrics_csv: Path, path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogFormatter, MaxNLocator
 
     fig, ax = plt.subplots(figsize=(5.0, 3.4))
     for series, name in ((train, "training"), (val, "validation (EMA weights)")):
@@ -110,8 +111,12 @@ def learning_curve(metrics_csv: Path, path: Path) -> Path | None:
             epochs = sorted(series)
             ax.plot([e + 1 for e in epochs], [series[e] for e in epochs], marker="o", ms=3, label=name)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss (normalised units)")
     ax.set_yscale("log")
+    # plain numbers (15, 15.2, ...) rather than 1.52x10^1 where the curve spans less than a decade
+    ax.yaxis.set_major_formatter(LogFormatter())
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
