@@ -51,6 +51,13 @@ def test_pretrain_finetune_evaluate_end_to_end(tmp_path):
     pt = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "pt"), "seed=3")
     assert pt.returncode == 0, pt.stderr
     assert "30 x 2 = 60 structure passes (60 seen)" in pt.stdout
+    # each epoch's line shows that epoch's training loss (Lightning runs callbacks before the module's hook)
+    with open(tmp_path / "pt/metrics.csv", newline="") as fh:
+        logged = [float(r["train/loss_epoch"]) for r in csv.DictReader(fh) if r.get("train/loss_epoch")]
+    shown = [
+        float(line.split("train/loss ")[1].split(",")[0]) for line in pt.stdout.splitlines() if "train/loss " in line
+    ]
+    assert len(shown) == len(logged) == 2 and shown == pytest.approx(logged, rel=1e-3)
     assert yaml.safe_load((tmp_path / "pt/config.yaml").read_text())["seed"] == 3
     ft = run(
         "finetune",

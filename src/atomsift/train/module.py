@@ -82,6 +82,7 @@ class TrainModule(L.LightningModule):
         self._resume_epoch = -1
         self._val: dict[str, dict[str, torch.Tensor]] = {}
         self._epoch_loss = torch.zeros((), dtype=torch.float64)
+        self.epoch_train_loss: float | None = None  # the last finished epoch's mean training loss
         self._epoch_structures_at_start = 0.0
         self._structures_at_fit_start = 0.0
         self._pending = torch.zeros(2 + len(tasks), dtype=torch.float64)
@@ -249,8 +250,14 @@ class TrainModule(L.LightningModule):
         if self.trainer.world_size > 1:
             total = self.trainer.strategy.reduce(total, reduce_op="sum")
         n = self.counters["structures"] - self._epoch_structures_at_start
-        if n > 0:
-            self.log("train/loss_epoch", float(total) / n, rank_zero_only=True)
+        self.epoch_train_loss = float(total) / n if n > 0 else None
+        if self.epoch_train_loss is not None:
+            self.log("train/loss_epoch", self.epoch_train_loss, rank_zero_only=True)
+        # Lightning calls callbacks' on_train_epoch_end before this hook: the per-epoch line is printed from here,
+        # or it would show the previous epoch's training loss
+        for callback in self.trainer.callbacks:
+            if hasattr(callback, "after_module_epoch_end"):
+                callback.after_module_epoch_end(self.trainer, self)
 
     # ------------------------------------------------------------------ validation (EMA weights)
 

@@ -214,10 +214,13 @@ class EpochLines(Callback):
         self.started = time.perf_counter()
         self.first_step = trainer.global_step
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+    def after_module_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        """Called by the module's on_train_epoch_end, once its epoch training loss is known."""
         if not trainer.is_global_zero:
             return
-        m = trainer.callback_metrics
+        m = dict(trainer.callback_metrics)
+        if getattr(pl_module, "epoch_train_loss", None) is not None:
+            m["train/loss_epoch"] = pl_module.epoch_train_loss
         done = trainer.global_step - self.first_step
         elapsed = time.perf_counter() - self.started
         left = (trainer.estimated_stepping_batches - trainer.global_step) * elapsed / max(done, 1)
