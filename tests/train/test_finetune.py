@@ -13,7 +13,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io import write
 
-from atomsift.errors import ConfigError
+from atomsift.errors import ConfigError, DataError
 from atomsift.models import load_checkpoint
 from atomsift.settings import resolve_settings
 from atomsift.train.config import FinetuneConfig
@@ -151,6 +151,15 @@ def test_bad_finetune_settings(pretrained):
         resolve_settings(FinetuneConfig, base={**load_preset("rmd17"), "data": {"path": "bundled:ethanol"}})
     with pytest.raises(ConfigError, match="task.energy_weigth"):
         finetune_config(checkpoint=pretrained, task={"energy_weigth": 1})
+
+
+def test_a_missing_checkpoint_is_said_before_the_run_folder_is_made(tmp_path):
+    with pytest.raises(DataError, match="checkpoint file not found"):
+        run_finetuning(finetune_config(checkpoint=str(tmp_path / "nope.pt")), tmp_path / "run", progress=False)
+    scratch = finetune_config(from_scratch=True, backbone={"name": "painn", "hparams": {"num_layayers": 2}})
+    with pytest.raises(ConfigError, match="did you mean 'num_layers' for 'num_layayers'"):
+        run_finetuning(scratch, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_preset_splits_are_jmps(pretrained):

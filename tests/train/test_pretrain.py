@@ -14,7 +14,7 @@ import torch
 from _train_helpers import pretrain_config
 
 from atomsift.data.sampling import load_subset
-from atomsift.errors import ConfigError
+from atomsift.errors import ConfigError, DataError
 from atomsift.models import load_checkpoint
 from atomsift.train import runner
 from atomsift.train.module import TrainingDiverged
@@ -233,6 +233,14 @@ def test_a_run_that_failed_before_training_leaves_no_claim_on_its_folder(tmp_pat
     )
     with pytest.raises(ConfigError, match="n_samples asks 400"):
         run_pretraining(bad, tmp_path / "run", progress=False)
+    # a misspelt hyperparameter or a missing checkpoint is said before anything is written
+    typo = pretrain_config(backbone={"name": "painn", "hparams": {"hiden": 16}})
+    with pytest.raises(ConfigError, match="did you mean 'hidden' for 'hiden'"):
+        run_pretraining(typo, tmp_path / "typo", progress=False)
+    missing = pretrain_config(backbone={"checkpoint": str(tmp_path / "nope.pt")})
+    with pytest.raises(DataError, match="checkpoint file not found"):
+        run_pretraining(missing, tmp_path / "missing", progress=False)
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "missing").exists()
     good = pretrain_config(
         upstream={"oxides": {"path": "bundled:oxides", "val_size": 5}}, mixture="single", n_samples=20, epochs=1
     )

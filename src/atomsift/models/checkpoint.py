@@ -130,13 +130,8 @@ def save_checkpoint(
     return path
 
 
-def read_checkpoint_file(path: str | os.PathLike, *, trusted: bool = False) -> dict[str, Any]:
-    """torch.load a checkpoint onto the CPU, with clear errors for missing, truncated or foreign files.
-
-    Args:
-        trusted: allow arbitrary pickled Python objects (fairchem / Lightning files may hold some). Only for
-            files from a source you trust: unpickling can run code.
-    """
+def check_checkpoint_path(path: str | os.PathLike) -> Path:
+    """The path as a Path if it is a file; a clear error for a folder (naming the checkpoints in it) or nothing."""
     path = Path(path)
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.pt"))
@@ -150,6 +145,17 @@ def read_checkpoint_file(path: str | os.PathLike, *, trusted: bool = False) -> d
         raise ConfigError("the path is a folder, not a checkpoint file", file=path, fix=hint)
     if not path.is_file():
         raise DataError("checkpoint file not found", file=path, fix="check the path")
+    return path
+
+
+def read_checkpoint_file(path: str | os.PathLike, *, trusted: bool = False) -> dict[str, Any]:
+    """torch.load a checkpoint onto the CPU, with clear errors for missing, truncated or foreign files.
+
+    Args:
+        trusted: allow arbitrary pickled Python objects (fairchem / Lightning files may hold some). Only for
+            files from a source you trust: unpickling can run code.
+    """
+    path = check_checkpoint_path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as exc:  # noqa: BLE001 - torch raises several types for these cases

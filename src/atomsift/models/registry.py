@@ -7,6 +7,7 @@ gemnet = build_backbone("gemnet_oc", preset="S")
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from typing import Any
@@ -56,6 +57,15 @@ def build_backbone(name: str, preset: str | None = None, **hparams: Any) -> Back
     Raises:
         ConfigError: unknown backbone, preset or hyperparameter (naming the accepted ones).
     """
+    return backbone_class(name)(**backbone_settings(name, preset, hparams))
+
+
+def backbone_settings(name: str, preset: str | None = None, hparams: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword arguments ``build_backbone`` would pass (preset updated by hparams), checked, nothing built.
+
+    Raises:
+        ConfigError: unknown backbone, preset or hyperparameter (naming the accepted ones, and the nearest).
+    """
     cls = backbone_class(name)
     settings: dict[str, Any] = {}
     if preset is not None:
@@ -64,15 +74,21 @@ def build_backbone(name: str, preset: str | None = None, **hparams: Any) -> Back
             known = ", ".join(table) or "none"
             raise ConfigError(f"backbone '{name}' has no preset '{preset}'", fix=f"use one of: {known}")
         settings.update(table[preset])
-    settings.update(hparams)
+    settings.update(hparams or {})
     signature = inspect.signature(cls.__init__)
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     if not accepts_any:
         accepted = [n for n in signature.parameters if n != "self"]
         unknown = sorted(set(settings) - set(accepted))
         if unknown:
+            near = [
+                f"'{hit[0]}' for '{bad}'"
+                for bad in unknown
+                if (hit := difflib.get_close_matches(bad, accepted, n=1, cutoff=0.6))
+            ]
             raise ConfigError(
                 f"unknown hyperparameter(s) for backbone '{name}': {', '.join(unknown)}",
-                fix=f"its hyperparameters are: {', '.join(accepted)}",
+                fix=(f"did you mean {', '.join(near)}? " if near else "")
+                + f"its hyperparameters are: {', '.join(accepted)}",
             )
-    return cls(**settings)
+    return settings

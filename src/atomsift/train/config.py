@@ -42,6 +42,16 @@ class BackboneSpec(Strict):
     trust_checkpoint: bool = Field(False, description="allow pickled objects in the checkpoint (trusted files)")
     allow_partial: bool = Field(False, description="load a checkpoint whose backbone keys do not all match")
 
+    def check_source(self) -> None:
+        """The checkpoint file exists, or the name / preset / hparams build a backbone: before a run folder is made."""
+        from atomsift.models.checkpoint import check_checkpoint_path
+        from atomsift.models.registry import backbone_settings
+
+        if self.checkpoint is not None:
+            check_checkpoint_path(self.checkpoint)
+        elif self.name is not None:
+            backbone_settings(self.name, self.preset, self.hparams)
+
     @model_validator(mode="after")
     def _one_source(self) -> BackboneSpec:
         if (self.name is None) == (self.checkpoint is None):

@@ -24,7 +24,7 @@ from rich.console import Console
 from atomsift.data.spec import open_spec
 from atomsift.errors import ConfigError, DataError
 from atomsift.models import AtomsModel, build_backbone, load_checkpoint
-from atomsift.models.checkpoint import LoadReport
+from atomsift.models.checkpoint import LoadReport, check_checkpoint_path
 from atomsift.train.config import FinetuneConfig, SplitSpec
 from atomsift.train.data import BatchCollator, Task, TrainSet, indices_hash
 from atomsift.train.losses import TaskInfo
@@ -217,6 +217,11 @@ def run_finetuning(
 
     console = quiet_if_secondary(console or Console())
     settings = cfg.model_dump(mode="json")
+    # before anything is read or written: a mistyped path or hyperparameter is the first thing said
+    if cfg.checkpoint is not None:
+        check_checkpoint_path(cfg.checkpoint)
+    if cfg.backbone is not None:
+        cfg.backbone.check_source()
     ds = open_spec(cfg.data, cfg.data.path)
     name = _task_name(cfg.data.path)
     splits = split_indices(len(ds), cfg.split, cfg.data.path)
