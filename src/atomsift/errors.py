@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -51,3 +53,16 @@ class ConfigError(AtomsiftError):
 def validation_problems(exc) -> str:
     """A pydantic ValidationError as one line: 'a.b: message; c: message'."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+
+
+def nearest(word: str, known: Iterable[str]) -> str | None:
+    """The known name closest to a misspelt one (difflib ratio >= 0.6), or None."""
+    hits = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return hits[0] if hits else None
+
+
+def did_you_mean(unknown: Iterable[str], known: Iterable[str]) -> str:
+    """ "did you mean 'energy_key' for 'energy_ky'? " for the unknown names that have a near known one, else ""."""
+    known = list(known)
+    pairs = [f"'{hit}' for '{bad}'" for bad in unknown if (hit := nearest(bad, known))]
+    return f"did you mean {', '.join(pairs)}? " if pairs else ""

@@ -14,7 +14,6 @@ everywhere (`3` is an int, `1e-4` a float, `true` a bool, `[1, 2]` a list, `null
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import tempfile
@@ -26,7 +25,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from atomsift.errors import ConfigError
+from atomsift.errors import ConfigError, nearest
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -153,8 +152,8 @@ def _problem_text(model: type[BaseModel], err: dict[str, Any]) -> str:
     """pydantic's message for one error, without its "Value error, " prefix; unknown keys get a suggestion."""
     if err["type"] == "extra_forbidden":
         loc = tuple(err["loc"])
-        near = difflib.get_close_matches(str(loc[-1]), sorted(_known_keys(model, loc[:-1])), n=1, cutoff=0.6)
-        return "unknown key" + (f"; did you mean '{near[0]}'?" if near else "")
+        near = nearest(str(loc[-1]), sorted(_known_keys(model, loc[:-1])))
+        return "unknown key" + (f"; did you mean '{near}'?" if near else "")
     msg = str(err["msg"])
     return msg.removeprefix("Value error, ")
 

@@ -11,13 +11,12 @@ does not know. Values are YAML scalars (atomsift.settings.parse_value).
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from atomsift.data.base import Dataset
-from atomsift.errors import ConfigError
+from atomsift.errors import ConfigError, did_you_mean
 from atomsift.settings import parse_value, validate
 
 
@@ -116,15 +115,10 @@ def open_spec(
         return open_dataset(spec.path, **spec.reader_kwargs())
     except UnknownReaderOptions as exc:
         keys = list(own) if own is not None else [k for k in type(spec).model_fields if k != "options"]
-        near = [
-            f"'{hit[0]}' for '{bad}'"
-            for bad in exc.unknown
-            if (hit := difflib.get_close_matches(bad, exc.accepted + keys, n=1, cutoff=0.6))
-        ]
         where = f"{role} '{name}': " if name else ""
         raise ConfigError(
             where + exc.problem,
             file=exc.file,
-            fix=(f"did you mean {', '.join(near)}? " if near else "")
+            fix=did_you_mean(exc.unknown, exc.accepted + keys)
             + f"{exc.fix}; keys of a dataset entry itself: {', '.join(keys)}",
         ) from None

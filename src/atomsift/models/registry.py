@@ -7,12 +7,11 @@ gemnet = build_backbone("gemnet_oc", preset="S")
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from typing import Any
 
-from atomsift.errors import ConfigError
+from atomsift.errors import ConfigError, did_you_mean
 from atomsift.models.base import Backbone
 
 BACKBONES: dict[str, str] = {
@@ -81,14 +80,8 @@ def backbone_settings(name: str, preset: str | None = None, hparams: dict[str, A
         accepted = [n for n in signature.parameters if n != "self"]
         unknown = sorted(set(settings) - set(accepted))
         if unknown:
-            near = [
-                f"'{hit[0]}' for '{bad}'"
-                for bad in unknown
-                if (hit := difflib.get_close_matches(bad, accepted, n=1, cutoff=0.6))
-            ]
             raise ConfigError(
                 f"unknown hyperparameter(s) for backbone '{name}': {', '.join(unknown)}",
-                fix=(f"did you mean {', '.join(near)}? " if near else "")
-                + f"its hyperparameters are: {', '.join(accepted)}",
+                fix=did_you_mean(unknown, accepted) + f"its hyperparameters are: {', '.join(accepted)}",
             )
     return settings
