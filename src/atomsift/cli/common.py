@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 
 from atomsift.errors import ConfigError
 
@@ -32,6 +33,15 @@ GENERIC_INTERRUPT = (
     "outputs are written whole at the end, so nothing partial was kept; rerun the command to start again"
 )
 _interrupt_hint: str = GENERIC_INTERRUPT
+
+
+# where no terminal sets the width (logs, pipes, CI), tables get this many columns instead of rich's 80
+LOG_WIDTH = 160
+
+
+def make_console(soft_wrap: bool = False) -> Console:
+    """The commands' rich console: the terminal's width, or LOG_WIDTH columns where output goes to a file."""
+    return Console(soft_wrap=soft_wrap) if Console().is_terminal else Console(width=LOG_WIDTH, soft_wrap=soft_wrap)
 
 
 def on_interrupt(hint: str) -> None:

@@ -151,12 +151,12 @@ def run_and_report(
 ) -> tuple[list[dict], list, list, object, Console]:
     """Run CSI, save the resolved settings (`settings`: file name and extra keys), print the ranked tables and
     write json/csv/png into `out`. Returns (rows, upstream stats, downstream stats, extractor, console)."""
-    from atomsift.cli.common import on_interrupt
+    from atomsift.cli.common import make_console, on_interrupt
     from atomsift.csi.pipeline import run_csi_with_stats
     from atomsift.csi.report import print_tables, write_outputs
     from atomsift.settings import check_output_dir
 
-    console = console or (Console() if Console().is_terminal else Console(width=140))
+    console = console or make_console()
     check_output_dir(out)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     on_interrupt(

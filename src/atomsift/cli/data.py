@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 import typer
 from pydantic import BaseModel, ConfigDict, Field
-from rich.console import Console
 from rich.table import Table
 
 from atomsift.cli.common import (
@@ -24,6 +23,7 @@ from atomsift.cli.common import (
     at_least_one,
     dataset_spec,
     legacy_out,
+    make_console,
     no_sampling,
     pick,
     split_overrides,
@@ -32,7 +32,7 @@ from atomsift.data.spec import DatasetSpec
 from atomsift.errors import ConfigError
 
 app = typer.Typer(help="Read, inspect, convert and sample datasets.", no_args_is_help=True)
-console = Console(soft_wrap=True)  # messages stay one line (tables still fit the width)
+console = make_console(soft_wrap=True)  # messages stay one line (tables still fit the width)
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:

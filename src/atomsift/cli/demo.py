@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from atomsift.cli.common import make_console
+
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the demo's outputs."),
@@ -39,7 +41,7 @@ def demo(
         "written when it is complete)"
     )
 
-    console = Console() if Console().is_terminal else Console(width=160)
+    console = make_console()
     table = Table(title="atomsift: bundled datasets", title_justify="left")
     for column in (
         "dataset",

@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 import typer
 from pydantic import BaseModel, ConfigDict, Field
-from rich.console import Console
 from rich.table import Table
 
 from atomsift.cli.common import (
@@ -25,6 +24,7 @@ from atomsift.cli.common import (
     at_least_one,
     deprecated,
     legacy_out,
+    make_console,
     pick,
     split_overrides,
 )
@@ -34,7 +34,7 @@ from atomsift.errors import ConfigError
 from atomsift.settings import write_text_atomic
 
 app = typer.Typer(help="Create, inspect, convert and run model checkpoints.", no_args_is_help=True)
-console = Console(soft_wrap=True)  # messages stay one line (tables still fit the width)
+console = make_console(soft_wrap=True)  # messages stay one line (tables still fit the width)
 
 
 class InitSettings(BaseModel):

@@ -9,7 +9,15 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from atomsift.cli.common import CONFIG_HELP, DATASET_HELP, OVERRIDES_HELP, TRUST_HELP, at_least_one, on_interrupt
+from atomsift.cli.common import (
+    CONFIG_HELP,
+    DATASET_HELP,
+    OVERRIDES_HELP,
+    TRUST_HELP,
+    at_least_one,
+    make_console,
+    on_interrupt,
+)
 
 RESUME_HELP = "Continue the unfinished run in --out from its last checkpoint (same settings)."
 OVERWRITE_HELP = "Replace the run in --out (its config, checkpoints and outputs) instead of refusing."
@@ -17,7 +25,7 @@ DRY_RUN_HELP = "Print the plan (datasets, sizes, shares, steps, budget, graph se
 
 
 def _console() -> Console:
-    return Console() if Console().is_terminal else Console(width=120)
+    return make_console()
 
 
 def _quiet_lightning() -> None:
