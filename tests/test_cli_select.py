@@ -63,6 +63,7 @@ def test_select_cli_writes_a_mixture_that_pretraining_plans(tmp_path):
     assert sum(sel["shares"].values()) == pytest.approx(1.0)
     assert json.loads((out / "csi.json").read_text())  # the single sets' table, as `atomsift csi` writes it
     mixture = yaml.safe_load((out / "mixture-ethanol.yaml").read_text())
+    assert "keep pretrain's defaults\n# (lr 1e-05, warmup_steps 2000" in (out / "mixture-ethanol.yaml").read_text()
     kept = {k for k, v in sel["shares"].items() if v > 0}
     assert set(mixture["upstream"]) == kept
     cfg = validate(PretrainConfig, {**mixture, "backbone": BACKBONE, "n_samples": 40}, source="the mixture file")

@@ -60,6 +60,7 @@ def run_select(
     datasets, or over the classes of each dataset), write it."""
     from atomsift.cli.csi import run_and_report
     from atomsift.csi.selection import select_weights
+    from atomsift.train.config import PretrainConfig
 
     settings = ("select_config.yaml", {"measure": measure, "over": over})
     rows, up, down, extractor, console = run_and_report(cfg, out, console, settings)
@@ -87,12 +88,15 @@ def run_select(
                     f"warning: '{dn.name}' is out of distribution: the selection is unreliable", highlight=False
                 )
         path = out / f"mixture-{dn.name}.yaml"
+        defaults = PretrainConfig.model_fields
         settings = mixture_settings(cfg, sel, candidates)
         header = (
             f"# atomsift select: {measure} to downstream '{dn.name}' ({sel.value:.6g}; best single {best} "
             f"{sel.singles[best]:.6g}).\n# Use: atomsift pretrain --config {path.name} backbone.name=... "
-            "n_samples=N epochs=E --out RUN\n# (or add backbone / n_samples / epochs to this file). CSI samples: "
-            "subsets/.\n"
+            "n_samples=N epochs=E --out RUN\n# (or add backbone / n_samples / epochs to this file). The optimisation "
+            f"keys keep pretrain's defaults\n# (lr {defaults['lr'].default:g}, warmup_steps "
+            f"{defaults['warmup_steps'].default}: the paper's, for millions of structures); a small run sets its own,"
+            "\n# e.g. lr=2e-3 warmup_steps=25 as in configs/experiment_demo.yaml. CSI samples: subsets/.\n"
         )
         path.write_text(header + yaml.safe_dump(settings, sort_keys=False))
         console.print(f"wrote {path}")
