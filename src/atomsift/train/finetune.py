@@ -217,8 +217,9 @@ def run_finetuning(
 
     console = quiet_if_secondary(console or Console())
     settings = cfg.model_dump(mode="json")
-    # before anything is read or written: a mistyped path or hyperparameter is the first thing said
-    if cfg.checkpoint is not None:
+    # before anything is read or written: a mistyped path or hyperparameter is the first thing said (not in a dry
+    # run: the experiment's pre-flight plans finetuning from pretrained weights that do not exist yet)
+    if cfg.checkpoint is not None and not dry_run:
         check_checkpoint_path(cfg.checkpoint)
     if cfg.backbone is not None:
         cfg.backbone.check_source()
