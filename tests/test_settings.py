@@ -7,7 +7,13 @@ from pydantic import BaseModel, ConfigDict
 
 from atomsift.data.spec import DatasetSpec, parse_dataset_arg
 from atomsift.errors import ConfigError
-from atomsift.settings import check_output_dir, check_output_file, parse_value, resolve_settings
+from atomsift.settings import (
+    check_output_dir,
+    check_output_file,
+    parse_value,
+    removed_if_left_empty,
+    resolve_settings,
+)
 
 
 @pytest.mark.parametrize(
@@ -106,6 +112,25 @@ def test_suggestions_look_inside_mappings_and_optional_models():
     with pytest.raises(ConfigError) as far:
         resolve_settings(Runs, None, overrides=["zzz=1"])
     assert "did you mean" not in str(far.value)
+
+
+def test_a_folder_made_for_a_failed_command_is_removed_only_if_nothing_was_written(tmp_path):
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ConfigError), removed_if_left_empty(fresh):
+        (fresh / "cache").mkdir(parents=True)  # empty folders only: nothing to keep
+        raise ConfigError("bad input")
+    assert not fresh.exists()
+    written = tmp_path / "written"
+    with pytest.raises(KeyboardInterrupt), removed_if_left_empty(written):
+        (written / "cache").mkdir(parents=True)
+        (written / "cache" / "stats.npz").write_bytes(b"x")  # a resume needs it
+        raise KeyboardInterrupt
+    assert (written / "cache" / "stats.npz").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(ConfigError), removed_if_left_empty(mine):
+        raise ConfigError("bad input")
+    assert mine.is_dir()  # it was there before: not ours to remove
 
 
 def test_dataset_arg_inline_options_and_bare_path():

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import UnionType
 from typing import Any, TypeVar, Union, get_args, get_origin
@@ -282,6 +284,23 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def removed_if_left_empty(path: str | Path) -> Iterator[None]:
+    """On an error inside the block, remove ``path`` if the block created it and no file was written under it.
+
+    Commands that must create their ``--out`` folder before all checks can run (CSI caches live in it) use this,
+    so that bad input leaves nothing behind, while a run that wrote something keeps it for a resume.
+    """
+    path = Path(path)
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+            shutil.rmtree(path, ignore_errors=True)
         raise
 
 

@@ -95,4 +95,4 @@ def test_errors_are_one_paragraph(tmp_path):
     down["ethanol"]["path"] = "bundled:adsorbates"
     no_forces = run("--config", _config(tmp_path, downstream=down), "--out", str(tmp_path / "c"))
     assert no_forces.returncode == 2 and "lacks forces" in no_forces.stderr and "Traceback" not in no_forces.stderr
-    assert not (tmp_path / "c" / "cells").exists()  # refused before any work
+    assert not (tmp_path / "c").exists()  # refused before anything is written, the --out folder included

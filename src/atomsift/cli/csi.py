@@ -154,15 +154,16 @@ def run_and_report(
     from atomsift.cli.common import make_console, on_interrupt
     from atomsift.csi.pipeline import run_csi_with_stats
     from atomsift.csi.report import print_tables, write_outputs
-    from atomsift.settings import check_output_dir
+    from atomsift.settings import check_output_dir, removed_if_left_empty
 
     console = console or make_console()
-    check_output_dir(out)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     on_interrupt(
         f"statistics of the datasets that finished are kept in {cache}; rerun the same command to resume from them"
     )
-    rows, up, down, extractor = run_csi_with_stats(cfg, out)  # refuses mismatched caches before writing into `out`
+    with removed_if_left_empty(out):  # bad input (found while opening data / the extractor) leaves no folder
+        check_output_dir(out)
+        rows, up, down, extractor = run_csi_with_stats(cfg, out)  # refuses mismatched caches before writing
     name, extra = settings
     (out / name).write_text(yaml.safe_dump({**cfg.model_dump(), **extra}, sort_keys=False))
     print_tables(rows, console)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from atomsift.data.record import Record
-from atomsift.errors import ConfigError, DataError
+from atomsift.errors import ConfigError, DataError, did_you_mean
 
 DEFAULT_EXTRACTOR = "sevenn"
 AGGREGATIONS: tuple[str, ...] = ("flat", "mean", "sum", "max")
@@ -297,7 +297,8 @@ def get_extractor(spec: str, **options: Any) -> FeatureExtractor:
     if key not in EXTRACTORS:
         raise ConfigError(
             f"unknown feature extractor '{text}'",
-            fix=f"use one of: {', '.join(EXTRACTORS)} (checkpoint as 'checkpoint:PATH'), or add one "
+            fix=did_you_mean([key], EXTRACTORS)
+            + f"use one of: {', '.join(EXTRACTORS)} (checkpoint as 'checkpoint:PATH'), or add one "
             "with atomsift.csi.extract.register_extractor",
         )
     if sep and not arg:

@@ -25,7 +25,7 @@ from atomsift.errors import ConfigError
 from atomsift.experiment.cells import job_states, result_rows, run_job
 from atomsift.experiment.config import ExperimentConfig
 from atomsift.experiment.grid import Job, build_jobs
-from atomsift.settings import check_output_dir, write_text_atomic
+from atomsift.settings import check_output_dir, removed_if_left_empty, write_text_atomic
 
 
 def _log_path(out: Path, job: Job) -> Path:
@@ -272,10 +272,11 @@ def run_experiment(
     from atomsift.experiment.report import print_summary, write_report, write_results
     from atomsift.experiment.summary import summarize
 
-    out = check_output_dir(out)
-    if not report_only:
-        counts = check_folders(jobs, resume=resume, overwrite=overwrite)
-        preflight(exp, jobs, console, show=False)
+    with removed_if_left_empty(out):  # docs/experiment.md: the checks come before anything is written
+        out = check_output_dir(out)
+        if not report_only:
+            counts = check_folders(jobs, resume=resume, overwrite=overwrite)
+            preflight(exp, jobs, console, show=False)
     print_grid(exp, jobs, counts or Counter(), console)
     write_text_atomic(out / "experiment.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
     console.rule("CSI of every candidate to every downstream task")

@@ -6,7 +6,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from atomsift.errors import ConfigError
+from atomsift.errors import ConfigError, did_you_mean
 
 # name -> (file in atomsift/data/bundled, format, reader options, one-line description)
 BUNDLED: dict[str, tuple[str, str, dict[str, Any], str]] = {
@@ -74,7 +74,7 @@ def resolve_bundled(name: str) -> tuple[Path, str, dict[str, Any]]:
     if key not in BUNDLED:
         raise ConfigError(
             f"no bundled dataset named '{name}'",
-            fix=f"use one of: {', '.join('bundled:' + n for n in BUNDLED)}",
+            fix=did_you_mean([key], BUNDLED) + f"use one of: {', '.join('bundled:' + n for n in BUNDLED)}",
         )
     filename, fmt, options, _ = BUNDLED[key]
     return bundled_dir() / filename, fmt, dict(options)
