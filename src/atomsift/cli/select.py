@@ -18,7 +18,8 @@ from atomsift.csi.selection import Selection
 def mixture_settings(cfg: CSIConfig, sel: Selection, candidates: list[Any]) -> dict[str, Any]:
     """The pretraining keys of the selected mixture: `upstream` (the candidates with non-zero shares; a class
     is its dataset restricted to the class's subset file, reader option `indices`), `mixture: weights` and
-    `weights` (structure shares), for `atomsift pretrain --config` plus backbone and budget."""
+    `weights` (structure shares), or `mixture: single` when one set takes the whole share; for `atomsift pretrain
+    --config` plus backbone and budget."""
     kept = [(n, w) for n, w in zip(sel.names, sel.shares.tolist()) if w > 0]
     by_name = {c.name: c for c in candidates}
     upstream = {}

@@ -136,7 +136,8 @@ def _csi_figure(down: str, task: dict[str, Any], path: Path) -> Path:
         ax.set_yscale("log")
         ax.set_ylim(bottom=floor)
     ax.set_ylabel(f"CSI [{task['csi_units'] or 'feature units'}]" + (", log scale" if log else ""), fontsize=8)
-    ax.set_title(f"CSI to {down} (lower = closer; orange = mixture)", fontsize=10)
+    legend = "; orange = mixture" if any(c["kind"] == "mixture" for c in cands) else ""
+    ax.set_title(f"CSI to {down} (lower = closer{legend})", fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
     return _save(fig, path)
 

@@ -267,7 +267,7 @@ def run_experiment(
         print_grid(exp, jobs, counts or Counter(), console)
         preflight(exp, jobs, console, show=True)
         return {}
-    from atomsift.csi.report import bar_chart, print_tables, write_outputs
+    from atomsift.csi.report import print_tables, write_outputs
     from atomsift.experiment.csi import grid_csi
     from atomsift.experiment.report import print_summary, write_report, write_results
     from atomsift.experiment.summary import summarize
@@ -281,8 +281,7 @@ def run_experiment(
     write_text_atomic(out / "experiment.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
     console.rule("CSI of every candidate to every downstream task")
     csi_rows = grid_csi(exp, out / "csi")
-    write_outputs(csi_rows, out / "csi")
-    bar_chart(csi_rows, out / "csi" / "csi.png")
+    write_outputs(csi_rows, out / "csi")  # csi.json, csi.csv and the bar chart csi_bars.png
     print_tables(csi_rows, console)
     if not report_only:
         console.rule(f"training: {len(jobs)} jobs (logs in {out}/logs/)")
