@@ -13,6 +13,7 @@ from atomsift.settings import (
     parse_value,
     removed_if_left_empty,
     resolve_settings,
+    validate,
 )
 
 
@@ -102,6 +103,13 @@ def test_errors_say_where_a_bad_key_came_from_and_suggest_the_near_name(tmp_path
         resolve_settings(Outer, None, flags={"seed": "abc"})
     with pytest.raises(ConfigError, match=r"optimizer \(command line: optimizer\.lr=3\): unknown key"):
         resolve_settings(Outer, cfg, overrides=["optimizer.lr=3"])  # the unknown key is above the typed one
+
+
+def test_a_section_of_a_larger_config_is_named_in_the_problem_not_as_a_file():
+    with pytest.raises(ConfigError) as exc:
+        validate(Outer, {"sed": 1}, within="the pretrain section")
+    assert "invalid settings in the pretrain section (sed: unknown key; did you mean 'seed'?)" in str(exc.value)
+    assert "File:" not in str(exc.value)
 
 
 def test_suggestions_look_inside_mappings_and_optional_models():

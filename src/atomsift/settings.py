@@ -122,12 +122,14 @@ def validate(
     source: str | Path | None = None,
     example: str = "",
     given: dict[str, str] | None = None,
+    within: str | None = None,
 ) -> M:
     """`model.model_validate(data)`, with a ConfigError listing every bad or unknown key.
 
     An unknown key gets the nearest known name ("did you mean 'epochs'?"); ``given`` maps dotted keys set on
     the command line to what the user typed (e.g. {"epoch": "epoch=3"}), so that a problem is blamed on the
-    command line rather than on ``source`` (the config file) when it came from there.
+    command line rather than on ``source`` (the config file) when it came from there. ``within`` names a part
+    of a larger config that is not a file of its own (e.g. "the pretrain section").
     """
     try:
         return model.model_validate(data)
@@ -144,7 +146,7 @@ def validate(
         keyed = any(e["loc"] for e in exc.errors())
         fix = "check each named key's spelling and value" if keyed else "give the settings the message asks for"
         raise ConfigError(
-            f"invalid settings ({'; '.join(problems)})",
+            f"invalid settings{f' in {within}' if within else ''} ({'; '.join(problems)})",
             file=source if in_file else None,
             fix=fix + (f"; the keys: {example}" if example else ""),
         ) from None

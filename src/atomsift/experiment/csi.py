@@ -44,7 +44,7 @@ def csi_config(exp: ExperimentConfig) -> CSIConfig:
         for name, s in exp.upstream.items()
     }
     downstream = {name: d.data_spec() for name, d in exp.downstream.items()}
-    return validate(CSIConfig, {**exp.csi, "upstream": upstream, "downstream": downstream}, source="the csi section")
+    return validate(CSIConfig, {**exp.csi, "upstream": upstream, "downstream": downstream}, within="the csi section")
 
 
 def grid_csi(exp: ExperimentConfig, out: Path) -> list[dict[str, Any]]:

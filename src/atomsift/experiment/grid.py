@@ -71,7 +71,7 @@ def finetune_settings(exp: ExperimentConfig, name: str, **cell: Any) -> Finetune
     data = deep_merge(data, down.finetune_keys())
     data.update(data=down.data_spec().model_dump(mode="json", exclude_defaults=True), **cell)
     return validate(
-        FinetuneConfig, data, source=f"the finetune section or downstream.{name} (with its preset)", example=EXAMPLE
+        FinetuneConfig, data, within=f"the finetune section or downstream.{name} (with its preset)", example=EXAMPLE
     )
 
 
@@ -93,7 +93,7 @@ def pretrain_settings(exp: ExperimentConfig, candidate: str, budget: Budget, see
         }
     data.update(exp.pretrain, n_samples=budget.n_samples, epochs=budget.epochs, seed=seed)
     return validate(
-        PretrainConfig, data, source=f"the pretrain section or upstream (pretraining of '{candidate}')", example=EXAMPLE
+        PretrainConfig, data, within=f"the pretrain section or upstream (pretraining of '{candidate}')", example=EXAMPLE
     )
 
 
