@@ -302,3 +302,19 @@ def test_graphs_without_edges(ethanol):
         assert torch.isfinite(model(collate([molecule]))["energy"]).all()
     out = _model(seed=8, direct_forces=False)(collate([Atoms("O"), Atoms("H")]))
     assert torch.isfinite(out["energy"]).all() and torch.all(out["forces"] == 0)
+
+
+def test_a_slab_without_a_vacuum_vector_equals_the_same_slab_with_one():
+    """ASE's fcc111 without vacuum has c = 0 (pbc T, T, F); fairchem's image count divided by its zero volume."""
+    from ase.build import fcc111
+
+    torch.manual_seed(0)
+    model = GemNetOC.from_preset("tiny", direct_forces=False).double()
+    bare = fcc111("Cu", (2, 2, 3))
+    bare.positions += np.random.default_rng(0).normal(0.0, 0.05, bare.positions.shape)  # no exact ties
+    assert not bare.cell[2].any() and list(bare.pbc) == [True, True, False]
+    padded = bare.copy()
+    padded.cell[2] = [0.0, 0.0, 30.0]
+    padded.positions[:, 2] += 5.0
+    a, b = (model(collate([s], dtype=torch.float64)).node for s in (bare, padded))
+    assert torch.isfinite(a).all() and torch.allclose(a, b, rtol=0, atol=1e-10)

@@ -32,7 +32,7 @@ def reciprocal(cell: Tensor) -> tuple[Tensor, Tensor]:
     return cross / det[:, None, None], det.abs()
 
 
-def _complete_cells(cell: Tensor, pbc: Tensor, ids: list[str]) -> Tensor:
+def complete_cells(cell: Tensor, pbc: Tensor, ids: list[str]) -> Tensor:
     """Cells usable for fractional coordinates: periodic rows kept, degenerate rest filled in.
 
     Structures without pbc get the identity; structures whose non-periodic lattice vectors are zero
@@ -90,7 +90,7 @@ def wrap(pos: Tensor, cell: Tensor, pbc: Tensor, batch: AtomsBatch) -> tuple[Ten
             record=batch.ids[b] if b < len(batch.ids) else b,
             fix="give it a cell, or build the graph with pbc=False",
         )
-    full = _complete_cells(cell, pbc, batch.ids)
+    full = complete_cells(cell, pbc, batch.ids)
     recip, _ = reciprocal(full)
     frac = torch.einsum("nl,nkl->nk", pos, _gather(recip, atom_struct))
     k = torch.where(_gather(pbc, atom_struct), torch.floor(frac), torch.zeros_like(frac))

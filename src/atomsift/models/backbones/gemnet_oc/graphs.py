@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from atomsift.errors import ConfigError
+from atomsift.graph.cells import complete_cells
 
 Graph = dict[str, Tensor]
 
@@ -217,7 +218,9 @@ def _select_first_graph(
     offsets = offsets.to(torch.long)
     src, tgt = edge_index[0], edge_index[1]
 
-    reps = _image_range(cell, periodic, radius)
+    # a slab or wire built without a vacuum vector (ASE's fcc111 without vacuum: c = 0) gets an orthonormal
+    # complement there, as in the pair search; fairchem's formula would divide by a zero volume
+    reps = _image_range(complete_cells(cell, periodic, batch.ids) if use_pbc else cell, periodic, radius)
     inside = torch.ones_like(src, dtype=torch.bool)
     for d in range(3):
         inside &= offsets[:, d].abs() <= reps[d]
