@@ -179,3 +179,21 @@ def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path):
     mode = stat.S_IMODE(os.stat(tmp_path / "atomic.txt").st_mode)
     assert mode == stat.S_IMODE(os.stat(tmp_path / "plain.txt").st_mode)
     assert (tmp_path / "atomic.txt").read_text() == "x"
+    # checkpoints, CSI caches and subset files are written the same way (they came out 0600)
+    import numpy as np
+    import torch
+
+    from atomsift.csi.cache import save_stats
+    from atomsift.data.sampling import save_subset
+    from atomsift.models import AtomsModel, build_backbone, save_checkpoint
+
+    model = AtomsModel(build_backbone("painn", hidden=8, num_layers=1), {"energy": {"kind": "energy"}})
+    written = [
+        save_checkpoint(model, tmp_path / "model.pt"),
+        save_stats(tmp_path / "stats.npz", {"mean": np.zeros(3)}, {"what": "test"}),
+        save_subset(tmp_path / "subset.json", np.arange(3)),
+    ]
+    for path in written:
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode, path
+    assert torch.load(tmp_path / "model.pt", weights_only=False)  # and they are complete files
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -275,18 +275,27 @@ def _umask() -> int:
     return mask
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a text file atomically (temporary file beside it + rename): an interruption leaves no partial file."""
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[str]:
+    """A temporary file name beside ``path`` to write to; renamed over ``path`` when the block ends, removed
+    if it raises, so an interruption never leaves a partial file. The file gets the mode open() would give
+    it (mkstemp makes 0600, which would hide checkpoints and caches from a group that shares them)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets the mode open() would give it
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temporary file beside it + rename): an interruption leaves no partial file."""
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        fh.write(text)
 
 
 @contextmanager

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import numpy as np
 from atomsift import __version__
 from atomsift.data.base import Dataset
 from atomsift.errors import ConfigError, DataError
+from atomsift.settings import atomic_path
 
 CACHE_FORMAT = 1
 
@@ -51,14 +50,8 @@ def save_stats(path: Path, arrays: dict[str, np.ndarray], provenance: dict[str, 
     payload = dict(arrays)
     full = {**provenance, "atomsift_version": __version__, "cache_format": CACHE_FORMAT}
     payload["provenance_json"] = np.array(json.dumps(full, sort_keys=True, default=str))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez adds .npz to names without it
         np.savez(tmp, **payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

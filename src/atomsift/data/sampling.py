@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from atomsift.errors import ConfigError, DataError
+from atomsift.settings import atomic_path
 
 
 def random_indices(n_total: int, n: int, seed: int = 0) -> np.ndarray:
@@ -85,14 +84,8 @@ def save_subset(path: str | Path, indices: np.ndarray, **provenance: Any) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {**provenance, "n": len(indices), "indices": [int(i) for i in indices]}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
     return path
 
 

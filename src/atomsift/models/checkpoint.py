@@ -14,7 +14,6 @@ lists and dicts: it loads with torch.load(weights_only=True).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from atomsift.errors import ConfigError, DataError
+from atomsift.settings import atomic_path
 
 FORMAT = "atomsift.model"
 FORMAT_VERSION = 1
@@ -117,16 +117,10 @@ def save_checkpoint(
     if ema_state_dict is not None:
         payload["ema_state_dict"] = {k: v.detach().cpu() for k, v in ema_state_dict.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
     return path
 
 
