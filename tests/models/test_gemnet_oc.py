@@ -318,3 +318,12 @@ def test_a_slab_without_a_vacuum_vector_equals_the_same_slab_with_one():
     padded.positions[:, 2] += 5.0
     a, b = (model(collate([s], dtype=torch.float64)).node for s in (bare, padded))
     assert torch.isfinite(a).all() and torch.allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_a_batch_of_another_dtype_is_a_clear_error(structures):
+    from atomsift.models import AtomsModel
+
+    model = AtomsModel(GemNetOC.from_preset("tiny"), {"energy": {"kind": "energy", "forces": "gradient"}}).double()
+    with pytest.raises(ConfigError, match="the batch is float32 on cpu, the model's weights are float64"):
+        model(collate(structures))  # torch failed deep inside a layer; PaiNN mixed float32 and float64 outputs
+    assert model(collate(structures, dtype=torch.float64))["forces"].dtype == torch.float64

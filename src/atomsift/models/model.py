@@ -74,6 +74,7 @@ class AtomsModel(nn.Module):
         Returns:
             {"energy": (B,) eV, "forces": (N, 3) eV/A} for energy heads, {"property": (B, k)} for property heads.
         """
+        self._check_batch(batch)
         name = self.head_name(head)
         spec = self.head_specs[name]
         positions = None
@@ -102,6 +103,7 @@ class AtomsModel(nn.Module):
         Returns:
             head name -> that head's outputs (as `forward`).
         """
+        self._check_batch(batch)
         specs = {name: self.head_specs[self.head_name(name)] for name in heads}
         gradient = any(spec.forces == "gradient" for spec in specs.values())
         positions = None
@@ -118,6 +120,18 @@ class AtomsModel(nn.Module):
                 keep = create or (gradient and name != list(heads)[-1])
                 results[name] = self.heads[name](out, batch, positions=positions, create_graph=keep, mask=mask)
             return results
+
+    def _check_batch(self, batch) -> None:
+        """The batch's positions have the weights' dtype and device (else torch fails deep inside a layer)."""
+        weight = next(self.parameters())
+        pos = batch.positions
+        if pos.dtype != weight.dtype or pos.device != weight.device:
+            raise ConfigError(
+                f"the batch is {str(pos.dtype).removeprefix('torch.')} on {pos.device}, the model's weights are "
+                f"{str(weight.dtype).removeprefix('torch.')} on {weight.device}",
+                fix="collate with the model's dtype and move the batch to its device: "
+                "collate(structures, dtype=model.dtype).to(model.device) (model.predict does this for you)",
+            )
 
     def graph_for(self, head: str | None = None):  # -> GraphSettings | None
         """The graph settings the head was trained with (metadata 'head_graphs'); None: the backbone's own."""
