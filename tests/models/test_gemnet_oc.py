@@ -327,3 +327,27 @@ def test_a_batch_of_another_dtype_is_a_clear_error(structures):
     with pytest.raises(ConfigError, match="the batch is float32 on cpu, the model's weights are float64"):
         model(collate(structures))  # torch failed deep inside a layer; PaiNN mixed float32 and float64 outputs
     assert model(collate(structures, dtype=torch.float64))["forces"].dtype == torch.float64
+
+
+def test_ase_layer_tags_and_missing_qint_tags_are_warned_about_once(caplog):
+    import logging
+
+    from ase.build import add_adsorbate, fcc111
+
+    slab = fcc111("Cu", (2, 2, 3), vacuum=7.0)
+    add_adsorbate(slab, "O", 1.5, "fcc")  # ASE: layers tagged 1, 2, 3 from the top, the adsorbate 0
+    model = GemNetOC.from_preset("tiny", qint_tags=[1, 2])
+    with caplog.at_level(logging.WARNING):
+        model(collate([slab]))
+        model(collate([slab]))
+    said = [r.getMessage() for r in caplog.records if "GemNet-OC" in r.getMessage()]
+    assert len(said) == 1 and "tags [3] are not OC20's" in said[0]
+    caplog.clear()
+    slab.set_tags(2)
+    with caplog.at_level(logging.WARNING):
+        GemNetOC.from_preset("tiny", qint_tags=[1, 2])(collate([slab]))
+    assert not caplog.records
+    slab.set_tags(0)
+    with caplog.at_level(logging.WARNING):
+        GemNetOC.from_preset("tiny", qint_tags=[1, 2])(collate([slab]))
+    assert "no atom of this batch has a tag in qint_tags=[1, 2]" in caplog.text

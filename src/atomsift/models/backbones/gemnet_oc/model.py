@@ -46,6 +46,7 @@ from atomsift.models.backbones.gemnet_oc.layers import (
 )
 from atomsift.models.backbones.gemnet_oc.outputs import OutputBlock
 from atomsift.models.backbones.gemnet_oc.scaling import fit_scale_factors, unfitted_scale_factors
+from atomsift.models.backbones.gemnet_oc.utils import tag_warnings
 from atomsift.models.base import Backbone, BackboneOutput, no_neighbours_error
 
 __all__ = ["GemNetOC", "GemNetOCOutput", "ensure_scale_factors"]
@@ -223,7 +224,7 @@ class GemNetOC(Backbone):
         self.node_dim = emb_size_atom
         self.edge_dim = emb_size_edge if direct_forces else None
         self.num_elements = num_elements + 1  # Backbone convention: exclusive upper bound
-        self._warned_no_qint_tags = False
+        self._tag_warnings: set[str] = set()  # kinds of tag warning already given (utils.tag_warnings)
         self.edge_dropout = 0.0  # set by training (JMP pretraining: 0.1); active in train mode only
         self.edge_dropout_generator: torch.Generator | None = None
 
@@ -416,15 +417,8 @@ class GemNetOC(Backbone):
         )
         if error is not None:
             raise error
-        if self.quad_interaction and not self._warned_no_qint_tags:
-            tags = torch.as_tensor(self.graph_settings.qint_tags, device=batch.tags.device)
-            if not bool(torch.isin(batch.tags, tags).any()):
-                log.warning(
-                    "GemNet-OC: no atom of this batch has a tag in qint_tags=%s, so quadruplet interactions "
-                    "contribute nothing (JMP tags all atoms of non-OC structures 2)",
-                    list(self.graph_settings.qint_tags),
-                )
-                self._warned_no_qint_tags = True
+        if self.quad_interaction and len(self._tag_warnings) < 2:
+            tag_warnings(batch.tags, tuple(self.graph_settings.qint_tags), self._tag_warnings)
         return graphs
 
     def forward(self, batch: Any) -> GemNetOCOutput:

@@ -7,8 +7,14 @@ matrices are replaced by bincount / index_add_ / cumsum / repeat_interleave.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
+
+log = logging.getLogger("atomsift.models.backbones.gemnet_oc.model")
+
+OC20_TAGS = (0, 1, 2)  # subsurface, surface, adsorbate
 
 __all__ = [
     "calculate_interatomic_vectors",
@@ -22,6 +28,7 @@ __all__ = [
     "ragged_range",
     "repeat_blocks",
     "segment_sum",
+    "tag_warnings",
     "vector_rejection",
 ]
 
@@ -236,3 +243,30 @@ def get_max_neighbors_mask(
     mask = torch.zeros(index.numel(), dtype=torch.bool, device=device)
     mask[edge_ids] = True
     return mask, per_image(kept)
+
+
+def tag_warnings(tags: Tensor, qint_tags: tuple[int, ...], warned: set[str]) -> None:
+    """Warn once per model about tags that silently change the quadruplet interactions.
+
+    Tags outside OC20's 0 / 1 / 2 are most likely ASE's: its surface builders (fcc111, ...) number the layers
+    from the top (1, 2, 3, ...) and give adsorbates 0. And when no atom has a tag in ``qint_tags`` the
+    quadruplets contribute nothing. ``warned`` holds the kinds already said (the model keeps it).
+    """
+    present = set(torch.unique(tags).tolist())
+    odd = sorted(present - set(OC20_TAGS))
+    if odd and "odd" not in warned:
+        warned.add("odd")
+        log.warning(
+            "GemNet-OC: tags %s are not OC20's (0 subsurface, 1 surface, 2 adsorbate); ASE's surface builders put "
+            "layer numbers in tags (adsorbates 0). Quadruplets use atoms tagged %s: set OC20 tags, or "
+            "atoms.set_tags(2) to treat every atom alike",
+            odd,
+            list(qint_tags),
+        )
+    if not present & set(qint_tags) and "none" not in warned:
+        warned.add("none")
+        log.warning(
+            "GemNet-OC: no atom of this batch has a tag in qint_tags=%s, so quadruplet interactions "
+            "contribute nothing (JMP tags all atoms of non-OC structures 2)",
+            list(qint_tags),
+        )
