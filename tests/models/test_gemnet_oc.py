@@ -351,3 +351,17 @@ def test_ase_layer_tags_and_missing_qint_tags_are_warned_about_once(caplog):
     with caplog.at_level(logging.WARNING):
         GemNetOC.from_preset("tiny", qint_tags=[1, 2])(collate([slab]))
     assert "no atom of this batch has a tag in qint_tags=[1, 2]" in caplog.text
+
+
+@pytest.mark.parametrize("backbone", ["gemnet_oc", "painn"])
+def test_a_duplicated_atom_is_named_by_every_backbone(backbone):
+    """fairchem's graph drops pairs closer than 0.01 A as 'the same atom': GemNet-OC ran on, PaiNN refused."""
+    from ase.build import molecule
+
+    from atomsift.models import build_backbone
+
+    water = molecule("H2O")
+    water.append(water[1])
+    model = GemNetOC.from_preset("tiny") if backbone == "gemnet_oc" else build_backbone("painn", hidden=8)
+    with pytest.raises(DataError, match="atoms 1 and 3 sit on top of each other"):
+        model(collate([water]))

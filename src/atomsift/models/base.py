@@ -111,3 +111,15 @@ def no_neighbours_error(batch: AtomsBatch, num_neighbors: Tensor, cutoff: float,
         record=str(ids[index]) if ids else f"structure {index} of the batch",
         fix="check the units of the positions (Angstrom expected), or use a larger cutoff",
     )
+
+
+def coincident_atoms_error(batch: AtomsBatch, i: int, j: int) -> DataError:
+    """A DataError naming two atoms (global indices i, j of the batch) that sit on the same spot."""
+    structure = int(batch.batch[i])
+    first = int(batch.natoms[:structure].sum())
+    ids = getattr(batch, "ids", None)
+    return DataError(
+        f"atoms {i - first} and {j - first} sit on top of each other (closer than 0.01 A, or images of one atom)",
+        record=str(ids[structure]) if ids else f"structure {structure} of the batch",
+        fix="remove duplicated atoms from the structure (or give a periodic cell its real lattice vectors)",
+    )

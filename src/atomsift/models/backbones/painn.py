@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from atomsift.errors import ConfigError, DataError
+from atomsift.errors import ConfigError
 from atomsift.graph.batch import AtomsBatch, graph_groups, sub_batch
 from atomsift.graph.neighbors import NeighborGraph, merge_graphs, radius_graph
-from atomsift.models.base import Backbone, BackboneOutput, no_neighbours_error
+from atomsift.models.base import Backbone, BackboneOutput, coincident_atoms_error, no_neighbours_error
 
 _NORM_EPS = 1e-8  # added under the square root of |v|^2: keeps the norm differentiable (twice) at v = 0
 
@@ -255,13 +255,7 @@ class PaiNN(Backbone):
         if distance.numel() and not bool((distance > 0).all()):
             edge = int(torch.nonzero(distance <= 0)[0, 0])
             j, i = (int(a) for a in graph.edge_index[:, edge])
-            structure = int(batch.batch[i])
-            first = int(batch.natoms[:structure].sum())
-            raise DataError(
-                f"atoms {i - first} and {j - first} sit on top of each other (distance 0)",
-                record=batch.ids[structure] if batch.ids else f"structure {structure} of the batch",
-                fix="remove duplicated atoms from the structure",
-            )
+            raise coincident_atoms_error(batch, i, j)
         unit = graph.vector.to(dtype) / distance.unsqueeze(-1)  # (E, 3), centre -> neighbour
         source, target = graph.edge_index[0], graph.edge_index[1]
         basis = self.radial_basis(distance)

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from atomsift.errors import ConfigError
 from atomsift.graph.cells import complete_cells
+from atomsift.models.base import coincident_atoms_error
 
 Graph = dict[str, Tensor]
 
@@ -236,6 +237,12 @@ def _select_first_graph(
     diff = pos[tgt] - (pos[src] + shift)
     sq = diff**2
     dist_sq = sq[:, 0] + sq[:, 1] + sq[:, 2]
+    # fairchem drops such pairs as "the same atom"; two distinct atoms (or an atom and its own image) there are
+    # an error in the structure, said here as PaiNN says it, not silently lost
+    close = torch.le(dist_sq, _MIN_DIST_SQ) & ((src != tgt) | offsets.ne(0).any(dim=1))
+    if bool(close.any()):
+        edge = int(torch.nonzero(close)[0, 0])
+        raise coincident_atoms_error(batch, int(tgt[edge]), int(src[edge]))
     keep = torch.le(dist_sq, radius * radius) & torch.gt(dist_sq, _MIN_DIST_SQ)
     src, tgt, image, offsets, dist_sq = src[keep], tgt[keep], image[keep], offsets[keep], dist_sq[keep]
 
