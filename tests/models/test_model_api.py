@@ -69,6 +69,18 @@ def test_bad_head_config_is_rejected():
         _model(p={"kind": "property", "forces": "gradient"})
     with pytest.raises(ConfigError, match="at least one head"):
         AtomsModel(build_backbone("painn", **TINY), {})
+    with pytest.raises(ConfigError, match="did you mean 'out_dim' for 'out_dimm'"):
+        _model(p={"kind": "property", "out_dimm": 2})
+
+
+def test_misuse_of_predict_and_the_calculator_says_what_to_do():
+    model = _model(energy={"kind": "energy", "forces": "gradient"})
+    with pytest.raises(ConfigError, match="predict takes a list of structures, got one Atoms"):
+        model.predict(molecule("H2O"))
+    assert model.predict([]) == []
+    only_property = _model(gap={"kind": "property"})
+    with pytest.raises(ConfigError, match="this model has no energy head"):  # was "pick an energy head: ." (none)
+        only_property.as_calculator()
 
 
 def test_predict_matches_forward_and_units():

@@ -29,9 +29,12 @@ class AtomsiftCalculator(Calculator):
         self.head = model.head_name(head)
         spec = model.head_specs[self.head]
         if spec.kind != "energy":
+            energy_heads = [n for n, s in model.head_specs.items() if s.kind == "energy"]
             raise ConfigError(
                 f"head '{self.head}' predicts a property, not an energy, so it cannot drive an ASE calculator",
-                fix=f"pick an energy head: {', '.join(n for n, s in model.head_specs.items() if s.kind == 'energy')}",
+                fix=f"pick an energy head: {', '.join(energy_heads)}"
+                if energy_heads
+                else "this model has no energy head: finetune one with an energy target (docs/training.md)",
             )
         if spec.forces is None:
             self.implemented_properties = ["energy", "free_energy"]

@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from atomsift.errors import ConfigError, validation_problems
+from atomsift.errors import ConfigError, did_you_mean, validation_problems
 from atomsift.models.base import BackboneOutput
 
 ForceMode = Literal["direct", "gradient"]
@@ -229,7 +229,8 @@ def parse_head_spec(value: dict, name: str = "head") -> HeadSpec:
         return HeadSpec.model_validate(value)
     except ValidationError as exc:
         problems = validation_problems(exc)
+        unknown = [str(e["loc"][-1]) for e in exc.errors() if e["type"] == "extra_forbidden" and e["loc"]]
         raise ConfigError(
             f"invalid configuration for head '{name}': {problems}",
-            fix="allowed keys: " + ", ".join(HeadSpec.model_fields),
+            fix=did_you_mean(unknown, HeadSpec.model_fields) + "allowed keys: " + ", ".join(HeadSpec.model_fields),
         ) from None

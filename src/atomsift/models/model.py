@@ -163,6 +163,11 @@ class AtomsModel(nn.Module):
         """
         from atomsift.graph import collate
 
+        if hasattr(structures, "get_positions") or hasattr(structures, "numbers"):  # one ase.Atoms / Record
+            raise ConfigError(
+                f"predict takes a list of structures, got one {type(structures).__name__}",
+                fix="pass a list, e.g. model.predict([atoms])",
+            )
         name = self.head_name(head)
         graph = self.graph_for(name)
         was_training = self.training
