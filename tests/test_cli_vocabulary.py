@@ -132,6 +132,15 @@ def test_a_misspelt_reader_option_names_the_dataset_and_the_near_key():
         open_spec(DatasetSpec(path="bundled:acac", options={"n_sample": 5}), "acac", role="upstream")
     assert "upstream 'acac': option(s) n_sample" in str(exc.value)
     assert "did you mean 'n_samples' for 'n_sample'?" in str(exc.value)
+    import pickle
+
+    from atomsift.data import open_dataset
+    from atomsift.data.registry import UnknownReaderOptions
+
+    with pytest.raises(UnknownReaderOptions) as raw:
+        open_dataset("bundled:acac", n_sample=5)
+    again = pickle.loads(pickle.dumps(raw.value))  # experiment workers send errors back pickled
+    assert str(again) == str(raw.value) and again.unknown == ["n_sample"]
 
 
 def test_sample_config_flags_and_overrides_in_that_order(tmp_path):

@@ -99,7 +99,7 @@ def test_errors_say_where_a_bad_key_came_from_and_suggest_the_near_name(tmp_path
     msg = str(in_file.value)
     assert "data.pth: unknown key; did you mean 'path'?" in msg and f"File: {cfg}" in msg
     assert "command line" not in msg
-    with pytest.raises(ConfigError, match=r"seed \(command line: --seed\): Input should be a valid integer"):
+    with pytest.raises(ConfigError, match=r"seed \(command line: an option or argument\): Input should be a valid"):
         resolve_settings(Outer, None, flags={"seed": "abc"})
     with pytest.raises(ConfigError, match=r"optimizer \(command line: optimizer\.lr=3\): unknown key"):
         resolve_settings(Outer, cfg, overrides=["optimizer.lr=3"])  # the unknown key is above the typed one
@@ -195,5 +195,8 @@ def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path):
     ]
     for path in written:
         assert stat.S_IMODE(os.stat(path).st_mode) == mode, path
+    os.chmod(tmp_path / "model.pt", 0o600)  # a private file stays private when it is replaced
+    save_checkpoint(model, tmp_path / "model.pt")
+    assert stat.S_IMODE(os.stat(tmp_path / "model.pt").st_mode) == 0o600
     assert torch.load(tmp_path / "model.pt", weights_only=False)  # and they are complete files
     assert not list(tmp_path.glob(".*tmp*"))

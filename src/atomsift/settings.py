@@ -14,9 +14,11 @@ everywhere (`3` is an int, `1e-4` a float, `true` a bool, `[1, 2]` a list, `null
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -226,7 +228,7 @@ def resolve_settings(
     for key, value in (flags or {}).items():
         if value is not None:
             set_dotted(data, key, value)
-            given[key] = "--" + key.replace("_", "-")
+            given[key] = "an option or argument"
     typed = {pair.partition("=")[0].strip(): pair for pair in overrides or []}
     for key, value in parse_key_values(overrides, "override").items():
         set_dotted(data, key, value)
@@ -270,21 +272,39 @@ def _suffix_hint(what: str) -> str:
 
 
 def _umask() -> int:
+    """The process umask, read from /proc where it can be (setting and restoring it races other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The mode a file written at `path` should get: the existing file's, else what open() would give."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[str]:
     """A temporary file name beside ``path`` to write to; renamed over ``path`` when the block ends, removed
     if it raises, so an interruption never leaves a partial file. The file gets the mode open() would give
-    it (mkstemp makes 0600, which would hide checkpoints and caches from a group that shares them)."""
+    it, or keeps the mode of the file it replaces (mkstemp makes 0600, which would hide checkpoints and caches
+    from a group that shares them). Setting the mode is best effort: a filesystem that refuses chmod still gets
+    the file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, _mode_for(path))
         yield tmp
         os.replace(tmp, path)
     except BaseException:

@@ -343,6 +343,17 @@ def test_ase_layer_tags_and_missing_qint_tags_are_warned_about_once(caplog):
     said = [r.getMessage() for r in caplog.records if "GemNet-OC" in r.getMessage()]
     assert len(said) == 1 and "tags [3] are not OC20's" in said[0]
     caplog.clear()
+    muted = GemNetOC.from_preset("tiny", qint_tags=[1, 2])
+    logger = logging.getLogger("atomsift.models.backbones.gemnet_oc.model")
+    logger.setLevel(logging.ERROR)  # as while fitting scale factors before training
+    try:
+        muted(collate([slab]))
+    finally:
+        logger.setLevel(logging.NOTSET)
+    with caplog.at_level(logging.WARNING):
+        muted(collate([slab]))  # what the muted pass could not say is said now
+    assert "tags [3] are not OC20's" in caplog.text
+    caplog.clear()
     slab.set_tags(2)
     with caplog.at_level(logging.WARNING):
         GemNetOC.from_preset("tiny", qint_tags=[1, 2])(collate([slab]))

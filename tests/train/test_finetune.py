@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,12 @@ def test_finetune_run_writes_split_report_and_test_metrics(pretrained, tmp_path)
     graph = model.graph_for()
     assert (graph.cutoff, graph.max_neighbors, graph.pbc) == (7.0, 100, False)  # the rmd17 preset's graph
     assert model.metadata["task"]["target"] == "energy" and model.load_report.trained
+    # a finished run is reused as it is: its starting weights need not be there any more
+    moved = tmp_path / "moved.pt"
+    shutil.copy(pretrained, moved)
+    first = run_finetuning(finetune_config(checkpoint=str(moved)), tmp_path / "ft2", progress=False)
+    moved.unlink()
+    assert run_finetuning(finetune_config(checkpoint=str(moved)), tmp_path / "ft2", progress=False) == first
 
 
 def test_trained_model_predicts_raw_units_and_drives_ase(tmp_path):

@@ -205,6 +205,13 @@ def test_bf16_mixed_precision_trains_like_float32(tmp_path):
         assert b == pytest.approx(a, rel=0.2), name
 
 
+def test_float64_training_keeps_the_ema_copy_in_float64(tmp_path):
+    """precision "64" converted the model but not its EMA copy (not a submodule): the first EMA update failed."""
+    done = run_pretraining(pretrain_config(epochs=1, precision="64"), tmp_path / "fp64", progress=False)
+    assert done["structures_seen"] == 24
+    assert all(math.isfinite(v) for v in done["best_val_metrics"].values())
+
+
 def test_missing_logger_package_is_a_config_error(tmp_path):
     import importlib.util
 

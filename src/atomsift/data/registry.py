@@ -98,12 +98,15 @@ class UnknownReaderOptions(ConfigError):
     """Reader options a format does not take; ``unknown`` and ``accepted`` let callers suggest names."""
 
     def __init__(self, unknown: list[str], accepted: list[str], format_name: str, path: Path) -> None:
-        self.unknown, self.accepted, self.format_name = unknown, accepted, format_name
+        self.unknown, self.accepted, self.format_name, self.path = unknown, accepted, format_name, path
         super().__init__(
             f"option(s) {', '.join(unknown)} not understood by format '{format_name}'",
             file=path,
             fix=f"options of this format: {', '.join(accepted) or 'none'}",
         )
+
+    def __reduce__(self) -> tuple:  # worker processes send errors back pickled
+        return (type(self), (self.unknown, self.accepted, self.format_name, self.path))
 
 
 def _check_options(cls: type[Dataset], options: dict[str, Any], path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from atomsift.data.record import Record
 from atomsift.errors import ConfigError
@@ -134,6 +135,18 @@ def task_of_model(model: Any, head: str | None) -> TaskInfo:
     return TaskInfo(name, name, "energy", spec.kind, spec.forces is not None)
 
 
+def _run_data_path(checkpoint: Path) -> str | None:
+    """The dataset path of the finetuning run whose split.json sits beside the checkpoint (None if there is none)."""
+    run = checkpoint.parent
+    if not (run / "split.json").exists() or not (run / "config.yaml").exists():
+        return None
+    try:
+        data = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return data.get("path") if isinstance(data, dict) else None
+
+
 def split_records(ds: Any, checkpoint: Path, split: str | None) -> tuple[list[Record], str]:
     """The structures to evaluate: the split of the run that made the checkpoint (RUN/split.json beside it),
     else the whole (already split by the reader, where `split` was passed to it) dataset."""
@@ -208,7 +221,7 @@ def evaluate_checkpoint(
     }
     if model.load_report.trained is False:
         metrics["warning"] = "the checkpoint's weights were never trained (random initialisation)"
-    if split is None and (Path(checkpoint).parent / "split.json").exists():
+    if split is None and _run_data_path(Path(checkpoint)) == spec.path:
         metrics["note"] = (
             f"no --split: all {len(records)} structures were scored, the run's training and validation structures "
             "included; --split test scores its held-out test set"

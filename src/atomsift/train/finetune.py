@@ -219,9 +219,11 @@ def run_finetuning(
     settings = cfg.model_dump(mode="json")
     # before anything is read or written: a mistyped path or hyperparameter is the first thing said (not in a dry
     # run: the experiment's pre-flight plans finetuning from pretrained weights that do not exist yet)
-    if cfg.checkpoint is not None and not dry_run:
+    # (nor for a finished run, which is reused without its starting weights)
+    finished = (Path(out) / "summary.json").exists() and not overwrite
+    if cfg.checkpoint is not None and not dry_run and not finished:
         check_checkpoint_path(cfg.checkpoint)
-    if cfg.backbone is not None:
+    if cfg.backbone is not None and not finished:
         cfg.backbone.check_source()
     ds = open_spec(cfg.data, cfg.data.path)
     name = _task_name(cfg.data.path)

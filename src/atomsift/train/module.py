@@ -327,8 +327,8 @@ class TrainModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()
         self._structures_at_fit_start = self.counters["structures"]
-        if self.ema is not None:
-            self.ema.to(self.device)
+        if self.ema is not None:  # not a submodule: follow the model's device and dtype (precision "64")
+            self.ema.to(device=self.device, dtype=next(self.model.parameters()).dtype)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["atomsift"] = {

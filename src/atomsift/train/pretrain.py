@@ -255,7 +255,8 @@ def run_pretraining(
     """Pretrain as `cfg` says into the run folder `out`; returns the summary (also RUN/summary.json)."""
     console = quiet_if_secondary(console or Console())
     settings = cfg.model_dump(mode="json")
-    cfg.backbone.check_source()  # a mistyped checkpoint path or hyperparameter before the run folder is touched
+    if overwrite or not (Path(out) / "summary.json").exists():  # a finished run is reused without its start
+        cfg.backbone.check_source()  # a mistyped checkpoint path or hyperparameter before the folder is touched
     plan = plan_pretraining(cfg)  # opens the data and checks N against it before the run folder is touched
     state = prepare_run(out, settings, resume=resume, overwrite=overwrite, command="pretrain")
     if state == "done":

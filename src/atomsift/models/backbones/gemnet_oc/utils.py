@@ -252,6 +252,8 @@ def tag_warnings(tags: Tensor, qint_tags: tuple[int, ...], warned: set[str]) -> 
     from the top (1, 2, 3, ...) and give adsorbates 0. And when no atom has a tag in ``qint_tags`` the
     quadruplets contribute nothing. ``warned`` holds the kinds already said (the model keeps it).
     """
+    if not log.isEnabledFor(logging.WARNING):  # muted (scale-factor fitting): say it at the next chance instead
+        return
     present = set(torch.unique(tags).tolist())
     odd = sorted(present - set(OC20_TAGS))
     if odd and "odd" not in warned:
