@@ -53,9 +53,7 @@ def batch_bases(model: GemNetOC, g: InteractionGraphs, num_atoms: int) -> dict[s
         rad_cir_q, cir_q = model.cbf_basis_qint(g.qint["distance"], cos_abd)
         out["qint"] = {
             "rad": model.mlp_rbf_qint(rad_main),
-            "cir": _embed_basis(
-                model.mlp_cbf_qint, rad_basis=rad_cir_q, sph_basis=cir_q, idx_sph_outer=q["triplet_in"]["out"]
-            ),
+            "cir": _embed_basis(model.mlp_cbf_qint, rad_cir_q, cir_q, idx_sph_outer=q["triplet_in"]["out"]),
         }
         sbf = model.sbf_basis_qint
         if model.factor_quadruplets and sbf.factorable and q["out"].numel() > 0:
@@ -66,13 +64,7 @@ def batch_bases(model: GemNetOC, g: InteractionGraphs, num_atoms: int) -> dict[s
         else:
             cos_cab_quad = cos_cab_q.index_select(0, q["trip_out_to_quad"])
             rad_sph_q, sph_q = sbf(main["distance"], cos_cab_quad, angle_cabd)
-            out["qint"]["sph"] = _embed_basis(
-                model.mlp_sbf_qint,
-                rad_basis=rad_sph_q,
-                sph_basis=sph_q,
-                idx_sph_outer=q["out"],
-                idx_sph_inner=q["out_agg"],
-            )
+            out["qint"]["sph"] = _embed_basis(model.mlp_sbf_qint, rad_sph_q, sph_q, q)
     if model.atom_edge_interaction:
         a = g.trip_idx_a2e
         rad_a2ee2a = model.radial_basis_aeaint(g.a2ee2a["distance"])
@@ -81,13 +73,7 @@ def batch_bases(model: GemNetOC, g: InteractionGraphs, num_atoms: int) -> dict[s
         rad_cir_a2e, cir_a2e = model.cbf_basis_aeint(main["distance"], cos_a2e)
         out["a2e"] = {
             "rad": model.mlp_rbf_aeint(rad_a2ee2a),
-            "cir": _embed_basis(
-                model.mlp_cbf_aeint,
-                rad_basis=rad_cir_a2e,
-                sph_basis=cir_a2e,
-                idx_sph_outer=a["out"],
-                idx_sph_inner=a["out_agg"],
-            ),
+            "cir": _embed_basis(model.mlp_cbf_aeint, rad_cir_a2e, cir_a2e, a),
         }
     if model.edge_atom_interaction:
         e = g.trip_idx_e2a
@@ -98,12 +84,11 @@ def batch_bases(model: GemNetOC, g: InteractionGraphs, num_atoms: int) -> dict[s
             "rad": model.mlp_rbf_eaint(rad_main),
             "cir": _embed_basis(
                 model.mlp_cbf_eaint,
-                rad_basis=rad_cir_e2a,
-                sph_basis=cir_e2a,
+                rad_cir_e2a,
+                cir_e2a,
+                e,
                 idx_rad_outer=g.a2ee2a["edge_index"][1],
                 idx_rad_inner=g.a2ee2a["target_neighbor_idx"],
-                idx_sph_outer=e["out"],
-                idx_sph_inner=e["out_agg"],
                 num_atoms=num_atoms,
             ),
         }
@@ -116,26 +101,24 @@ def batch_bases(model: GemNetOC, g: InteractionGraphs, num_atoms: int) -> dict[s
         )
     out["e2e"] = {
         "rad": model.mlp_rbf_tint(rad_main),
-        "cir": _embed_basis(
-            model.mlp_cbf_tint,
-            rad_basis=rad_cir_e2e,
-            sph_basis=cir_e2e,
-            idx_sph_outer=t["out"],
-            idx_sph_inner=t["out_agg"],
-        ),
+        "cir": _embed_basis(model.mlp_cbf_tint, rad_cir_e2e, cir_e2e, t),
     }
     out["atom_update"] = model.mlp_rbf_h(rad_main)
     out["output"] = model.mlp_rbf_out(rad_main)
     return out
 
 
-def _embed_basis(module: BasisEmbedding, **kwargs: Any) -> Any:
-    """``module(**kwargs)``, also for graphs without edges (e.g. no atom with a qint tag, isolated atoms),
-    where BasisEmbedding's reshape of an empty tensor fails: the results are then empty / zero tensors."""
-    rad = kwargs["rad_basis"]
+def _embed_basis(
+    module: BasisEmbedding, rad: Tensor, sph: Tensor, idx: dict[str, Tensor] | None = None, **kwargs: Any
+) -> Any:
+    """``module(rad_basis=rad, sph_basis=sph, **kwargs)``, with a triplet index dict ``idx`` giving
+    idx_sph_outer / idx_sph_inner (its "out" / "out_agg"); also for graphs without edges (e.g. no atom with a
+    qint tag, isolated atoms), where BasisEmbedding's reshape of an empty tensor fails: the results are then
+    empty / zero tensors."""
+    if idx is not None:
+        kwargs.update(idx_sph_outer=idx["out"], idx_sph_inner=idx["out_agg"])
     if rad.shape[0] > 0:
-        return module(**kwargs)
-    sph = kwargs["sph_basis"]
+        return module(rad_basis=rad, sph_basis=sph, **kwargs)
     interm = module.weight.shape[-1]
     rad_W1 = rad.new_zeros((0, interm, sph.shape[-1]))
     if kwargs.get("idx_rad_inner") is not None:
