@@ -7,7 +7,6 @@ import warnings
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from atomsift.cli.common import (
     CONFIG_HELP,
@@ -22,10 +21,6 @@ from atomsift.cli.common import (
 RESUME_HELP = "Continue the unfinished run in --out from its last checkpoint (same settings)."
 OVERWRITE_HELP = "Replace the run in --out (its config, checkpoints and outputs) instead of refusing."
 DRY_RUN_HELP = "Print the plan (datasets, sizes, shares, steps, budget, graph settings) and stop."
-
-
-def _console() -> Console:
-    return make_console()
 
 
 def _quiet_lightning() -> None:
@@ -81,7 +76,7 @@ def pretrain(
         overrides=overrides,
         example='docs/training.md, "Settings of atomsift pretrain"',
     )
-    console = _console()
+    console = make_console()
     if dry_run:
         print_plan(plan_pretraining(cfg), cfg, console)
         return
@@ -158,7 +153,7 @@ def finetune(
     )
     _quiet_lightning()
     _resume_hint(out)
-    run_finetuning(cfg, out, resume=resume, overwrite=overwrite, console=_console(), dry_run=dry_run)
+    run_finetuning(cfg, out, resume=resume, overwrite=overwrite, console=make_console(), dry_run=dry_run)
 
 
 def evaluate(
@@ -199,7 +194,7 @@ def evaluate(
         trusted=trust_checkpoint,
         device=device,
     )
-    console = _console()
+    console = make_console()
     for key, value in metrics.items():
         if isinstance(value, float):
             console.print(f"{key:<32} {value:.6g}")

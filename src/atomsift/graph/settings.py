@@ -31,6 +31,10 @@ class GraphSettings:
         if int(self.max_neighbors) != self.max_neighbors or self.max_neighbors < 1:
             raise ConfigError(f"max_neighbors must be a positive integer, got {self.max_neighbors}", fix="use e.g. 30")
 
+    def describe(self) -> str:
+        """'7 A / 100' (cutoff / neighbour limit), with ' / pbc' for periodic graphs, as the plans print it."""
+        return f"{self.cutoff:g} A / {self.max_neighbors}" + (" / pbc" if self.pbc else "")
+
 
 _MOLECULE_8 = GraphSettings(cutoff=8.0, max_neighbors=30, pbc=False)  # ANI-1x, Transition-1x, QM9
 _OC_12 = GraphSettings(cutoff=12.0, max_neighbors=30, pbc=True)  # OC20, OC22 (periodic slabs)

@@ -248,7 +248,7 @@ def run_finetuning(
     steps = math.ceil(len(splits["train"]) / cfg.batch_size)
     graph_text = "GemNet-OC: the paper's for the data; others: the backbone's own (said once it is loaded)"
     if cfg.graph is not None:
-        graph_text = _graph_text(cfg.graph.settings())
+        graph_text = cfg.graph.settings().describe()
     console.print(
         f"finetuning on {cfg.data.path}: {len(splits['train'])} train / {len(splits['val'])} val / "
         f"{len(splits['test'])} test structures, {cfg.epochs} epochs x {steps} steps of {cfg.batch_size}; target "
@@ -293,7 +293,7 @@ def run_finetuning(
     model, load_report = build_finetune_model(cfg, head, head_name)
     graph = default_graph(ds, cfg.graph, model.backbone.name)
     if cfg.graph is None:
-        console.print("graph: " + (_graph_text(graph) if graph is not None else f"{model.backbone.name}'s own"))
+        console.print("graph: " + (graph.describe() if graph is not None else f"{model.backbone.name}'s own"))
     write_json(out / "load_report.json", load_report)
     task = Task(
         name,
@@ -387,8 +387,3 @@ def run_finetuning(
     )
     closing_table("finetuning finished", rows, console)
     return metrics
-
-
-def _graph_text(graph: Any) -> str:
-    """'7 A / 100' (cutoff / neighbour limit), with ' / pbc' for periodic graphs."""
-    return f"{graph.cutoff:g} A / {graph.max_neighbors}" + (" / pbc" if graph.pbc else "")

@@ -160,11 +160,7 @@ def print_plan(plan: PretrainPlan, cfg: PretrainConfig, console: Console) -> Non
     for col in ("dataset", "size", "val", "share", "N_i", "graph", "energy w", "force w"):
         table.add_column(col, justify="left" if col in ("dataset", "graph") else "right")
     for d in plan.datasets:
-        graph = (
-            "backbone's own"
-            if d.graph is None
-            else (f"{d.graph.cutoff:g} A / {d.graph.max_neighbors}{' / pbc' if d.graph.pbc else ''}")
-        )
+        graph = "backbone's own" if d.graph is None else d.graph.describe()
         table.add_row(
             d.name,
             str(d.size),
