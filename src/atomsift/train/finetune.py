@@ -217,9 +217,9 @@ def run_finetuning(
 
     console = quiet_if_secondary(console or Console())
     settings = cfg.model_dump(mode="json")
-    # before anything is read or written: a mistyped path or hyperparameter is the first thing said (not in a dry
-    # run: the experiment's pre-flight plans finetuning from pretrained weights that do not exist yet)
-    # (nor for a finished run, which is reused without its starting weights)
+    # a mistyped path or hyperparameter is said before anything is read or written; not in a dry run (the
+    # experiment's pre-flight plans finetuning from pretraining weights that do not exist yet) and not for a
+    # finished run (reused without its starting weights)
     finished = (Path(out) / "summary.json").exists() and not overwrite
     if cfg.checkpoint is not None and not dry_run and not finished:
         check_checkpoint_path(cfg.checkpoint)
