@@ -64,6 +64,7 @@ def run_select(
     from atomsift.train.config import PretrainConfig
 
     settings = ("select_config.yaml", {"measure": measure, "over": over})
+    defaults = PretrainConfig.model_fields  # quoted in each mixture file's header
     rows, up, down, extractor, console = run_and_report(cfg, out, console, settings)
     unit = "atom" if cfg.aggregation == "flat" else "observation"
     candidates: list[Any] = up
@@ -89,7 +90,6 @@ def run_select(
                     f"warning: '{dn.name}' is out of distribution: the selection is unreliable", highlight=False
                 )
         path = out / f"mixture-{dn.name}.yaml"
-        defaults = PretrainConfig.model_fields
         settings = mixture_settings(cfg, sel, candidates)
         header = (
             f"# atomsift select: {measure} to downstream '{dn.name}' ({sel.value:.6g}; best single {best} "

@@ -12,6 +12,7 @@ import logging
 import torch
 from torch import Tensor
 
+# tag_warnings speaks for the model: under model.py's logger, the one train/setup.py mutes while fitting scales
 log = logging.getLogger("atomsift.models.backbones.gemnet_oc.model")
 
 OC20_TAGS = (0, 1, 2)  # subsurface, surface, adsorbate
