@@ -27,7 +27,8 @@ def experiment(
     seed: list[int] | None = typer.Option(None, "--seed", help="Seeds of the grid (repeat the flag; default 0)."),
 ) -> None:
     """The paper's experiment: CSI, then pretraining x finetuning over a grid, and whether CSI was right."""
-    from atomsift.cli.train import _console, _quiet_lightning
+    from atomsift.cli.common import make_console
+    from atomsift.cli.train import _quiet_lightning
     from atomsift.experiment.config import ExperimentConfig
     from atomsift.experiment.grid import EXAMPLE
     from atomsift.experiment.run import run_experiment
@@ -42,5 +43,5 @@ def experiment(
         "the same command with --resume to continue"
     )
     run_experiment(
-        cfg, out, resume=resume, overwrite=overwrite, report_only=report_only, dry=dry_run, console=_console()
+        cfg, out, resume=resume, overwrite=overwrite, report_only=report_only, dry=dry_run, console=make_console()
     )
