@@ -1,7 +1,9 @@
 """Training-step throughput of atomsift's backbones, side by side with fairchem 1.10's GemNet-OC.
 
 One training step = build graphs, forward, energy + forces, loss (L1 energy + mean per-atom force error
-norm), backward, AdamW step. Measured on real bundled data: rMD17 ethanol molecules (8 A cutoff, no pbc)
+norm), backward, AdamW step (by default each side's AdamW as its trainer builds it: atomsift's one-kernel
+AdamW on CPU, torch's default for fairchem 1.10's trainer; ``--optimizer same`` gives both torch's default,
+comparing the models alone). Measured on real bundled data: rMD17 ethanol molecules (8 A cutoff, no pbc)
 and periodic PBE oxides (12 A, periodic), 30 neighbours, for PaiNN (gradient forces), atomsift GemNet-OC
 "small" and "S" (direct forces as in the paper's pretraining, and/or gradient forces) and, where
 fairchem-core 1.10 is importable, fairchem's GemNet-OC with the same hyperparameters, the same weights and
@@ -42,6 +44,7 @@ from atomsift.models.backbones.gemnet_oc.fairchem_bridge import (
     to_fairchem_batch,
 )
 from atomsift.models.registry import presets
+from atomsift.train.optimizer import fused_adamw
 
 DATA = {
     # name: (bundled dataset, structures per batch, GemNet-OC graph overrides)
@@ -62,10 +65,10 @@ def loss_of(out: dict[str, torch.Tensor], batch) -> torch.Tensor:
 
 
 def trainer(
-    model: torch.nn.Module, run: Callable[[], tuple[dict, object]], device: torch.device
+    model: torch.nn.Module, run: Callable[[], tuple[dict, object]], device: torch.device, fused: bool | None = None
 ) -> Callable[[], float]:
-    """A function doing one training step and returning its wall time in seconds."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    """A function doing one training step and returning its wall time in seconds (AdamW's ``fused`` as given)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=fused)
     model.train()
 
     def step() -> float:
@@ -137,6 +140,13 @@ def main() -> None:
         "(the same products on both sides): B's step over A's dense time bounds the ratio any A could reach",
     )
     parser.add_argument(
+        "--optimizer",
+        default="trainers",
+        choices=["trainers", "same"],
+        help="trainers: each side's AdamW as its trainer builds it (atomsift: train.optimizer.fused_adamw, the "
+        "one-kernel AdamW on CPU; fairchem 1.10's trainer: torch's default); same: torch's default on both sides",
+    )
+    parser.add_argument(
         "--against",
         default="fairchem",
         choices=["fairchem", "padded"],
@@ -145,12 +155,17 @@ def main() -> None:
     )
     args = parser.parse_args()
     device = torch.device(args.device)
+
+    def ours_fused(model: torch.nn.Module) -> bool | None:
+        return fused_adamw(list(model.parameters())) if args.optimizer == "trainers" else None
+
     with_fairchem = fairchem_available()
     other = "fairchem" if args.against == "fairchem" else "padded"
     print(
         f"{machine_line()}  device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f"  fairchem {'yes' if with_fairchem else 'not installed'}  load {os.getloadavg()[0]:.2f}"
+        + f"  optimizer {args.optimizer}"
     )
     header = (
         f"{'model':<13} {'data':<8} {'forces':<8} {'batch':>5} {'atoms':>5} {'pairs':>5} {'atomsift ms':>11} "
@@ -169,8 +184,9 @@ def main() -> None:
                 torch.manual_seed(0)
                 model = AtomsModel(build_backbone("painn"), {"energy": {"kind": "energy", "forces": "gradient"}})
                 model.to(device)
+                fused = ours_fused(model)
                 times, _ = alternate(
-                    trainer(model, lambda m=model, b=batch: (m(b), b), device), None, args.pairs, args.min_time
+                    trainer(model, lambda m=model, b=batch: (m(b), b), device, fused), None, args.pairs, args.min_time
                 )
                 ms = 1000 * statistics.median(times)
                 print(
@@ -191,7 +207,7 @@ def main() -> None:
                     state = build_backbone("gemnet_oc", **config).state_dict()
                 backbone, heads, _ = gemnet_from_fairchem(config, state)
                 ours = FairchemGemNetOC(backbone, heads).to(device)
-                step_ours = trainer(ours, lambda m=ours, b=batch: (m(b), b), device)
+                step_ours = trainer(ours, lambda m=ours, b=batch: (m(b), b), device, ours_fused(ours))
                 run_ref = None
                 if args.against == "padded":
                     padded = copy.deepcopy(ours)  # the same weights, heads included
@@ -204,9 +220,10 @@ def main() -> None:
                 if run_ref is not None:  # both sides must compute the same thing: energies before any step
                     e_ours, e_ref = ours(batch)["energy"].detach(), run_ref()[0]["energy"].detach()
                     agree = f" {float(((e_ours - e_ref).abs() / e_ref.abs()).max()):>9.1e}"
-                step_ref = (
-                    trainer(reference if args.against == "fairchem" else padded, run_ref, device) if run_ref else None
-                )
+                if args.against == "fairchem":
+                    step_ref = trainer(reference, run_ref, device) if run_ref else None  # fairchem: torch's default
+                else:
+                    step_ref = trainer(padded, run_ref, device, ours_fused(padded))
                 times, ref_times = alternate(step_ours, step_ref, args.pairs, args.min_time)
                 ms = 1000 * statistics.median(times)
                 line = (

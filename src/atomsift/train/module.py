@@ -24,6 +24,7 @@ from atomsift.train.config import Optimisation
 from atomsift.train.data import BatchCollator, BudgetBatchSampler, TrainSet
 from atomsift.train.losses import ERROR_KEYS, TaskInfo, error_sums, structure_losses
 from atomsift.train.metrics import metrics_from_sums
+from atomsift.train.optimizer import fused_adamw
 from atomsift.train.schedule import WarmupCosinePlateau, warmup_problem
 
 
@@ -120,16 +121,8 @@ class TrainModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
 
     def _fused_adamw(self, groups: list[dict[str, Any]]) -> bool | None:
-        """True (PyTorch's one-kernel AdamW) for CPU parameters outside mixed precision, where it is
-        2.9x as fast as the per-tensor loop PyTorch picks by default on CPU (GemNet-OC S, 39M parameters: 27 ms
-        against 79 ms per step, benchmarks/optimizer_speed.py in benchmarks/RESULTS.md); None (PyTorch's default) elsewhere: under mixed
-        precision Lightning refuses to clip gradients of an optimizer that unscales them itself."""
-        params = [p for g in groups for p in g["params"]]
         precision = str(getattr(self._trainer, "precision", "32-true")) if self._trainer is not None else "32-true"
-        on_cpu = bool(params) and all(
-            p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) for p in params
-        )
-        return True if on_cpu and "mixed" not in precision else None
+        return fused_adamw([p for g in groups for p in g["params"]], precision)
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.cfg
