@@ -104,3 +104,22 @@ def test_print_summary_fits_the_console(tmp_path: Path) -> None:
     assert "scratch" in text and "Spearman" in text and "Kendall" in text
     assert str(paths["report"]) in text and str(tmp_path / "figures") in text
     assert "CSI ranked" in text  # the verdict paragraphs
+
+
+def test_scatter_labels_of_close_points_do_not_overlap() -> None:
+    """Two candidates with nearly the same CSI and metric: the second label moves up by at least a line;
+    points far apart keep their labels beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from atomsift.experiment.report import label_points
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    xy = [(10.0, 150.0), (10.2, 150.1), (100.0, 130.0), (10.0, 200.0)]
+    ax.plot(*zip(*xy, strict=True), "o")
+    offsets = label_points(ax, xy, ["acac", "organic", "oxides", "reactive"])
+    plt.close(fig)
+    assert offsets[0] == 0.0 and offsets[2] == 0.0 and offsets[3] == 0.0
+    assert offsets[1] >= 1.25 * 8.0 - 1.0  # a line of 8 pt text, less the 0.1 difference in the data

@@ -180,18 +180,42 @@ def _scatter_figure(
     for c in cands:
         color = "tab:orange" if c["kind"] == "mixture" else "tab:blue"
         ax.errorbar(c["csi"], c["mean"], yerr=c["std"] or 0.0, fmt="o", color=color, capsize=3)
-        ax.annotate(c["name"], (c["csi"], c["mean"]), xytext=(4, 4), textcoords="offset points", fontsize=8)
     if _log_axis([c["csi"] for c in cands]):
         ax.set_xscale("log")
-    if scratch and scratch.get("mean") is not None:
-        ax.axhline(scratch["mean"], color="tab:gray", linestyle="--", linewidth=1)
-        ax.annotate("scratch", (0.99, scratch["mean"]), xycoords=("axes fraction", "data"), ha="right", va="bottom",
-                    fontsize=8, color="tab:gray")  # fmt: skip
+    if scratch and scratch.get("mean") is not None:  # in a legend: a label on the line met the points
+        ax.axhline(scratch["mean"], color="tab:gray", linestyle="--", linewidth=1, label="scratch (no pretraining)")
+        ax.legend(fontsize=8, frameon=False, loc="best")
     ax.set_xlabel("CSI (lower = closer)", fontsize=9)
     ax.set_ylabel(f"{b['metric']}" + (f" [{unit}]" if unit else ""), fontsize=8)
     ax.set_title(f"{down}, {key}\n{_corr_label(b['correlation']['all'])}", fontsize=9)
     ax.spines[["top", "right"]].set_visible(False)
+    label_points(ax, [(c["csi"], c["mean"]) for c in cands], [c["name"] for c in cands])
     return _save(fig, path)
+
+
+def label_points(ax: Any, xy: list[tuple[float, float]], names: list[str], fontsize: float = 8.0) -> list[float]:
+    """Name each point (data coordinates) just right of it; a label that would overlap one already placed
+    (their extents estimated from the text length) moves up until it is clear. Call after the axes' scales
+    and contents are final. Returns the labels' vertical offsets from their points (points, 1/72 inch)."""
+    fig = ax.figure
+    fig.tight_layout()  # _save lays out again; the points hardly move after this first layout
+    ax.autoscale_view()
+    per_pt = fig.dpi / 72.0
+    at = [(float(x) / per_pt, float(y) / per_pt) for x, y in ax.transData.transform(xy)] if xy else []
+    height, width = 1.25 * fontsize, 0.62 * fontsize  # a line, a character (points)
+    placed: list[tuple[float, float, float]] = []  # (left, right, centre height) of each label, in points
+    offsets = [0.0] * len(names)
+    for i in sorted(range(len(names)), key=lambda i: at[i][1]):
+        left = at[i][0] + 5.0
+        right, y = left + width * len(names[i]), at[i][1]
+        for a, b, h in sorted(placed, key=lambda p: p[2]):
+            if left < b and a < right and abs(y - h) < height:
+                y = h + height
+        placed.append((left, right, y))
+        offsets[i] = y - at[i][1]
+        ax.annotate(names[i], xy[i], xytext=(5.0, offsets[i]), textcoords="offset points", va="center",
+                    fontsize=fontsize, bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})  # fmt: skip
+    return offsets
 
 
 def _budget_figure(down: str, task: dict[str, Any], path: Path) -> Path:
