@@ -150,7 +150,7 @@ def validate(
         raise ConfigError(
             f"invalid settings{f' in {within}' if within else ''} ({'; '.join(problems)})",
             file=source if in_file else None,
-            fix=fix + (f"; the keys: {example}" if example else ""),
+            fix=fix + (f"; the keys are in {example}" if example else ""),
         ) from None
 
 
@@ -224,16 +224,20 @@ def resolve_settings(
     data: dict[str, Any] = deep_merge(dict(base or {}), load_yaml(config, example or "configs/"))
     if prepare is not None:
         data = prepare(data)
-    given: dict[str, str] = {}
     for key, value in (flags or {}).items():
         if value is not None:
             set_dotted(data, key, value)
-            given[key] = "an option or argument"
-    typed = {pair.partition("=")[0].strip(): pair for pair in overrides or []}
     for key, value in parse_key_values(overrides, "override").items():
         set_dotted(data, key, value)
-        given[key] = typed.get(key, key)
-    return validate(model, data, source=config, example=example, given=given)
+    return validate(model, data, source=config, example=example, given=given_keys(flags, overrides))
+
+
+def given_keys(flags: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, str]:
+    """Dotted keys set on the command line -> what the user typed there (``validate``'s ``given``)."""
+    given = {key: "an option or argument" for key, value in (flags or {}).items() if value is not None}
+    typed = {pair.partition("=")[0].strip(): pair for pair in overrides or []}
+    given.update({key: typed.get(key, key) for key in parse_key_values(overrides, "override")})
+    return given
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -96,3 +96,17 @@ def test_errors_are_one_paragraph(tmp_path):
     no_forces = run("--config", _config(tmp_path, downstream=down), "--out", str(tmp_path / "c"))
     assert no_forces.returncode == 2 and "lacks forces" in no_forces.stderr and "Traceback" not in no_forces.stderr
     assert not (tmp_path / "c").exists()  # refused before anything is written, the --out folder included
+
+
+def test_section_keys_from_the_command_line_are_named_there(tmp_path):
+    """A bad key inside the pretrain section set on the command line is blamed on the command line; a finetune
+    key the task's own keys override says so instead of being dropped silently."""
+    config = _config(tmp_path)
+    typo = run("--config", config, "pretrain.lrr=3", "--out", str(tmp_path / "a"), "--dry-run")
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr
+    assert "lrr (command line: pretrain.lrr=3): unknown key; did you mean 'lr'?" in " ".join(typo.stderr.split())
+    shadowed = run("--config", config, "finetune.lr=0.5", "--out", str(tmp_path / "b"), "--dry-run")
+    assert shadowed.returncode == 0, shadowed.stderr[-2000:]
+    said = " ".join((shadowed.stdout + shadowed.stderr).split())
+    assert said.count("finetune.lr from the command line does not apply to 'ethanol'") == 1
+    assert "set downstream.ethanol.lr=... instead" in said

@@ -32,11 +32,12 @@ def experiment(
     from atomsift.experiment.config import ExperimentConfig
     from atomsift.experiment.grid import EXAMPLE
     from atomsift.experiment.run import run_experiment
-    from atomsift.settings import resolve_settings
+    from atomsift.settings import given_keys, resolve_settings
 
     at_least_one(jobs, "--jobs")
     flags = {"launcher.jobs": jobs, "seeds": list(seed) if seed else None}
     cfg = resolve_settings(ExperimentConfig, config, flags=flags, overrides=overrides, example=EXAMPLE)
+    cfg.with_given(given_keys(flags, overrides))
     _quiet_lightning()
     on_interrupt(
         f"finished cells in {out}/cells/ are kept and reused; interrupted ones keep their last checkpoint: rerun "

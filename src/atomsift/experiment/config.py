@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from atomsift.data.spec import DatasetSpec
 from atomsift.train.config import UpstreamSpec, check_weights
@@ -124,6 +124,19 @@ class ExperimentConfig(Strict):
     finetune: dict[str, Any] = Field(default_factory=dict)
     csi: dict[str, Any] = Field(default_factory=dict)
     launcher: Launcher = Field(default_factory=Launcher)
+    # dotted keys the command line set -> what was typed (settings.given_keys): a bad key inside a section is
+    # then blamed on the command line; not a setting (no YAML key, not in dumps or experiment.yaml)
+    _given: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def with_given(self, given: dict[str, str]) -> ExperimentConfig:
+        """This config, remembering what the command line set (for error messages)."""
+        self._given = dict(given)
+        return self
+
+    def given_within(self, renames: dict[str, str]) -> dict[str, str]:
+        """The command line's keys under the prefixes of ``renames``, each prefix replaced by its value
+        ({"pretrain.": ""}: "pretrain.lr" -> "lr", the key inside the pretraining settings)."""
+        return {new + k[len(p) :]: v for k, v in self._given.items() for p, new in renames.items() if k.startswith(p)}
 
     @field_validator("upstream", "downstream", "mixtures", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,23 @@ def finetune_settings(exp: ExperimentConfig, name: str, **cell: Any) -> Finetune
     """A downstream task's finetuning settings: preset < experiment `finetune` < the task's own keys < cell."""
     down = exp.downstream[name]
     data = deep_merge(load_preset(down.preset), exp.finetune)
-    data = deep_merge(data, down.finetune_keys())
+    own = down.finetune_keys()
+    shadowed = sorted(set(exp.given_within({"finetune.": ""})) & set(own))
+    if shadowed:  # the documented order puts the task's keys last: say so rather than ignore the command line
+        warnings.warn(
+            f"{', '.join('finetune.' + k for k in shadowed)} from the command line does not apply to '{name}': "
+            f"its own {', '.join(shadowed)} in the config comes later; set "
+            f"{', '.join(f'downstream.{name}.{k}=...' for k in shadowed)} instead",
+            stacklevel=1,  # one place: Python's default filter says each task's once
+        )
+    data = deep_merge(data, own)
     data.update(data=down.data_spec().model_dump(mode="json", exclude_defaults=True), **cell)
     return validate(
-        FinetuneConfig, data, within=f"the finetune section or downstream.{name} (with its preset)", example=EXAMPLE
+        FinetuneConfig,
+        data,
+        within=f"the finetune section or downstream.{name} (with its preset)",
+        example=EXAMPLE,
+        given=exp.given_within({"finetune.": "", f"downstream.{name}.": ""}),
     )
 
 
@@ -93,7 +107,11 @@ def pretrain_settings(exp: ExperimentConfig, candidate: str, budget: Budget, see
         }
     data.update(exp.pretrain, n_samples=budget.n_samples, epochs=budget.epochs, seed=seed)
     return validate(
-        PretrainConfig, data, within=f"the pretrain section or upstream (pretraining of '{candidate}')", example=EXAMPLE
+        PretrainConfig,
+        data,
+        within=f"the pretrain section or upstream (pretraining of '{candidate}')",
+        example=EXAMPLE,
+        given=exp.given_within({"pretrain.": "", f"mixtures.{candidate}.": "", "upstream.": "upstream."}),
     )
 
 
