@@ -10,7 +10,7 @@ from _rows import grid
 from rich.console import Console
 
 from atomsift.experiment.report import COLUMNS, print_summary, write_report, write_results
-from atomsift.experiment.summary import fmt, summarize
+from atomsift.experiment.summary import fmt, pm, summarize
 
 CANDS = {
     "organic": {"csi": {"d1": 10.2, "qm9": 5.0}, "ci": {"d1": (9.0, 11.0), "qm9": (4.0, 6.5)}},
@@ -69,11 +69,11 @@ def test_report_files_figures_and_numbers(tmp_path: Path) -> None:
         assert f"## Downstream `{down}`" in md
         assert task["verdict"] in md
         s = task["scratch"]
-        assert f"{fmt(s['mean'])} ± {fmt(s['std'])}" in md
+        assert pm(s["mean"], s["std"]) in md
         for b in task["budgets"].values():
             for c in b["candidates"]:
                 assert f"| {fmt(c['csi'])} |" in md
-                assert f"{fmt(c['mean'])} ± {fmt(c['std'])}" in md
+                assert pm(c["mean"], c["std"]) in md
                 assert f"{100 * c['gain']:.1f} %" in md
             rho = b["correlation"]["all"]["spearman"]
             assert f"{rho['statistic']:.3f}" in md and f"{rho['p_value']:.3g}" in md

@@ -9,7 +9,7 @@ import pytest
 from _rows import grid, row
 from scipy import stats as sps
 
-from atomsift.experiment.summary import budget_key, fmt, metric_unit, ordinal, summarize
+from atomsift.experiment.summary import budget_key, fmt, metric_unit, ordinal, pm, summarize
 
 CANDS = {
     "organic": {"csi": {"d1": 10.2, "d2": 5.0}, "ci": {"d1": (9.0, 11.0)}},
@@ -188,3 +188,13 @@ def test_several_budgets_metric_vs_budget_and_equal_budget_groups() -> None:
     assert g["orders"]["N=1000,E=10"] == want
     assert "Equal budget C=10000" in task["verdict"] and "same order" in task["verdict"]
     assert summarize(grid(CANDS, value))["tasks"]["d1"]["vs_budget"] is None
+
+
+def test_mean_and_spread_are_printed_to_the_spread_s_second_digit() -> None:
+    assert pm(151.9123, 0.5271) == "151.91 ± 0.53"
+    assert pm(200.2, 10.5) == "200 ± 10"  # 10.5 to two digits (round half to even)
+    assert pm(199.74, 6.04) == "199.7 ± 6.0"
+    assert pm(3.14159, 9.96) == "3 ± 10"  # 9.96 rounds up to 10: one decimal place fewer
+    assert pm(123456.0, 2345.0) == "123500 ± 2300"  # the mean to the spread's hundreds
+    assert pm(0.01234, 0.000456) == f"{fmt(0.01234)} ± {fmt(0.000456)}"  # spreads below 1e-3: fmt
+    assert pm(5.0, 0.0) == "5 ± 0" and pm(5.0, None) == "5" and pm(None, None) == "-"

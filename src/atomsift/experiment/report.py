@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from atomsift.csi.report import MEASURE_COLUMNS, use_log_axis
-from atomsift.experiment.summary import ALPHA, fmt
+from atomsift.experiment.summary import ALPHA, fmt, pm
 from atomsift.settings import write_text_atomic
 
 COLUMNS = (
@@ -73,10 +73,6 @@ def _slug(text: str) -> str:
 
 def _log_axis(values: list[float | None]) -> bool:
     return use_log_axis(values, LOG_SPAN)
-
-
-def _pm(mean: float | None, std: float | None) -> str:
-    return fmt(mean) + ("" if std is None else f" ± {fmt(std)}")
 
 
 def _gain(c: dict[str, Any]) -> str:
@@ -356,11 +352,11 @@ def write_report(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: P
             k = _slug(key)
             md += [f"### {key} (C = {b['budget']} structure passes)", ""]
             table = [
-                [str(c["rank_csi"] or "-"), c["name"], fmt(c["csi"]), _pm(c["mean"], c["std"]), str(c["n"]),
+                [str(c["rank_csi"] or "-"), c["name"], fmt(c["csi"]), pm(c["mean"], c["std"]), str(c["n"]),
                  str(c["rank_metric"] or "-"), _gain(c), fmt(c["gain_abs"]), str(c["failed"]), str(c["excluded"])]
                 for c in b["candidates"]
             ]  # fmt: skip
-            table.append(["-", "scratch", "-", _pm(s["mean"], s["std"]), str(s["n"]), "-", "-", "-", str(s["failed"]),
+            table.append(["-", "scratch", "-", pm(s["mean"], s["std"]), str(s["n"]), "-", "-", "-", str(s["failed"]),
                           str(s["excluded"])])  # fmt: skip
             md += _table(
                 ["CSI rank", "upstream", "CSI", f"mean ± std [{unit}]", "seeds", "metric rank", "gain", "gain abs",
@@ -392,8 +388,8 @@ def write_report(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: P
                 md += ["Fig. 4 comparison (best single dataset alone vs each mixture containing it):", ""]
                 md += _table(
                     ["single", "mean ± std", "mixture", "mean ± std", "difference", "seed ranges overlap"],
-                    [[f["single"], _pm(f["single_mean"], f["single_std"]), f["mixture"],
-                      _pm(f["mixture_mean"], f["mixture_std"]), fmt(f["difference"]),
+                    [[f["single"], pm(f["single_mean"], f["single_std"]), f["mixture"],
+                      pm(f["mixture_mean"], f["mixture_std"]), fmt(f["difference"]),
                       "yes" if f["seed_spreads_overlap"] else "no"] for f in b["fig4"]],
                 )  # fmt: skip
                 paths[f"fig4:{down}:{key}"] = _fig4_figure(down, key, b, unit, figs / f"fig4_{d}_{k}.png")
@@ -442,9 +438,9 @@ def print_summary(
             for col in ("CSI rank", "upstream", f"mean ± std [{unit}]", "seeds", "rank", "gain", "failed"):
                 t.add_column(col, justify="left" if col == "upstream" else "right")
             for c in b["candidates"]:
-                t.add_row(str(c["rank_csi"] or "-"), c["name"], _pm(c["mean"], c["std"]), str(c["n"]),
+                t.add_row(str(c["rank_csi"] or "-"), c["name"], pm(c["mean"], c["std"]), str(c["n"]),
                           str(c["rank_metric"] or "-"), _gain(c), str(c["failed"]))  # fmt: skip
-            t.add_row("-", "scratch", _pm(s["mean"], s["std"]), str(s["n"]), "-", "-", str(s["failed"]))
+            t.add_row("-", "scratch", pm(s["mean"], s["std"]), str(s["n"]), "-", "-", str(s["failed"]))
             console.print(t)
             c = Table(
                 title=f"rank correlation of CSI with the seed-mean metric ('{down}', {key})", title_justify="left"

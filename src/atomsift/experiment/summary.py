@@ -32,6 +32,18 @@ def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
+def pm(mean: float | None, std: float | None) -> str:
+    """``mean ± std`` as outputs print it: the spread to 2 significant digits and the mean to the same decimal
+    place ('151.90 ± 0.53', '200 ± 11'); `fmt` for both where the spread is None, zero, not finite or outside
+    1e-3..1e6 (there a fixed decimal place would print too many or too few digits)."""
+    if mean is None or std is None or not (1e-3 <= abs(std) < 1e6) or not math.isfinite(mean):
+        return fmt(mean) + ("" if std is None else f" ± {fmt(std)}")
+    places = 1 - math.floor(math.log10(abs(std)))
+    std = round(std, places)
+    places = 1 - math.floor(math.log10(abs(std)))  # 9.96 rounds to 10.0: one place fewer
+    return f"{round(mean, places):.{max(places, 0)}f} ± {round(std, places):.{max(places, 0)}f}"
+
+
 def budget_key(n_samples: int | None, epochs: int | None) -> str:
     """'N=500,E=20', the key of one pretraining budget in the summary."""
     return f"N={n_samples},E={epochs}"
@@ -337,8 +349,7 @@ def measure_ranking(tasks: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _pm(c: dict[str, Any], unit: str) -> str:
-    std = "" if c["std"] is None else f" ± {fmt(c['std'])}"
-    return f"{fmt(c['mean'])}{std} {unit}".rstrip() + f" (n={c['n']})"
+    return f"{pm(c['mean'], c['std'])} {unit}".rstrip() + f" (n={c['n']})"
 
 
 def _corr_text(corr: dict[str, Any], label: str, note: str = "") -> str:
