@@ -180,3 +180,27 @@ def test_measure_correlations_are_oriented_so_positive_means_predicted():
     assert out["coverage"]["spearman"]["statistic"] == pytest.approx(1.0)
     assert out["csi"]["spearman"]["statistic"] < 0.5
     assert next(m["measure"] for m in measure_correlations(cands)) == "coverage"
+
+
+def test_a_downstream_set_of_equal_rows_loses_only_its_kernel_measures():
+    """Isolated-atom reference frames give one feature row over and over: no median-distance bandwidth. The
+    kernel measures are left out for that set with a warning naming it; its CSI and the other set's
+    measures still come out (the whole run used to stop)."""
+    rng = np.random.default_rng(3)
+    a, b = _synthetic("a", "upstream", rng, 0.0), _synthetic("b", "upstream", rng, 1.0)
+    near = _synthetic("near", "downstream", rng, 0.5)
+    g = GroupedStats(2, 4)
+    acc = ExtrasAccumulator(2, 200, seed=0, per_element=True, element_memory=1e9, label="atoms")
+    for i in range(10):
+        x = np.full((1, 2), 0.3)
+        g.update(i % 4, x)
+        acc.update(np.array([29]), x, 1)
+    atoms = DatasetStats("atoms", "downstream", g, 10, 10, "random", False, n_total=10, extras=acc.result())
+    with pytest.warns(UserWarning, match="downstream 'atoms': no kernel bandwidth from its 10 feature rows"):
+        rows, _ = _scored([a, b], [near, atoms])
+    for r in rows:
+        assert r["csi"] is not None and np.isfinite(r["csi"])
+        if r["downstream"] == "atoms":
+            assert r["mmd"] is None and r["diversity"] is None and r["coverage"] is not None
+        else:
+            assert r["mmd"] is not None and r["diversity"] is not None

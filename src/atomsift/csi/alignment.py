@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ from atomsift.csi.measures import (
     vendi_score,
 )
 from atomsift.csi.statistics import GroupedStats
+from atomsift.errors import ConfigError
 
 __all__ = ["element_list", "interval_ties", "score_measures", "ties"]
 
@@ -144,7 +146,7 @@ def score_measures(
             diag["per_element"] = {}
             down_rows = ex.rows(cfg.reservoir, cfg.seed)
             kernel = wanted & {"mmd", "diversity"}
-            h = median_bandwidth(down_rows) if kernel else None
+            h = _bandwidth(down_rows, dn.name) if kernel else None
             kdd = kernel_mean(down_rows, down_rows, h) if "mmd" in wanted and h else 0.0
             diag["bandwidth"] = h
             diag["reservoir_rows_downstream"] = int(down_rows.shape[0])
@@ -175,10 +177,10 @@ def score_measures(
             if knn:
                 values = manifold_measures(down_rows, up_rows, cfg.knn_k) if knn_ok else {}
                 r.update({name: values.get(name) for name in knn})
-            if "mmd" in wanted and h:
-                r["mmd"] = _mmd(down_rows, kdd, ux, h)
-            if "diversity" in wanted and h:
-                r["diversity"] = vendi_score(up_rows, h)
+            if "mmd" in wanted:
+                r["mmd"] = _mmd(down_rows, kdd, ux, h) if h else None
+            if "diversity" in wanted:
+                r["diversity"] = vendi_score(up_rows, h) if h else None
             r["reservoir_rows_upstream"] = int(up_rows.shape[0])
         diagnostics[dn.name] = diag
         for r in sub:
@@ -186,3 +188,18 @@ def score_measures(
             r["bandwidth"] = diag.get("bandwidth")
             r["uncovered_by_all"] = element_list([(e["element"], e["share"]) for e in diag.get("uncovered_by_all", [])])
     return diagnostics
+
+
+def _bandwidth(rows: np.ndarray, name: str) -> float | None:
+    """The kernel measures' bandwidth from a downstream set's rows (median heuristic), or None with a warning
+    when it has none (fewer than two rows, or most rows equal: e.g. isolated-atom reference frames), so the
+    other measures still come out."""
+    try:
+        return median_bandwidth(rows)
+    except ConfigError as exc:
+        warnings.warn(
+            f"downstream '{name}': no kernel bandwidth from its {rows.shape[0]} feature rows ({exc.problem}); "
+            "mmd and diversity are left out for it, the other measures are computed",
+            stacklevel=2,
+        )
+        return None

@@ -213,18 +213,18 @@ def shrink_covariance(sigma: object, n: int, alpha: float | None = None) -> np.n
     return out
 
 
-def check_observations(n: int, d: int, name: str) -> None:
+def check_observations(n: int, d: int, name: str, aggregation: str | None = None) -> None:
     """Warn (CSIWarning) when a dataset has fewer observations n than feature dimensions d.
 
     Its covariance then has rank at most n - 1 < d: the distance stays finite, but it is biased and
-    noisy. The warning names the dataset and the remedies.
+    noisy. The warning names the dataset and the remedies (flat aggregation only where it is not in use).
     """
     if int(n) < int(d):
+        flat = "" if aggregation == "flat" else "use aggregation 'flat' (every atom one observation), "
         warnings.warn(
             f"{name}: {n} observations for {d} feature dimensions; its covariance is singular "
-            f"(rank <= {max(int(n) - 1, 0)}) and its CSI values are biased. Sample more structures, use "
-            "aggregation 'flat' (every atom one observation), or shrink the covariance "
-            "(shrink_covariance, the shrinkage option).",
+            f"(rank <= {max(int(n) - 1, 0)}) and its CSI values are biased. Sample more structures, {flat}or "
+            "shrink the covariance (shrink_covariance, the shrinkage option).",
             CSIWarning,
             stacklevel=2,
         )

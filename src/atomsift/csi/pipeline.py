@@ -307,7 +307,7 @@ def score(up: list[DatasetStats], down: list[DatasetStats], cfg: CSIConfig) -> l
     lo_q, hi_q = 50 * (1 - cfg.confidence), 50 * (1 + cfg.confidence)
     for d in [*up, *down]:
         total = d.grouped.total()
-        check_observations(total.n, total.dim, f"{d.role} '{d.name}'")
+        check_observations(total.n, total.dim, f"{d.role} '{d.name}'", cfg.aggregation)
     for dn in down:
         ref = FrechetReference(*moments(dn.grouped.total(), cfg))
         values = {u.name: ref.distance(*moments(u.grouped.total(), cfg)) for u in up}

@@ -79,8 +79,9 @@ def warmup_problem(warmup_steps: int, total_steps: int, start_factor: float) -> 
     if warmup_steps <= 0 or warmup_steps < total_steps:
         return None
     reached = start_factor + (1.0 - start_factor) * max(total_steps - 1, 0) / warmup_steps
+    lower = total_steps // 10 if total_steps // 10 < warmup_steps else 0
     return (
         f"warmup_steps={warmup_steps} is not below the run's {total_steps} optimizer steps: the learning rate "
         f"stays in its warm-up (it ends at {reached:.0%} of lr) and the cosine never starts; lower warmup_steps "
-        f"(e.g. warmup_steps={max(1, total_steps // 10)}) or train longer"
+        f"(e.g. warmup_steps={lower}) or train longer"
     )
