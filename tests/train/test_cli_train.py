@@ -100,6 +100,26 @@ def test_pretrain_finetune_evaluate_end_to_end(tmp_path):
     whole = run("evaluate", str(tmp_path / "ft/model.pt"), "--data", "bundled:ethanol", "--out", str(tmp_path / "all"))
     assert whole.returncode == 0, whole.stderr
     assert "note: no --split: all 1000 structures were scored, the run's training" in whole.stdout.replace("\n", " ")
+    # labels under other keys: no error to report, and metrics.json and the console say how to read them
+    import ase.io
+
+    from atomsift.data import open_dataset
+
+    frames = []
+    for rec in [open_dataset("bundled:ethanol")[i] for i in range(3)]:
+        atoms = rec.to_atoms()
+        atoms.calc = None  # no energy / forces under the default keys
+        atoms.info["dft_energy"] = rec.energy
+        atoms.arrays["dft_forces"] = rec.forces
+        frames.append(atoms)
+    ase.io.write(tmp_path / "custom.extxyz", frames, format="extxyz")
+    other = run("evaluate", str(tmp_path / "ft/model.pt"), "--data", str(tmp_path / "custom.extxyz"), "--out",
+                str(tmp_path / "custom"))  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    said = json.loads((tmp_path / "custom/metrics.json").read_text())["warning"]
+    assert "none of the 3 structures has the label 'energy' or forces" in said
+    assert "pass -o energy_key=dft_energy" in said and "pass -o forces_key=dft_forces" in said
+    assert "pass -o energy_key=dft_energy" in " ".join((other.stdout + other.stderr).split())
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from atomsift.cli.common import (
     split_overrides,
 )
 from atomsift.cli.data import open_from_cli
+from atomsift.data.base import label_hints
 from atomsift.data.spec import DatasetSpec
 from atomsift.errors import ConfigError
 from atomsift.settings import write_text_atomic
@@ -275,6 +276,9 @@ def predict(
         write_text_atomic(out, json.dumps({"checkpoint": str(checkpoint), "data": data, "predictions": rows}))
         console.print(f"wrote {out} ({len(rows)} structures)")
     _print_mae(errors, f"{checkpoint.name} on {data} ({count} structures)")
+    if not any(errors.values()):
+        for hint in label_hints(ds):  # labels under other keys: say how to read them
+            console.print(f"[yellow]hint:[/yellow] {hint}")
     if not any(errors.values()) and out is None:
         for row in rows[:10]:
             console.print({k: v for k, v in row.items() if k != "forces_eV_per_A"})

@@ -136,3 +136,10 @@ class Dataset(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, n={len(self)})"
+
+
+def label_hints(ds: Any) -> list[str]:
+    """The reader's hints about labels under other keys (e.g. "no 'energy' in the first frame; it has
+    dft_energy: pass -o energy_key=dft_energy"), or [] for readers and wrappers without them."""
+    metadata = getattr(ds, "metadata", None)
+    return list(metadata().get("hints", [])) if callable(metadata) else []

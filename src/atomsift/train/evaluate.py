@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from atomsift.data.base import label_hints
 from atomsift.data.record import Record
 from atomsift.errors import ConfigError
 from atomsift.train.losses import ERROR_KEYS, TaskInfo
@@ -221,6 +222,11 @@ def evaluate_checkpoint(
     }
     if model.load_report.trained is False:
         metrics["warning"] = "the checkpoint's weights were never trained (random initialisation)"
+    if not result["pairs"]:  # an empty metrics.json would pass for a result (the command prints the warning)
+        labels = f"'{task.target}'" + (" or forces" if task.forces else "")
+        said = "; ".join([f"none of the {len(records)} structures has the label {labels} the head predicts, so "
+                          "there is no error to report", *label_hints(ds)])  # fmt: skip
+        metrics["warning"] = "; ".join(filter(None, [metrics.get("warning"), said]))
     if split is None and _run_data_path(Path(checkpoint)) == spec.path:
         metrics["note"] = (
             f"no --split: all {len(records)} structures were scored, the run's training and validation structures "
