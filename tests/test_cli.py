@@ -142,3 +142,12 @@ def test_unreadable_content_names_file(tmp_path):
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     proc = run("data", "inspect", str(bad), "--format", "ani1x")
     assert proc.returncode == 2 and "broken.h5" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_data_formats_lists_each_reader_s_options():
+    """docs/formats.md and cli.md send users to `atomsift data formats` for the reader options."""
+    done = run("data", "formats")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    for needle in ("energy_key ('energy')", "forces_key ('forces')", "level ('wb97x_dz')", "skip_nan (False)"):
+        assert needle in text, needle

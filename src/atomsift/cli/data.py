@@ -245,12 +245,18 @@ def sample(
 
 @app.command()
 def formats() -> None:
-    """List the supported formats."""
-    from atomsift.data.registry import FORMATS, reader_class
+    """List the supported formats and their reader options (-o KEY=VALUE, or KEY=VALUE in a dataset spec)."""
+    import inspect
 
-    table = Table("format", "reads")
+    from atomsift.data.registry import FORMATS, reader_class, reader_options
+
+    table = Table("format", "reads", "options (default)")
     for name in FORMATS:
-        table.add_row(name, reader_class(name).description)
+        known = reader_options(reader_class(name))
+        shown = "any" if known is None else ", ".join(
+            k if v is inspect.Parameter.empty else f"{k} ({v!r})" for k, v in known.items()
+        )  # fmt: skip
+        table.add_row(name, reader_class(name).description, shown or "-")
     console.print(table)
 
 

@@ -109,11 +109,19 @@ class UnknownReaderOptions(ConfigError):
         return (type(self), (self.unknown, self.accepted, self.format_name, self.path))
 
 
-def _check_options(cls: type[Dataset], options: dict[str, Any], path: Path) -> None:
+def reader_options(cls: type[Dataset]) -> dict[str, Any] | None:
+    """A reader's options with their defaults (inspect.Parameter.empty where required); None if it takes any."""
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {n: p.default for n, p in params.items() if n not in ("self", "path") and p.kind is not p.VAR_POSITIONAL}
+
+
+def _check_options(cls: type[Dataset], options: dict[str, Any], path: Path) -> None:
+    known = reader_options(cls)
+    if known is None:
         return
-    accepted = [n for n, p in params.items() if n not in ("self", "path") and p.kind is not p.VAR_POSITIONAL]
+    accepted = list(known)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise UnknownReaderOptions(unknown, accepted, cls.format_name, path)
