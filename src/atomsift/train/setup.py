@@ -40,7 +40,30 @@ def default_graph(ds: Dataset, spec: GraphSpec | None, backbone_name: str) -> Gr
         except ConfigError:
             pass
     first = ds[0]
-    return PERIODIC_GRAPH if bool(np.any(first.pbc)) and first.cell is not None else MOLECULE_GRAPH
+    graph = PERIODIC_GRAPH if _periodic(first) else MOLECULE_GRAPH
+    _warn_mixed_periodicity(ds, graph)
+    return graph
+
+
+def _periodic(record: Any) -> bool:
+    return bool(np.any(record.pbc)) and record.cell is not None
+
+
+def _warn_mixed_periodicity(ds: Dataset, graph: GraphSettings, checked: int = 200) -> None:
+    """Warn when structures of `ds` (up to `checked`, evenly spaced) disagree with the graph its first
+    structure chose: periodic cells read as molecules lose their images (or molecules get a periodic graph)."""
+    picks = np.unique(np.linspace(0, len(ds) - 1, min(len(ds), checked)).astype(int))
+    other = [int(i) for i in picks if _periodic(ds[int(i)]) != graph.pbc]
+    if other:
+        kind, first_kind = ("periodic", "a molecule") if not graph.pbc else ("not periodic", "periodic")
+        shown = graph.describe() + ("" if graph.pbc else " (no periodic boundaries)")
+        warnings.warn(
+            f"{ds.path}: its first structure is {first_kind}, so GemNet-OC reads the whole set with {shown}, "
+            f"but {len(other)} of {len(picks)} structures checked are {kind} (first: index {other[0]}); give the "
+            "dataset's graph explicitly (graph: {cutoff: 12, max_neighbors: 30, pbc: true} for periodic cells) or "
+            "split the file by periodicity",
+            stacklevel=3,
+        )
 
 
 def task_records(task: Task, limit: int) -> list:
