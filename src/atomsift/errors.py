@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -66,3 +67,16 @@ def did_you_mean(unknown: Iterable[str], known: Iterable[str]) -> str:
     known = list(known)
     pairs = [f"'{hit}' for '{bad}'" for bad in unknown if (hit := nearest(bad, known))]
     return f"did you mean {', '.join(pairs)}? " if pairs else ""
+
+
+@contextmanager
+def naming_file(path: str | Path | None) -> Iterator[None]:
+    """Errors raised inside that name no file get ``path``: a record checked deep in an extractor or a model
+    knows its id, not the file it came from."""
+    try:
+        yield
+    except AtomsiftError as exc:
+        if exc.file is None and path is not None:
+            exc.file = str(path)
+            exc.args = (exc.message(),)
+        raise

@@ -31,7 +31,7 @@ from atomsift.cli.common import (
 from atomsift.cli.data import open_from_cli
 from atomsift.data.base import label_hints
 from atomsift.data.spec import DatasetSpec
-from atomsift.errors import ConfigError
+from atomsift.errors import ConfigError, naming_file
 from atomsift.settings import write_text_atomic
 
 app = typer.Typer(help="Create, inspect, convert and run model checkpoints.", no_args_is_help=True)
@@ -270,7 +270,8 @@ def predict(
     ds = open_from_cli(data, fmt, split, classes, option, command="model predict")
     count = len(ds) if limit is None else min(limit, len(ds))
     records = [ds[i] for i in range(count)]
-    results = model.predict(records, head=head, batch_size=batch_size, progress=count > 4 * batch_size)
+    with naming_file(getattr(ds, "path", None)):
+        results = model.predict(records, head=head, batch_size=batch_size, progress=count > 4 * batch_size)
     rows, errors = _rows_and_errors(records, results)
     if out is not None:
         write_text_atomic(out, json.dumps({"checkpoint": str(checkpoint), "data": data, "predictions": rows}))

@@ -35,7 +35,7 @@ from atomsift.data.base import Dataset
 from atomsift.data.sampling import class_balanced_indices, indices_hash, random_indices, save_subset
 from atomsift.data.spec import open_spec
 from atomsift.device import check_device
-from atomsift.errors import ConfigError
+from atomsift.errors import ConfigError, naming_file
 
 
 @dataclass
@@ -126,7 +126,8 @@ def _accumulate(
         for start in range(0, len(unique), cfg.batch_size):
             batch = unique[start : start + cfg.batch_size]
             records = [ds[i] for i in batch]
-            features = extractor.features(records)
+            with naming_file(ds.path):
+                features = extractor.features(records)
             records_by = dict(zip(batch, records, strict=True))
             for idx, feats in zip(batch, features, strict=True):
                 rows = aggregate([feats], cfg.aggregation)

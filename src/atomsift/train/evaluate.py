@@ -20,7 +20,7 @@ import yaml
 
 from atomsift.data.base import label_hints
 from atomsift.data.record import Record
-from atomsift.errors import ConfigError
+from atomsift.errors import ConfigError, naming_file
 from atomsift.train.losses import ERROR_KEYS, TaskInfo
 from atomsift.train.metrics import metrics_from_sums, target_key, unit_label
 
@@ -211,7 +211,8 @@ def evaluate_checkpoint(
         spec = _with_reader_split(spec, split, Path(checkpoint))
     ds = open_spec(spec, spec.path)
     records, used = split_records(ds, Path(checkpoint), split)
-    result = evaluate_model(model, records, task, batch_size=batch_size, progress=len(records) > 4 * batch_size)
+    with naming_file(getattr(ds, "path", None)):
+        result = evaluate_model(model, records, task, batch_size=batch_size, progress=len(records) > 4 * batch_size)
     metrics = {
         **result["metrics"],
         "checkpoint": str(checkpoint),

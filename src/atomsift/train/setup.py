@@ -13,8 +13,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from atomsift.data.base import Dataset
-from atomsift.errors import ConfigError
+from atomsift.data.base import Dataset, label_hints
+from atomsift.errors import ConfigError, DataError, naming_file
 from atomsift.graph.settings import GraphSettings, graph_settings_for
 from atomsift.train.config import GraphSpec, LayerwiseLR
 from atomsift.train.data import BatchCollator, Task, TrainSet
@@ -77,15 +77,24 @@ def task_records(task: Task, limit: int) -> list:
 
 
 def fit_task_normalizer(task: Task, limit: int, num_elements: int, *, linear_reference: bool = True) -> Normalizer:
-    """The normaliser of a task's head, fitted on its training subset."""
-    return fit_normalizer(
-        task_records(task, limit),
-        target=task.target,
-        linear_reference=linear_reference,
-        num_elements=num_elements,
-        forces=task.has_forces,
-        source=task.name,
-    )
+    """The normaliser of a task's head, fitted on its training subset (errors name the dataset's file and the
+    reader's hints, e.g. labels under another key)."""
+    try:
+        with naming_file(getattr(task.dataset, "path", None)):
+            return fit_normalizer(
+                task_records(task, limit),
+                target=task.target,
+                linear_reference=linear_reference,
+                num_elements=num_elements,
+                forces=task.has_forces,
+                source=task.name,
+            )
+    except DataError as exc:
+        hints = label_hints(task.dataset)
+        if hints and exc.fix and "atomsift data inspect" in exc.fix:
+            exc.fix = "; ".join(hints)
+            exc.args = (exc.message(),)
+        raise
 
 
 def fit_scale_factors_if_needed(
