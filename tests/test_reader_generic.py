@@ -161,7 +161,9 @@ def test_extxyz_bad_inputs(tmp_path, real_data):
     _expect(DataError, tmp_path / "count.xyz", "frame2", "atom count")
     _expect(DataError, tmp_path / "badline.xyz", "frame1")
     _expect(DataError, tmp_path / "blank.xyz", "frame1")
-    _expect(DataError, tmp_path / "empty.xyz", "no frames")
+    _expect(DataError, tmp_path / "empty.xyz", "the file is empty (0 bytes)")
+    (tmp_path / "empty.db").write_bytes(b"")  # was "could not tell the format"; with --format "truncated"
+    _expect(DataError, tmp_path / "empty.db", "the file is empty (0 bytes)")
     (tmp_path / "ok.xyz").write_text("\n".join(good) + "\n")
     _expect(ConfigError, tmp_path / "ok.xyz", "energy_key", energy_key="U0")
     _expect(ConfigError, tmp_path / "ok.xyz", "class_key", class_key="nope")
@@ -369,7 +371,7 @@ def test_extxyz_unknown_element_is_named(tmp_path):
 def test_empty_xyz_is_detected_and_reported_empty(tmp_path):
     path = tmp_path / "nothing.xyz"
     path.write_text("")
-    with pytest.raises(DataError, match="no frames") as err:
+    with pytest.raises(DataError, match="the file is empty") as err:
         open_dataset(path)
     assert "nothing.xyz" in str(err.value)
 

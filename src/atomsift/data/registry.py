@@ -154,6 +154,8 @@ def open_dataset(path: str | Path, format: str | None = None, **options: Any) ->
     path = Path(path).expanduser()
     if format is None and text == "qm9pack" and not path.exists():
         format = "qm9pack"  # the CSVs inside the installed qm9pack wheel
+    if path.is_file() and path.stat().st_size == 0:  # said before format detection or a reader's parse error
+        raise DataError("the file is empty (0 bytes)", file=path, fix="check that it was written completely")
     name = normalize_format(format) if format else detect_format(path)
     if name != "extxyz" and not path.exists() and glob.has_magic(str(path)):
         raise ConfigError(
