@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -221,6 +222,12 @@ def test_ctrl_c_saves_and_resume_finishes_the_same_run(tmp_path):
     assert "--resume" in err and "checkpoints" in err
     saved = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
     assert 0 < saved["global_step"] < 200  # written at the interrupt, mid-run (checkpoint_every is 1000)
+    damaged = tmp_path / "damaged"  # the same run with its checkpoint cut short: refused, named, exit 2
+    shutil.copytree(tmp_path / "run", damaged)
+    ckpt = damaged / "checkpoints/last.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[:5000])
+    cut = run("pretrain", "--config", str(cfg), "--out", str(damaged), "--resume")
+    assert cut.returncode == 2 and "checkpoint is damaged" in cut.stderr and "Traceback" not in cut.stderr
     resumed = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "run"), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     a = torch.load(tmp_path / "ref/last.pt", weights_only=True)["state_dict"]

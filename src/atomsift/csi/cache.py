@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def load_stats(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files if k != "provenance_json"}
             provenance = json.loads(str(npz["provenance_json"]))
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # cut short, edited, not ours
         raise DataError(
             f"cannot read the statistics cache file ({exc})",
             file=path,
@@ -77,7 +78,12 @@ def lookup(path: Path, provenance: dict[str, Any], recompute: bool = False) -> d
     """
     if not path.exists():
         return None
-    arrays, stored = load_stats(path)
+    try:
+        arrays, stored = load_stats(path)
+    except DataError:
+        if recompute:  # a damaged file is replaced like one with other settings
+            return None
+        raise
     stored_core = {k: v for k, v in stored.items() if k != "cache_format"}
     wanted = json.loads(json.dumps({**provenance, "atomsift_version": __version__}, sort_keys=True, default=str))
     if stored_core == wanted and stored.get("cache_format") == CACHE_FORMAT:

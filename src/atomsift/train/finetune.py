@@ -30,7 +30,7 @@ from atomsift.train.data import BatchCollator, Task, TrainSet, indices_hash
 from atomsift.train.losses import TaskInfo
 from atomsift.train.metrics import FORCES_MAE, target_metric_names
 from atomsift.train.module import TrainModule
-from atomsift.train.runner import prepare_run, quiet_if_secondary, run_fit, write_json
+from atomsift.train.runner import prepare_run, quiet_if_secondary, read_run_json, run_fit, write_json
 from atomsift.train.setup import (
     best_model_writer,
     closing_table,
@@ -256,10 +256,12 @@ def run_finetuning(
     )
     if dry_run:
         return {"splits": {k: len(v) for k, v in splits.items()}, "steps_per_epoch": steps}
-    state = prepare_run(out, settings, resume=resume, overwrite=overwrite, command="finetune")
+    inputs = (cfg.checkpoint, cfg.backbone.checkpoint if cfg.backbone is not None else None)
+    state = prepare_run(out, settings, resume=resume, overwrite=overwrite, command="finetune", inputs=inputs)
     if state == "done":
+        metrics = read_run_json(Path(out) / "test_metrics.json")
         console.print(f"{out} already holds this finished run (same settings): reusing it")
-        return json.loads((out / "test_metrics.json").read_text())
+        return metrics
     split_file = out / "split.json"
     digest = indices_hash(np.concatenate(list(splits.values())))
     if state == "resume" and split_file.exists() and json.loads(split_file.read_text()).get("sha256_16") != digest:

@@ -32,7 +32,7 @@ from atomsift.train.data import (
 )
 from atomsift.train.losses import TaskInfo
 from atomsift.train.module import TrainModule
-from atomsift.train.runner import prepare_run, quiet_if_secondary, run_fit, write_json
+from atomsift.train.runner import prepare_run, quiet_if_secondary, read_run_json, run_fit, write_json
 from atomsift.train.setup import (
     best_model_writer,
     closing_table,
@@ -254,12 +254,13 @@ def run_pretraining(
     if overwrite or not (Path(out) / "summary.json").exists():  # a finished run is reused without its start
         cfg.backbone.check_source()  # a mistyped checkpoint path or hyperparameter before the folder is touched
     plan = plan_pretraining(cfg)  # opens the data and checks N against it before the run folder is touched
-    state = prepare_run(out, settings, resume=resume, overwrite=overwrite, command="pretrain")
+    state = prepare_run(
+        out, settings, resume=resume, overwrite=overwrite, command="pretrain", inputs=(cfg.backbone.checkpoint,)
+    )
     if state == "done":
-        import json
-
+        summary = read_run_json(Path(out) / "summary.json")
         console.print(f"{out} already holds this finished run (same settings): reusing it")
-        return json.loads((out / "summary.json").read_text())
+        return summary
     print_plan(plan, cfg, console)
     tasks = build_tasks(plan, cfg, out, resume=state == "resume")
     model, info = build_model(cfg, tasks)

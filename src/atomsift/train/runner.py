@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
-from atomsift.errors import ConfigError
+from atomsift.errors import ConfigError, DataError
 from atomsift.settings import check_output_dir, write_text_atomic
 from atomsift.train.config import Optimisation
 
@@ -82,16 +83,52 @@ def quiet_if_secondary(console: Any) -> Any:
     return console
 
 
-def prepare_run(out: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool, command: str) -> str:
+def prepare_run(
+    out: Path,
+    settings: dict[str, Any],
+    *,
+    resume: bool,
+    overwrite: bool,
+    command: str,
+    inputs: tuple[str | Path | None, ...] = (),
+) -> str:
     """Check the run folder against the settings; returns 'new', 'resume' or 'done'.
 
-    Writes config.yaml for a new run. Raises ConfigError for a folder holding another run or an unfinished
-    run without --resume.
+    Writes config.yaml for a new run. Raises ConfigError, before anything is deleted, for a folder holding
+    another run, an unfinished run without --resume, files a run writes but no run, --resume with --overwrite,
+    and an --overwrite that would delete one of the run's `inputs` (e.g. finetuning's --checkpoint).
     """
     if secondary_rank():  # rank 0 checked the folder and wrote config.yaml before starting this process
         return "resume" if resume else "new"
+    if resume and overwrite:
+        raise ConfigError(
+            "--resume and --overwrite contradict each other: --resume continues the run in --out, --overwrite "
+            "deletes it first",
+            file=out,
+            fix="pass --resume to continue the run, or --overwrite alone to start it again",
+        )
+    if resume and not Path(out).exists():
+        raise ConfigError("--resume, but the run folder does not exist", file=out, fix="drop --resume to start one")
     out = check_output_dir(out)
     saved_path = out / "config.yaml"
+    own = [out / name for name in RUN_FILES]
+    if overwrite:
+        for item in filter(None, inputs):
+            path = Path(item).resolve()
+            if any(path == p.resolve() or p.resolve() in path.parents for p in own):
+                raise ConfigError(
+                    f"--overwrite would delete {item}, which this run reads",
+                    file=out,
+                    fix="copy it out of the run folder first, or choose another --out",
+                )
+    elif not saved_path.exists():
+        theirs = [p.name for p in own if p.exists() and not (p.is_dir() and not any(p.iterdir()))]
+        if theirs:
+            raise ConfigError(
+                f"--out holds {', '.join(theirs)} but no atomsift run (no config.yaml): the run would replace them",
+                file=out,
+                fix="choose another --out, or pass --overwrite to replace them",
+            )
     if overwrite and saved_path.exists():
         for name in RUN_FILES:
             target = out / name
@@ -103,7 +140,14 @@ def prepare_run(out: Path, settings: dict[str, Any], *, resume: bool, overwrite:
     if saved_path.exists() and not started and not resume:
         saved_path.unlink()  # an earlier attempt stopped before training (bad data, a typo): nothing to keep
     if saved_path.exists():
-        saved = yaml.safe_load(saved_path.read_text()) or {}
+        try:
+            saved = yaml.safe_load(saved_path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            raise ConfigError(
+                "the run folder's config.yaml cannot be read (damaged or edited)",
+                file=saved_path,
+                fix="restore it, or pass --overwrite to start the run again",
+            ) from None
         diff = config_diff(saved, settings)
         if diff:
             shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
@@ -343,6 +387,12 @@ def run_fit(module: Any, cfg: Optimisation, out: Path, *, state: str, progress: 
     attempt = attempt_number(out)
     trainer = make_trainer(cfg, out, attempt, progress=progress)
     ckpt = out / "checkpoints" / "last.ckpt"
+    if state == "resume" and not zipfile.is_zipfile(ckpt):  # torch checkpoints are zip archives: cut short?
+        raise DataError(
+            "the run's checkpoint is damaged (not a complete checkpoint file), so the run cannot resume",
+            file=ckpt,
+            fix="pass --overwrite (without --resume) to start the run again",
+        )
     start = time.perf_counter()
     try:
         trainer.fit(module, ckpt_path=str(ckpt) if state == "resume" else None)
@@ -354,3 +404,15 @@ def run_fit(module: Any, cfg: Optimisation, out: Path, *, state: str, progress: 
         raise KeyboardInterrupt
     merge_metrics(out)
     return {"trainer": trainer, "wall_time_s": time.perf_counter() - start}
+
+
+def read_run_json(path: Path) -> Any:
+    """A run folder's JSON file (summary, test metrics), with a clear error when it is damaged."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise DataError(
+            f"the run folder's {path.name} cannot be read (damaged or edited)",
+            file=path,
+            fix="restore it, or pass --overwrite to run again",
+        ) from None

@@ -1,0 +1,73 @@
+"""Run-folder rules that protect what is already there (docs/cli.md: --out / --overwrite / --resume)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from atomsift.csi.cache import load_stats, lookup, save_stats
+from atomsift.errors import ConfigError, DataError
+from atomsift.train.runner import prepare_run, read_run_json
+
+SETTINGS = {"lr": 1e-3, "epochs": 2}
+
+
+def _finished(out):
+    assert prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain") == "new"
+    (out / "model.pt").write_bytes(b"weights")
+    (out / "summary.json").write_text("{}")
+
+
+def test_resume_with_overwrite_is_refused_before_anything_is_deleted(tmp_path):
+    out = tmp_path / "run"
+    _finished(out)
+    with pytest.raises(ConfigError, match="--resume and --overwrite contradict each other"):
+        prepare_run(out, SETTINGS, resume=True, overwrite=True, command="pretrain")
+    assert (out / "model.pt").read_bytes() == b"weights" and (out / "config.yaml").exists()
+
+
+def test_files_a_run_writes_in_a_folder_that_holds_no_run_are_not_replaced(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"my model")
+    (out / "notes.txt").write_text("kept")
+    with pytest.raises(ConfigError, match="--out holds model.pt but no atomsift run"):
+        prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain")
+    assert (out / "model.pt").read_bytes() == b"my model" and not (out / "config.yaml").exists()
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)  # empty folders are nothing to lose
+    assert prepare_run(tmp_path / "empty", SETTINGS, resume=False, overwrite=False, command="pretrain") == "new"
+
+
+def test_overwrite_that_would_delete_an_input_is_refused(tmp_path):
+    out = tmp_path / "pt"
+    _finished(out)
+    with pytest.raises(ConfigError, match="--overwrite would delete .*model.pt, which this run reads"):
+        prepare_run(out, {"x": 1}, resume=False, overwrite=True, command="finetune", inputs=(out / "model.pt",))
+    assert (out / "model.pt").read_bytes() == b"weights"
+
+
+def test_resume_into_a_missing_folder_creates_nothing(tmp_path):
+    with pytest.raises(ConfigError, match="the run folder does not exist"):
+        prepare_run(tmp_path / "nope", SETTINGS, resume=True, overwrite=False, command="pretrain")
+    assert not (tmp_path / "nope").exists()
+
+
+def test_damaged_run_files_are_clear_errors(tmp_path):
+    out = tmp_path / "run"
+    _finished(out)
+    (out / "config.yaml").write_text("lr: [1,\n")
+    with pytest.raises(ConfigError, match="config.yaml cannot be read") as exc:
+        prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain")
+    assert exc.value.file == str(out / "config.yaml")
+    (out / "summary.json").write_text("{")
+    with pytest.raises(DataError, match="summary.json cannot be read"):
+        read_run_json(out / "summary.json")
+
+
+def test_a_cut_short_csi_cache_is_a_clear_error_and_recompute_replaces_it(tmp_path):
+    path = save_stats(tmp_path / "c.npz", {"mean": np.zeros(3)}, {"n": 1})
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(DataError, match="cannot read the statistics cache file") as exc:
+        load_stats(path)
+    assert exc.value.file == str(path) and "--recompute" in exc.value.fix
+    assert lookup(path, {"n": 1}, recompute=True) is None
