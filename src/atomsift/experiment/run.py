@@ -176,14 +176,23 @@ def run_local(jobs: list[Job], out: Path, k: int, resume: bool, overwrite: bool,
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ["ATOMSIFT_THREADS"] = str(max(1, cores // k))  # inherited by the spawned workers
     pool = ProcessPoolExecutor(max_workers=k, mp_context=get_context("spawn"))
+    queue = list(jobs)
+    started: dict[Any, tuple[Job, float]] = {}
+
+    def submit_next() -> None:  # k in flight, no more: a Ctrl-C then finds no job queued inside the pool
+        job = queue.pop(0)
+        fut = pool.submit(run_job, job, resume=resume, overwrite=overwrite, log=_log_path(out, job))
+        started[fut] = (job, time.perf_counter())
+
     try:
-        started = {}
-        for job in jobs:
-            fut = pool.submit(run_job, job, resume=resume, overwrite=overwrite, log=_log_path(out, job))
-            started[fut] = (job, time.perf_counter())
+        for _ in range(min(k, len(queue))):
+            submit_next()
         pending, done = set(started), 0
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for _ in range(min(len(finished), len(queue))):
+                submit_next()
+                pending.add(next(reversed(started)))
             for fut in finished:
                 done += 1
                 job, t0 = started[fut]
