@@ -71,3 +71,39 @@ def test_a_cut_short_csi_cache_is_a_clear_error_and_recompute_replaces_it(tmp_pa
         load_stats(path)
     assert exc.value.file == str(path) and "--recompute" in exc.value.fix
     assert lookup(path, {"n": 1}, recompute=True) is None
+
+
+def test_a_run_whose_data_or_starting_checkpoint_changed_is_not_reused(tmp_path):
+    """inputs.json records the data's and the starting checkpoint's fingerprints: a finished run is reused
+    only while they match (it said 'reusing it' after the data file was edited)."""
+    import os
+    import shutil
+
+    from _train_helpers import pretrain_config
+
+    from atomsift.data.bundled import resolve_bundled
+    from atomsift.train.config import FinetuneConfig
+    from atomsift.train.finetune import run_finetuning
+    from atomsift.train.pretrain import run_pretraining
+
+    src, fmt, _ = resolve_bundled("acac")
+    data = tmp_path / f"acac{''.join(src.suffixes)}"
+    shutil.copy(src, data)
+    cfg = pretrain_config(
+        upstream={"acac": {"path": str(data), "format": fmt, "val_size": 6}}, mixture="single", epochs=1
+    )
+    run_pretraining(cfg, tmp_path / "pt", progress=False)
+    assert "data:acac" in (tmp_path / "pt/inputs.json").read_text()
+    run_pretraining(cfg, tmp_path / "pt", progress=False)  # unchanged: reused
+    stat = data.stat()
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file was rewritten
+    with pytest.raises(ConfigError, match=r"files this run read have changed since it ran \(data:acac"):
+        run_pretraining(cfg, tmp_path / "pt", progress=False)
+    ft = FinetuneConfig.model_validate(
+        {"preset": "energy-forces", "data": {"path": "bundled:ethanol"}, "checkpoint": str(tmp_path / "pt/model.pt"),
+         "epochs": 1, "split": {"train": 10, "val": 5, "test": 5}, "heads": {"num_layers": 1}}
+    )  # fmt: skip
+    run_finetuning(ft, tmp_path / "ft", progress=False)
+    shutil.copy(tmp_path / "pt/last.pt", tmp_path / "pt/model.pt")  # other weights under the same name
+    with pytest.raises(ConfigError, match=r"changed since it ran \(file:model.pt"):
+        run_finetuning(ft, tmp_path / "ft", progress=False)

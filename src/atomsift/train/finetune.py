@@ -30,7 +30,14 @@ from atomsift.train.data import BatchCollator, Task, TrainSet, indices_hash
 from atomsift.train.losses import TaskInfo
 from atomsift.train.metrics import FORCES_MAE, target_metric_names
 from atomsift.train.module import TrainModule
-from atomsift.train.runner import prepare_run, quiet_if_secondary, read_run_json, run_fit, write_json
+from atomsift.train.runner import (
+    input_fingerprints,
+    prepare_run,
+    quiet_if_secondary,
+    read_run_json,
+    run_fit,
+    write_json,
+)
 from atomsift.train.setup import (
     best_model_writer,
     closing_table,
@@ -211,8 +218,11 @@ def run_finetuning(
     console: Console | None = None,
     progress: bool = True,
     dry_run: bool = False,
+    check_inputs: bool = True,
 ) -> dict[str, Any]:
-    """Finetune as `cfg` says into the run folder `out`; returns the test metrics (also RUN/test_metrics.json)."""
+    """Finetune as `cfg` says into the run folder `out`; returns the test metrics (also RUN/test_metrics.json).
+
+    `check_inputs`: as in `run_pretraining` (the data's and the starting checkpoint's fingerprints)."""
     from atomsift.train.evaluate import evaluate_model
 
     console = quiet_if_secondary(console or Console())
@@ -257,7 +267,14 @@ def run_finetuning(
     if dry_run:
         return {"splits": {k: len(v) for k, v in splits.items()}, "steps_per_epoch": steps}
     inputs = (cfg.checkpoint, cfg.backbone.checkpoint if cfg.backbone is not None else None)
-    state = prepare_run(out, settings, resume=resume, overwrite=overwrite, command="finetune", inputs=inputs)
+    fingerprints = None
+    if check_inputs:
+        fingerprints = input_fingerprints(
+            {name: ds, **({f"{name} (test)": test_ds} if test_ds is not ds else {})}, inputs
+        )
+    state = prepare_run(
+        out, settings, resume=resume, overwrite=overwrite, command="finetune", inputs=inputs, fingerprints=fingerprints
+    )
     if state == "done":
         metrics = read_run_json(Path(out) / "test_metrics.json")
         console.print(f"{out} already holds this finished run (same settings): reusing it")

@@ -32,7 +32,14 @@ from atomsift.train.data import (
 )
 from atomsift.train.losses import TaskInfo
 from atomsift.train.module import TrainModule
-from atomsift.train.runner import prepare_run, quiet_if_secondary, read_run_json, run_fit, write_json
+from atomsift.train.runner import (
+    input_fingerprints,
+    prepare_run,
+    quiet_if_secondary,
+    read_run_json,
+    run_fit,
+    write_json,
+)
 from atomsift.train.setup import (
     best_model_writer,
     closing_table,
@@ -247,15 +254,27 @@ def run_pretraining(
     overwrite: bool = False,
     console: Console | None = None,
     progress: bool = True,
+    check_inputs: bool = True,
 ) -> dict[str, Any]:
-    """Pretrain as `cfg` says into the run folder `out`; returns the summary (also RUN/summary.json)."""
+    """Pretrain as `cfg` says into the run folder `out`; returns the summary (also RUN/summary.json).
+
+    `check_inputs`: record the data's fingerprints in RUN/inputs.json and refuse to reuse or resume a run
+    whose files changed since (the experiment keeps its own provenance per cell and passes False)."""
     console = quiet_if_secondary(console or Console())
     settings = cfg.model_dump(mode="json")
     if overwrite or not (Path(out) / "summary.json").exists():  # a finished run is reused without its start
         cfg.backbone.check_source()  # a mistyped checkpoint path or hyperparameter before the folder is touched
     plan = plan_pretraining(cfg)  # opens the data and checks N against it before the run folder is touched
+    starts_from = (cfg.backbone.checkpoint,)
+    fingerprints = input_fingerprints({d.name: d.dataset for d in plan.datasets}, starts_from) if check_inputs else None
     state = prepare_run(
-        out, settings, resume=resume, overwrite=overwrite, command="pretrain", inputs=(cfg.backbone.checkpoint,)
+        out,
+        settings,
+        resume=resume,
+        overwrite=overwrite,
+        command="pretrain",
+        inputs=starts_from,
+        fingerprints=fingerprints,
     )
     if state == "done":
         summary = read_run_json(Path(out) / "summary.json")

@@ -13,6 +13,7 @@ unless `--overwrite` (which removes the run's own files first).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ MECHANICS = ("num_workers", "loggers", "checkpoint_every", "log_every")
 
 RUN_FILES = (
     "config.yaml",
+    "inputs.json",
     "summary.json",
     "model.pt",
     "last.pt",
@@ -91,12 +93,15 @@ def prepare_run(
     overwrite: bool,
     command: str,
     inputs: tuple[str | Path | None, ...] = (),
+    fingerprints: dict[str, str] | None = None,
 ) -> str:
     """Check the run folder against the settings; returns 'new', 'resume' or 'done'.
 
     Writes config.yaml for a new run. Raises ConfigError, before anything is deleted, for a folder holding
     another run, an unfinished run without --resume, files a run writes but no run, --resume with --overwrite,
     and an --overwrite that would delete one of the run's `inputs` (e.g. finetuning's --checkpoint).
+    `fingerprints` (name -> fingerprint of a file the run reads) go to inputs.json; a finished or unfinished
+    run whose inputs.json differs (a data file or checkpoint changed since) is refused rather than reused.
     """
     if secondary_rank():  # rank 0 checked the folder and wrote config.yaml before starting this process
         return "resume" if resume else "new"
@@ -157,6 +162,7 @@ def prepare_run(
                 fix="use the original settings to resume or reuse it, another --out for a new run, or --overwrite "
                 "to replace it",
             )
+        _check_inputs(out, fingerprints)
         if (out / "summary.json").exists():
             return "done"
         if not (out / "checkpoints" / "last.ckpt").exists():
@@ -173,7 +179,52 @@ def prepare_run(
     elif resume:
         raise ConfigError("--resume, but the run folder holds no run", file=out, fix="drop --resume to start one")
     write_atomic(saved_path, yaml.safe_dump(settings, sort_keys=False))
+    if fingerprints:
+        write_atomic(out / "inputs.json", json.dumps(fingerprints, indent=2, sort_keys=True) + "\n")
     return "new"
+
+
+def _check_inputs(out: Path, fingerprints: dict[str, str] | None) -> None:
+    """Refuse a run folder whose recorded input fingerprints differ from the files' now (runs written before
+    inputs.json existed are not checked)."""
+    path = out / "inputs.json"
+    if not fingerprints or not path.exists():
+        return
+    saved = read_run_json(path)
+    changed = sorted(k for k in set(saved) | set(fingerprints) if saved.get(k) != fingerprints.get(k))
+    if changed:
+        raise ConfigError(
+            f"the files this run read have changed since it ran ({', '.join(changed)}: size, time or content)",
+            file=out,
+            fix="pass --overwrite to run again on the files as they are now, or restore them",
+        )
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 (16 hex) of a file's contents (checkpoints: a copied or moved run folder keeps it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def input_fingerprints(datasets: dict[str, Any], files: tuple[str | Path | None, ...] = ()) -> dict[str, str]:
+    """Fingerprints of the datasets a run reads (as the CSI cache's: format, options, size and file sizes and
+    times; bundled ones left out, they change only with atomsift) and of other files it reads (checkpoints,
+    by content); for inputs.json."""
+    from atomsift.csi.cache import dataset_fingerprint
+
+    out = {f"data:{name}": dataset_fingerprint(ds) for name, ds in datasets.items() if not _bundled(ds)}
+    out.update({f"file:{Path(f).name}": file_fingerprint(f) for f in files if f is not None and Path(f).is_file()})
+    return out
+
+
+def _bundled(ds: Any) -> bool:
+    from atomsift.data.bundled import bundled_dir
+
+    root = Path(bundled_dir()).resolve()
+    return root == Path(ds.path).resolve() or root in Path(ds.path).resolve().parents
 
 
 def write_atomic(path: Path, text: str) -> None:
