@@ -69,8 +69,8 @@ def test_changed_settings_are_refused_unless_overwrite(tmp_path):
         scratch=False,
         pretrain={**pre, "lr": 2e-3},
     )
-    with pytest.raises(ConfigError, match="other settings"):
-        check_folders(changed, resume=False, overwrite=False)
+    with pytest.raises(ConfigError, match=r"other settings, e\.g\. .*pretrain/acac.* \(lr: 0\.001 -> 0\.002\)"):
+        check_folders(changed, resume=False, overwrite=False)  # the differing key named, as pretrain does
     counts = check_folders(changed, resume=False, overwrite=True)
     assert counts["conflict"] == 2
     status = cells.run_job(changed[0], overwrite=True)

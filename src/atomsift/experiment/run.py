@@ -26,6 +26,7 @@ from atomsift.experiment.cells import job_states, result_rows, run_job
 from atomsift.experiment.config import ExperimentConfig
 from atomsift.experiment.grid import Job, build_jobs
 from atomsift.settings import check_output_dir, removed_if_left_empty, write_text_atomic
+from atomsift.train.runner import config_diff
 
 
 def _log_path(out: Path, job: Job) -> Path:
@@ -40,7 +41,8 @@ def check_folders(jobs: list[Job], *, resume: bool, overwrite: bool) -> Counter:
     conflict = [str(f) for f, s in states if s == "conflict"]
     if conflict and not overwrite:
         raise ConfigError(
-            f"{len(conflict)} cell folder(s) hold runs with other settings, e.g. {conflict[0]}",
+            f"{len(conflict)} cell folder(s) hold runs with other settings, e.g. {conflict[0]}"
+            + _differences(jobs, Path(conflict[0])),
             fix="use another --out for the new grid, or --overwrite to replace those cells (finished cells with "
             "the same settings are kept either way)",
         )
@@ -51,6 +53,21 @@ def check_folders(jobs: list[Job], *, resume: bool, overwrite: bool) -> Counter:
             fix="rerun with --resume to continue them from their checkpoints (or --overwrite to start them again)",
         )
     return counts
+
+
+def _differences(jobs: list[Job], folder: Path) -> str:
+    """' (keys: old -> new)' for a cell folder whose config.yaml differs from the grid's settings, else ''."""
+    wanted = {job.pretrain_folder: job.pretrain_settings for job in jobs}
+    wanted.update({c.folder: c.settings for job in jobs for c in job.finetunes})
+    try:
+        saved = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ""
+    new = {k: v for k, v in (wanted.get(folder) or {}).items() if k != "checkpoint"}
+    diff = config_diff({k: v for k, v in saved.items() if k != "checkpoint"}, new)
+    if not diff:
+        return " (it started from another pretraining)"
+    return f" ({'; '.join(diff[:4])}{f'; and {len(diff) - 4} more' if len(diff) > 4 else ''})"
 
 
 def print_grid(exp: ExperimentConfig, jobs: list[Job], counts: Counter, console: Console) -> None:
