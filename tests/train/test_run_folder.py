@@ -107,3 +107,21 @@ def test_a_run_whose_data_or_starting_checkpoint_changed_is_not_reused(tmp_path)
     shutil.copy(tmp_path / "pt/last.pt", tmp_path / "pt/model.pt")  # other weights under the same name
     with pytest.raises(ConfigError, match=r"changed since it ran \(file:model.pt"):
         run_finetuning(ft, tmp_path / "ft", progress=False)
+
+
+def test_overwrite_removes_the_run_s_own_files_and_leaves_the_user_s(tmp_path):
+    out = tmp_path / "run"
+    _finished(out)
+    for rel in ("checkpoints/last.ckpt", "logs/attempt_0/metrics.csv", "subsets/acac.val.json",
+                "checkpoints/my_best.ckpt", "logs/my_notes.log", "subsets/my_subset.json", "notes.txt"):  # fmt: skip
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("x")
+    assert prepare_run(out, {"lr": 2e-3}, resume=False, overwrite=True, command="pretrain") == "new"
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == [
+        "checkpoints/my_best.ckpt",
+        "config.yaml",
+        "logs/my_notes.log",
+        "notes.txt",
+        "subsets/my_subset.json",
+    ]

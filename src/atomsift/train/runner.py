@@ -135,12 +135,7 @@ def prepare_run(
                 fix="choose another --out, or pass --overwrite to replace them",
             )
     if overwrite and saved_path.exists():
-        for name in RUN_FILES:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        _remove_run_files(out)
     started = (out / "checkpoints" / "last.ckpt").exists() or (out / "summary.json").exists()
     if saved_path.exists() and not started and not resume:
         saved_path.unlink()  # an earlier attempt stopped before training (bad data, a typo): nothing to keep
@@ -182,6 +177,29 @@ def prepare_run(
     if fingerprints:
         write_atomic(out / "inputs.json", json.dumps(fingerprints, indent=2, sort_keys=True) + "\n")
     return "new"
+
+
+OWN_INSIDE = {
+    "checkpoints": ("last.ckpt", ".last.ckpt.tmp*"),
+    "logs": ("attempt_*",),
+    "subsets": ("*.train.json", "*.val.json"),
+    "plots": ("*.png",),
+}
+"""What a run writes inside its folders: --overwrite removes these and leaves anything else there."""
+
+
+def _remove_run_files(out: Path) -> None:
+    """The run's own files (RUN_FILES; in its folders only what OWN_INSIDE names), for --overwrite."""
+    for name in RUN_FILES:
+        target = out / name
+        if target.is_dir():
+            for pattern in OWN_INSIDE.get(name, ("*",)):
+                for item in target.glob(pattern):
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+            if not any(target.iterdir()):
+                target.rmdir()
+        elif target.exists():
+            target.unlink()
 
 
 def _check_inputs(out: Path, fingerprints: dict[str, str] | None) -> None:
