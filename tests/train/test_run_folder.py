@@ -7,7 +7,8 @@ import pytest
 
 from atomsift.csi.cache import load_stats, lookup, save_stats
 from atomsift.errors import ConfigError, DataError
-from atomsift.train.runner import prepare_run, read_run_json
+from atomsift.train.inputs import read_run_json
+from atomsift.train.runner import prepare_run
 
 SETTINGS = {"lr": 1e-3, "epochs": 2}
 

@@ -27,14 +27,13 @@ from atomsift.models import AtomsModel, build_backbone, load_checkpoint
 from atomsift.models.checkpoint import LoadReport, check_checkpoint_path
 from atomsift.train.config import FinetuneConfig, SplitSpec
 from atomsift.train.data import BatchCollator, Task, TrainSet, indices_hash
+from atomsift.train.inputs import input_fingerprints, read_run_json
 from atomsift.train.losses import TaskInfo
 from atomsift.train.metrics import FORCES_MAE, target_metric_names
 from atomsift.train.module import TrainModule
 from atomsift.train.runner import (
-    input_fingerprints,
     prepare_run,
     quiet_if_secondary,
-    read_run_json,
     run_fit,
     write_json,
 )

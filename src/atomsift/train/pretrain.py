@@ -30,13 +30,12 @@ from atomsift.train.data import (
     save_or_check_subset,
     temperature_shares,
 )
+from atomsift.train.inputs import input_fingerprints, read_run_json
 from atomsift.train.losses import TaskInfo
 from atomsift.train.module import TrainModule
 from atomsift.train.runner import (
-    input_fingerprints,
     prepare_run,
     quiet_if_secondary,
-    read_run_json,
     run_fit,
     write_json,
 )

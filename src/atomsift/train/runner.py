@@ -13,7 +13,6 @@ unless `--overwrite` (which removes the run's own files first).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from atomsift.errors import ConfigError, DataError
 from atomsift.settings import check_output_dir, write_text_atomic
 from atomsift.train.config import Optimisation
+from atomsift.train.inputs import check_inputs
 
 MECHANICS = ("num_workers", "loggers", "checkpoint_every", "log_every")
 """Settings that change how a run is carried out, not what it computes: free to differ on resume or reuse."""
@@ -157,7 +157,7 @@ def prepare_run(
                 fix="use the original settings to resume or reuse it, another --out for a new run, or --overwrite "
                 "to replace it",
             )
-        _check_inputs(out, fingerprints)
+        check_inputs(out, fingerprints)
         if (out / "summary.json").exists():
             return "done"
         if not (out / "checkpoints" / "last.ckpt").exists():
@@ -200,49 +200,6 @@ def _remove_run_files(out: Path) -> None:
                 target.rmdir()
         elif target.exists():
             target.unlink()
-
-
-def _check_inputs(out: Path, fingerprints: dict[str, str] | None) -> None:
-    """Refuse a run folder whose recorded input fingerprints differ from the files' now (runs written before
-    inputs.json existed are not checked)."""
-    path = out / "inputs.json"
-    if not fingerprints or not path.exists():
-        return
-    saved = read_run_json(path)
-    changed = sorted(k for k in set(saved) | set(fingerprints) if saved.get(k) != fingerprints.get(k))
-    if changed:
-        raise ConfigError(
-            f"the files this run read have changed since it ran ({', '.join(changed)}: size, time or content)",
-            file=out,
-            fix="pass --overwrite to run again on the files as they are now, or restore them",
-        )
-
-
-def file_fingerprint(path: str | Path) -> str:
-    """sha256 (16 hex) of a file's contents (checkpoints: a copied or moved run folder keeps it)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def input_fingerprints(datasets: dict[str, Any], files: tuple[str | Path | None, ...] = ()) -> dict[str, str]:
-    """Fingerprints of the datasets a run reads (as the CSI cache's: format, options, size and file sizes and
-    times; bundled ones left out, they change only with atomsift) and of other files it reads (checkpoints,
-    by content); for inputs.json."""
-    from atomsift.csi.cache import dataset_fingerprint
-
-    out = {f"data:{name}": dataset_fingerprint(ds) for name, ds in datasets.items() if not _bundled(ds)}
-    out.update({f"file:{Path(f).name}": file_fingerprint(f) for f in files if f is not None and Path(f).is_file()})
-    return out
-
-
-def _bundled(ds: Any) -> bool:
-    from atomsift.data.bundled import bundled_dir
-
-    root = Path(bundled_dir()).resolve()
-    return root == Path(ds.path).resolve() or root in Path(ds.path).resolve().parents
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -473,15 +430,3 @@ def run_fit(module: Any, cfg: Optimisation, out: Path, *, state: str, progress: 
         raise KeyboardInterrupt
     merge_metrics(out)
     return {"trainer": trainer, "wall_time_s": time.perf_counter() - start}
-
-
-def read_run_json(path: Path) -> Any:
-    """A run folder's JSON file (summary, test metrics), with a clear error when it is damaged."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise DataError(
-            f"the run folder's {path.name} cannot be read (damaged or edited)",
-            file=path,
-            fix="restore it, or pass --overwrite to run again",
-        ) from None
