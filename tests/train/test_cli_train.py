@@ -233,3 +233,11 @@ def test_ctrl_c_saves_and_resume_finishes_the_same_run(tmp_path):
     a = torch.load(tmp_path / "ref/last.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "run/last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the first Ctrl-C lets the step finish, so the logs replay too: same rows, same steps, same values
+    with open(tmp_path / "ref/metrics.csv", newline="") as fa, open(tmp_path / "run/metrics.csv", newline="") as fb:
+        ref_rows, run_rows = list(csv.DictReader(fa)), list(csv.DictReader(fb))
+    assert [r["step"] for r in run_rows] == [r["step"] for r in ref_rows]
+    for x, y in zip(ref_rows, run_rows, strict=True):
+        for key in x:
+            if x[key] and key not in ("struct/s",):
+                assert float(y[key]) == pytest.approx(float(x[key]), rel=1e-6, abs=1e-9), (x["step"], key)

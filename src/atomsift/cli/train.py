@@ -44,8 +44,8 @@ def _quiet_lightning() -> None:
 
 def _resume_hint(out: Path) -> None:
     on_interrupt(
-        f"the last checkpoint in {out}/checkpoints/ is kept (written at the interrupt, or at the last checkpoint_every "
-        f"step); rerun the same command with --resume to continue exactly where it stopped"
+        f"the last checkpoint in {out}/checkpoints/ is kept (written where the run stopped, or at the last "
+        f"checkpoint_every step); rerun the same command with --resume to continue exactly where it stopped"
     )
 
 

@@ -16,7 +16,9 @@ import csv
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -220,11 +222,22 @@ def _json_default(value: Any) -> Any:
 
 class AtomicCheckpoint(Callback):
     """Writes checkpoints/last.ckpt every `every` optimizer steps, at each epoch's end, at the end of training
-    and when interrupted (Ctrl-C outside an optimizer step)."""
+    and when interrupted (Ctrl-C outside an optimizer step).
+
+    In a single process the first Ctrl-C lets the current step finish (and the epoch's validation, when it
+    comes in the epoch's last step or its validation): the step's checkpoint is written where a periodic one
+    would be, its logs are written, and the run stops before the next step. A resume then replays the logs
+    too, not only the weights (a checkpoint written inside a step resumes the same weights, but Lightning's
+    step counter and that step's log row came out one off). A second Ctrl-C stops at once. DDP runs stop at
+    once (their processes could stop at different steps)."""
 
     def __init__(self, dirpath: Path, every: int) -> None:
         self.dirpath = Path(dirpath)
         self.every = every
+        self.requested = False  # a first Ctrl-C came: stop at the next step boundary
+        self._stop_next = False  # the checkpoint of the step boundary just passed is written: stop at the next
+        self._saved_at_stop = False  # stopped there: that checkpoint is the resume point, write no other
+        self._previous: Any = None
 
     @property
     def path(self) -> Path:
@@ -238,20 +251,50 @@ class AtomicCheckpoint(Callback):
             os.replace(tmp, self.path)
         trainer.strategy.barrier("atomic_checkpoint")
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.world_size > 1 or threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.default_int_handler:  # not where SIGINT is ignored (background jobs) or taken
+            self._previous = previous
+            signal.signal(signal.SIGINT, self._on_ctrl_c)
+
+    def _on_ctrl_c(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            self._restore()
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._stop_next:  # the step before was completed, logged and saved: stop here, before this one
+            self._saved_at_stop = True
+            raise KeyboardInterrupt
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         # the epoch's last batch is saved at the epoch's end instead, after its validation: a checkpoint written
         # between the two would resume without that validation
-        if trainer.global_step % self.every == 0 and batch_idx + 1 < trainer.num_training_batches:
+        if batch_idx + 1 < trainer.num_training_batches and (trainer.global_step % self.every == 0 or self.requested):
             self.save(trainer)
+            self._stop_next = self.requested
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self.save(trainer)
+        self._stop_next = self.requested
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._restore()
         self.save(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt) and not getattr(pl_module, "_stepping", False):
+        self._restore()
+        stepping = getattr(pl_module, "_stepping", False)  # mid-update: the previous checkpoint stays
+        if isinstance(exception, KeyboardInterrupt) and not stepping and not self._saved_at_stop:
             self.save(trainer)
 
 
