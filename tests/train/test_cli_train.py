@@ -198,6 +198,38 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
         assert b["best_val_loss"][name] == pytest.approx(value, rel=1e-3)
 
 
+def test_ddp_ctrl_c_to_the_first_process_stops_both_and_resumes_exactly(tmp_path):
+    """SIGINT to the first process only (timeout, kill -INT) left the other waiting in a collective for good;
+    now the processes agree after each step and stop at the same one, and the resume replays the logs too."""
+    import signal
+
+    import torch
+
+    cfg = write_config(tmp_path / "c.yaml", n_samples=64, epochs=8, batch_size=4, checkpoint_every=1000)
+    ddp = ("devices=2", "strategy=ddp", "accelerator=cpu")
+    ref = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "ref"), *ddp)
+    assert ref.returncode == 0, ref.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atomsift", "pretrain", "--config", str(cfg), "--out", str(tmp_path / "run"), *ddp],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:
+        if line.startswith("epoch 2/"):
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)  # a hang fails here
+    assert proc.returncode == 130, err
+    resumed = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "run"), "--resume", *ddp)
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "ref/last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "run/last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "run/metrics.csv").read_text() == (tmp_path / "ref/metrics.csv").read_text()
+
+
 def test_ctrl_c_saves_and_resume_finishes_the_same_run(tmp_path):
     import signal
 

@@ -324,12 +324,17 @@ class TrainModule(L.LightningModule):
             self.ema.to(device=self.device, dtype=next(self.model.parameters()).dtype)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the epoch's loss so far, summed over the processes (every process saves at the same points); on
+        # resume the first process takes it: each process's own partial sum would otherwise be rank 0's
+        epoch_loss = self._epoch_loss.clone().to(self.device)  # the all-reduce works in place: not our sum
+        if self.trainer.world_size > 1:
+            epoch_loss = self.trainer.strategy.reduce(epoch_loss, reduce_op="sum")
         checkpoint["atomsift"] = {
             "ema": None if self.ema is None else self.ema.state_dict(),
             "counters": dict(self.counters),
             "wall_time_s": self.wall_before + time.perf_counter() - self._fit_started,
             "batches_in_epoch": self.batches_in_epoch,
-            "epoch_loss": self._epoch_loss.cpu(),
+            "epoch_loss": epoch_loss.cpu(),
             "epoch_structures_at_start": self._epoch_structures_at_start,
             "epoch": self.current_epoch,
             "best": self.best,
@@ -346,7 +351,8 @@ class TrainModule(L.LightningModule):
         self.wall_before = float(state["wall_time_s"])
         self.batches_in_epoch = self._resume_skip = int(state["batches_in_epoch"])
         self._resume_epoch = int(state["epoch"])
-        self._epoch_loss = state["epoch_loss"]
+        loss = state["epoch_loss"]
+        self._epoch_loss = loss if self.global_rank == 0 else torch.zeros_like(loss)
         self._epoch_structures_at_start = state["epoch_structures_at_start"]
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.history = list(state["history"])

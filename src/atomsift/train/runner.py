@@ -224,12 +224,14 @@ class AtomicCheckpoint(Callback):
     """Writes checkpoints/last.ckpt every `every` optimizer steps, at each epoch's end, at the end of training
     and when interrupted (Ctrl-C outside an optimizer step).
 
-    In a single process the first Ctrl-C lets the current step finish (and the epoch's validation, when it
-    comes in the epoch's last step or its validation): the step's checkpoint is written where a periodic one
-    would be, its logs are written, and the run stops before the next step. A resume then replays the logs
-    too, not only the weights (a checkpoint written inside a step resumes the same weights, but Lightning's
-    step counter and that step's log row came out one off). A second Ctrl-C stops at once. DDP runs stop at
-    once (their processes could stop at different steps)."""
+    The first Ctrl-C lets the current step finish (and the epoch's validation, when it comes in the epoch's
+    last step or its validation): the step's checkpoint is written where a periodic one would be, its logs
+    are written, and the run stops before the next step. A resume then replays the logs too, not only the
+    weights (a checkpoint written inside a step resumes the same weights, but Lightning's step counter and
+    that step's log row came out one off). In DDP the processes agree after every step whether any of them
+    was interrupted (one all-reduce of a flag), so all stop at the same step: a Ctrl-C that reached one
+    process only (timeout, kill -INT) used to leave the others waiting in a collective for good. A second
+    Ctrl-C stops at once."""
 
     def __init__(self, dirpath: Path, every: int) -> None:
         self.dirpath = Path(dirpath)
@@ -252,7 +254,7 @@ class AtomicCheckpoint(Callback):
         trainer.strategy.barrier("atomic_checkpoint")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
-        if trainer.world_size > 1 or threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
             return
         previous = signal.getsignal(signal.SIGINT)
         if previous is signal.default_int_handler:  # not where SIGINT is ignored (background jobs) or taken
@@ -264,7 +266,8 @@ class AtomicCheckpoint(Callback):
             self._restore()
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        if not secondary_rank():
+            print("\nCtrl-C: stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     def _restore(self) -> None:
         if self._previous is not None:
@@ -279,13 +282,21 @@ class AtomicCheckpoint(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         # the epoch's last batch is saved at the epoch's end instead, after its validation: a checkpoint written
         # between the two would resume without that validation
-        if batch_idx + 1 < trainer.num_training_batches and (trainer.global_step % self.every == 0 or self.requested):
-            self.save(trainer)
-            self._stop_next = self.requested
+        if batch_idx + 1 < trainer.num_training_batches:
+            stop = self._agreed(trainer)
+            if trainer.global_step % self.every == 0 or stop:
+                self.save(trainer)
+            self._stop_next = stop
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self.save(trainer)
-        self._stop_next = self.requested
+        self._stop_next = self._agreed(trainer)
+
+    def _agreed(self, trainer: L.Trainer) -> bool:
+        """Whether any process was interrupted (every process calls this at the same points)."""
+        if trainer.world_size == 1:
+            return self.requested
+        return bool(trainer.strategy.reduce_boolean_decision(self.requested, all=False))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._restore()
