@@ -139,6 +139,9 @@ def test_pretrain_finetune_evaluate_end_to_end(tmp_path):
         ),
         ({}, ("mixture=single",), "mixture 'single' takes one upstream dataset"),
         ({}, ("--batch-size", "0"), "--batch-size must be at least 1"),
+        ({}, ("devices=0",), "Lightning refused the run settings"),  # was exit 1, "report it"
+        ({}, ("devices=2", "strategy=ddp_spawn"), "starts its processes from a pickled copy"),
+        ({}, ("num_nodes=2",), "would wait for the other nodes for good"),  # it hung, deaf to Ctrl-C
     ],
 )
 def test_bad_pretrain_input_is_one_paragraph(tmp_path, changes, args, needle):

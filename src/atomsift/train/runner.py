@@ -27,6 +27,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from atomsift.errors import ConfigError, DataError
@@ -399,9 +400,23 @@ def make_trainer(cfg: Optimisation, out: Path, attempt: int, *, progress: bool =
         callbacks.append(Progress(leave=True))
     elif progress:
         callbacks.append(EpochLines())
+    if "spawn" in str(cfg.strategy) or "fork" in str(cfg.strategy):
+        raise ConfigError(
+            f"strategy={cfg.strategy} starts its processes from a pickled copy of the run, which atomsift's run "
+            "cannot be",
+            fix="use strategy=ddp (one process per device, started as the command itself)",
+        )
+    cluster = ("SLURM_JOB_ID", "WORLD_SIZE", "MASTER_ADDR", "NODE_RANK", "TORCHELASTIC_RUN_ID")
+    if cfg.num_nodes > 1 and not any(k in os.environ for k in cluster):
+        raise ConfigError(
+            f"num_nodes={cfg.num_nodes}, but this process was not started as one of several nodes (no SLURM or "
+            "torchrun environment): it would wait for the other nodes for good",
+            fix="start the command under SLURM (srun, one task per device) or torchrun on every node, or use "
+            "num_nodes=1",
+        )
     try:
         return _trainer(cfg, out, loggers, callbacks, bar)
-    except (ValueError, TypeError) as exc:  # Lightning's checks of devices, strategy, precision, cluster
+    except (ValueError, TypeError, MisconfigurationException) as exc:  # devices, strategy, precision, cluster
         raise ConfigError(
             f"Lightning refused the run settings: {exc}",
             fix="check accelerator, devices, num_nodes, strategy and precision (and, under SLURM, that "
