@@ -205,3 +205,24 @@ def test_a_finetuning_from_another_pretraining_is_not_reused_without_overwrite(t
     assert status[str(cell.folder)] == "failed"
     assert "another pretraining" in json.loads((cell.folder / "failed.json").read_text())["error"]
     assert set(cells.run_job(jobs[0], overwrite=True).values()) == {"reused", "ok"}
+
+
+def test_the_launcher_is_checked_before_any_work(tmp_path, monkeypatch):
+    """slurm without sbatch on PATH failed after the CSI with exit 1 ('report it'); SLURM keys under the local
+    launcher were ignored without a word."""
+    import warnings
+
+    from atomsift.experiment.run import check_launcher
+
+    slurm, _ = _grid(tmp_path, launcher={"name": "slurm", "partition": "gpu"})
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    with pytest.raises(ConfigError, match="sbatch is not on PATH"):
+        check_launcher(slurm)
+    check_launcher(slurm, submit=False)  # a dry run needs no SLURM
+    local, _ = _grid(tmp_path, launcher={"name": "local", "partition": "gpu", "mem_gb": 8})
+    with pytest.warns(UserWarning, match=r"launcher.mem_gb, launcher.partition apply to the slurm launcher only"):
+        check_launcher(local)
+    plain, _ = _grid(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_launcher(plain)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import warnings
 from collections import Counter
@@ -131,9 +132,42 @@ def check_downstream_labels(exp: ExperimentConfig, jobs: list[Job]) -> None:
             )
 
 
+def check_launcher(exp: ExperimentConfig, *, submit: bool = True) -> None:
+    """The launcher can start (with `submit`; a dry run needs no SLURM here): submitit importable for the
+    submitit launchers, SLURM's sbatch on PATH for `slurm`, before any work rather than after the CSI.
+    SLURM-only keys under the local launcher are warned about."""
+    lau = exp.launcher
+    if lau.name == "local":
+        slurm_only = ("partition", "gpus_per_task", "cpus_per_task", "mem_gb", "account", "qos", "constraint",
+                      "array_parallelism", "extra", "time")  # fmt: skip
+        given = sorted(k for k in lau.model_fields_set if k in slurm_only)
+        if given:
+            warnings.warn(
+                f"launcher.{', launcher.'.join(given)} {'applies' if len(given) == 1 else 'apply'} to the slurm "
+                "launcher only; the local launcher ignores it (set launcher.name=slurm to use it)",
+                stacklevel=2,
+            )
+        return
+    if not submit:
+        return
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"the {lau.name} launcher needs submitit", fix='pip install "atomsift[slurm]" (or submitit)'
+        ) from None
+    if lau.name == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError(
+            "launcher.name=slurm, but SLURM's sbatch is not on PATH here",
+            fix="run the command on a SLURM login node, or use launcher.name=local (or submitit-local to try "
+            "the submission path on this machine)",
+        )
+
+
 def preflight(exp: ExperimentConfig, jobs: list[Job], console: Console, *, show: bool) -> None:
     """Before any work: every distinct pretraining planned (N against each dataset), every downstream task's
-    labels and split checked; with `show`, the plans are printed (--dry-run)."""
+    labels and split checked; with `show`, the plans are printed (--dry-run, which needs no SLURM here)."""
+    check_launcher(exp, submit=not show)
     from atomsift.train.config import FinetuneConfig, PretrainConfig
     from atomsift.train.finetune import run_finetuning
     from atomsift.train.pretrain import plan_pretraining, print_plan
@@ -231,12 +265,8 @@ def run_local(jobs: list[Job], out: Path, k: int, resume: bool, overwrite: bool,
 def run_submitit(exp: ExperimentConfig, jobs: list[Job], out: Path, resume: bool, overwrite: bool, console: Console):
     """Jobs as submitit jobs (SLURM, or submitit's local executor); waits for them (Ctrl-C leaves them running:
     `--report-only` gathers what has finished)."""
-    try:
-        import submitit
-    except ImportError:
-        raise ConfigError(
-            "the slurm launcher needs submitit", fix='pip install "atomsift[slurm]" (or submitit)'
-        ) from None
+    import submitit  # check_launcher said so before any work when it is missing
+
     lau = exp.launcher
     folder = out / "submitit" / "%j"
     if lau.name == "submitit-local":
@@ -257,12 +287,13 @@ def run_submitit(exp: ExperimentConfig, jobs: list[Job], out: Path, resume: bool
             **lau.extra,
         }
         executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    submitted = []
-    for job in jobs:
-        executor.update_parameters(name=f"atomsift-{job.name.replace('/', '-')}")
-        submitted.append(
-            (job, executor.submit(run_job, job, resume=resume, overwrite=overwrite, log=_log_path(out, job)))
-        )
+    # one SLURM job array (at most array_parallelism tasks at once); the cell names are in logs/ and the report
+    executor.update_parameters(name=f"atomsift-{out.name}")
+    with executor.batch():
+        futures = [
+            executor.submit(run_job, job, resume=resume, overwrite=overwrite, log=_log_path(out, job)) for job in jobs
+        ]
+    submitted = list(zip(jobs, futures, strict=True))
     console.print(f"submitted {len(submitted)} jobs ({lau.name}); submitit's files: {out}/submitit/")
     start = time.perf_counter()
     for i, (job, sub) in enumerate(submitted, start=1):
