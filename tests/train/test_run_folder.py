@@ -126,3 +126,10 @@ def test_overwrite_removes_the_run_s_own_files_and_leaves_the_user_s(tmp_path):
         "notes.txt",
         "subsets/my_subset.json",
     ]
+
+
+def test_resume_without_a_checkpoint_says_the_run_starts_again(tmp_path):
+    out = tmp_path / "run"
+    assert prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain") == "new"
+    with pytest.warns(UserWarning, match="holds no checkpoint, so the run starts from its beginning"):
+        assert prepare_run(out, SETTINGS, resume=True, overwrite=False, command="pretrain") == "new"

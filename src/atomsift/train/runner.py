@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -164,8 +165,12 @@ def prepare_run(
         if (out / "summary.json").exists():
             return "done"
         if not (out / "checkpoints" / "last.ckpt").exists():
-            if resume:
-                return "new"  # nothing to resume: the earlier attempt stopped before its first checkpoint
+            if resume:  # nothing to resume: the earlier attempt stopped before its first checkpoint
+                warnings.warn(
+                    f"--resume: {out}/checkpoints/ holds no checkpoint, so the run starts from its beginning",
+                    stacklevel=2,
+                )
+                return "new"
         elif not resume:
             raise ConfigError(
                 "the run folder holds an unfinished run with these settings",
