@@ -197,3 +197,13 @@ def test_csi_config_flags_and_overrides(tmp_path):
     one_paragraph(run("csi", "--config", str(config), "--out", str(config)), "existing file", "folder")
     one_paragraph(run("csi", "--config", str(config), "--trust-checkpoint", "--out", str(out)), "checkpoint:PATH")
     one_paragraph(run("csi", "--config", str(config), "boostrap=3", "--out", str(out)), "boostrap")
+    # results of other settings in --out are not replaced without --overwrite; run mechanics may differ
+    before = (out / "csi.json").read_text()
+    one_paragraph(run("csi", "--config", str(config), "--out", str(out)), "results of a run with other settings")
+    assert (out / "csi.json").read_text() == before
+    again = (
+        "csi", "--config", str(config), "-u", "oxides=bundled:oxides", "--n-samples", "15", "seed=7",
+        "upstream.acac.n_samples=8", "--batch-size", "3", "--out", str(out),
+    )  # fmt: skip
+    assert run(*again).returncode == 0
+    assert run("csi", "--config", str(config), "--out", str(out), "--overwrite", "--recompute").returncode == 0

@@ -37,6 +37,9 @@ SHRINKAGE_OPT = typer.Option(None, "--shrinkage", help="Covariance shrinkage: a 
 CACHE_DIR_OPT = typer.Option(None, "--cache-dir", help="Statistics cache (default OUT/cache).")
 RECOMPUTE_OPT = typer.Option(False, "--recompute", help="Replace cached statistics whose settings differ.")
 DEVICE_OPT = typer.Option(None, "--device", help="Torch device of the extractor (default cpu).")
+OVERWRITE_RESULTS_OPT = typer.Option(
+    False, "--overwrite", help="Replace the results in --out of a run with other settings (refused without it)."
+)
 MEASURE_OPT = typer.Option("csi", "--measure", help="The measure minimised: csi (default), csi_element or mmd.")
 
 
@@ -61,6 +64,7 @@ def csi(
     measures: str | None = typer.Option(
         None, "--measures", help="Measures besides CSI, comma-separated, or all (default); see docs/measures.md."
     ),
+    overwrite: bool = OVERWRITE_RESULTS_OPT,
 ) -> None:
     """Rank upstream datasets by CSI to each downstream set (lowest first), with bootstrap intervals and the
     measures beyond CSI (docs/measures.md)."""
@@ -83,7 +87,7 @@ def csi(
         device=device,
         measures=measures,
     )
-    run_and_report(cfg, out)
+    run_and_report(cfg, out, overwrite=overwrite)
 
 
 def _load(
@@ -146,11 +150,44 @@ def _named(args: list[str] | None, flag: str) -> dict:
     return out
 
 
+MECHANICS = ("batch_size", "device", "recompute", "cache_dir", "stats_memory_gb", "element_memory_gb")
+"""CSI settings that change how the numbers are computed, not which: free to differ in a folder's rerun."""
+
+
+def check_results_folder(out: Path, name: str, settings: dict, overwrite: bool) -> None:
+    """Refuse (before any work) an --out whose results came from other settings, unless --overwrite: its
+    csi.json / csv / chart would be replaced by another run's."""
+    path = Path(out) / name
+    if overwrite or not path.is_file():
+        return
+    try:
+        old = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        old = {}
+    new = yaml.safe_load(yaml.safe_dump(settings, sort_keys=False))
+    differ = sorted(k for k in set(old) | set(new) if k not in MECHANICS and old.get(k) != new.get(k))
+    if differ:
+        from atomsift.errors import ConfigError
+
+        raise ConfigError(
+            f"--out holds the results of a run with other settings ({', '.join(differ)} differ; see {name}), "
+            "which this run would replace",
+            file=out,
+            fix="choose another --out, or pass --overwrite to replace them (cached statistics that still match "
+            "are reused either way)",
+        )
+
+
 def run_and_report(
-    cfg, out: Path, console: Console | None = None, settings: tuple[str, dict] = ("csi_config.yaml", {})
+    cfg,
+    out: Path,
+    console: Console | None = None,
+    settings: tuple[str, dict] = ("csi_config.yaml", {}),
+    overwrite: bool = False,
 ) -> tuple[list[dict], list, list, object, Console]:
     """Run CSI, save the resolved settings (`settings`: file name and extra keys), print the ranked tables and
-    write json/csv/png into `out`. Returns (rows, upstream stats, downstream stats, extractor, console)."""
+    write json/csv/png into `out` (refused, before any work, over the results of other settings unless
+    `overwrite`). Returns (rows, upstream stats, downstream stats, extractor, console)."""
     from atomsift.cli.common import make_console, on_interrupt
     from atomsift.csi.pipeline import run_csi_with_stats
     from atomsift.csi.report import print_tables, write_outputs
@@ -161,10 +198,11 @@ def run_and_report(
     on_interrupt(
         f"statistics of the datasets that finished are kept in {cache}; rerun the same command to resume from them"
     )
+    name, extra = settings
+    check_results_folder(out, name, {**cfg.model_dump(), **extra}, overwrite)
     with removed_if_left_empty(out):  # bad input (found while opening data / the extractor) leaves no folder
         check_output_dir(out)
         rows, up, down, extractor = run_csi_with_stats(cfg, out)  # refuses mismatched caches before writing
-    name, extra = settings
     (out / name).write_text(yaml.safe_dump({**cfg.model_dump(), **extra}, sort_keys=False))
     print_tables(rows, console)
     paths = write_outputs(rows, out)
@@ -193,6 +231,7 @@ def select(
     cache_dir: Path | None = CACHE_DIR_OPT,
     recompute: bool = RECOMPUTE_OPT,
     device: str | None = DEVICE_OPT,
+    overwrite: bool = OVERWRITE_RESULTS_OPT,
 ) -> None:
     """Choose mixture weights over the upstream sets that minimise a measure to each downstream set, and write
     the mixture for `atomsift pretrain` (docs/measures.md)."""
@@ -229,4 +268,4 @@ def select(
         device=device,
         measures=",".join(dict.fromkeys(["csi", "uncovered", measure])),
     )
-    run_select(cfg, out, measure, over)
+    run_select(cfg, out, measure, over, overwrite=overwrite)

@@ -55,7 +55,12 @@ def selection_table(sel: Selection, unit: str, shown: int | None = None) -> Tabl
 
 
 def run_select(
-    cfg: CSIConfig, out: Path, measure: str, over: str = "datasets", console: Console | None = None
+    cfg: CSIConfig,
+    out: Path,
+    measure: str,
+    over: str = "datasets",
+    console: Console | None = None,
+    overwrite: bool = False,
 ) -> list[Selection]:
     """Gather statistics, score the single sets (with warnings), select a mixture per downstream set (over the
     datasets, or over the classes of each dataset), write it."""
@@ -65,7 +70,7 @@ def run_select(
 
     settings = ("select_config.yaml", {"measure": measure, "over": over})
     defaults = PretrainConfig.model_fields  # quoted in each mixture file's header
-    rows, up, down, extractor, console = run_and_report(cfg, out, console, settings)
+    rows, up, down, extractor, console = run_and_report(cfg, out, console, settings, overwrite=overwrite)
     unit = "atom" if cfg.aggregation == "flat" else "observation"
     candidates: list[Any] = up
     if over == "classes":
