@@ -8,7 +8,7 @@ from ase import Atoms
 
 from atomsift.csi.extract import check_geometry
 from atomsift.data import open_dataset
-from atomsift.errors import DataError, naming_file
+from atomsift.errors import ConfigError, DataError, naming_file
 
 
 def test_an_error_without_a_file_gets_the_dataset_s_and_one_with_a_file_keeps_it(tmp_path):
@@ -22,3 +22,6 @@ def test_an_error_without_a_file_gets_the_dataset_s_and_one_with_a_file_keeps_it
     with pytest.raises(DataError) as kept, naming_file(ds.path):
         raise DataError("bad", file="other.xyz")
     assert kept.value.file == "other.xyz"
+    with pytest.raises(ConfigError) as settings, naming_file(ds.path):  # a settings error is not the data's
+        raise ConfigError("the model has no head 'nope'")
+    assert settings.value.file is None

@@ -71,11 +71,11 @@ def did_you_mean(unknown: Iterable[str], known: Iterable[str]) -> str:
 
 @contextmanager
 def naming_file(path: str | Path | None) -> Iterator[None]:
-    """Errors raised inside that name no file get ``path``: a record checked deep in an extractor or a model
-    knows its id, not the file it came from."""
+    """Data errors raised inside that name no file get ``path``: a record checked deep in an extractor or a
+    model knows its id, not the file it came from (settings errors are left alone: not the data's fault)."""
     try:
         yield
-    except AtomsiftError as exc:
+    except DataError as exc:
         if exc.file is None and path is not None:
             exc.file = str(path)
             exc.args = (exc.message(),)

@@ -4,6 +4,7 @@ cell is recorded while the others go on, and the parallel and submitit launchers
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from _grid_helpers import tiny
@@ -226,3 +227,18 @@ def test_the_launcher_is_checked_before_any_work(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_launcher(plain)
+
+
+def test_a_lost_worker_leaves_its_cells_pending_and_the_grid_goes_on(tmp_path, monkeypatch):
+    """With jobs handed to the pool one at a time, a dead worker made the next submit raise BrokenProcessPool
+    out of the launcher: no report at all. Now every job is announced, the lost ones as pending."""
+    from _fake_jobs import FakeJob, fake_job
+
+    from atomsift.experiment import run as launcher
+
+    monkeypatch.setattr(launcher, "run_job", fake_job)
+    console = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
+    launcher.run_local([FakeJob(f"j{i}") for i in range(5)], tmp_path, 2, False, False, console)
+    text = console.export_text()
+    assert all(f"/5] j{i}" in text for i in range(5)), text
+    assert "stay pending" in text

@@ -105,8 +105,10 @@ def test_section_keys_from_the_command_line_are_named_there(tmp_path):
     typo = run("--config", config, "pretrain.lrr=3", "--out", str(tmp_path / "a"), "--dry-run")
     assert typo.returncode == 2 and "Traceback" not in typo.stderr
     assert "lrr (command line: pretrain.lrr=3): unknown key; did you mean 'lr'?" in " ".join(typo.stderr.split())
-    shadowed = run("--config", config, "finetune.lr=0.5", "--out", str(tmp_path / "b"), "--dry-run")
+    shadowed = run(
+        "--config", config, "finetune.lr=0.5", "finetune.split.train=5", "--out", str(tmp_path / "b"), "--dry-run"
+    )  # fmt: skip
     assert shadowed.returncode == 0, shadowed.stderr[-2000:]
     said = " ".join((shadowed.stdout + shadowed.stderr).split())
-    assert said.count("finetune.lr from the command line does not apply to 'ethanol'") == 1
-    assert "set downstream.ethanol.lr=... instead" in said
+    assert said.count("finetune.lr, finetune.split.train from the command line does not apply to 'ethanol'") == 1
+    assert "set downstream.ethanol.lr=..., downstream.ethanol.split.train=... instead" in said

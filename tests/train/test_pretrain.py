@@ -257,3 +257,28 @@ def test_a_run_that_failed_before_training_leaves_no_claim_on_its_folder(tmp_pat
     with pytest.raises(ValidationError, match="no n_samples"):
         pretrain_config(upstream={"oxides": {"path": "bundled:oxides", "n_samples": 3}}, mixture="single")
     assert pretrain_config(precision=32).precision == "32"
+
+
+class CtrlCDuringLastValidation(L.Callback):
+    """Sets the checkpoint callback's Ctrl-C flag in the last epoch's validation (what the first Ctrl-C does)."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == trainer.max_epochs - 1:
+            next(c for c in trainer.callbacks if isinstance(c, runner.AtomicCheckpoint)).requested = True
+
+
+def test_a_ctrl_c_in_the_last_validation_still_stops_the_command(tmp_path, monkeypatch):
+    """No step boundary follows the last validation: the run stopped there said 'stopping after this step'
+    and then finished as if nothing was pressed (an experiment went on to its next cells)."""
+    cfg = pretrain_config(epochs=2)
+    with monkeypatch.context() as m:
+        _with_callback(m, CtrlCDuringLastValidation())
+        with pytest.raises(KeyboardInterrupt):
+            run_pretraining(cfg, tmp_path / "a", progress=False)
+    assert not (tmp_path / "a/summary.json").exists() and (tmp_path / "a/checkpoints/last.ckpt").exists()
+    resumed = run_pretraining(cfg, tmp_path / "a", progress=False, resume=True)
+    whole = run_pretraining(cfg, tmp_path / "b", progress=False)
+    assert resumed["optimizer_steps"] == whole["optimizer_steps"]
+    a = torch.load(tmp_path / "a/last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b/last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -133,3 +133,44 @@ def test_resume_without_a_checkpoint_says_the_run_starts_again(tmp_path):
     assert prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain") == "new"
     with pytest.warns(UserWarning, match="holds no checkpoint, so the run starts from its beginning"):
         assert prepare_run(out, SETTINGS, resume=True, overwrite=False, command="pretrain") == "new"
+
+
+def test_overwrite_also_clears_run_files_without_config_and_tensorboard_logs(tmp_path):
+    """The refusal says 'pass --overwrite to replace them': then they go, or a stale summary.json made a later
+    --resume 'done' and old logs were merged in; TensorBoard's folder is the run's own too."""
+    out = tmp_path / "run"
+    for rel in ("summary.json", "logs/attempt_0/metrics.csv", "logs/tensorboard/attempt_0/events", "notes.txt"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("x")
+    assert prepare_run(out, SETTINGS, resume=False, overwrite=True, command="pretrain") == "new"
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["config.yaml", "notes.txt"]
+
+
+def test_overwrite_refuses_only_inputs_it_would_delete(tmp_path):
+    out = tmp_path / "pt"
+    _finished(out)
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints/my_best.ckpt").write_bytes(b"kept by --overwrite")
+    kept = out / "checkpoints/my_best.ckpt"
+    assert prepare_run(out, {"x": 2}, resume=False, overwrite=True, command="finetune", inputs=(kept,)) == "new"
+    assert kept.read_bytes() == b"kept by --overwrite"
+
+
+def test_a_users_subset_of_a_bundled_set_is_fingerprinted(tmp_path):
+    import json as _json
+
+    from atomsift.data import open_dataset
+    from atomsift.train.inputs import input_fingerprints
+
+    subset = tmp_path / "subset.json"
+    subset.write_text(_json.dumps({"indices": [0, 1, 2]}))
+    plain = open_dataset("bundled:acac")
+    assert input_fingerprints({"acac": plain}) == {}  # bundled files change only with atomsift
+    picked = open_dataset("bundled:acac", indices=str(subset))
+    first = input_fingerprints({"acac": picked})
+    assert set(first) == {"data:acac"}
+    subset.write_text(_json.dumps({"indices": [0, 1, 3]}))
+    import os
+
+    os.utime(subset, ns=(subset.stat().st_atime_ns, subset.stat().st_mtime_ns + 10**9))
+    assert input_fingerprints({"acac": open_dataset("bundled:acac", indices=str(subset))}) != first

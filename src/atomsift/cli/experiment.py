@@ -39,16 +39,10 @@ def experiment(
     cfg = resolve_settings(ExperimentConfig, config, flags=flags, overrides=overrides, example=EXAMPLE)
     cfg.with_given(given_keys(flags, overrides))
     _quiet_lightning()
-    if cfg.launcher.name == "slurm":  # the jobs are SLURM's now: a rerun would submit them a second time
-        on_interrupt(
-            f"the submitted SLURM jobs keep running (scancel them to stop them); `atomsift experiment ... --out "
-            f"{out} --report-only` gathers what has finished; rerun with --resume only once none of them is left"
-        )
-    else:
-        on_interrupt(
-            f"finished cells in {out}/cells/ are kept and reused; interrupted ones keep their last checkpoint: "
-            "rerun the same command with --resume to continue"
-        )
+    on_interrupt(  # run_submitit says otherwise once SLURM jobs are submitted
+        f"finished cells in {out}/cells/ are kept and reused; interrupted ones keep their last checkpoint: rerun "
+        "the same command with --resume to continue"
+    )
     run_experiment(
         cfg, out, resume=resume, overwrite=overwrite, report_only=report_only, dry=dry_run, console=make_console()
     )

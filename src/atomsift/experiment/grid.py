@@ -21,6 +21,7 @@ from atomsift.settings import deep_merge, validate
 from atomsift.train.config import FinetuneConfig, PretrainConfig
 from atomsift.train.finetune import load_preset, task_info
 from atomsift.train.metrics import FORCES_MAE, target_metric_names
+from atomsift.train.runner import flatten
 
 EXAMPLE = "configs/experiment_demo.yaml"
 
@@ -70,11 +71,13 @@ def finetune_settings(exp: ExperimentConfig, name: str, **cell: Any) -> Finetune
     down = exp.downstream[name]
     data = deep_merge(load_preset(down.preset), exp.finetune)
     own = down.finetune_keys()
-    shadowed = sorted(set(exp.given_within({"finetune.": ""})) & set(own))
+    mine = list(flatten(own))  # the task's own dotted keys: finetune.split.train loses to split: {train: ...}
+    given = exp.given_within({"finetune.": ""})
+    shadowed = sorted(k for k in given if any(o == k or o.startswith(k + ".") or k.startswith(o + ".") for o in mine))
     if shadowed:  # the documented order puts the task's keys last: say so rather than ignore the command line
         warnings.warn(
-            f"{', '.join('finetune.' + k for k in shadowed)} from the command line does not apply to '{name}': "
-            f"its own {', '.join(shadowed)} in the config comes later; set "
+            f"{', '.join('finetune.' + k for k in shadowed)} from the command line does not apply to '{name}' "
+            f"(or not wholly): its own {', '.join(shadowed)} in the config comes later; set "
             f"{', '.join(f'downstream.{name}.{k}=...' for k in shadowed)} instead",
             stacklevel=1,  # one place: Python's default filter says each task's once
         )

@@ -14,6 +14,7 @@ import time
 import warnings
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -231,8 +232,9 @@ def run_local(jobs: list[Job], out: Path, k: int, resume: bool, overwrite: bool,
     started: dict[Any, tuple[Job, float]] = {}
 
     def submit_next() -> None:  # k in flight, no more: a Ctrl-C then finds no job queued inside the pool
-        job = queue.pop(0)
+        job = queue[0]
         fut = pool.submit(run_job, job, resume=resume, overwrite=overwrite, log=_log_path(out, job))
+        queue.pop(0)  # only once the pool took it: a broken pool's refusal leaves it to be reported
         started[fut] = (job, time.perf_counter())
 
     try:
@@ -241,9 +243,17 @@ def run_local(jobs: list[Job], out: Path, k: int, resume: bool, overwrite: bool,
         pending, done = set(started), 0
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for _ in range(min(len(finished), len(queue))):
-                submit_next()
-                pending.add(next(reversed(started)))
+            try:
+                for _ in range(min(len(finished), len(queue))):
+                    submit_next()
+                    pending.add(next(reversed(started)))
+            except BrokenProcessPool as exc:  # a worker died (OOM, signal): the pool takes no more jobs
+                for job in queue:
+                    done += 1
+                    console.print(
+                        f"[{done}/{total}] {job.name}: not started, the process pool broke ({exc}); its cells stay pending"
+                    )
+                queue.clear()
             for fut in finished:
                 done += 1
                 job, t0 = started[fut]
@@ -294,6 +304,13 @@ def run_submitit(exp: ExperimentConfig, jobs: list[Job], out: Path, resume: bool
             executor.submit(run_job, job, resume=resume, overwrite=overwrite, log=_log_path(out, job)) for job in jobs
         ]
     submitted = list(zip(jobs, futures, strict=True))
+    if lau.name == "slurm":  # from now on a Ctrl-C leaves SLURM jobs running: a rerun would submit them twice
+        from atomsift.cli.common import on_interrupt
+
+        on_interrupt(
+            f"the submitted SLURM jobs keep running (scancel them to stop them); `atomsift experiment ... --out "
+            f"{out} --report-only` gathers what has finished; rerun with --resume only once none of them is left"
+        )
     console.print(f"submitted {len(submitted)} jobs ({lau.name}); submitit's files: {out}/submitit/")
     start = time.perf_counter()
     for i, (job, sub) in enumerate(submitted, start=1):

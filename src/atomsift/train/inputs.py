@@ -59,7 +59,9 @@ def input_fingerprints(datasets: dict[str, Any], files: tuple[str | Path | None,
 
 
 def _bundled(ds: Any) -> bool:
+    """Every file the dataset reads ships with atomsift (a user's indices=FILE subset of a bundled set does not)."""
     from atomsift.data.bundled import bundled_dir
 
     root = Path(bundled_dir()).resolve()
-    return root == Path(ds.path).resolve() or root in Path(ds.path).resolve().parents
+    files = [Path(f).resolve() for f in ds.source_files()] or [Path(ds.path).resolve()]
+    return all(f == root or root in f.parents for f in files)

@@ -123,8 +123,7 @@ def prepare_run(
     own = [out / name for name in RUN_FILES]
     if overwrite:
         for item in filter(None, inputs):
-            path = Path(item).resolve()
-            if any(path == p.resolve() or p.resolve() in path.parents for p in own):
+            if _removed_by_overwrite(out, Path(item)):
                 raise ConfigError(
                     f"--overwrite would delete {item}, which this run reads",
                     file=out,
@@ -138,7 +137,7 @@ def prepare_run(
                 file=out,
                 fix="choose another --out, or pass --overwrite to replace them",
             )
-    if overwrite and saved_path.exists():
+    if overwrite:  # also where files a run writes lie without config.yaml (refused above without --overwrite)
         _remove_run_files(out)
     started = (out / "checkpoints" / "last.ckpt").exists() or (out / "summary.json").exists()
     if saved_path.exists() and not started and not resume:
@@ -161,7 +160,8 @@ def prepare_run(
                 fix="use the original settings to resume or reuse it, another --out for a new run, or --overwrite "
                 "to replace it",
             )
-        check_inputs(out, fingerprints)
+        if started:  # a run stopped before its first checkpoint starts again: nothing of it to protect
+            check_inputs(out, fingerprints)
         if (out / "summary.json").exists():
             return "done"
         if not (out / "checkpoints" / "last.ckpt").exists():
@@ -189,11 +189,24 @@ def prepare_run(
 
 OWN_INSIDE = {
     "checkpoints": ("last.ckpt", ".last.ckpt.tmp*"),
-    "logs": ("attempt_*",),
+    "logs": ("attempt_*", "tensorboard", "wandb"),
     "subsets": ("*.train.json", "*.val.json"),
     "plots": ("*.png",),
 }
 """What a run writes inside its folders: --overwrite removes these and leaves anything else there."""
+
+
+def _removed_by_overwrite(out: Path, path: Path) -> bool:
+    """Whether --overwrite's `_remove_run_files` would delete `path`."""
+    path, out = path.resolve(), out.resolve()
+    for name in RUN_FILES:
+        top = out / name
+        if path == top:
+            return True
+        if top in path.parents:
+            inner = path.relative_to(top).parts[0]
+            return any(Path(inner).match(p) for p in OWN_INSIDE.get(name, ("*",)))
+    return False
 
 
 def _remove_run_files(out: Path) -> None:
@@ -246,6 +259,7 @@ class AtomicCheckpoint(Callback):
         self._stop_next = False  # the checkpoint of the step boundary just passed is written: stop at the next
         self._saved_at_stop = False  # stopped there: that checkpoint is the resume point, write no other
         self._previous: Any = None
+        self._pid = os.getpid()
 
     @property
     def path(self) -> Path:
@@ -264,21 +278,25 @@ class AtomicCheckpoint(Callback):
             return
         previous = signal.getsignal(signal.SIGINT)
         if previous is signal.default_int_handler:  # not where SIGINT is ignored (background jobs) or taken
-            self._previous = previous
+            self._previous, self._pid = previous, os.getpid()
             signal.signal(signal.SIGINT, self._on_ctrl_c)
 
     def _on_ctrl_c(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:  # a forked data-loader worker inherited the handler: its parent decides
+            return
         if self.requested:
             self._restore()
             raise KeyboardInterrupt
         self.requested = True
-        if not secondary_rank():
-            print("\nCtrl-C: stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        if not secondary_rank():  # the terminal's stderr: an experiment sends sys.stderr to the job's log
+            stream = sys.__stderr__ or sys.stderr
+            print("\nCtrl-C: stopping after this step (Ctrl-C again to stop at once)", file=stream, flush=True)
 
     def _restore(self) -> None:
-        if self._previous is not None:
+        # only while ours is in place: on an exception Lightning ignores SIGINT until it has shut down
+        if self._previous is not None and signal.getsignal(signal.SIGINT) == self._on_ctrl_c:
             signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        self._previous = None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self._stop_next:  # the step before was completed, logged and saved: stop here, before this one
@@ -307,6 +325,9 @@ class AtomicCheckpoint(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._restore()
         self.save(trainer)
+        if self.requested:  # the Ctrl-C came in the last step or validation: no step boundary followed
+            self._saved_at_stop = True
+            raise KeyboardInterrupt  # the command stops here (no test evaluation, no further cells)
 
     def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
         self._restore()
