@@ -8,7 +8,7 @@ import pytest
 from atomsift.csi.cache import load_stats, lookup, save_stats
 from atomsift.errors import ConfigError, DataError
 from atomsift.train.inputs import read_run_json
-from atomsift.train.runner import prepare_run
+from atomsift.train.run_folder import prepare_run
 
 SETTINGS = {"lr": 1e-3, "epochs": 2}
 

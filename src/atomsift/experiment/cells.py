@@ -19,7 +19,7 @@ import yaml
 from atomsift.csi.report import MEASURE_COLUMNS
 from atomsift.errors import ConfigError
 from atomsift.experiment.grid import FinetuneCell, Job
-from atomsift.train.runner import config_diff, write_json
+from atomsift.train.run_folder import config_diff, write_json
 
 FAILED = "failed.json"
 SOURCE = "cell.json"

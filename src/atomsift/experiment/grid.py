@@ -21,7 +21,7 @@ from atomsift.settings import deep_merge, validate
 from atomsift.train.config import FinetuneConfig, PretrainConfig
 from atomsift.train.finetune import load_preset, task_info
 from atomsift.train.metrics import FORCES_MAE, target_metric_names
-from atomsift.train.runner import flatten
+from atomsift.train.run_folder import flatten
 
 EXAMPLE = "configs/experiment_demo.yaml"
 
@@ -124,7 +124,7 @@ LATER_KEYS: dict[str, Any] = {"weights": None}
 
 def settings_digest(settings: dict[str, Any] | None) -> str:
     """sha256 (16 hex) of settings, with the run mechanics that do not change results left out."""
-    from atomsift.train.runner import MECHANICS
+    from atomsift.train.run_folder import MECHANICS
 
     kept = {
         k: v for k, v in (settings or {}).items() if k not in MECHANICS and not (k in LATER_KEYS and v == LATER_KEYS[k])

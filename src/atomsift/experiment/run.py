@@ -28,7 +28,7 @@ from atomsift.experiment.cells import job_states, result_rows, run_job
 from atomsift.experiment.config import ExperimentConfig
 from atomsift.experiment.grid import Job, build_jobs
 from atomsift.settings import check_output_dir, removed_if_left_empty, write_text_atomic
-from atomsift.train.runner import config_diff
+from atomsift.train.run_folder import config_diff
 
 
 def _log_path(out: Path, job: Job) -> Path:

@@ -140,7 +140,7 @@ def hold_out(n_total: int, size: int, seed: int) -> np.ndarray:
 def save_or_check_subset(path: Path, indices: np.ndarray, resume: bool, **provenance: Any) -> np.ndarray:
     """Save a subset (first run), or on resume read the saved one and check it equals what the config gives.
     DDP's extra processes draw the same subset and write nothing."""
-    from atomsift.train.runner import secondary_rank
+    from atomsift.train.run_folder import secondary_rank
 
     if secondary_rank():
         return indices

@@ -31,12 +31,8 @@ from atomsift.train.inputs import input_fingerprints, read_run_json
 from atomsift.train.losses import TaskInfo
 from atomsift.train.metrics import FORCES_MAE, target_metric_names
 from atomsift.train.module import TrainModule
-from atomsift.train.runner import (
-    prepare_run,
-    quiet_if_secondary,
-    run_fit,
-    write_json,
-)
+from atomsift.train.run_folder import prepare_run, quiet_if_secondary, write_json
+from atomsift.train.runner import run_fit
 from atomsift.train.setup import (
     best_model_writer,
     closing_table,

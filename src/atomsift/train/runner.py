@@ -1,242 +1,31 @@
-"""Run folders and the Lightning Trainer: resumable checkpoints, config checks, Ctrl-C, outputs.
+"""The Lightning Trainer of a run: resumable checkpoints, Ctrl-C, progress lines, merged metrics.
 
-A run folder holds `config.yaml` (the resolved settings, written before work starts), `subsets/` (or
+A run folder (its checks and reuse rules: run_folder.py) holds `config.yaml` (the resolved settings, written before work starts), `subsets/` (or
 `split.json`), `checkpoints/last.ckpt` (Lightning's full training state, written atomically every
 `checkpoint_every` optimizer steps, at the end and on Ctrl-C), `model.pt` (the best EMA weights as an
 atomsift checkpoint), `last.pt` (the last EMA weights), `metrics.csv` and `summary.json`.
-
-Reuse rules (docs/cli.md): a folder with the same resolved settings and a summary is finished and reused; the
-same settings without a summary need `--resume`; other settings are refused, naming the keys that differ,
-unless `--overwrite` (which removes the run's own files first).
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
-import shutil
 import signal
 import sys
 import threading
 import time
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from atomsift.errors import ConfigError, DataError
-from atomsift.settings import check_output_dir, write_text_atomic
 from atomsift.train.config import Optimisation
-from atomsift.train.inputs import check_inputs
-
-MECHANICS = ("num_workers", "loggers", "checkpoint_every", "log_every")
-"""Settings that change how a run is carried out, not what it computes: free to differ on resume or reuse."""
-
-RUN_FILES = (
-    "config.yaml",
-    "inputs.json",
-    "summary.json",
-    "model.pt",
-    "last.pt",
-    "metrics.csv",
-    "load_report.json",
-    "split.json",
-    "test_metrics.json",
-    "subsets",
-    "checkpoints",
-    "logs",
-    "plots",
-)
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1} (lists kept whole)."""
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        out.update(flatten(value, name) if isinstance(value, dict) and value else {name: value})
-    return out
-
-
-def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ, with both values (run mechanics such as num_workers left out)."""
-    a, b = flatten(old), flatten(new)
-    for key in MECHANICS:
-        a.pop(key, None)
-        b.pop(key, None)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
-def secondary_rank() -> bool:
-    """True in every process but the first of a DDP run (Lightning's extra processes, srun tasks, torchrun
-    ranks): they write nothing."""
-    return any(os.environ.get(k, "0") != "0" for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
-
-
-def quiet_if_secondary(console: Any) -> Any:
-    """The console, silenced in DDP's extra processes (the first process prints the plan and the table)."""
-    if secondary_rank():
-        console.quiet = True
-    return console
-
-
-def prepare_run(
-    out: Path,
-    settings: dict[str, Any],
-    *,
-    resume: bool,
-    overwrite: bool,
-    command: str,
-    inputs: tuple[str | Path | None, ...] = (),
-    fingerprints: dict[str, str] | None = None,
-) -> str:
-    """Check the run folder against the settings; returns 'new', 'resume' or 'done'.
-
-    Writes config.yaml for a new run. Raises ConfigError, before anything is deleted, for a folder holding
-    another run, an unfinished run without --resume, files a run writes but no run, --resume with --overwrite,
-    and an --overwrite that would delete one of the run's `inputs` (e.g. finetuning's --checkpoint).
-    `fingerprints` (name -> fingerprint of a file the run reads) go to inputs.json; a finished or unfinished
-    run whose inputs.json differs (a data file or checkpoint changed since) is refused rather than reused.
-    """
-    if secondary_rank():  # rank 0 checked the folder and wrote config.yaml before starting this process
-        return "resume" if resume else "new"
-    if resume and overwrite:
-        raise ConfigError(
-            "--resume and --overwrite contradict each other: --resume continues the run in --out, --overwrite "
-            "deletes it first",
-            file=out,
-            fix="pass --resume to continue the run, or --overwrite alone to start it again",
-        )
-    if resume and not Path(out).exists():
-        raise ConfigError("--resume, but the run folder does not exist", file=out, fix="drop --resume to start one")
-    out = check_output_dir(out)
-    saved_path = out / "config.yaml"
-    own = [out / name for name in RUN_FILES]
-    if overwrite:
-        for item in filter(None, inputs):
-            if _removed_by_overwrite(out, Path(item)):
-                raise ConfigError(
-                    f"--overwrite would delete {item}, which this run reads",
-                    file=out,
-                    fix="copy it out of the run folder first, or choose another --out",
-                )
-    elif not saved_path.exists():
-        theirs = [p.name for p in own if p.exists() and not (p.is_dir() and not any(p.iterdir()))]
-        if theirs:
-            raise ConfigError(
-                f"--out holds {', '.join(theirs)} but no atomsift run (no config.yaml): the run would replace them",
-                file=out,
-                fix="choose another --out, or pass --overwrite to replace them",
-            )
-    if overwrite:  # also where files a run writes lie without config.yaml (refused above without --overwrite)
-        _remove_run_files(out)
-    started = (out / "checkpoints" / "last.ckpt").exists() or (out / "summary.json").exists()
-    if saved_path.exists() and not started and not resume:
-        saved_path.unlink()  # an earlier attempt stopped before training (bad data, a typo): nothing to keep
-    if saved_path.exists():
-        try:
-            saved = yaml.safe_load(saved_path.read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            raise ConfigError(
-                "the run folder's config.yaml cannot be read (damaged or edited)",
-                file=saved_path,
-                fix="restore it, or pass --overwrite to start the run again",
-            ) from None
-        diff = config_diff(saved, settings)
-        if diff:
-            shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
-            raise ConfigError(
-                f"the run folder holds a run with other settings ({shown})",
-                file=out,
-                fix="use the original settings to resume or reuse it, another --out for a new run, or --overwrite "
-                "to replace it",
-            )
-        if started:  # a run stopped before its first checkpoint starts again: nothing of it to protect
-            check_inputs(out, fingerprints)
-        if (out / "summary.json").exists():
-            return "done"
-        if not (out / "checkpoints" / "last.ckpt").exists():
-            if resume:  # nothing to resume: the earlier attempt stopped before its first checkpoint
-                warnings.warn(
-                    f"--resume: {out}/checkpoints/ holds no checkpoint, so the run starts from its beginning",
-                    stacklevel=2,
-                )
-                return "new"
-        elif not resume:
-            raise ConfigError(
-                "the run folder holds an unfinished run with these settings",
-                file=out,
-                fix=f"continue it with `atomsift {command} ... --resume`, or pass --overwrite to start again",
-            )
-        else:
-            return "resume"
-    elif resume:
-        raise ConfigError("--resume, but the run folder holds no run", file=out, fix="drop --resume to start one")
-    write_atomic(saved_path, yaml.safe_dump(settings, sort_keys=False))
-    if fingerprints:
-        write_atomic(out / "inputs.json", json.dumps(fingerprints, indent=2, sort_keys=True) + "\n")
-    return "new"
-
-
-OWN_INSIDE = {
-    "checkpoints": ("last.ckpt", ".last.ckpt.tmp*"),
-    "logs": ("attempt_*", "tensorboard", "wandb"),
-    "subsets": ("*.train.json", "*.val.json"),
-    "plots": ("*.png",),
-}
-"""What a run writes inside its folders: --overwrite removes these and leaves anything else there."""
-
-
-def _removed_by_overwrite(out: Path, path: Path) -> bool:
-    """Whether --overwrite's `_remove_run_files` would delete `path`."""
-    path, out = path.resolve(), out.resolve()
-    for name in RUN_FILES:
-        top = out / name
-        if path == top:
-            return True
-        if top in path.parents:
-            inner = path.relative_to(top).parts[0]
-            return any(Path(inner).match(p) for p in OWN_INSIDE.get(name, ("*",)))
-    return False
-
-
-def _remove_run_files(out: Path) -> None:
-    """The run's own files (RUN_FILES; in its folders only what OWN_INSIDE names), for --overwrite."""
-    for name in RUN_FILES:
-        target = out / name
-        if target.is_dir():
-            for pattern in OWN_INSIDE.get(name, ("*",)):
-                for item in target.glob(pattern):
-                    shutil.rmtree(item) if item.is_dir() else item.unlink()
-            if not any(target.iterdir()):
-                target.rmdir()
-        elif target.exists():
-            target.unlink()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file beside `path`, then rename it over `path` (rank 0 only)."""
-    if not secondary_rank():
-        write_text_atomic(path, text)
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
+from atomsift.train.run_folder import secondary_rank
 
 
 class AtomicCheckpoint(Callback):
