@@ -117,7 +117,8 @@ def prepare_run(
         theirs = [p.name for p in own if p.exists() and not (p.is_dir() and not any(p.iterdir()))]
         if theirs:
             raise ConfigError(
-                f"--out holds {', '.join(theirs)} but no atomsift run (no config.yaml): the run would replace them",
+                f"--out holds {', '.join(theirs)} but no atomsift run (no config.yaml): the run would replace "
+                + ("it" if len(theirs) == 1 else "them"),
                 file=out,
                 fix="choose another --out, or pass --overwrite to replace them",
             )
