@@ -32,6 +32,15 @@ class AtomsiftError(Exception):
         self.fix = fix
         super().__init__(self.message())
 
+    def amend(self, *, file: str | Path | None = None, fix: str | None = None) -> None:
+        """Set the file or the fix after the error was raised (by a caller that knows them), keeping str(self)
+        in step with the fields."""
+        if file is not None:
+            self.file = str(file)
+        if fix is not None:
+            self.fix = fix
+        self.args = (self.message(),)
+
     def message(self) -> str:
         parts = [self.problem.rstrip(".") + "."]
         if self.file is not None:
@@ -77,6 +86,5 @@ def naming_file(path: str | Path | None) -> Iterator[None]:
         yield
     except DataError as exc:
         if exc.file is None and path is not None:
-            exc.file = str(path)
-            exc.args = (exc.message(),)
+            exc.amend(file=path)
         raise

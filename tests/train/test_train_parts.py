@@ -136,3 +136,27 @@ def test_a_rank_without_structures_in_the_last_step_gets_a_zero_weight_stand_in(
     assert {i.step_size for b in last for i in b} == {1}  # the step's loss divides by its one real structure
     real = [i.position for r in ranks for b in r for i in b if i.weight > 0]
     assert sorted(real) == list(range(9))
+
+
+def test_a_target_under_another_key_is_named_with_the_file_and_the_option_to_read_it(tmp_path):
+    """fit_task_normalizer's MissingTarget gets the dataset's file and the reader's hint as its fix."""
+    import ase.io
+    from _train_helpers import pretrain_config
+
+    from atomsift.data import open_dataset
+    from atomsift.errors import DataError
+    from atomsift.train.pretrain import run_pretraining
+
+    frames = []
+    for rec in [open_dataset("bundled:acac")[i] for i in range(30)]:
+        atoms = rec.to_atoms()
+        atoms.calc = None
+        atoms.info["dft_energy"] = rec.energy
+        frames.append(atoms)
+    path = tmp_path / "custom.extxyz"
+    ase.io.write(path, frames, format="extxyz")
+    cfg = pretrain_config(upstream={"m": {"path": str(path), "val_size": 5}}, mixture="single", n_samples=20, epochs=1)
+    with pytest.raises(DataError, match="no training structure of 'm' has the target 'energy'") as exc:
+        run_pretraining(cfg, tmp_path / "run", progress=False)
+    assert exc.value.file == str(path)
+    assert exc.value.fix.startswith("no 'energy' in the first frame; it has dft_energy: pass -o energy_key=dft_energy")

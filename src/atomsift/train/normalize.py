@@ -22,6 +22,10 @@ from atomsift.errors import DataError
 _MIN_STD = 1e-8  # below this a label is constant: scale 1 instead of dividing by ~0
 
 
+class MissingTarget(DataError):
+    """No training structure carries the target: callers that know the dataset add the reader's hints."""
+
+
 @dataclass
 class Normalizer:
     """What one head needs to map normalised outputs to physical units.
@@ -116,7 +120,7 @@ def fit_normalizer(
         if forces and rec.forces is not None:
             force_rows.append(np.asarray(rec.forces, dtype=np.float64).ravel())
     if not values:
-        raise DataError(
+        raise MissingTarget(
             f"no training structure of '{source}' has the target '{target}'",
             fix="check the target name (atomsift data inspect lists the labels) or the split",
         )

@@ -14,11 +14,11 @@ from rich.console import Console
 from rich.table import Table
 
 from atomsift.data.base import Dataset, label_hints
-from atomsift.errors import ConfigError, DataError, naming_file
+from atomsift.errors import ConfigError, naming_file
 from atomsift.graph.settings import GraphSettings, graph_settings_for
 from atomsift.train.config import GraphSpec, LayerwiseLR
 from atomsift.train.data import BatchCollator, Task, TrainSet
-from atomsift.train.normalize import Normalizer, fit_normalizer
+from atomsift.train.normalize import MissingTarget, Normalizer, fit_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,10 @@ def fit_task_normalizer(task: Task, limit: int, num_elements: int, *, linear_ref
                 forces=task.has_forces,
                 source=task.name,
             )
-    except DataError as exc:
+    except MissingTarget as exc:
         hints = label_hints(task.dataset)
-        if hints and exc.fix and "atomsift data inspect" in exc.fix:
-            exc.fix = "; ".join(hints)
-            exc.args = (exc.message(),)
+        if hints:  # labels under other keys: the reader says which option reads them
+            exc.amend(fix="; ".join(hints))
         raise
 
 
