@@ -3,8 +3,8 @@ cell is recorded while the others go on, and the parallel and submitit launchers
 
 from __future__ import annotations
 
+import io
 import json
-import os
 
 import pytest
 from _grid_helpers import tiny
@@ -237,7 +237,7 @@ def test_a_lost_worker_leaves_its_cells_pending_and_the_grid_goes_on(tmp_path, m
     from atomsift.experiment import run as launcher
 
     monkeypatch.setattr(launcher, "run_job", fake_job)
-    console = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
+    console = Console(record=True, width=200, file=io.StringIO())
     launcher.run_local([FakeJob(f"j{i}") for i in range(5)], tmp_path, 2, False, False, console)
     text = console.export_text()
     assert all(f"/5] j{i}" in text for i in range(5)), text

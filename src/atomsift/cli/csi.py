@@ -164,14 +164,15 @@ def check_results_folder(out: Path, name: str, settings: dict, overwrite: bool) 
         old = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError):
         old = {}
-    new = yaml.safe_load(yaml.safe_dump(settings, sort_keys=False))
-    differ = sorted(k for k in set(old) | set(new) if k not in MECHANICS and old.get(k) != new.get(k))
-    if differ:
+    from atomsift.train.run_folder import config_diff, diff_text
+
+    diff = config_diff(old, yaml.safe_load(yaml.safe_dump(settings, sort_keys=False)), MECHANICS)
+    if diff:
         from atomsift.errors import ConfigError
 
         raise ConfigError(
-            f"--out holds the results of a run with other settings ({', '.join(differ)} differ; see {name}), "
-            "which this run would replace",
+            f"--out holds the results of a run with other settings ({diff_text(diff, 4)}; see {name}), which "
+            "this run would replace",
             file=out,
             fix="choose another --out, or pass --overwrite to replace them (cached statistics that still match "
             "are reused either way)",

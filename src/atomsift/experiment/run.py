@@ -28,7 +28,7 @@ from atomsift.experiment.cells import job_states, result_rows, run_job
 from atomsift.experiment.config import ExperimentConfig
 from atomsift.experiment.grid import Job, build_jobs
 from atomsift.settings import check_output_dir, removed_if_left_empty, write_text_atomic
-from atomsift.train.run_folder import config_diff
+from atomsift.train.run_folder import config_diff, diff_text
 
 
 def _log_path(out: Path, job: Job) -> Path:
@@ -69,7 +69,7 @@ def _differences(jobs: list[Job], folder: Path) -> str:
     diff = config_diff({k: v for k, v in saved.items() if k != "checkpoint"}, new)
     if not diff:
         return " (it started from another pretraining)"
-    return f" ({'; '.join(diff[:4])}{f'; and {len(diff) - 4} more' if len(diff) > 4 else ''})"
+    return f" ({diff_text(diff, 4)})"
 
 
 def print_grid(exp: ExperimentConfig, jobs: list[Job], counts: Counter, console: Console) -> None:
@@ -139,9 +139,7 @@ def check_launcher(exp: ExperimentConfig, *, submit: bool = True) -> None:
     SLURM-only keys under the local launcher are warned about."""
     lau = exp.launcher
     if lau.name == "local":
-        slurm_only = ("partition", "gpus_per_task", "cpus_per_task", "mem_gb", "account", "qos", "constraint",
-                      "array_parallelism", "extra", "time")  # fmt: skip
-        given = sorted(k for k in lau.model_fields_set if k in slurm_only)
+        given = sorted(lau.model_fields_set - {"name", "jobs"})  # every other launcher key is SLURM's
         if given:
             warnings.warn(
                 f"launcher.{', launcher.'.join(given)} {'applies' if len(given) == 1 else 'apply'} to the slurm "
@@ -231,22 +229,20 @@ def run_local(jobs: list[Job], out: Path, k: int, resume: bool, overwrite: bool,
     queue = list(jobs)
     started: dict[Any, tuple[Job, float]] = {}
 
-    def submit_next() -> None:  # k in flight, no more: a Ctrl-C then finds no job queued inside the pool
+    def submit_next() -> Any:  # k in flight, no more: a Ctrl-C then finds no job queued inside the pool
         job = queue[0]
         fut = pool.submit(run_job, job, resume=resume, overwrite=overwrite, log=_log_path(out, job))
         queue.pop(0)  # only once the pool took it: a broken pool's refusal leaves it to be reported
         started[fut] = (job, time.perf_counter())
+        return fut
 
     try:
-        for _ in range(min(k, len(queue))):
-            submit_next()
-        pending, done = set(started), 0
+        pending, done = {submit_next() for _ in range(min(k, len(queue)))}, 0
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             try:
                 for _ in range(min(len(finished), len(queue))):
-                    submit_next()
-                    pending.add(next(reversed(started)))
+                    pending.add(submit_next())
             except BrokenProcessPool as exc:  # a worker died (OOM, signal): the pool takes no more jobs
                 for job in queue:
                     done += 1

@@ -51,13 +51,18 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ, with both values (run mechanics such as num_workers left out)."""
+def config_diff(old: dict[str, Any], new: dict[str, Any], mechanics: tuple[str, ...] = MECHANICS) -> list[str]:
+    """Dotted keys whose values differ, with both values (run `mechanics` such as num_workers left out)."""
     a, b = flatten(old), flatten(new)
-    for key in MECHANICS:
+    for key in mechanics:
         a.pop(key, None)
         b.pop(key, None)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def diff_text(diff: list[str], shown: int = 6) -> str:
+    """The first `shown` differences of `config_diff`, '; '-joined, with how many more there are."""
+    return "; ".join(diff[:shown]) + (f"; and {len(diff) - shown} more" if len(diff) > shown else "")
 
 
 def secondary_rank() -> bool:
@@ -138,9 +143,8 @@ def prepare_run(
             ) from None
         diff = config_diff(saved, settings)
         if diff:
-            shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
             raise ConfigError(
-                f"the run folder holds a run with other settings ({shown})",
+                f"the run folder holds a run with other settings ({diff_text(diff)})",
                 file=out,
                 fix="use the original settings to resume or reuse it, another --out for a new run, or --overwrite "
                 "to replace it",
