@@ -206,4 +206,6 @@ def test_csi_config_flags_and_overrides(tmp_path):
         "upstream.acac.n_samples=8", "--batch-size", "3", "--out", str(out),
     )  # fmt: skip
     assert run(*again).returncode == 0
+    (out / "csi_config.yaml").write_text("n_samples: [\n")  # damaged: named, not taken for other settings
+    one_paragraph(run(*again), "csi_config.yaml cannot be read")
     assert run("csi", "--config", str(config), "--out", str(out), "--overwrite", "--recompute").returncode == 0

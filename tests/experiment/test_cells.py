@@ -17,7 +17,7 @@ from atomsift.experiment.grid import build_jobs
 from atomsift.experiment.run import check_folders, run_local, run_submitit
 from atomsift.settings import validate
 
-QUIET = Console(file=open("/dev/null", "w"))  # noqa: SIM115
+QUIET = Console(file=io.StringIO())  # output of the runs under test is not read here
 
 
 def _grid(tmp_path, **overrides):
@@ -62,6 +62,15 @@ def test_grid_runs_reuses_and_resumes(tmp_path):
 def test_changed_settings_are_refused_unless_overwrite(tmp_path):
     _exp, jobs = _grid(tmp_path, mixtures={}, upstream={"acac": tiny()["upstream"]["acac"]}, scratch=False)
     run_local(jobs, tmp_path, 1, False, False, QUIET)
+    # a cell whose config.yaml is damaged: its settings are unknown, so it is refused by name (was a traceback)
+    # and replaced only with --overwrite
+    saved = jobs[0].pretrain_folder / "config.yaml"
+    kept = saved.read_text()
+    saved.write_text("- not\n- settings\n")
+    with pytest.raises(ConfigError, match=r"pretrain/acac/\S+ \(its config\.yaml cannot be read"):
+        check_folders(jobs, resume=False, overwrite=False)
+    assert check_folders(jobs, resume=False, overwrite=True)["conflict"] == 1
+    saved.write_text(kept)
     pre = tiny()["pretrain"]
     _, changed = _grid(
         tmp_path,

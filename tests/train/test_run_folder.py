@@ -60,6 +60,9 @@ def test_damaged_run_files_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="config.yaml cannot be read") as exc:
         prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain")
     assert exc.value.file == str(out / "config.yaml")
+    (out / "config.yaml").write_text("- a list\n")  # valid YAML, but not settings
+    with pytest.raises(ConfigError, match="config.yaml cannot be read"):
+        prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain")
     (out / "summary.json").write_text("{")
     with pytest.raises(DataError, match="summary.json cannot be read"):
         read_run_json(out / "summary.json")

@@ -160,11 +160,10 @@ def check_results_folder(out: Path, name: str, settings: dict, overwrite: bool) 
     path = Path(out) / name
     if overwrite or not path.is_file():
         return
-    try:
-        old = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        old = {}
+    from atomsift.train.inputs import read_run_yaml
     from atomsift.train.run_folder import config_diff, diff_text
+
+    old = read_run_yaml(path, fix="choose another --out, or pass --overwrite to replace the results there")
 
     diff = config_diff(old, yaml.safe_load(yaml.safe_dump(settings, sort_keys=False)), MECHANICS)
     if diff:
@@ -192,7 +191,7 @@ def run_and_report(
     from atomsift.cli.common import make_console, on_interrupt
     from atomsift.csi.pipeline import run_csi_with_stats
     from atomsift.csi.report import print_tables, write_outputs
-    from atomsift.settings import check_output_dir, removed_if_left_empty
+    from atomsift.settings import check_output_dir, removed_if_left_empty, write_text_atomic
 
     console = console or make_console()
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
@@ -204,7 +203,7 @@ def run_and_report(
     with removed_if_left_empty(out):  # bad input (found while opening data / the extractor) leaves no folder
         check_output_dir(out)
         rows, up, down, extractor = run_csi_with_stats(cfg, out)  # refuses mismatched caches before writing
-    (out / name).write_text(yaml.safe_dump({**cfg.model_dump(), **extra}, sort_keys=False))
+    write_text_atomic(out / name, yaml.safe_dump({**cfg.model_dump(), **extra}, sort_keys=False))
     print_tables(rows, console)
     paths = write_outputs(rows, out)
     console.print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")

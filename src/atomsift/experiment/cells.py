@@ -19,6 +19,7 @@ import yaml
 from atomsift.csi.report import MEASURE_COLUMNS
 from atomsift.errors import ConfigError
 from atomsift.experiment.grid import FinetuneCell, Job
+from atomsift.train.inputs import read_run_yaml
 from atomsift.train.run_folder import config_diff, write_json
 
 FAILED = "failed.json"
@@ -31,7 +32,10 @@ def cell_state(folder: Path, settings: dict[str, Any], done_file: str, source: d
     finetuning that started from another pretraining)."""
     saved = folder / "config.yaml"
     if saved.exists():
-        old = yaml.safe_load(saved.read_text()) or {}
+        try:
+            old = read_run_yaml(saved)
+        except ConfigError:
+            return "conflict"  # its settings are unknown: replaced only with --overwrite
         recorded = _read_json(folder / SOURCE) if source else None
         if recorded not in (None, source):
             return "conflict"
@@ -87,7 +91,7 @@ def _adopt_moved_checkpoint(folder: Path, settings: dict[str, Any]) -> None:
     saved = folder / "config.yaml"
     if not saved.exists():
         return
-    old = yaml.safe_load(saved.read_text()) or {}
+    old = read_run_yaml(saved)
     if old.get("checkpoint") not in (None, settings.get("checkpoint")):
         old["checkpoint"] = settings.get("checkpoint")
         from atomsift.settings import write_text_atomic

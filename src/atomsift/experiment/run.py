@@ -28,6 +28,7 @@ from atomsift.experiment.cells import job_states, result_rows, run_job
 from atomsift.experiment.config import ExperimentConfig
 from atomsift.experiment.grid import Job, build_jobs
 from atomsift.settings import check_output_dir, removed_if_left_empty, write_text_atomic
+from atomsift.train.inputs import read_run_yaml
 from atomsift.train.run_folder import config_diff, diff_text
 
 
@@ -62,9 +63,9 @@ def _differences(jobs: list[Job], folder: Path) -> str:
     wanted = {job.pretrain_folder: job.pretrain_settings for job in jobs}
     wanted.update({c.folder: c.settings for job in jobs for c in job.finetunes})
     try:
-        saved = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return ""
+        saved = read_run_yaml(folder / "config.yaml")
+    except ConfigError:
+        return " (its config.yaml cannot be read: damaged or edited)"
     new = {k: v for k, v in (wanted.get(folder) or {}).items() if k != "checkpoint"}
     diff = config_diff({k: v for k, v in saved.items() if k != "checkpoint"}, new)
     if not diff:

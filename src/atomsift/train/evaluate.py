@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from atomsift.data.base import label_hints
 from atomsift.data.record import Record
 from atomsift.errors import ConfigError, naming_file
+from atomsift.train.inputs import read_run_yaml
 from atomsift.train.losses import ERROR_KEYS, TaskInfo
 from atomsift.train.metrics import metrics_from_sums, target_key, unit_label
 
@@ -142,9 +142,9 @@ def _run_data_path(checkpoint: Path) -> str | None:
     if not (run / "split.json").exists() or not (run / "config.yaml").exists():
         return None
     try:
-        data = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}
-    except (OSError, yaml.YAMLError):
-        return None
+        data = read_run_yaml(run / "config.yaml").get("data") or {}
+    except ConfigError:
+        return None  # only a hint of which split to take: the whole dataset is evaluated instead
     return data.get("path") if isinstance(data, dict) else None
 
 

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from atomsift.errors import ConfigError, DataError
 
 
@@ -20,6 +22,20 @@ def read_run_json(path: Path) -> Any:
             file=path,
             fix="restore it, or pass --overwrite to run again",
         ) from None
+
+
+def read_run_yaml(path: Path, fix: str = "restore it, or pass --overwrite to start the run again") -> dict[str, Any]:
+    """The settings a run saved (RUN/config.yaml, csi_config.yaml), with a clear error when the file is damaged,
+    edited into something other than a mapping, or unreadable."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = ...
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"the settings file {path.name} cannot be read (damaged or edited)", file=path, fix=fix)
+    return data
 
 
 def check_inputs(out: Path, fingerprints: dict[str, str] | None) -> None:

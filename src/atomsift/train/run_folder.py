@@ -18,7 +18,7 @@ import yaml
 
 from atomsift.errors import ConfigError
 from atomsift.settings import check_output_dir, write_text_atomic
-from atomsift.train.inputs import check_inputs
+from atomsift.train.inputs import check_inputs, read_run_yaml
 
 MECHANICS = ("num_workers", "loggers", "checkpoint_every", "log_every")
 """Settings that change how a run is carried out, not what it computes: free to differ on resume or reuse."""
@@ -133,14 +133,7 @@ def prepare_run(
     if saved_path.exists() and not started and not resume:
         saved_path.unlink()  # an earlier attempt stopped before training (bad data, a typo): nothing to keep
     if saved_path.exists():
-        try:
-            saved = yaml.safe_load(saved_path.read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            raise ConfigError(
-                "the run folder's config.yaml cannot be read (damaged or edited)",
-                file=saved_path,
-                fix="restore it, or pass --overwrite to start the run again",
-            ) from None
+        saved = read_run_yaml(saved_path)
         diff = config_diff(saved, settings)
         if diff:
             raise ConfigError(
