@@ -259,6 +259,18 @@ def test_ase_db_bad_inputs(tmp_path):
     with pytest.raises(DataError, match="broken.db"):
         AseDbDataset(broken)
 
+    # a database (or any binary file) read as extended XYZ: said so, with the format it is detected as
+    db = tmp_path / "m.db"
+    ase.db.connect(db).write(Atoms("H2", positions=np.eye(2, 3)))
+    with pytest.raises(DataError, match="binary, not extended XYZ.*'ase-db'") as err:
+        open_dataset(db, format="extxyz")
+    assert "--format ase-db" in err.value.fix
+    packed = tmp_path / "packed.xyz"  # gzip data under a plain name
+    packed.write_bytes(gzip.compress(b"1\n\nH 0 0 0\n"))
+    with pytest.raises(DataError, match="binary, not extended XYZ") as err:
+        open_dataset(packed, format="extxyz")
+    assert ".gz" in err.value.fix
+
     js = tmp_path / "cut.json"
     ase.db.connect(js).write(Atoms("H2", positions=np.eye(2, 3)))
     text = js.read_text()

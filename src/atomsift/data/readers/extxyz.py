@@ -186,6 +186,8 @@ def _scan(path: Path, prefix: str = "") -> tuple[np.ndarray, np.ndarray, np.ndar
                 if n < 1:
                     raise ValueError(n)
             except ValueError:
+                if not natoms and _binary(line):
+                    raise _not_text(path) from None
                 prev = f"; frame {len(natoms) - 1} may have a wrong atom count" if natoms else ""
                 raise DataError(
                     f"line {line_no} should hold the atom count of frame {len(natoms)} but reads "
@@ -447,3 +449,34 @@ class ExtxyzDataset(Dataset):
         if self.hints:
             meta["hints"] = self.hints
         return meta
+
+
+def _binary(line: bytes) -> bool:
+    """A first line that no text file starts with (NUL bytes, or not UTF-8)."""
+    if b"\0" in line:
+        return True
+    try:
+        line.decode()
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _not_text(path: Path) -> DataError:
+    """The error for a binary file read as extended XYZ, naming the format it is detected as, if any."""
+    from atomsift.data.registry import detect_format
+
+    try:
+        guess = detect_format(path)
+    except (DataError, ConfigError):
+        guess = None
+    if guess == "extxyz":
+        guess = None
+    return DataError(
+        "the file is binary, not extended XYZ (a text format)"
+        + (f"; it reads as the '{guess}' format" if guess else ""),
+        file=path,
+        fix=f"pass --format {guess} (or leave --format out to detect it)"
+        if guess
+        else "check that the path is the extended XYZ file you meant (a compressed one should end in .gz, .bz2 or .xz)",
+    )
