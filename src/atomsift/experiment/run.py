@@ -58,6 +58,21 @@ def check_folders(jobs: list[Job], *, resume: bool, overwrite: bool) -> Counter:
     return counts
 
 
+def check_reported_grid(out: Path, jobs: list[Job], counts: Counter) -> None:
+    """--report-only: refuse (unless --overwrite) a grid whose cell folders hold runs with other settings: the
+    report would show those finished results as stale and experiment.yaml would record a grid that did not run
+    (a grid that only grew, e.g. more seeds, is reported with its new cells pending)."""
+    if not counts["conflict"]:
+        return
+    conflict = next(f for job in jobs for f, s in job_states(job) if s == "conflict")
+    raise ConfigError(
+        f"--report-only: {counts['conflict']} cell folder(s) hold runs with other settings, e.g. {conflict}"
+        + _differences(jobs, conflict)
+        + "; this report would show them as stale and replace experiment.yaml",
+        fix=f"report the grid that ran (--config {out / 'experiment.yaml'}), or pass --overwrite to report this one",
+    )
+
+
 def _differences(jobs: list[Job], folder: Path) -> str:
     """' (keys: old -> new)' for a cell folder whose config.yaml differs from the grid's settings, else ''."""
     wanted = {job.pretrain_folder: job.pretrain_settings for job in jobs}
@@ -348,6 +363,8 @@ def run_experiment(
         if not report_only:
             counts = check_folders(jobs, resume=resume, overwrite=overwrite)
             preflight(exp, jobs, console, show=False)
+        elif not overwrite:
+            check_reported_grid(out, jobs, counts or Counter())
     print_grid(exp, jobs, counts or Counter(), console)
     write_text_atomic(out / "experiment.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
     console.rule("CSI of every candidate to every downstream task")
