@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import pytest
 from _grid_helpers import tiny
@@ -251,3 +252,30 @@ def test_a_lost_worker_leaves_its_cells_pending_and_the_grid_goes_on(tmp_path, m
     text = console.export_text()
     assert all(f"/5] j{i}" in text for i in range(5)), text
     assert "stay pending" in text
+
+
+def test_slurm_jobs_go_as_job_arrays_of_at_most_max_array_size(tmp_path, monkeypatch):
+    """A recording `sbatch` on PATH: the grid's jobs are submitted as arrays (it sent one sbatch per job once),
+    split where a grid exceeds the cluster's MaxArraySize (one sbatch for it would fail)."""
+    from atomsift.experiment.run import submit_jobs
+
+    record = tmp_path / "sbatch"
+    record.mkdir()
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text(
+        f'#!/bin/sh\nn=$(ls {record} | wc -l)\ncp "$1" {record}/$n.sh\necho "Submitted batch job $((100 + n))"\n'
+    )
+    fake.chmod(0o755)
+    (fake.parent / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit's cluster check looks for it
+    (fake.parent / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    launcher = {"name": "slurm", "partition": "gpu", "array_parallelism": 2, "max_array_size": 3}
+    exp, jobs = _grid(tmp_path / "exp", launcher=launcher, seeds=[0, 1])
+    assert len(jobs) == 8  # (acac, oxides, their mixture, scratch) x 2 seeds
+    submitted = submit_jobs(exp, jobs, tmp_path / "exp", resume=False, overwrite=False)
+    assert [j for j, _ in submitted] == jobs
+    scripts = [(record / f"{i}.sh").read_text() for i in range(len(list(record.iterdir())))]
+    arrays = [line for text in scripts for line in text.splitlines() if line.startswith("#SBATCH --array")]
+    assert arrays == ["#SBATCH --array=0-2%2", "#SBATCH --array=0-2%2", "#SBATCH --array=0-1%2"]
+    assert all("#SBATCH --partition=gpu" in text for text in scripts)

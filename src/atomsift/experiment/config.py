@@ -106,7 +106,10 @@ class Launcher(Strict):
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    array_parallelism: int = Field(64, ge=1, description="SLURM: array tasks running at once")
+    array_parallelism: int = Field(64, ge=1, description="SLURM: array tasks running at once (per array)")
+    max_array_size: int = Field(
+        1000, ge=1, description="SLURM: tasks per job array (the cluster's MaxArraySize, 1001 by default, caps it)"
+    )
     extra: dict[str, Any] = Field(default_factory=dict, description="more submitit slurm_* parameters")
 
 

@@ -284,9 +284,11 @@ def run_local(jobs: list[Job], out: Path, k: int, resume: bool, overwrite: bool,
     pool.shutdown(wait=True)
 
 
-def run_submitit(exp: ExperimentConfig, jobs: list[Job], out: Path, resume: bool, overwrite: bool, console: Console):
-    """Jobs as submitit jobs (SLURM, or submitit's local executor); waits for them (Ctrl-C leaves them running:
-    `--report-only` gathers what has finished)."""
+def submit_jobs(
+    exp: ExperimentConfig, jobs: list[Job], out: Path, resume: bool, overwrite: bool
+) -> list[tuple[Job, Any]]:
+    """Submit the jobs through submitit: SLURM job arrays of at most `max_array_size` tasks (one array for most
+    grids), each running at most `array_parallelism` at once, or submitit's local executor; (job, future)."""
     import submitit  # check_launcher said so before any work when it is missing
 
     lau = exp.launcher
@@ -309,13 +311,22 @@ def run_submitit(exp: ExperimentConfig, jobs: list[Job], out: Path, resume: bool
             **lau.extra,
         }
         executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    # one SLURM job array (at most array_parallelism tasks at once); the cell names are in logs/ and the report
-    executor.update_parameters(name=f"atomsift-{out.name}")
-    with executor.batch():
-        futures = [
-            executor.submit(run_job, job, resume=resume, overwrite=overwrite, log=_log_path(out, job)) for job in jobs
-        ]
-    submitted = list(zip(jobs, futures, strict=True))
+    executor.update_parameters(name=f"atomsift-{out.name}")  # the cell names are in logs/ and the report
+    futures: list[Any] = []
+    for start in range(0, len(jobs), lau.max_array_size):
+        with executor.batch():
+            futures += [
+                executor.submit(run_job, job, resume=resume, overwrite=overwrite, log=_log_path(out, job))
+                for job in jobs[start : start + lau.max_array_size]
+            ]
+    return list(zip(jobs, futures, strict=True))
+
+
+def run_submitit(exp: ExperimentConfig, jobs: list[Job], out: Path, resume: bool, overwrite: bool, console: Console):
+    """Jobs as submitit jobs (SLURM, or submitit's local executor); waits for them (Ctrl-C leaves them running:
+    `--report-only` gathers what has finished)."""
+    lau = exp.launcher
+    submitted = submit_jobs(exp, jobs, out, resume, overwrite)
     if lau.name == "slurm":  # from now on a Ctrl-C leaves SLURM jobs running: a rerun would submit them twice
         from atomsift.cli.common import on_interrupt
 
