@@ -124,7 +124,10 @@ def test_sub_batch_and_graph_groups():
 def test_to_converts_floats_only():
     batch = collate([_record(3, energy=1.0, forces=np.zeros((3, 3)))], dtype=torch.float64)
     b32 = batch.to(dtype=torch.float32)
-    assert b32.positions.dtype == b32.cell.dtype == b32.energy.dtype == b32.forces.dtype == torch.float32
+    assert b32.positions.dtype == b32.cell.dtype == b32.forces.dtype == torch.float32
+    # per-structure labels stay float64: -1e4 eV has a float32 step of 1 meV (float32 collation keeps them too)
+    assert b32.energy.dtype == torch.float64
+    assert collate([_record(3, energy=-11180.1234567)], dtype=torch.float32).energy.item() == -11180.1234567
     assert b32.numbers.dtype == b32.batch.dtype == b32.natoms.dtype == torch.int64
     assert b32.pbc.dtype == torch.bool
     assert batch.positions.dtype == torch.float64  # original untouched

@@ -71,6 +71,21 @@ def test_bad_head_config_is_rejected():
         AtomsModel(build_backbone("painn", **TINY), {})
     with pytest.raises(ConfigError, match="did you mean 'out_dim' for 'out_dimm'"):
         _model(p={"kind": "property", "out_dimm": 2})
+    # a mean / max readout would divide the per-element reference by N (700 eV off on organic molecules)
+    with pytest.raises(ConfigError, match="energy head sums over atoms"):
+        _model(energy={"kind": "energy", "reduce": "mean"})
+
+
+def test_total_energies_keep_sub_meV_resolution_in_a_float32_model():
+    """A per-element reference of -1240.125 eV per atom (exact in float32; U0-sized totals): the float32 model's energies agree with
+    the float64 model's to well below a meV (summed in float32 they were off by up to ~0.5 meV), labels too."""
+    model = _model()
+    model.heads["energy"].atom_ref[:] = -1240.125
+    structures = [molecule("CH3CH2OH"), molecule("C6H6"), molecule("CH3COOH")]
+    wide = [r["energy"] for r in model.eval().predict(structures)]
+    narrow = model.float().eval().predict(structures)
+    assert all(abs(r["energy"] - w) < 2e-5 for r, w in zip(narrow, wide))
+    assert abs(wide[0] - 9 * -1240.125) > 1e-3  # the network adds its own (nonzero) residual
 
 
 def test_misuse_of_predict_and_the_calculator_says_what_to_do():

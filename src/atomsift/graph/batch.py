@@ -25,6 +25,8 @@ from atomsift.graph.settings import GraphSettings
 _GRAM_EPS = 1e-10  # Gram determinant of unit lattice vectors below this = degenerate
 _INFO_SKIP = {"atomsift_id", "class_label"}  # ase.Atoms.info keys that are not targets
 UNTAGGED = 2
+LABEL_DTYPE = torch.float64
+"""Per-structure labels (energies, per-structure targets) are float64 whatever the batch's dtype."""
 """Tag of atoms in structures without OC20 tags (molecules, bulk): JMP's choice, 'adsorbate'."""
 
 
@@ -42,9 +44,9 @@ class AtomsBatch:
         tags: (N,) int64 OC20 tags (0 subsurface, 1 surface, 2 adsorbate); UNTAGGED (2) where the data has
             none, as JMP tags molecules and bulk, so GemNet-OC's quadruplets (qint_tags [1, 2]) reach them.
         ids: B record ids.
-        energy: (B,) eV, zero where `energy_mask` is False; None when no structure has an energy.
+        energy: (B,) float64 eV, zero where `energy_mask` is False; None when no structure has an energy.
         forces: (N, 3) eV/A, zero for structures whose `forces_mask` is False; None when none has forces.
-        targets: other labels by name, zero where missing: (B, ...) per structure, or (N, ...) per atom for
+        targets: other labels by name, zero where missing: (B, ...) float64 per structure, or (N, ...) per atom for
             the names in `atom_targets` (declared by the caller, never guessed from shapes).
         fixed: (N,) bool atoms held fixed in the reference calculation (OC20), or None when no
             structure says; False for structures without the information.
@@ -98,12 +100,14 @@ class AtomsBatch:
         return self.positions.dtype
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> AtomsBatch:
-        """A copy on `device`; `dtype` converts floating-point tensors only (ints and bools keep theirs)."""
+        """A copy on `device`; `dtype` converts the floating-point inputs and forces (ints and bools keep theirs;
+        per-structure labels, float64 from `collate`, keep their precision)."""
 
-        def move(t: Tensor | None) -> Tensor | None:
+        def move(t: Tensor | None, label: bool = False) -> Tensor | None:
             if t is None:
                 return None
-            if dtype is not None and t.is_floating_point():
+            keep = label and t.dtype == LABEL_DTYPE
+            if dtype is not None and t.is_floating_point() and not keep:
                 return t.to(device=device, dtype=dtype)
             return t.to(device=device)
 
@@ -111,8 +115,8 @@ class AtomsBatch:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Tensor) or value is None:
-                changes[f.name] = move(value)
-        changes["targets"] = {k: move(v) for k, v in self.targets.items()}
+                changes[f.name] = move(value, label=f.name == "energy")
+        changes["targets"] = {k: move(v, label=True) for k, v in self.targets.items()}
         changes["target_masks"] = {k: move(v) for k, v in self.target_masks.items()}
         changes["ids"] = list(self.ids)
         return replace(self, **changes)
@@ -298,7 +302,8 @@ def collate(
 
     Args:
         structures: B >= 1 structures.
-        dtype: floating dtype of positions, cell and labels; default `torch.get_default_dtype()`.
+        dtype: floating dtype of positions, cell, forces and per-atom labels (per-structure labels are float64);
+            default `torch.get_default_dtype()`.
         targets: the target labels to batch (None: every numeric target any structure has, per structure unless
             named in `atom_targets`; a target whose shapes disagree across structures is then left out).
         atom_targets: target names that hold one row per atom.
@@ -332,7 +337,8 @@ def collate(
     ids = [p.id for p in parts]
     energy = energy_mask = None
     if any(p.energy is not None for p in parts):
-        energy = torch.tensor([0.0 if p.energy is None else p.energy for p in parts], dtype=dtype)
+        # per-structure labels stay float64 whatever `dtype`: a total energy of -1e4 eV has a 1 meV float32 step
+        energy = torch.tensor([0.0 if p.energy is None else p.energy for p in parts], dtype=LABEL_DTYPE)
         energy_mask = torch.tensor([p.energy is not None for p in parts], dtype=torch.bool)
     forces = forces_mask = None
     if any(p.forces is not None for p in parts):
@@ -352,7 +358,8 @@ def collate(
                 raise DataError(f"target '{name}' is not numeric", record=ids[0], fix="choose a numeric target")
             continue
         try:
-            batched[name], masks[name] = _stack_labels(name, values, natoms, name in per_atom, dtype, ids)
+            label_dtype = dtype if name in per_atom else LABEL_DTYPE
+            batched[name], masks[name] = _stack_labels(name, values, natoms, name in per_atom, label_dtype, ids)
         except DataError:
             if requested or name in per_atom:
                 raise

@@ -211,6 +211,11 @@ class TaskSpec(Strict):
     def _consistent(self) -> TaskSpec:
         if self.head == "property" and self.forces is not None:
             raise ValueError("a property head has no forces: set forces: null")
+        if self.head == "energy" and self.readout != "sum":
+            raise ValueError(
+                "an energy head sums its per-atom energies (readout: sum; its per-element reference assumes it); "
+                "for an intensive target use head: property with readout: mean or max"
+            )
         if self.head == "energy" and not self.linear_reference:
             raise ValueError("energy heads always subtract a linear reference; use head: property to z-score")
         if self.metric == "forces_mae" and self.forces is None:
