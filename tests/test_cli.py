@@ -37,6 +37,8 @@ def test_inspect_ethanol_matches_ase():
     assert out["n_atoms_total"] == sum(len(a) for a in frames)
     assert out["elements"] == ["C", "H", "O"]
     assert out["energy_mean_eV"] == pytest.approx(energies.mean(), rel=1e-12)
+    # the spread of -4209 eV energies (0.1 eV) to 1e-9: a one-pass sum of squares kept only 5 digits of it
+    assert out["energy_std_eV"] == pytest.approx(energies.std(), rel=1e-9)
     assert out["forces_rms_eV_per_A"] == pytest.approx(np.sqrt(np.mean(forces**2)), rel=1e-12)
     assert out["n_classes"] == 1
 

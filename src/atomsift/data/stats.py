@@ -53,7 +53,7 @@ def summarize(
     n_atoms = 0
     natoms_min, natoms_max = math.inf, 0
     element_counts: Counter[int] = Counter()
-    e_sum = e_sq = 0.0
+    e_mean = e_m2 = 0.0  # Welford: a one-pass sum of squares loses the spread of -1e5 eV energies entirely
     e_count = 0
     f_sq = 0.0
     f_count = 0
@@ -70,9 +70,10 @@ def summarize(
         element_counts.update(dict(zip(zs.tolist(), counts.tolist(), strict=True)))
         periodic += bool(np.any(rec.pbc))
         if rec.energy is not None:
-            e_sum += rec.energy
-            e_sq += rec.energy**2
             e_count += 1
+            delta = rec.energy - e_mean
+            e_mean += delta / e_count
+            e_m2 += delta * (rec.energy - e_mean)
         if rec.forces is not None:
             f_sq += float(np.square(rec.forces).sum())
             f_count += rec.forces.size
@@ -100,8 +101,8 @@ def summarize(
         "elements": sorted(chemical_symbols[z] for z in element_counts),
         "element_counts": {chemical_symbols[z]: int(c) for z, c in sorted(element_counts.items())},
         "n_periodic": periodic,
-        "energy_mean_eV": e_sum / e_count if e_count else None,
-        "energy_std_eV": math.sqrt(max(e_sq / e_count - (e_sum / e_count) ** 2, 0.0)) if e_count else None,
+        "energy_mean_eV": e_mean if e_count else None,
+        "energy_std_eV": math.sqrt(e_m2 / e_count) if e_count else None,  # ddof 0
         "n_with_energy": e_count,
         "forces_rms_eV_per_A": math.sqrt(f_sq / f_count) if f_count else None,
         "n_classes": len(set(labels.tolist())) if labels is not None else None,
