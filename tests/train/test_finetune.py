@@ -182,3 +182,69 @@ def test_preset_splits_are_jmps(pretrained):
             Path("/nonexistent/never-written"),
             progress=False,
         )
+
+
+def test_evaluate_split_test_reads_the_runs_test_options(pretrained, tmp_path):
+    """A run whose test set is read with test_options (matbench's test fold): its split.json test indices refer
+    to that set, so `evaluate --split test` must read it the same way (it scored frames of the training file)."""
+    from atomsift.data.spec import DatasetSpec
+    from atomsift.train.evaluate import evaluate_checkpoint
+
+    last = tmp_path / "last20.json"
+    last.write_text(json.dumps(list(range(980, 1000))))
+    cfg = finetune_config(
+        checkpoint=pretrained,
+        split={"train": 30, "val": 10, "test": 0, "seed": 42},
+        test_options={"indices": str(last)},
+    )
+    metrics = run_finetuning(cfg, tmp_path / "ft", progress=False)
+    assert metrics["n_structures"] == 20
+    assert json.loads((tmp_path / "ft" / "split.json").read_text())["test_options"] == {"indices": str(last)}
+    again = evaluate_checkpoint(
+        tmp_path / "ft" / "model.pt", DatasetSpec(path="bundled:ethanol"), split="test", out=tmp_path / "ev"
+    )
+    assert again["test_options"] == {"indices": str(last)} and again["n_structures"] == 20
+    for key in ("forces_mae_meV_per_A", "energy_mae_meV"):
+        assert again[key] == pytest.approx(metrics[key], rel=1e-6), key
+
+
+def test_evaluate_counts_the_structures_each_mae_averages_over(pretrained):
+    """n_structures counts what was evaluated; the energy MAE averages over the structures with energies only,
+    and metrics.json says how many (it gave 40 beside an MAE of 17)."""
+    import dataclasses
+
+    from atomsift.data import open_dataset
+    from atomsift.train.evaluate import evaluate_model, task_of_model
+
+    ds = open_dataset("bundled:ethanol")
+    records = [ds[i] if i % 3 else dataclasses.replace(ds[i], energy=None) for i in range(9)]
+    model = load_checkpoint(pretrained)
+    task = task_of_model(model, None)
+    metrics = evaluate_model(model, records, task)["metrics"]
+    assert (metrics["n_structures"], metrics["n_with_target"]) == (9, 6)
+    assert metrics.get("n_with_forces", 9) == 9
+    predicted = model.predict(records, head=task.head)
+    errors = [abs(float(p["energy"]) - r.energy) for p, r in zip(predicted, records) if r.energy is not None]
+    assert metrics["energy_mae_meV"] == pytest.approx(1000 * sum(errors) / 6, rel=1e-9)
+
+
+def test_predict_names_and_scores_the_heads_own_target(pretrained, capsys):
+    """`model predict` with a U0 head: rows say U0_eV (they said energy_eV) and the MAE is against the U0
+    labels under the unit evaluate reports (it compared with the record's energy, and only that)."""
+    from atomsift.cli.model import _print_mae, _rows
+    from atomsift.data import open_dataset
+    from atomsift.train.evaluate import evaluate_model
+    from atomsift.train.losses import TaskInfo
+
+    ds = open_dataset("bundled:bench-qm9")
+    records = [ds[i] for i in range(4)]
+    model = load_checkpoint(pretrained)
+    task = TaskInfo("qm9", model.head_name(None), target="U0", forces=False)
+    results = model.predict(records, head=task.head)
+    rows = _rows(records, results, task)
+    assert all("U0_eV" in r and "energy_eV" not in r for r in rows)
+    metrics = evaluate_model(model, records, task, results=results)["metrics"]
+    mae = sum(abs(r["U0_eV"] - rec.targets["U0"]) for r, rec in zip(rows, records)) / 4
+    assert metrics["U0_mae_meV"] == pytest.approx(1000 * mae, rel=1e-9) and metrics["n_with_target"] == 4
+    _print_mae(metrics, "t")
+    assert "U0 (meV)" in capsys.readouterr().out

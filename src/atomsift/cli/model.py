@@ -254,9 +254,10 @@ def predict(
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
     n_old: int | None = typer.Option(None, "--n", hidden=True),
 ) -> None:
-    """Predict energies (eV) and forces (eV/A); with labelled data, print the MAE in meV and meV/A."""
+    """Predict the head's target and forces (eV/A); with labelled data, print the MAE as `evaluate` reports it."""
     from atomsift.models import load_checkpoint
     from atomsift.settings import check_output_file
+    from atomsift.train.evaluate import evaluate_model, task_of_model
 
     if n_old is not None:
         at_least_one(n_old, "--n")
@@ -272,15 +273,18 @@ def predict(
     records = [ds[i] for i in range(count)]
     with naming_file(getattr(ds, "path", None)):
         results = model.predict(records, head=head, batch_size=batch_size, progress=count > 4 * batch_size)
-    rows, errors = _rows_and_errors(records, results)
+    task = task_of_model(model, head)
+    rows = _rows(records, results, task)
     if out is not None:
         write_text_atomic(out, json.dumps({"checkpoint": str(checkpoint), "data": data, "predictions": rows}))
         console.print(f"wrote {out} ({len(rows)} structures)")
-    _print_mae(errors, f"{checkpoint.name} on {data} ({count} structures)")
-    if not any(errors.values()):
+    metrics = evaluate_model(model, records, task, results=results)["metrics"]
+    _print_mae(metrics, f"{checkpoint.name} on {data} ({count} structures)")
+    labelled = metrics["n_with_target"] or metrics.get("n_with_forces")
+    if not labelled:
         for hint in label_hints(ds):  # labels under other keys: say how to read them
             console.print(f"[yellow]hint:[/yellow] {hint}")
-    if not any(errors.values()) and out is None:
+    if not labelled and out is None:
         for row in rows[:10]:
             console.print({k: v for k, v in row.items() if k != "forces_eV_per_A"})
 
@@ -303,40 +307,34 @@ def _warn_untrained(report, checkpoint: Path) -> None:
         )
 
 
-def _rows_and_errors(records, results) -> tuple[list[dict[str, Any]], dict[str, list]]:
-    """Per-structure rows (JSON-ready) and absolute errors: energy (eV), energy per atom (eV), forces (eV/A)."""
-    import numpy as np
-
+def _rows(records, results, task) -> list[dict[str, Any]]:
+    """Per-structure rows (JSON-ready): the head's target under its name and unit (`energy_eV`, `U0_eV`,
+    `bandgap_eV`), forces in eV/A."""
     rows: list[dict[str, Any]] = []
-    errors: dict[str, list] = {"energy": [], "energy_atom": [], "forces": []}
     for rec, res in zip(records, results):
         row: dict[str, Any] = {"id": rec.id, "natoms": rec.natoms}
-        if "energy" in res:
-            row["energy_eV"] = res["energy"]
-            if rec.energy is not None:
-                errors["energy"].append(abs(res["energy"] - rec.energy))
-                errors["energy_atom"].append(errors["energy"][-1] / rec.natoms)
+        value = res.get("energy") if "energy" in res else res.get("property")
+        if value is not None:
+            row[f"{task.target}_{task.unit}".replace("/", "_")] = value.tolist() if hasattr(value, "tolist") else value
         if "forces" in res:
             row["forces_eV_per_A"] = res["forces"].tolist()
-            if rec.forces is not None:
-                errors["forces"].append(np.abs(res["forces"] - rec.forces).ravel())
-        if "property" in res:
-            row["property"] = res["property"].tolist()
         rows.append(row)
-    return rows, errors
+    return rows
 
 
-def _print_mae(errors: dict[str, list], title: str) -> None:
-    import numpy as np
-
-    if not any(errors.values()):
+def _print_mae(metrics: dict[str, Any], title: str) -> None:
+    """The MAE rows of `evaluate_model`'s metrics (the target's in its reported unit, forces in meV/A)."""
+    maes = {k: v for k, v in metrics.items() if "_mae_" in k}
+    if not maes:
         return
     table = Table(title=title)
     table.add_column("quantity")
     table.add_column("MAE", justify="right")
-    if errors["energy"]:
-        table.add_row("energy (meV)", f"{1000 * float(np.mean(errors['energy'])):.2f}")
-        table.add_row("energy per atom (meV/atom)", f"{1000 * float(np.mean(errors['energy_atom'])):.2f}")
-    if errors["forces"]:
-        table.add_row("forces (meV/A)", f"{1000 * float(np.mean(np.concatenate(errors['forces']))):.2f}")
+    table.add_column("structures", justify="right")
+    for key, value in maes.items():
+        name, unit = key.split("_mae_", 1)
+        counted = metrics["n_with_forces"] if name == "forces" else metrics["n_with_target"]
+        shown = {"meV_per_A": "meV/A", "meV_per_atom": "meV/atom"}.get(unit, unit.replace("_per_", "/"))
+        label = name.replace("_per_atom", " per atom") + f" ({shown}{'/atom' if name.endswith('per_atom') else ''})"
+        table.add_row(label, f"{value:.2f}", str(counted))
     console.print(table)

@@ -90,13 +90,20 @@ def save_subset(path: str | Path, indices: np.ndarray, **provenance: Any) -> Pat
 
 
 def load_subset(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read a file written by `save_subset`: (indices (n,) int64, provenance dict)."""
+    """Read a file written by `save_subset` (or a plain JSON list of indices): (indices (n,) int64, provenance
+    dict, empty for a plain list)."""
     path = Path(path)
     try:
         payload = json.loads(path.read_text())
+        if isinstance(payload, list):
+            payload = {"indices": payload}
+        if not isinstance(payload, dict) or "indices" not in payload:
+            raise ValueError("expected a JSON object with an 'indices' list, or a list of indices")
         indices = np.asarray(payload.pop("indices"), dtype=np.int64)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         raise DataError(
-            f"cannot read subset file: {exc}", file=path, fix="re-create it with `atomsift data sample`"
+            f"cannot read subset file: {exc}",
+            file=path,
+            fix="re-create it with `atomsift data sample`, or write a JSON list of structure indices",
         ) from None
     return indices, payload

@@ -26,15 +26,24 @@ from atomsift.train.metrics import metrics_from_sums, target_key, unit_label
 
 
 def evaluate_model(
-    model: Any, records: Sequence[Record], task: TaskInfo, *, batch_size: int = 16, progress: bool = False
+    model: Any,
+    records: Sequence[Record],
+    task: TaskInfo,
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    results: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Predict `records` with the task's head; metrics from the summed errors, and (reference, prediction)
-    pairs per quantity for parity plots (target per structure; forces per component)."""
+    """Predict `records` with the task's head (or take its `results`, one per record); metrics from the summed
+    errors, and (reference, prediction) pairs per quantity for parity plots (target per structure; forces per
+    component)."""
     if not records:
         raise ConfigError("no structures to evaluate", fix="check the split (it is empty) or the data path")
-    results = model.predict(list(records), head=task.head, batch_size=batch_size, progress=progress)
+    if results is None:
+        results = model.predict(list(records), head=task.head, batch_size=batch_size, progress=progress)
     sums = dict.fromkeys(ERROR_KEYS, 0.0)
     ref_t, pred_t, ref_f, pred_f = [], [], [], []
+    with_forces = 0
     for rec, res in zip(records, results, strict=True):
         label = rec.energy if task.target == "energy" else rec.targets.get(task.target)
         value = res.get("energy") if task.kind == "energy" else res["property"][0]
@@ -49,12 +58,16 @@ def evaluate_model(
         if task.forces and rec.forces is not None and "forces" in res:
             diff = res["forces"] - rec.forces
             sums["n_force"] += diff.size
+            with_forces += 1
             sums["force_abs"] += float(np.abs(diff).sum())
             sums["force_sq"] += float(np.square(diff).sum())
             ref_f.append(np.asarray(rec.forces).ravel())
             pred_f.append(np.asarray(res["forces"]).ravel())
     metrics = metrics_from_sums(sums, task)
-    metrics["n_structures"] = len(records)
+    # the target's MAE averages over the structures that have its label, the forces' over those with forces
+    metrics.update(n_structures=len(records), n_with_target=int(sums["n"]))
+    if task.forces:
+        metrics["n_with_forces"] = with_forces
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if ref_t:
         pairs[target_key(task)] = (np.asarray(ref_t), np.asarray(pred_t))
@@ -148,6 +161,15 @@ def _run_data_path(checkpoint: Path) -> str | None:
     return data.get("path") if isinstance(data, dict) else None
 
 
+def _run_test_options(checkpoint: Path) -> dict[str, Any] | None:
+    """The `test_options` the finetuning run beside the checkpoint read its test set with (None: none)."""
+    saved = checkpoint.parent / "config.yaml"
+    if not (checkpoint.parent / "split.json").exists() or not saved.exists():
+        return None
+    options = read_run_yaml(saved).get("test_options")
+    return options if isinstance(options, dict) else None
+
+
 def split_records(ds: Any, checkpoint: Path, split: str | None) -> tuple[list[Record], str]:
     """The structures to evaluate: the split of the run that made the checkpoint (RUN/split.json beside it),
     else the whole (already split by the reader, where `split` was passed to it) dataset."""
@@ -209,6 +231,9 @@ def evaluate_checkpoint(
     task = task_of_model(model, head)
     if split is not None and not (Path(checkpoint).parent / "split.json").exists():
         spec = _with_reader_split(spec, split, Path(checkpoint))
+    test_options = _run_test_options(Path(checkpoint)) if split == "test" else None
+    if test_options:  # the run's test set is read with these (matbench's test fold): its indices refer to it
+        spec = spec.model_copy(update={"options": {**spec.options, **test_options}})
     ds = open_spec(spec, spec.path)
     records, used = split_records(ds, Path(checkpoint), split)
     with naming_file(getattr(ds, "path", None)):
@@ -221,6 +246,8 @@ def evaluate_checkpoint(
         "head": task.head,
         "target": task.target,
     }
+    if test_options:
+        metrics["test_options"] = test_options
     if model.load_report.trained is False:
         metrics["warning"] = "the checkpoint's weights were never trained (random initialisation)"
     if not result["pairs"]:  # an empty metrics.json would pass for a result (the command prints the warning)

@@ -288,6 +288,7 @@ def run_finetuning(
             **{k: v.tolist() for k, v in splits.items()},
             "seed": cfg.split.seed,
             "data": cfg.data.path,
+            "test_options": cfg.test_options,  # the test indices refer to the data read with these
             "sha256_16": digest,
         },
     )

@@ -260,7 +260,7 @@ class TrainModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._val = {t.name: {k: zero.clone() for k in (*ERROR_KEYS, "loss")} for t in self.tasks}
+        self._val = {t.name: {k: zero.clone() for k in (*ERROR_KEYS, "loss", "structures")} for t in self.tasks}
 
     def validation_step(self, batch, batch_idx: int) -> None:
         if not self._validation_due():
@@ -281,6 +281,7 @@ class TrainModule(L.LightningModule):
             for key, value in sums.items():
                 acc[key] += value.double()
             acc["loss"] += per[rows].double().sum()
+            acc["structures"] += rows.sum()
 
     def on_validation_epoch_end(self) -> None:
         if not self._validation_due() or self.trainer.sanity_checking:
@@ -289,9 +290,9 @@ class TrainModule(L.LightningModule):
         losses = []
         for t in self.tasks:
             acc = {k: float(self.trainer.strategy.reduce(v, reduce_op="sum")) for k, v in self._val[t.name].items()}
-            if acc["n"] > 0 or acc["n_force"] > 0:
-                n = max(acc["n"], 1.0)
-                record[f"val/{t.name}/loss"] = acc["loss"] / n
+            if acc["n"] > 0 or acc["n_force"] > 0:  # the mean loss over all its validation structures, as in
+                # training (one without a label contributes no term): not over those with energies only
+                record[f"val/{t.name}/loss"] = acc["loss"] / acc["structures"]
                 losses.append(record[f"val/{t.name}/loss"])
             for key, value in metrics_from_sums(acc, t).items():
                 if key != "n_structures":
