@@ -69,6 +69,12 @@ def test_predict_writes_json_and_mae(gemnet_file, tmp_path):
     ds = open_dataset("bundled:ethanol")
     assert [r["id"] for r in rows] == [ds[i].id for i in range(12)]
     assert all(np.isfinite(r["energy_eV"]) and np.array(r["forces_eV_per_A"]).shape == (9, 3) for r in rows)
+    # --overwrite replaces outputs, never the input: the checkpoint as --out was replaced by a JSON file
+    before = gemnet_file.read_bytes()
+    own = run("model", "predict", str(gemnet_file), "bundled:ethanol", "--limit", "2", "--out", str(gemnet_file),
+              "--overwrite")  # fmt: skip
+    assert own.returncode == 2 and "the file this command reads" in own.stderr and "Traceback" not in own.stderr
+    assert gemnet_file.read_bytes() == before
 
 
 def test_model_errors_are_one_paragraph(tmp_path):

@@ -107,6 +107,27 @@ def test_old_spellings_work_with_a_warning(painn, tmp_path):
     one_paragraph(run("data", "sample", "bundled:ethanol", "--n", "5", "--n-samples", "6", "--out", "x"), "twice")
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("data", "sample", "bundled:ethanol", "--seed", "-1"),
+        ("csi", "-d", "e=bundled:ethanol", "-u", "a=bundled:acac", "--extractor", "soap", "seed=-1"),
+        ("finetune", "--preset", "rmd17", "--data", "bundled:ethanol", "--from-scratch", "split.seed=-1"),
+    ],
+)
+def test_a_negative_seed_is_a_settings_error(args, tmp_path):
+    """numpy refused it mid-run: exit 1 ('report it'), after pretrain/finetune had written into --out."""
+    one_paragraph(run(*args, "--out", str(tmp_path / "out")), "greater than or equal to 0")
+    assert not (tmp_path / "out").exists()
+
+
+def test_commands_that_score_every_structure_refuse_sampling_keys(painn, tmp_path):
+    """evaluate scored all 1000 structures of 'PATH,n_samples=10' without a word (predict refused it)."""
+    proc = run("evaluate", str(painn), "--data", "bundled:ethanol,n_samples=10", "--out", str(tmp_path / "ev"))
+    one_paragraph(proc, "n_samples", "mean(s) nothing to atomsift evaluate", "data sample")
+    assert not (tmp_path / "ev" / "metrics.json").exists()
+
+
 def test_dataset_argument_takes_inline_reader_options(tmp_path):
     """NAME=PATH,key=value and a bare PATH name the same data; values are YAML scalars, as with -o."""
     inline = run("data", "inspect", "eth=bundled:ethanol,energy_key=energy", "--limit", "4", "--json")

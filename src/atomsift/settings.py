@@ -24,14 +24,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import UnionType
-from typing import Any, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from atomsift.errors import ConfigError, nearest
 
 M = TypeVar("M", bound=BaseModel)
+
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="random seed (0 to 2**32 - 1)")]
+"""A seed numpy's generators take: negative or larger ones are refused with the settings, not mid-run."""
 
 
 def parse_value(text: str) -> Any:
@@ -251,9 +254,19 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_output_file(path: str | Path, overwrite: bool, *, what: str = "output file") -> Path:
-    """Refuse to write a file over a folder, or over an existing file without --overwrite; make its parent."""
+def check_output_file(
+    path: str | Path, overwrite: bool, *, what: str = "output file", reads: tuple[str | Path | None, ...] = ()
+) -> Path:
+    """Refuse to write a file over a folder, over a file the command reads (`reads`: its checkpoint, its data),
+    or over an existing file without --overwrite; make its parent."""
     path = Path(path)
+    for source in reads:
+        if source is not None and path.exists() and Path(source).exists() and os.path.samefile(path, source):
+            raise ConfigError(
+                f"--out is the file this command reads ({what} over its input)",
+                file=path,
+                fix="choose another --out (--overwrite replaces outputs, never the input)",
+            )
     if path.is_dir():
         raise ConfigError(
             f"--out names an existing folder, but this command writes a file ({what})",

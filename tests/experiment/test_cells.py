@@ -279,3 +279,22 @@ def test_slurm_jobs_go_as_job_arrays_of_at_most_max_array_size(tmp_path, monkeyp
     arrays = [line for text in scripts for line in text.splitlines() if line.startswith("#SBATCH --array")]
     assert arrays == ["#SBATCH --array=0-2%2", "#SBATCH --array=0-2%2", "#SBATCH --array=0-1%2"]
     assert all("#SBATCH --partition=gpu" in text for text in scripts)
+
+
+def test_the_command_exits_3_when_runs_failed(tmp_path, monkeypatch, capsys):
+    """A grid whose cells failed exited 0 (scripts and CI could not tell); now 3, after the report."""
+    import yaml
+
+    from atomsift.cli import main
+
+    def broken(cell, resume, overwrite, console):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(cells, "_run_finetune", broken)
+    config = tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump(tiny(mixtures={}, scratch=False, upstream={"acac": tiny()["upstream"]["acac"]})))
+    with pytest.raises(SystemExit) as exit_:
+        main(["experiment", "--config", str(config), "--out", str(tmp_path / "exp")])
+    assert exit_.value.code == 3
+    assert "1 of 1 result rows failed" in capsys.readouterr().err
+    assert (tmp_path / "exp" / "report.md").exists()

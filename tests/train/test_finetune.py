@@ -206,6 +206,11 @@ def test_evaluate_split_test_reads_the_runs_test_options(pretrained, tmp_path):
     assert again["test_options"] == {"indices": str(last)} and again["n_structures"] == 20
     for key in ("forces_mae_meV_per_A", "energy_mae_meV"):
         assert again[key] == pytest.approx(metrics[key], rel=1e-6), key
+    # the run's split applied to another dataset (large enough for its indices) is refused, not scored
+    with pytest.raises(ConfigError, match="split indexes bundled:ethanol, not bundled:bench-organic"):
+        evaluate_checkpoint(
+            tmp_path / "ft" / "model.pt", DatasetSpec(path="bundled:bench-organic"), split="val", out=tmp_path / "x"
+        )
 
 
 def test_evaluate_counts_the_structures_each_mae_averages_over(pretrained):

@@ -126,13 +126,21 @@ def dataset_spec(
     return name, spec.model_copy(update=update)
 
 
+SUBSET_FIX = "draw a subset with atomsift data sample and read it as PATH,indices=SUBSET.json"
+
+NO_SAMPLING_FIX = {
+    "evaluate": f"drop it: evaluate scores every structure (of --split, when given); or {SUBSET_FIX}",
+    "model init --fit-scales": "drop it: the fit draws --fit-batches random batches of 8 itself",
+}
+
+
 def no_sampling(spec, name: str, command: str) -> None:
     """Refuse the sampling keys of a dataset spec in a command that reads records in order."""
     given = [k for k in ("sampling", "n_samples") if getattr(spec, k) is not None]
     if given:
         raise ConfigError(
             f"dataset '{name}': {', '.join(given)} mean(s) nothing to atomsift {command}, which reads records in order",
-            fix="use --limit N for the first N records, or atomsift data sample to draw a subset",
+            fix=NO_SAMPLING_FIX.get(command, f"use --limit N for the first N records, or {SUBSET_FIX}"),
         )
 
 

@@ -30,6 +30,7 @@ from atomsift.cli.common import (
 )
 from atomsift.data.spec import DatasetSpec
 from atomsift.errors import ConfigError
+from atomsift.settings import Seed
 
 app = typer.Typer(help="Read, inspect, convert and sample datasets.", no_args_is_help=True)
 console = make_console(soft_wrap=True)  # messages stay one line (tables still fit the width)
@@ -133,7 +134,7 @@ def convert(
         raise ConfigError(
             f"--out must end in .aselmdb, got '{dest.name}'", file=dest, fix="name it like --out out.aselmdb"
         )
-    check_output_file(dest, overwrite, what="output .aselmdb file")
+    check_output_file(dest, overwrite, what="output .aselmdb file", reads=(src,))
     ds = open_from_cli(src, format, split, classes, option, command="data convert")
     count = len(ds) if limit is None else min(limit, len(ds))
     metadata = {"source": str(src), "source_format": ds.format_name, "source_metadata": ds.metadata()}
@@ -149,7 +150,7 @@ class SampleSettings(BaseModel):
     data: DatasetSpec | None = Field(None, description="the dataset (on the command line: the DATASET argument)")
     n_samples: int = Field(10_000, ge=1, description="structures to draw (data.n_samples wins when given)")
     sampling: Literal["balanced", "random"] = Field("balanced", description="balanced (per class) or random")
-    seed: int = 0
+    seed: Seed = 0
 
 
 def _normalize_data(data: dict[str, Any]) -> dict[str, Any]:
@@ -205,7 +206,7 @@ def sample(
         raise ConfigError(
             "atomsift data sample needs a dataset", fix="give it as the first argument, or as data.path in --config"
         )
-    check_output_file(out, overwrite, what="subset .json file")
+    check_output_file(out, overwrite, what="subset .json file", reads=(cfg.data.path,))
     n = cfg.data.n_samples or cfg.n_samples
     method = cfg.data.sampling or cfg.sampling
     ds = open_spec(cfg.data)
@@ -274,7 +275,9 @@ def bundled() -> None:
 @app.command("make-benchmark")
 def make_benchmark(
     out: Path = typer.Option(..., "--out", help="Output folder (refused when it exists and is not empty)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed of the molecule choice, rattling, MD and subset."),
+    seed: int = typer.Option(
+        0, "--seed", min=0, max=2**32 - 1, help="Random seed of the molecule choice, rattling, MD and subset."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into an existing folder, replacing its files."),
     qm9: Path | None = typer.Option(
         None, "--qm9", help="QM9 copy to take molecules from (any QM9 format atomsift reads) instead of qm9pack."

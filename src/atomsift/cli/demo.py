@@ -82,6 +82,7 @@ def _demo_experiment(out: Path, console: Console, seeds: list[int] | None, jobs:
     """`atomsift experiment` with the packaged demo grid; the demo owns its folder, so cells from other
     settings are replaced and interrupted ones resumed (finished matching cells are reused)."""
     from atomsift.cli.common import at_least_one
+    from atomsift.cli.experiment import exit_if_runs_failed
     from atomsift.experiment.config import ExperimentConfig
     from atomsift.experiment.run import run_experiment
     from atomsift.settings import resolve_settings
@@ -91,7 +92,7 @@ def _demo_experiment(out: Path, console: Console, seeds: list[int] | None, jobs:
     flags = {"launcher.jobs": jobs, "seeds": list(seeds) if seeds else None, "csi.recompute": True}
     cfg = resolve_settings(ExperimentConfig, config, flags=flags)
     console.print(f"\nthe experiment (settings: {config}; the same as configs/experiment_demo.yaml)")
-    run_experiment(cfg, out, resume=True, overwrite=True, console=console)
+    exit_if_runs_failed(run_experiment(cfg, out, resume=True, overwrite=True, console=console))
 
 
 def demo_config(name: str) -> Path:

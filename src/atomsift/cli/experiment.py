@@ -8,6 +8,24 @@ import typer
 
 from atomsift.cli.common import CONFIG_HELP, OVERRIDES_HELP, at_least_one, on_interrupt
 
+RUNS_FAILED = 3
+"""Exit code of an experiment that finished with failed runs (docs/cli.md)."""
+
+
+def exit_if_runs_failed(summary: dict) -> None:
+    """Exit code 3, after the report, when rows of the grid failed: scripts and CI see it (it was 0)."""
+    counts = (summary or {}).get("status_counts", {})
+    failed = counts.get("failed", 0)
+    if failed:
+        typer.secho(
+            f"error: {failed} of {sum(counts.values())} result rows failed; their errors are in summary.json "
+            "('excluded') and in the cells' failed.json. Fix: correct the cause and rerun the same command with "
+            "--resume (finished cells are reused).",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(RUNS_FAILED)
+
 
 def experiment(
     overrides: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP),
@@ -43,6 +61,7 @@ def experiment(
         f"finished cells in {out}/cells/ are kept and reused; interrupted ones keep their last checkpoint: rerun "
         "the same command with --resume to continue"
     )
-    run_experiment(
+    summary = run_experiment(
         cfg, out, resume=resume, overwrite=overwrite, report_only=report_only, dry=dry_run, console=make_console()
     )
+    exit_if_runs_failed(summary)

@@ -32,7 +32,7 @@ from atomsift.cli.data import open_from_cli
 from atomsift.data.base import label_hints
 from atomsift.data.spec import DatasetSpec
 from atomsift.errors import ConfigError, naming_file
-from atomsift.settings import write_text_atomic
+from atomsift.settings import Seed, write_text_atomic
 
 app = typer.Typer(help="Create, inspect, convert and run model checkpoints.", no_args_is_help=True)
 console = make_console(soft_wrap=True)  # messages stay one line (tables still fit the width)
@@ -47,7 +47,7 @@ class InitSettings(BaseModel):
     preset: str | None = Field(None, description="named size, e.g. S, L, small, tiny for gemnet_oc")
     hparams: dict[str, Any] = Field(default_factory=dict, description="backbone hyperparameters over the preset")
     forces: Literal["gradient", "direct", "none"] = "gradient"
-    seed: int = 0
+    seed: Seed = 0
     fit_scales: str | DatasetSpec | None = Field(
         None, description="GemNet-OC: fit the scale factors on this dataset (PATH or NAME=PATH,key=value)"
     )
@@ -229,7 +229,7 @@ def convert(
     from atomsift.settings import check_output_file
 
     out = legacy_out(ctx, out, "model convert")
-    check_output_file(out, overwrite, what="checkpoint .pt file")
+    check_output_file(out, overwrite, what="checkpoint .pt file", reads=(checkpoint,))
     model = load_checkpoint(checkpoint, ema=ema, trusted=trust_checkpoint, strict=strict)
     save_checkpoint(
         model, out, metadata={"converted_from": str(checkpoint), "load_report": model.load_report.summary()}
@@ -265,7 +265,7 @@ def predict(
     at_least_one(limit, "--limit")
     at_least_one(batch_size, "--batch-size")
     if out is not None:
-        check_output_file(out, overwrite, what="predictions .json file")
+        check_output_file(out, overwrite, what="predictions .json file", reads=(checkpoint, data))
     model = load_checkpoint(checkpoint, trusted=trust_checkpoint, device=device)
     _warn_untrained(model.load_report, checkpoint)
     ds = open_from_cli(data, fmt, split, classes, option, command="model predict")

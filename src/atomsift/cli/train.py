@@ -170,7 +170,7 @@ def evaluate(
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
 ) -> None:
     """MAE and RMSE in meV, meV/A or the target's unit; parity plots; the run's learning curve."""
-    from atomsift.cli.common import dataset_spec
+    from atomsift.cli.common import dataset_spec, no_sampling
     from atomsift.errors import ConfigError
     from atomsift.settings import check_output_dir
     from atomsift.train.evaluate import evaluate_checkpoint
@@ -184,6 +184,7 @@ def evaluate(
             fix="pass --overwrite to replace it, or choose another --out",
         )
     _, spec = dataset_spec(data)
+    no_sampling(spec, data, "evaluate")
     metrics = evaluate_checkpoint(
         checkpoint,
         spec,

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from atomsift.data.spec import DatasetSpec, parse_dataset_arg
 from atomsift.errors import ConfigError
-from atomsift.settings import load_yaml, resolve_settings
+from atomsift.settings import Seed, load_yaml, resolve_settings
 
 EXAMPLE = "configs/csi_demo.yaml"
 
@@ -30,7 +30,7 @@ class CSIConfig(BaseModel):
     upstream_sampling: Literal["balanced", "random"] = Field(
         "balanced", description="how upstream sets are sampled where their spec does not say (downstream: random)"
     )
-    seed: int = 0
+    seed: Seed = 0
     bootstrap: int = Field(100, ge=0, description="bootstrap resamples for the intervals (0: off)")
     groups: int = Field(32, ge=2, description="random blocks of whole structures resampled by the bootstrap")
     confidence: float = Field(0.95, gt=0, lt=1)

@@ -372,6 +372,12 @@ def gather_stats(cfg: CSIConfig, out: Path) -> tuple[list[DatasetStats], list[Da
             "CSI needs at least one upstream and one downstream dataset",
             fix="pass --upstream NAME=PATH and --downstream NAME=PATH (or list them in --config)",
         )
+    if cfg.cache_dir and Path(cfg.cache_dir).exists() and not Path(cfg.cache_dir).is_dir():
+        raise ConfigError(  # said before any feature is extracted (it failed when the first result was saved)
+            "the statistics cache is a folder, but --cache-dir names an existing file",
+            file=cfg.cache_dir,
+            fix="choose a folder for --cache-dir (cache_dir=), or leave it out to use OUT/cache",
+        )
     check_device(cfg.device)
     samples = [open_and_sample(n, s, "upstream", cfg) for n, s in cfg.upstream.items()]
     samples += [open_and_sample(n, s, "downstream", cfg) for n, s in cfg.downstream.items()]

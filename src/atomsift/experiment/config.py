@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from atomsift.data.spec import DatasetSpec
+from atomsift.settings import Seed
 from atomsift.train.config import UpstreamSpec, check_weights
 
 PRETRAIN_OWN = ("upstream", "mixture", "temperature", "nominal_sizes", "weights", "n_samples", "epochs", "seed")
@@ -120,7 +121,7 @@ class ExperimentConfig(Strict):
     mixtures: dict[str, MixtureSpec] = Field(default_factory=dict)
     downstream: dict[str, DownstreamSpec]
     budgets: list[Budget]
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[Seed] = Field(default_factory=lambda: [0])
     scratch: bool = Field(True, description="a from-scratch baseline per downstream task and seed")
     singles: bool = Field(True, description="pretrain on each upstream dataset alone (false: mixtures only)")
     pretrain: dict[str, Any] = Field(default_factory=dict)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from atomsift.data.spec import DatasetSpec
 from atomsift.graph.settings import GraphSettings
+from atomsift.settings import Seed
 
 Precision = Literal["auto", "32", "64", "bf16-mixed", "16-mixed"]
 
@@ -110,7 +111,7 @@ class Optimisation(Strict):
     def _precision_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
-    seed: int = 0
+    seed: Seed = 0
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | str = 1
     num_nodes: int = Field(1, ge=1)
@@ -181,7 +182,7 @@ class SplitSpec(Strict):
     train: Count = None
     val: Count = None
     test: Count = "rest"
-    seed: int = 42
+    seed: Seed = 42
     file: str | None = None
 
     @model_validator(mode="after")

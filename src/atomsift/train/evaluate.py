@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,23 @@ def _run_test_options(checkpoint: Path) -> dict[str, Any] | None:
     return options if isinstance(options, dict) else None
 
 
-def split_records(ds: Any, checkpoint: Path, split: str | None) -> tuple[list[Record], str]:
+def _check_same_data(recorded: str | None, opened: Any, data_arg: str | None, saved: Path) -> None:
+    """Refuse a split of one dataset applied to another (it scored whatever structures sat at those indices)."""
+    if recorded is None or data_arg is None or recorded == data_arg:
+        return
+    if opened is not None and Path(recorded).exists() and Path(opened).exists() and os.path.samefile(recorded, opened):
+        return
+    raise ConfigError(
+        f"the run's split indexes {recorded}, not {data_arg}",
+        file=saved,
+        fix=f"pass --data {recorded} (with the reader options the run used), or leave --split out to score every "
+        "structure of this dataset",
+    )
+
+
+def split_records(
+    ds: Any, checkpoint: Path, split: str | None, data_arg: str | None = None
+) -> tuple[list[Record], str]:
     """The structures to evaluate: the split of the run that made the checkpoint (RUN/split.json beside it),
     else the whole (already split by the reader, where `split` was passed to it) dataset."""
     if split is None:
@@ -178,7 +195,9 @@ def split_records(ds: Any, checkpoint: Path, split: str | None) -> tuple[list[Re
     saved = checkpoint.parent / "split.json"
     if not saved.exists():
         return [ds[i] for i in range(len(ds))], f"{split} (the reader's)"
-    indices = json.loads(saved.read_text()).get(split)
+    recorded = json.loads(saved.read_text())
+    _check_same_data(recorded.get("data"), getattr(ds, "path", None), data_arg, saved)
+    indices = recorded.get(split)
     if indices is None:
         raise ConfigError(f"split.json has no split '{split}'", file=saved, fix="use train, val or test")
     if indices and max(indices) >= len(ds):
@@ -235,7 +254,7 @@ def evaluate_checkpoint(
     if test_options:  # the run's test set is read with these (matbench's test fold): its indices refer to it
         spec = spec.model_copy(update={"options": {**spec.options, **test_options}})
     ds = open_spec(spec, spec.path)
-    records, used = split_records(ds, Path(checkpoint), split)
+    records, used = split_records(ds, Path(checkpoint), split, spec.path)
     with naming_file(getattr(ds, "path", None)):
         result = evaluate_model(model, records, task, batch_size=batch_size, progress=len(records) > 4 * batch_size)
     metrics = {
