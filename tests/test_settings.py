@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 from pydantic import BaseModel, ConfigDict
 
@@ -79,6 +81,31 @@ def test_unknown_keys_and_bad_files_are_config_errors(tmp_path):
         resolve_settings(Outer, lst)
 
 
+def test_true_false_for_a_number_and_a_key_given_twice_are_refused(tmp_path):
+    """pydantic reads true as 1 for an int (n_samples=true drew one structure); YAML keeps the last of two
+    equal keys: both were accepted without a word."""
+
+    class Numbers(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        n: int = 1
+        share: float | None = None
+        count: int | Literal["rest"] = "rest"
+        flag: bool = False
+        per: dict[str, Inner] = {}
+        seeds: list[int] = []
+
+    with pytest.raises(ConfigError, match=r"n \(command line: n=true\): a number, not true/false"):
+        resolve_settings(Numbers, None, overrides=["n=true"])
+    for bad in ("share=false", "count=true", "per.a.size=true", "seeds=[0,true]"):
+        with pytest.raises(ConfigError, match="a number, not true/false"):
+            resolve_settings(Numbers, None, overrides=[bad])
+    assert resolve_settings(Numbers, None, overrides=["flag=true", "n=2", "count=rest"]).flag is True
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("n: 2\nflag: true\nn: 3\n")
+    with pytest.raises(ConfigError, match="line 3.*duplicate key 'n'"):
+        resolve_settings(Numbers, twice)
+
+
 class Runs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     upstream: dict[str, Inner] = {}
@@ -152,6 +179,16 @@ def test_dataset_arg_inline_options_and_bare_path():
         parse_dataset_arg("data/x.xyz")
     with pytest.raises(ConfigError, match="n_samples"):
         parse_dataset_arg("a=x.xyz,n_samples=0")
+    # in a config, a dataset may be written as the command line's text (it was refused as "not a DatasetSpec")
+    assert DatasetSpec.model_validate("bundled:acac") == DatasetSpec(path="bundled:acac")
+    text = DatasetSpec.model_validate("/d/a,b.h5,split=train,n_samples=5")
+    assert (text.path, text.options, text.n_samples) == ("/d/a,b.h5", {"split": "train"}, 5)
+
+    class Specs(BaseModel):
+        upstream: dict[str, DatasetSpec]
+
+    with pytest.raises(ConfigError, match="upstream.a: .*'oops' after the options is not key=value"):
+        validate(Specs, {"upstream": {"a": "x.h5,split=1,oops"}})
 
 
 def test_output_rules(tmp_path):

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
@@ -94,6 +94,19 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (it kept the last one without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path | None, example: str = "configs/") -> dict[str, Any]:
     """The mapping in a YAML file ({} for None); ConfigError naming the file for missing, unreadable or bad YAML."""
     if path is None:
@@ -102,13 +115,19 @@ def load_yaml(path: str | Path | None, example: str = "configs/") -> dict[str, A
     if path.is_dir():
         raise ConfigError("--config names a folder, not a YAML file", file=path, fix="give the path of a .yaml file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
     except OSError as exc:
         raise ConfigError(f"cannot read the config file ({exc.strerror})", file=path, fix="check the path") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"the config file is not valid YAML{where}", file=path, fix="fix the YAML syntax") from None
+        problem = getattr(exc, "problem", None) or ""
+        duplicate = problem.startswith("duplicate key")
+        raise ConfigError(
+            f"the config file is not valid YAML{where}" + (f": {problem}" if duplicate else ""),
+            file=path,
+            fix="keep one of the two entries" if duplicate else "fix the YAML syntax",
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -136,11 +155,16 @@ def validate(
     command line rather than on ``source`` (the config file) when it came from there. ``within`` names a part
     of a larger config that is not a file of its own (e.g. "the pretrain section").
     """
+    # pydantic reads true/false as 1/0 for a number (n_samples=true drew one structure): refused here
+    errors = [{"loc": loc, "msg": "a number, not true/false", "type": "bool"} for loc in _bools_as_numbers(model, data)]
     try:
-        return model.model_validate(data)
+        if not errors:
+            return model.model_validate(data)
     except ValidationError as exc:
+        errors = exc.errors()
+    if errors:
         problems, in_file = [], False
-        for err in exc.errors():
+        for err in errors:
             loc = tuple(err["loc"])
             text = _problem_text(model, err)
             typed = _typed_for(loc, given or {})
@@ -148,13 +172,43 @@ def validate(
             key = ".".join(map(str, loc))
             where = f" (command line: {typed})" if typed else ""
             problems.append((f"{key}{where}: " if key else "") + text)
-        keyed = any(e["loc"] for e in exc.errors())
+        keyed = any(e["loc"] for e in errors)
         fix = "check each named key's spelling and value" if keyed else "give the settings the message asks for"
         raise ConfigError(
             f"invalid settings{f' in {within}' if within else ''} ({'; '.join(problems)})",
             file=source if in_file else None,
             fix=fix + (f"; the keys are in {example}" if example else ""),
         ) from None
+
+
+def _bools_as_numbers(annotation: Any, value: Any, loc: tuple = ()) -> list[tuple]:
+    """Locations where a true/false value sits in a field that takes only numbers (and string literals)."""
+    annotation = _unannotated(annotation)
+    if isinstance(value, bool):
+        alts = [_unannotated(a) for a in _model_args(annotation)]
+        numbers = [a for a in alts if a in (int, float)]
+        literals = [a for a in alts if get_origin(a) is Literal and not any(isinstance(v, bool) for v in get_args(a))]
+        return [loc] if numbers and len(numbers) + len(literals) == len(alts) else []
+    for ann in map(_unannotated, _model_args(annotation)):
+        origin, args = get_origin(ann), get_args(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(value, dict):
+            fields = {f.alias or n: f for n, f in ann.model_fields.items()}
+            return [
+                b
+                for k, v in value.items()
+                if k in fields
+                for b in _bools_as_numbers(fields[k].annotation, v, (*loc, k))
+            ]
+        if origin is dict and len(args) == 2 and isinstance(value, dict):
+            return [b for k, v in value.items() for b in _bools_as_numbers(args[1], v, (*loc, k))]
+        if origin is list and args and isinstance(value, list):
+            return [b for i, v in enumerate(value) for b in _bools_as_numbers(args[0], v, (*loc, i))]
+    return []
+
+
+def _unannotated(annotation: Any) -> Any:
+    """int for Annotated[int, Field(...)]; anything else as it is."""
+    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
 
 
 def _problem_text(model: type[BaseModel], err: dict[str, Any]) -> str:

@@ -253,3 +253,11 @@ def test_predict_names_and_scores_the_heads_own_target(pretrained, capsys):
     assert metrics["U0_mae_meV"] == pytest.approx(1000 * mae, rel=1e-9) and metrics["n_with_target"] == 4
     _print_mae(metrics, "t")
     assert "U0 (meV)" in capsys.readouterr().out
+
+
+def test_a_training_checkpoint_points_to_the_runs_model(pretrained):
+    """`model info RUN/checkpoints/last.ckpt` said 'unrecognised checkpoint layout' and listed other formats."""
+    ckpt = Path(pretrained).parent / "checkpoints" / "last.ckpt"
+    with pytest.raises(DataError, match="Lightning training checkpoint") as err:
+        load_checkpoint(ckpt)
+    assert str(Path(pretrained)) in err.value.fix

@@ -90,7 +90,8 @@ def detect_format(path: Path) -> str:
     raise ConfigError(
         "could not tell the format of this path from its name or contents",
         file=path,
-        fix=f"pass --format with one of: {', '.join(FORMATS)}",
+        fix=f"name the format: --format NAME where the command has it, else inline as PATH,format=NAME; NAME one "
+        f"of: {', '.join(FORMATS)}",
     )
 
 

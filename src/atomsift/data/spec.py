@@ -36,7 +36,13 @@ class DatasetSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _inline_reader_options(cls, data: Any) -> Any:
-        """Keys that are not fields of the spec are reader options: {path, split: train} == {path, options: {split}}."""
+        """Keys that are not fields of the spec are reader options: {path, split: train} == {path, options: {split}}.
+        A string is the path, with inline options as on the command line: 'PATH[,key=value...]'."""
+        if isinstance(data, str):
+            try:
+                data = spec_mapping(data)
+            except ConfigError as exc:
+                raise ValueError(exc.problem) from None
         if not isinstance(data, dict):
             return data
         extra, options = cls._split_options(data)
@@ -83,21 +89,28 @@ def parse_dataset_arg(
                 fix="write it like ani1x=/data/ani1x.h5 or t1x=/data/transition1x.h5,split=train",
             )
         name, path = default_name, head
-    path_parts = [path]
+    spec = validate(spec_cls, spec_mapping(",".join([path, *rest]), text), example="docs/cli.md")
+    return name.strip(), spec
+
+
+def spec_mapping(text: str, shown: str | None = None) -> dict[str, Any]:
+    """'PATH[,key=value...]' -> {'path': PATH, key: value, ...} (a comma not followed by key=value belongs to
+    the path; values parsed with `parse_value`). `shown`: the text errors quote (default `text`)."""
+    head, *rest = text.split(",")
+    path_parts = [head]
     values: dict[str, Any] = {}
     for part in rest:
         key, eq, value = part.partition("=")
         if not eq:
             if values:
                 raise ConfigError(
-                    f"dataset argument '{text}': '{part}' after the options is not key=value",
+                    f"dataset argument '{shown or text}': '{part}' after the options is not key=value",
                     fix="put options after the path: NAME=PATH,key=value,key=value",
                 )
             path_parts.append(part)  # a comma inside the path
             continue
         values[key.strip()] = parse_value(value.strip())
-    spec = validate(spec_cls, {"path": ",".join(path_parts), **values}, example="docs/cli.md")
-    return name.strip(), spec
+    return {"path": ",".join(path_parts), **values}
 
 
 def open_spec(

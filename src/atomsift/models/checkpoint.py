@@ -229,6 +229,13 @@ def load_checkpoint(
         from atomsift.models.backbones.gemnet_oc.checkpoints import model_from_jmp
 
         model, report = model_from_jmp(obj, source=str(path), ema=ema)
+    elif isinstance(obj, dict) and "pytorch-lightning_version" in obj:
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        raise DataError(
+            "this is a Lightning training checkpoint (the state --resume continues from), not a model",
+            file=path,
+            fix=f"use the run's model: {run / 'model.pt'} (best weights) or {run / 'last.pt'} (the last epoch's)",
+        )
     else:
         raise DataError(
             f"unrecognised checkpoint layout (top-level keys: {_head(sorted(map(str, obj)), 8)})",
