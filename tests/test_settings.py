@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import pytest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from atomsift.data.spec import DatasetSpec, parse_dataset_arg
 from atomsift.errors import ConfigError
@@ -104,6 +104,37 @@ def test_true_false_for_a_number_and_a_key_given_twice_are_refused(tmp_path):
     twice.write_text("n: 2\nflag: true\nn: 3\n")
     with pytest.raises(ConfigError, match="line 3.*duplicate key 'n'"):
         resolve_settings(Numbers, twice)
+
+
+def test_messages_for_unions_lists_mappings_and_missing_keys():
+    """pydantic's raw text: a line per union member under internal tags ('split.train.int', '...float'), "a
+    valid list" for seeds=0, "instance of Budget" for [5000, 1], "Field required" without saying what."""
+
+    class Budget(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        n_samples: int
+        epochs: int
+
+    class Grid(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        data: str = Field(description="the dataset (on the command line: --data)")
+        train: int | float | Literal["rest"] = "rest"
+        seeds: list[int] = []
+        budgets: list[Budget] = []
+
+    def problem(*overrides: str) -> str:
+        with pytest.raises(ConfigError) as err:
+            resolve_settings(Grid, None, overrides=list(overrides))
+        return err.value.problem
+
+    assert "data: required: the dataset (on the command line: --data)" in problem()
+    text = problem("data=x", "train=abc")
+    assert "train (command line: train=abc): expected a valid integer or a valid number or 'rest'" in text
+    assert text.count("train") == 2  # one problem, not one per union member
+    assert "seeds (command line: seeds=0): expected a list, e.g. [0]" in problem("data=x", "seeds=0")
+    assert "expected a mapping of epochs, n_samples (key: value), got [5000, 1]" in problem(
+        "data=x", "budgets=[[5000, 1]]"
+    )
 
 
 class Runs(BaseModel):

@@ -164,7 +164,7 @@ def validate(
         errors = exc.errors()
     if errors:
         problems, in_file = [], False
-        for err in errors:
+        for err in _merged_alternatives(errors, data):
             loc = tuple(err["loc"])
             text = _problem_text(model, err)
             typed = _typed_for(loc, given or {})
@@ -211,14 +211,66 @@ def _unannotated(annotation: Any) -> Any:
     return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
 
 
+def _merged_alternatives(errors: list[dict[str, Any]], data: Any) -> list[dict[str, Any]]:
+    """One error per key: pydantic reports a value that fits no member of a union once per member, under a
+    tag appended to the key ('split.train.int', 'split.train.float', ...); those become one error whose
+    `alternatives` list them."""
+    out: list[dict[str, Any]] = []
+    for err in errors:
+        loc, node, tagged = [], data, False
+        for part in err["loc"]:
+            in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+            if in_list or (isinstance(node, dict) and part in node):
+                node = node[part]
+            elif err["type"] not in ("extra_forbidden", "missing"):
+                tagged = True  # a union member's tag, not a key of the data
+                break
+            loc.append(part)
+        err = {**err, "loc": tuple(loc)}
+        if tagged and out and out[-1]["loc"] == err["loc"] and out[-1].get("alternatives"):
+            out[-1]["alternatives"].append(err)
+        else:
+            out.append({**err, "alternatives": [err]} if tagged else err)
+    return out
+
+
 def _problem_text(model: type[BaseModel], err: dict[str, Any]) -> str:
-    """pydantic's message for one error, without its "Value error, " prefix; unknown keys get a suggestion."""
+    """pydantic's message for one error, without its "Value error, " prefix; unknown keys get a suggestion, a
+    missing key its description, and a value that fits none of a union's members one line for all of them."""
+    loc = tuple(err["loc"])
     if err["type"] == "extra_forbidden":
-        loc = tuple(err["loc"])
         near = nearest(str(loc[-1]), sorted(_known_keys(model, loc[:-1])))
         return "unknown key" + (f"; did you mean '{near}'?" if near else "")
+    alternatives = err.get("alternatives") or [err]
+    if len(alternatives) > 1:
+        wants = [str(e["msg"]).removeprefix("Input should be ").split(",")[0] for e in alternatives]
+        return "expected " + " or ".join(dict.fromkeys(wants))
+    if err["type"] == "missing":
+        field = _field_at(model, loc)
+        said = field.description if field is not None and field.description else None
+        return "required" + (f": {said}" if said else "")
+    if err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        keys = sorted(_known_keys(model, loc))
+        if keys:
+            return f"expected a mapping of {', '.join(keys)} (key: value), got {err.get('input')!r}"
+    if err["type"] == "list_type" and not isinstance(err.get("input"), (list, tuple, dict)):
+        return f"expected a list, e.g. [{err.get('input')}]"
     msg = str(err["msg"])
     return msg.removeprefix("Value error, ")
+
+
+def _field_at(model: Any, loc: tuple) -> Any:
+    """The FieldInfo of the settings key at ``loc`` (None where it is not a model field)."""
+    for ann in _model_args(model) if loc else []:
+        ann = _unannotated(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and str(loc[0]) in ann.model_fields:
+            field = ann.model_fields[str(loc[0])]
+            return field if len(loc) == 1 else _field_at(field.annotation, loc[1:])
+        if get_origin(ann) is dict and len(get_args(ann)) == 2:
+            return _field_at(get_args(ann)[1], loc[1:]) if len(loc) > 1 else None
+        if get_origin(ann) is list and get_args(ann):
+            return _field_at(get_args(ann)[0], loc[1:]) if len(loc) > 1 else None
+    return None
 
 
 def _known_keys(model: Any, loc: tuple) -> set[str]:

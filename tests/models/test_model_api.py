@@ -74,6 +74,10 @@ def test_bad_head_config_is_rejected():
     # a mean / max readout would divide the per-element reference by N (700 eV off on organic molecules)
     with pytest.raises(ConfigError, match="energy head sums over atoms"):
         _model(energy={"kind": "energy", "reduce": "mean"})
+    # GemNet-OC has no default size: named presets instead of a TypeError listing 19 arguments
+    with pytest.raises(ConfigError, match="needs a size") as err:
+        build_backbone("gemnet_oc")
+    assert "small" in err.value.fix and "--preset" in err.value.fix
 
 
 def test_total_energies_keep_sub_meV_resolution_in_a_float32_model():

@@ -84,4 +84,20 @@ def backbone_settings(name: str, preset: str | None = None, hparams: dict[str, A
                 f"unknown hyperparameter(s) for backbone '{name}': {', '.join(unknown)}",
                 fix=did_you_mean(unknown, accepted) + f"its hyperparameters are: {', '.join(accepted)}",
             )
+    required = [
+        n
+        for n, p in signature.parameters.items()
+        if n != "self" and p.default is p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    missing = [n for n in required if n not in settings]
+    if missing:  # GemNet-OC has no default size (it was a TypeError listing 19 names)
+        table = ", ".join(presets(name)) or "none"
+        raise ConfigError(
+            f"backbone '{name}' needs a size: {len(missing)} hyperparameter(s) are not set ({_head(missing)})",
+            fix=f"choose a preset (one of: {table}; on the command line --preset NAME) or set them all",
+        )
     return settings
+
+
+def _head(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

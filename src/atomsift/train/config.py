@@ -242,7 +242,7 @@ class FinetuneConfig(Optimisation):
     backbone: BackboneSpec | None = Field(None, description="the architecture of a from-scratch baseline")
     trust_checkpoint: bool = False
     allow_partial: bool = False
-    data: DatasetSpec
+    data: DatasetSpec = Field(description="the downstream dataset (on the command line: --data)")
     split: SplitSpec
     test_options: dict[str, Any] | None = Field(
         None, description="reader options that turn `data` into the test set (e.g. MatBench fold_part: test)"
