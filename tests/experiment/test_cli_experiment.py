@@ -120,3 +120,18 @@ def test_section_keys_from_the_command_line_are_named_there(tmp_path):
     said = " ".join((shadowed.stdout + shadowed.stderr).split())
     assert said.count("finetune.lr, finetune.split.train from the command line does not apply to 'ethanol'") == 1
     assert "set downstream.ethanol.lr=..., downstream.ethanol.split.train=... instead" in said
+
+
+def test_contradicting_flags_are_refused_before_any_work(tmp_path):
+    """--report-only on a new folder ran the whole CSI and reported nothing; --resume --overwrite and
+    --report-only --dry-run were accepted (one silently won)."""
+    config = _config(tmp_path)
+    out = tmp_path / "exp"
+    for flags, needle in (
+        (("--report-only",), "holds no experiment"),
+        (("--resume", "--overwrite"), "pass one of them"),
+        (("--report-only", "--dry-run"), "pass one of them"),
+    ):
+        proc = run("--config", config, "--out", str(out), *flags)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not out.exists()

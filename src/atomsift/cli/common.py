@@ -22,7 +22,13 @@ CLASSES_HELP = "Class mapping file (OC20 oc20_data_mapping.pkl, OC22 oc22_metada
 OPTION_HELP = "Reader option KEY=VALUE (repeatable; values are YAML scalars), e.g. -o level=wb97x_tz."
 OVERWRITE_HELP = "Replace the --out file if it exists."
 CONFIG_HELP = "YAML file with any of this command's settings (flags and KEY=VALUE overrides go on top)."
-OVERRIDES_HELP = "Settings overrides KEY=VALUE, nested keys joined by dots (e.g. data.split=train); applied last."
+
+
+def overrides_help(example: str) -> str:
+    """The help of a command's KEY=VALUE arguments, with an example of its own keys."""
+    return f"Settings overrides KEY=VALUE, nested keys joined by dots (e.g. {example}); applied last."
+
+
 TRUST_HELP = (
     "Allow pickled Python objects in the checkpoint (some fairchem / Lightning files need it); only for files "
     "from a source you trust: unpickling can run code."

@@ -8,7 +8,7 @@ import typer
 import yaml
 from rich.console import Console
 
-from atomsift.cli.common import OVERRIDES_HELP, TRUST_HELP
+from atomsift.cli.common import TRUST_HELP, overrides_help
 
 DATASET_HELP = (
     "NAME=PATH[,key=value...]; keys format, sampling (balanced|random), n_samples, and reader options "
@@ -16,7 +16,7 @@ DATASET_HELP = (
 )
 
 
-OVERRIDES_OPT = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP)
+OVERRIDES_OPT = typer.Argument(None, metavar="[KEY=VALUE]...", help=overrides_help("upstream.acac.n_samples=500"))
 UPSTREAM_OPT = typer.Option(None, "--upstream", "-u", help="Upstream candidate: " + DATASET_HELP)
 DOWNSTREAM_OPT = typer.Option(None, "--downstream", "-d", help="Downstream set: " + DATASET_HELP)
 OUT_OPT = typer.Option(..., "--out", help="Run folder (csi.json, csi.csv, csi_bars.png, subsets/, cache/).")

@@ -17,7 +17,6 @@ from atomsift.cli.common import (
     DATASET_HELP,
     FORMAT_HELP,
     OPTION_HELP,
-    OVERRIDES_HELP,
     OVERWRITE_HELP,
     SPLIT_HELP,
     at_least_one,
@@ -25,6 +24,7 @@ from atomsift.cli.common import (
     legacy_out,
     make_console,
     no_sampling,
+    overrides_help,
     pick,
     split_overrides,
 )
@@ -165,7 +165,9 @@ def sample(
     path: str | None = typer.Argument(
         None, metavar="[DATASET]", help=DATASET_HELP + " May come from --config (data: {path: ...})."
     ),
-    overrides: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP),
+    overrides: list[str] | None = typer.Argument(
+        None, metavar="[KEY=VALUE]...", help=overrides_help("data.split=train")
+    ),
     out: Path = typer.Option(..., "--out", help="Where to write the subset (JSON with indices and provenance)."),
     n_samples: int | None = typer.Option(None, "--n-samples", help="Number of structures (default 10000)."),
     sampling: str | None = typer.Option(None, "--sampling", help="balanced (per class, default) or random."),

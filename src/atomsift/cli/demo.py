@@ -33,7 +33,7 @@ def demo(
     from atomsift.data import open_dataset
     from atomsift.data.bundled import DEMO_DATASETS
     from atomsift.data.stats import summarize
-    from atomsift.settings import check_output_dir
+    from atomsift.settings import check_output_dir, write_text_atomic
 
     check_output_dir(out)  # a run folder: the demo reuses what matches inside it
     on_interrupt(
@@ -72,7 +72,7 @@ def demo(
             "-" if summary["n_classes"] is None else str(summary["n_classes"]),
         )
     console.print(table)
-    (out / "data_overview.json").write_text(json.dumps(rows, indent=2))
+    write_text_atomic(out / "data_overview.json", json.dumps(rows, indent=2))
     console.print(f"saved {out / 'data_overview.json'}")
     if experiment:
         _demo_experiment(out / "experiment", console, seed, jobs)

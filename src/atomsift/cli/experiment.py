@@ -6,10 +6,32 @@ from pathlib import Path
 
 import typer
 
-from atomsift.cli.common import CONFIG_HELP, OVERRIDES_HELP, at_least_one, on_interrupt
+from atomsift.cli.common import CONFIG_HELP, at_least_one, on_interrupt, overrides_help
 
 RUNS_FAILED = 3
 """Exit code of an experiment that finished with failed runs (docs/cli.md)."""
+
+
+def check_flags(out: Path, *, resume: bool, overwrite: bool, report_only: bool, dry_run: bool) -> None:
+    """Refuse flag combinations that contradict each other, before any work (as pretrain and finetune do)."""
+    from atomsift.errors import ConfigError
+
+    if resume and overwrite:
+        raise ConfigError(
+            "--resume continues interrupted cells and --overwrite starts them again: pass one of them",
+            fix="--resume to continue them from their checkpoints, --overwrite to replace them",
+        )
+    if report_only and dry_run:
+        raise ConfigError(
+            "--dry-run plans the grid and --report-only reports what has run: pass one of them",
+            fix="--dry-run to see the plan, --report-only to gather finished cells",
+        )
+    if report_only and not (out / "experiment.yaml").is_file():
+        raise ConfigError(
+            "--report-only: the folder holds no experiment to report (no experiment.yaml)",
+            file=out,
+            fix="give the --out of an experiment that has run, or leave --report-only out to run this one",
+        )
 
 
 def exit_if_runs_failed(summary: dict) -> None:
@@ -28,7 +50,9 @@ def exit_if_runs_failed(summary: dict) -> None:
 
 
 def experiment(
-    overrides: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP),
+    overrides: list[str] | None = typer.Argument(
+        None, metavar="[KEY=VALUE]...", help=overrides_help("pretrain.lr=0.0005")
+    ),
     config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP + " See configs/experiment_*.yaml."),
     out: Path = typer.Option(
         ..., "--out", help="Experiment folder (csi/, cells/, logs/, results.csv, summary.json, report.md)."
@@ -53,6 +77,7 @@ def experiment(
     from atomsift.settings import given_keys, resolve_settings
 
     at_least_one(jobs, "--jobs")
+    check_flags(out, resume=resume, overwrite=overwrite, report_only=report_only, dry_run=dry_run)
     flags = {"launcher.jobs": jobs, "seeds": list(seed) if seed else None}
     cfg = resolve_settings(ExperimentConfig, config, flags=flags, overrides=overrides, example=EXAMPLE)
     cfg.with_given(given_keys(flags, overrides))

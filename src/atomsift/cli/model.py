@@ -17,7 +17,6 @@ from atomsift.cli.common import (
     DATASET_HELP,
     FORMAT_HELP,
     OPTION_HELP,
-    OVERRIDES_HELP,
     OVERWRITE_HELP,
     SPLIT_HELP,
     TRUST_HELP,
@@ -25,6 +24,7 @@ from atomsift.cli.common import (
     deprecated,
     legacy_out,
     make_console,
+    overrides_help,
     pick,
     split_overrides,
 )
@@ -59,7 +59,9 @@ def init(
     backbone: str | None = typer.Argument(
         None, metavar="[BACKBONE]", help="Backbone name: painn or gemnet_oc (or backbone: in --config)."
     ),
-    overrides: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP),
+    overrides: list[str] | None = typer.Argument(
+        None, metavar="[KEY=VALUE]...", help=overrides_help("hparams.hidden=64")
+    ),
     out: Path | None = typer.Option(None, "--out", help="Checkpoint to write (.pt; required)."),
     preset: str | None = typer.Option(None, "--preset", help="Named size, e.g. S, L, small, tiny for gemnet_oc."),
     forces: str | None = typer.Option(None, "--forces", help="Force head: gradient (default), direct or none."),

@@ -11,11 +11,11 @@ import typer
 from atomsift.cli.common import (
     CONFIG_HELP,
     DATASET_HELP,
-    OVERRIDES_HELP,
     TRUST_HELP,
     at_least_one,
     make_console,
     on_interrupt,
+    overrides_help,
 )
 
 RESUME_HELP = "Continue the unfinished run in --out from its last checkpoint (same settings)."
@@ -50,7 +50,9 @@ def _resume_hint(out: Path) -> None:
 
 
 def pretrain(
-    overrides: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP),
+    overrides: list[str] | None = typer.Argument(
+        None, metavar="[KEY=VALUE]...", help=overrides_help("upstream.acac.n_samples=200")
+    ),
     config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP + " See configs/pretrain_*.yaml."),
     out: Path = typer.Option(..., "--out", help="Run folder (config.yaml, subsets/, checkpoints/, model.pt, ...)."),
     resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
@@ -60,6 +62,9 @@ def pretrain(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Structures per step and device (default 20)."),
     n_samples: int | None = typer.Option(None, "--n-samples", help="N: structures drawn once (over all datasets)."),
     epochs: int | None = typer.Option(None, "--epochs", help="E: passes over the N structures (default 5)."),
+    trust_checkpoint: bool = typer.Option(
+        False, "--trust-checkpoint", help=TRUST_HELP + " For backbone.checkpoint (continued pretraining)."
+    ),
 ) -> None:
     """Pretrain a backbone on N structures x E epochs of one upstream dataset or a mixture."""
     from atomsift.settings import resolve_settings
@@ -69,6 +74,8 @@ def pretrain(
     for value, flag in ((batch_size, "--batch-size"), (n_samples, "--n-samples"), (epochs, "--epochs")):
         at_least_one(value, flag)
     flags = {"seed": seed, "batch_size": batch_size, "n_samples": n_samples, "epochs": epochs}
+    if trust_checkpoint:
+        flags["backbone.trust_checkpoint"] = True
     cfg = resolve_settings(
         PretrainConfig,
         config,
@@ -86,7 +93,9 @@ def pretrain(
 
 
 def finetune(
-    overrides: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP),
+    overrides: list[str] | None = typer.Argument(
+        None, metavar="[KEY=VALUE]...", help=overrides_help("split.train=1000")
+    ),
     preset: str | None = typer.Option(
         None, "--preset", help="rmd17, md22, spice, qm9, qmof, matbench, energy-forces or property."
     ),
