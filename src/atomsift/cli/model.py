@@ -286,9 +286,16 @@ def predict(
     if not labelled:
         for hint in label_hints(ds):  # labels under other keys: say how to read them
             console.print(f"[yellow]hint:[/yellow] {hint}")
-    if not labelled and out is None:
+    if not labelled and out is None:  # no labels to score: the first predictions, as a table
+        columns = [k for k in rows[0] if k != "forces_eV_per_A"]
+        table = Table(
+            title=f"{checkpoint.name} on {data}: the first {min(10, len(rows))} of {len(rows)} (--out for all)"
+        )
+        for name in columns:
+            table.add_column(name, justify="left" if name == "id" else "right")
         for row in rows[:10]:
-            console.print({k: v for k, v in row.items() if k != "forces_eV_per_A"})
+            table.add_row(*(f"{row[k]:.6f}" if isinstance(row[k], float) else str(row[k]) for k in columns))
+        console.print(table)
 
 
 def _warn_untrained(report, checkpoint: Path) -> None:
