@@ -107,6 +107,17 @@ def test_old_spellings_work_with_a_warning(painn, tmp_path):
     one_paragraph(run("data", "sample", "bundled:ethanol", "--n", "5", "--n-samples", "6", "--out", "x"), "twice")
 
 
+def test_usage_errors_are_one_paragraph_too():
+    """An unknown option or a bad flag value printed click's boxed usage text, not the one 'error:' line."""
+    for args, needle in (
+        (("csi", "--bogus-flag", "--out", "x"), "No such option: --bogus-flag"),
+        (("data", "sample", "bundled:ethanol", "--out", "x.json", "--n-samples", "abc"), "--n-samples"),
+    ):
+        proc = run(*args)
+        one_paragraph(proc, needle, "--help")
+        assert "Usage:" not in proc.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [

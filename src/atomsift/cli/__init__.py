@@ -82,11 +82,24 @@ def main(argv: list[str] | None = None) -> None:
     if not debug:
         warnings.showwarning = _one_line_warning
     try:
-        app(args=args, prog_name="atomsift")
+        code = app(args=args, prog_name="atomsift", standalone_mode=False)
     except SystemExit as exc:
         if exc.code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
             _interrupted()
         raise
+    except typer.TyperException as exc:  # click's usage errors: an unknown option, a bad or missing value
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `atomsift` or `atomsift data` alone: the help
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(getattr(exc, "exit_code", 2))
+        context = getattr(exc, "ctx", None)
+        command = context.command_path if context is not None else "atomsift"
+        typer.secho(
+            f"error: {exc.format_message()}. Fix: `{command} --help` lists its options.", err=True, fg=typer.colors.RED
+        )
+        sys.exit(getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        typer.secho("error: aborted.", err=True, fg=typer.colors.RED)
+        sys.exit(1)
     except AtomsiftError as exc:
         if debug:  # the traceback, then the same exit code as without --debug (2: bad input, not a bug)
             traceback.print_exc()
@@ -105,3 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             fg=typer.colors.RED,
         )
         sys.exit(1)
+    if code == 130:  # Ctrl-C inside a command (typer's Exit(130))
+        _interrupted()
+    if isinstance(code, int) and code:
+        sys.exit(code)
