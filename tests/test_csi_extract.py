@@ -378,3 +378,16 @@ def test_aggregate():
         aggregate([a, np.ones((2, 3))], "mean")
     with pytest.raises(DataError):
         aggregate([a, np.ones((0, 2))], "flat")
+
+
+def test_sevenn_warns_once_about_a_huge_periodic_cell(sevenn_ex, oxides, monkeypatch):
+    """A molecule in a 10,000 A periodic box took 4.5 GB in sevenn's neighbour search without a word (the
+    threshold is lowered here so that the bundled oxides' cells trip it, rather than allocating gigabytes)."""
+    from atomsift.csi.extractors import sevenn
+
+    monkeypatch.setattr(sevenn, "HUGE_CELL_A", 1.0)
+    monkeypatch.setattr(sevenn_ex, "_warned_huge_cell", False, raising=False)
+    with pytest.warns(UserWarning, match=r"periodic cell vector of \d+ A.*pbc false") as caught:
+        sevenn_ex._graph(oxides[0])
+        sevenn_ex._graph(oxides[1])
+    assert sum("periodic cell vector" in str(w.message) for w in caught) == 1

@@ -26,6 +26,8 @@ from atomsift.csi.extract import FileWeightsExtractor, check_geometry, missing_p
 from atomsift.data.record import Record
 from atomsift.errors import ConfigError, DataError
 
+HUGE_CELL_A = 500.0
+"""A periodic cell vector longer than this (A) is warned about: sevenn's neighbour search grows with the cell."""
 DEFAULT_CHECKPOINT = "pretrained_potentials/SevenNet_0__11Jul2024/checkpoint_sevennet_0.pth"
 """SevenNet-0 weights, relative to the installed `sevenn` package."""
 
@@ -144,6 +146,16 @@ class SevenNetExtractor(FileWeightsExtractor):
             cell = np.zeros((3, 3))
         else:
             cell = np.asarray(rec.cell, dtype=np.float64)
+            longest = float(np.linalg.norm(cell[pbc], axis=1).max())
+            if longest > HUGE_CELL_A and not getattr(self, "_warned_huge_cell", False):
+                self._warned_huge_cell = True
+                warnings.warn(
+                    f"structure {rec.id} has a periodic cell vector of {longest:.0f} A: sevenn's neighbour search "
+                    "takes memory with the cell's size (measured: 0.7 GB at 1,000 A, 4.5 GB at 10,000 A); a "
+                    "molecule in a box should be read without periodicity (pbc false)",
+                    UserWarning,
+                    stacklevel=2,
+                )
         atoms = Atoms(numbers=np.asarray(rec.numbers), positions=positions, cell=cell, pbc=pbc)
         try:
             return self._AtomGraphData.from_numpy_dict(self._to_graph(atoms, self.cutoff))
