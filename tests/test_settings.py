@@ -104,6 +104,9 @@ def test_true_false_for_a_number_and_a_key_given_twice_are_refused(tmp_path):
     twice.write_text("n: 2\nflag: true\nn: 3\n")
     with pytest.raises(ConfigError, match="line 3.*duplicate key 'n'"):
         resolve_settings(Numbers, twice)
+    merged = tmp_path / "merged.yaml"  # YAML's merge key may repeat what it merges: not a duplicate
+    merged.write_text("per:\n  a: &a {path: p, size: 2}\n  b:\n    <<: *a\n    size: 3\n")
+    assert resolve_settings(Numbers, merged).per["b"].size == 3
 
 
 def test_messages_for_unions_lists_mappings_and_missing_keys():
@@ -220,6 +223,24 @@ def test_dataset_arg_inline_options_and_bare_path():
 
     with pytest.raises(ConfigError, match="upstream.a: .*'oops' after the options is not key=value"):
         validate(Specs, {"upstream": {"a": "x.h5,split=1,oops"}})
+
+    class Either(BaseModel):
+        fit: str | DatasetSpec | None = None
+        data: DatasetSpec | None = None
+
+    def problem(data: dict) -> str:
+        with pytest.raises(ConfigError) as err:
+            validate(Either, data)
+        return err.value.problem
+
+    # written as text, a spec's keys are checked and named like the mapping's (true was read as 1 there)
+    assert problem({"data": "x.h5,n_samples=true"}) == "invalid settings (data.n_samples: a number, not true/false)"
+    two = problem({"data": "x.h5,n_samples=abc,sampling=xyz"})
+    assert "data.n_samples: " in two and "data.sampling: " in two
+    # a mapping for `str | DatasetSpec`: the spec's own complaint, without union tags or 'a valid string'
+    assert problem({"fit": {"path": "x", "n_samples": 0}}) == (
+        "invalid settings (fit.n_samples: Input should be greater than or equal to 1)"
+    )
 
 
 def test_output_rules(tmp_path):

@@ -98,12 +98,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.safe_load that refuses a key given twice in one mapping (it kept the last one without a word)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
-            seen.add(key)
+        seen: set[str] = set()
+        for key_node, _ in node.value:  # the keys as written (a merge key `<<` and its entries are YAML's own)
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key_node.value in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key_node.value}'", key_node.start_mark
+                )
+            seen.add(key_node.value)
         return super().construct_mapping(node, deep=deep)
 
 
@@ -164,7 +167,7 @@ def validate(
         errors = exc.errors()
     if errors:
         problems, in_file = [], False
-        for err in _merged_alternatives(errors, data):
+        for err in _merged_alternatives(model, errors, data):
             loc = tuple(err["loc"])
             text = _problem_text(model, err)
             typed = _typed_for(loc, given or {})
@@ -191,6 +194,10 @@ def _bools_as_numbers(annotation: Any, value: Any, loc: tuple = ()) -> list[tupl
         return [loc] if numbers and len(numbers) + len(literals) == len(alts) else []
     for ann in map(_unannotated, _model_args(annotation)):
         origin, args = get_origin(ann), get_args(ann)
+        as_text = getattr(ann, "text_mapping", None)  # a model also written as text (a dataset spec)
+        if isinstance(value, str) and isinstance(ann, type) and issubclass(ann, BaseModel) and as_text is not None:
+            with contextlib.suppress(ConfigError):
+                value = as_text(value)
         if isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(value, dict):
             fields = {f.alias or n: f for n, f in ann.model_fields.items()}
             return [
@@ -201,8 +208,9 @@ def _bools_as_numbers(annotation: Any, value: Any, loc: tuple = ()) -> list[tupl
             ]
         if origin is dict and len(args) == 2 and isinstance(value, dict):
             return [b for k, v in value.items() for b in _bools_as_numbers(args[1], v, (*loc, k))]
-        if origin is list and args and isinstance(value, list):
-            return [b for i, v in enumerate(value) for b in _bools_as_numbers(args[0], v, (*loc, i))]
+        if origin in (list, tuple) and args and isinstance(value, (list, tuple)):
+            each = [args[0]] * len(value) if origin is list or args[-1] is Ellipsis else list(args)
+            return [b for i, (a, v) in enumerate(zip(each, value)) for b in _bools_as_numbers(a, v, (*loc, i))]
     return []
 
 
@@ -211,27 +219,47 @@ def _unannotated(annotation: Any) -> Any:
     return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
 
 
-def _merged_alternatives(errors: list[dict[str, Any]], data: Any) -> list[dict[str, Any]]:
-    """One error per key: pydantic reports a value that fits no member of a union once per member, under a
-    tag appended to the key ('split.train.int', 'split.train.float', ...); those become one error whose
-    `alternatives` list them."""
+def _merged_alternatives(model: Any, errors: list[dict[str, Any]], data: Any) -> list[dict[str, Any]]:
+    """Errors without pydantic's union tags: a value that fits no member of a union is reported once per member
+    under a tag inserted in its location ('split.train.int', 'split.train.float', 'fit_scales.DatasetSpec.path');
+    the tags are dropped, a scalar union's alternatives become one error (`alternatives`), and where the value
+    is a mapping the scalar members' complaints ('a valid string') give way to the structured member's."""
     out: list[dict[str, Any]] = []
     for err in errors:
-        loc, node, tagged = [], data, False
+        loc: list[Any] = []
+        node, union_at, nested = data, None, False
         for part in err["loc"]:
-            in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-            if in_list or (isinstance(node, dict) and part in node):
-                node = node[part]
-            elif err["type"] not in ("extra_forbidden", "missing"):
-                tagged = True  # a union member's tag, not a key of the data
-                break
+            key = isinstance(part, int) or (isinstance(node, dict) and part in node)
+            if not key and str(part) not in _known_keys(model, tuple(loc)) and err["type"] != "extra_forbidden":
+                union_at = tuple(loc)  # a union member's tag: not a key of the data or of the settings
+                continue
+            nested = nested or union_at is not None
             loc.append(part)
-        err = {**err, "loc": tuple(loc)}
-        if tagged and out and out[-1]["loc"] == err["loc"] and out[-1].get("alternatives"):
-            out[-1]["alternatives"].append(err)
+            node = node.get(part) if isinstance(node, dict) else None
+        out.append({**err, "loc": tuple(loc), "union_at": union_at, "nested": nested})
+    structured = {e["union_at"] for e in out if e["nested"]}
+    merged: list[dict[str, Any]] = []
+    for err in out:
+        scalar_member = err["union_at"] is not None and not err["nested"]
+        if scalar_member and err["union_at"] in structured and isinstance(_value_at(data, err["loc"]), dict):
+            continue
+        if scalar_member and merged and merged[-1]["loc"] == err["loc"] and merged[-1].get("alternatives"):
+            merged[-1]["alternatives"].append(err)
         else:
-            out.append({**err, "alternatives": [err]} if tagged else err)
-    return out
+            merged.append({**err, "alternatives": [err]} if scalar_member else err)
+    return merged
+
+
+def _value_at(data: Any, loc: tuple) -> Any:
+    """The raw value at `loc` of the settings data (None where the path does not lead to one)."""
+    for part in loc:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
 
 
 def _problem_text(model: type[BaseModel], err: dict[str, Any]) -> str:

@@ -296,5 +296,15 @@ def test_the_command_exits_3_when_runs_failed(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["experiment", "--config", str(config), "--out", str(tmp_path / "exp")])
     assert exit_.value.code == 3
-    assert "1 of 1 result rows failed" in capsys.readouterr().err
+    assert "1 of 1 result rows failed or were lost" in capsys.readouterr().err
     assert (tmp_path / "exp" / "report.md").exists()
+    # a worker or SLURM job killed outright leaves its cells pending: lost after a grid that ran to its end,
+    # still running (maybe) when --report-only gathers
+    import typer
+
+    from atomsift.cli.experiment import exit_if_runs_failed
+
+    with pytest.raises(typer.Exit) as lost:
+        exit_if_runs_failed({"status_counts": {"ok": 3, "pending": 1}})
+    assert lost.value.exit_code == 3
+    exit_if_runs_failed({"status_counts": {"ok": 3, "pending": 1}}, pending_were_lost=False)

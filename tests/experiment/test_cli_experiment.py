@@ -123,13 +123,12 @@ def test_section_keys_from_the_command_line_are_named_there(tmp_path):
 
 
 def test_contradicting_flags_are_refused_before_any_work(tmp_path):
-    """--report-only on a new folder ran the whole CSI and reported nothing; --resume --overwrite and
-    --report-only --dry-run were accepted (one silently won)."""
+    """--report-only on a new folder ran the whole CSI and reported nothing; --report-only --dry-run was
+    accepted (the dry run silently won)."""
     config = _config(tmp_path)
     out = tmp_path / "exp"
     for flags, needle in (
         (("--report-only",), "holds no experiment"),
-        (("--resume", "--overwrite"), "pass one of them"),
         (("--report-only", "--dry-run"), "pass one of them"),
     ):
         proc = run("--config", config, "--out", str(out), *flags)

@@ -128,6 +128,9 @@ def test_to_converts_floats_only():
     # per-structure labels stay float64: -1e4 eV has a float32 step of 1 meV (float32 collation keeps them too)
     assert b32.energy.dtype == torch.float64
     assert collate([_record(3, energy=-11180.1234567)], dtype=torch.float32).energy.item() == -11180.1234567
+    labelled = _record(3, energy=1.0, targets={"gap": 0.5, "charges": np.zeros(3)})
+    mixed = collate([labelled], dtype=torch.float64, atom_targets=["charges"]).to(dtype=torch.float32)
+    assert (mixed.targets["gap"].dtype, mixed.targets["charges"].dtype) == (torch.float64, torch.float32)
     assert b32.numbers.dtype == b32.batch.dtype == b32.natoms.dtype == torch.int64
     assert b32.pbc.dtype == torch.bool
     assert batch.positions.dtype == torch.float64  # original untouched

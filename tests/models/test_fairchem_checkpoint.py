@@ -59,6 +59,18 @@ def test_fairchem_file_loads_and_predicts_like_fairchem_heads(tmp_path, direct):
     )
 
 
+def test_a_fairchem_file_with_intensive_energies_averages_over_atoms(tmp_path):
+    """extensive: false (a mean readout) loads and predicts as fairchem's heads do (a readout check made for
+    training configs refused it for a while)."""
+    path, reference = _fairchem_file(tmp_path, True, extensive=False)
+    reference.heads.extensive = False
+    model = load_checkpoint(path)
+    assert model.head_specs["energy"].reduce == "mean"
+    structures = _structures()
+    want = reference(collate(structures))["energy"].detach().numpy()
+    np.testing.assert_allclose([g["energy"] for g in model.predict(structures)], want, rtol=1e-5)
+
+
 def test_fairchem_file_problems(tmp_path):
     path, _ = _fairchem_file(tmp_path, True)
     obj = torch.load(path, weights_only=True)

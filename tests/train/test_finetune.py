@@ -158,6 +158,9 @@ def test_bad_finetune_settings(pretrained):
         resolve_settings(FinetuneConfig, base={**load_preset("rmd17"), "data": {"path": "bundled:ethanol"}})
     with pytest.raises(ConfigError, match="task.energy_weigth"):
         finetune_config(checkpoint=pretrained, task={"energy_weigth": 1})
+    # the per-element reference is fitted to totals: a mean readout divided it by N (700 eV off)
+    with pytest.raises(ConfigError, match="energy head sums its per-atom energies"):
+        finetune_config(checkpoint=pretrained, task={"readout": "mean"})
 
 
 def test_a_missing_checkpoint_is_said_before_the_run_folder_is_made(tmp_path):
@@ -261,3 +264,28 @@ def test_a_training_checkpoint_points_to_the_runs_model(pretrained):
     with pytest.raises(DataError, match="Lightning training checkpoint") as err:
         load_checkpoint(ckpt)
     assert str(Path(pretrained)) in err.value.fix
+
+
+def test_evaluate_split_accepts_the_runs_data_named_from_another_folder(pretrained, tmp_path, monkeypatch):
+    """split.json keeps the path as typed ('data/eth.xyz'); evaluated from a subfolder as '../data/eth.xyz'
+    the same file was refused as another dataset."""
+    from atomsift.data.spec import DatasetSpec
+    from atomsift.train.evaluate import evaluate_checkpoint
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "sub").mkdir()
+    shutil.copy(open_bundled_ethanol_path(), tmp_path / "data" / "eth.xyz")
+    monkeypatch.chdir(tmp_path)
+    cfg = finetune_config(checkpoint=pretrained, data={"path": "data/eth.xyz"}, epochs=1)
+    metrics = run_finetuning(cfg, Path("ft"), progress=False)
+    monkeypatch.chdir(tmp_path / "sub")
+    again = evaluate_checkpoint(
+        Path("../ft/model.pt"), DatasetSpec(path="../data/eth.xyz"), split="test", out=Path("../ev")
+    )
+    assert again["forces_mae_meV_per_A"] == pytest.approx(metrics["forces_mae_meV_per_A"], rel=1e-6)
+
+
+def open_bundled_ethanol_path() -> Path:
+    from atomsift.data.bundled import resolve_bundled
+
+    return Path(resolve_bundled("ethanol")[0])

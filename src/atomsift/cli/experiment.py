@@ -13,14 +13,10 @@ RUNS_FAILED = 3
 
 
 def check_flags(out: Path, *, resume: bool, overwrite: bool, report_only: bool, dry_run: bool) -> None:
-    """Refuse flag combinations that contradict each other, before any work (as pretrain and finetune do)."""
+    """Refuse flag combinations that contradict each other, before any work (--resume with --overwrite is
+    coherent here: interrupted cells resume, cells of other settings are replaced)."""
     from atomsift.errors import ConfigError
 
-    if resume and overwrite:
-        raise ConfigError(
-            "--resume continues interrupted cells and --overwrite starts them again: pass one of them",
-            fix="--resume to continue them from their checkpoints, --overwrite to replace them",
-        )
     if report_only and dry_run:
         raise ConfigError(
             "--dry-run plans the grid and --report-only reports what has run: pass one of them",
@@ -34,15 +30,18 @@ def check_flags(out: Path, *, resume: bool, overwrite: bool, report_only: bool, 
         )
 
 
-def exit_if_runs_failed(summary: dict) -> None:
-    """Exit code 3, after the report, when rows of the grid failed: scripts and CI see it (it was 0)."""
+def exit_if_runs_failed(summary: dict, pending_were_lost: bool = True) -> None:
+    """Exit code 3, after the report, when rows of the grid failed (scripts and CI see it; it was 0). After
+    a grid that ran to its end (`pending_were_lost`), rows still pending were lost with their worker or SLURM
+    job (killed for memory or time) and count too; after --report-only they may still be running."""
     counts = (summary or {}).get("status_counts", {})
-    failed = counts.get("failed", 0)
+    failed = counts.get("failed", 0) + (counts.get("pending", 0) if pending_were_lost else 0)
     if failed:
         typer.secho(
-            f"error: {failed} of {sum(counts.values())} result rows failed; their errors are in summary.json "
-            "('excluded') and in the cells' failed.json. Fix: correct the cause and rerun the same command with "
-            "--resume (finished cells are reused).",
+            f"error: {failed} of {sum(counts.values())} result rows failed or were lost with their job; the "
+            "errors are in summary.json ('excluded') and in the cells' failed.json (a killed job leaves its "
+            "log in logs/). Fix: correct the cause and rerun the same command with --resume (finished cells are "
+            "reused).",
             err=True,
             fg=typer.colors.RED,
         )
@@ -89,4 +88,4 @@ def experiment(
     summary = run_experiment(
         cfg, out, resume=resume, overwrite=overwrite, report_only=report_only, dry=dry_run, console=make_console()
     )
-    exit_if_runs_failed(summary)
+    exit_if_runs_failed(summary, pending_were_lost=not report_only)

@@ -40,7 +40,7 @@ class DatasetSpec(BaseModel):
         A string is the path, with inline options as on the command line: 'PATH[,key=value...]'."""
         if isinstance(data, str):
             try:
-                data = spec_mapping(data)
+                data = cls.text_mapping(data)
             except ConfigError as exc:
                 raise ValueError(exc.problem) from None
         if not isinstance(data, dict):
@@ -52,6 +52,11 @@ class DatasetSpec(BaseModel):
         if clash:
             raise ValueError(f"reader option(s) {', '.join(clash)} given both inline and under 'options'")
         return {**{k: v for k, v in data.items() if k in cls.model_fields}, "options": {**options, **extra}}
+
+    @classmethod
+    def text_mapping(cls, text: str) -> dict[str, Any]:
+        """The mapping a spec written as text stands for: 'PATH[,key=value...]' -> {path, key: value, ...}."""
+        return spec_mapping(text)
 
     @classmethod
     def _split_options(cls, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

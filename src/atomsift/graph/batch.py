@@ -25,9 +25,9 @@ from atomsift.graph.settings import GraphSettings
 _GRAM_EPS = 1e-10  # Gram determinant of unit lattice vectors below this = degenerate
 _INFO_SKIP = {"atomsift_id", "class_label"}  # ase.Atoms.info keys that are not targets
 UNTAGGED = 2
+"""Tag of atoms in structures without OC20 tags (molecules, bulk): JMP's choice, 'adsorbate'."""
 LABEL_DTYPE = torch.float64
 """Per-structure labels (energies, per-structure targets) are float64 whatever the batch's dtype."""
-"""Tag of atoms in structures without OC20 tags (molecules, bulk): JMP's choice, 'adsorbate'."""
 
 
 @dataclass
@@ -100,23 +100,27 @@ class AtomsBatch:
         return self.positions.dtype
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> AtomsBatch:
-        """A copy on `device`; `dtype` converts the floating-point inputs and forces (ints and bools keep theirs;
-        per-structure labels, float64 from `collate`, keep their precision)."""
+        """A copy on `device`; `dtype` converts the floating-point inputs, forces and per-atom labels (ints and
+        bools keep theirs; per-structure labels, float64 from `collate`, keep their precision except on Apple
+        MPS, which has no float64: there they become float32)."""
+        mps = device is not None and torch.device(device).type == "mps"
 
         def move(t: Tensor | None, label: bool = False) -> Tensor | None:
             if t is None:
                 return None
-            keep = label and t.dtype == LABEL_DTYPE
-            if dtype is not None and t.is_floating_point() and not keep:
-                return t.to(device=device, dtype=dtype)
-            return t.to(device=device)
+            want = None
+            if t.is_floating_point():
+                want = None if label and t.dtype == LABEL_DTYPE else dtype
+                if mps and (want or t.dtype) == torch.float64:
+                    want = torch.float32
+            return t.to(device=device) if want is None else t.to(device=device, dtype=want)
 
         changes: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Tensor) or value is None:
                 changes[f.name] = move(value, label=f.name == "energy")
-        changes["targets"] = {k: move(v, label=True) for k, v in self.targets.items()}
+        changes["targets"] = {k: move(v, label=k not in self.atom_targets) for k, v in self.targets.items()}
         changes["target_masks"] = {k: move(v) for k, v in self.target_masks.items()}
         changes["ids"] = list(self.ids)
         return replace(self, **changes)

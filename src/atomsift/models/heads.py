@@ -56,11 +56,6 @@ class HeadSpec(BaseModel):
             raise ValueError("a property head cannot predict forces; use kind='energy'")
         if self.kind == "energy" and self.out_dim != 1:
             raise ValueError("an energy head has out_dim 1")
-        if self.kind == "energy" and self.reduce != "sum":
-            raise ValueError(
-                "an energy head sums over atoms (energies are extensive; its per-element reference and forces "
-                "assume the sum); use kind='property' with reduce='mean' or 'max' for an intensive target"
-            )
         return self
 
 
@@ -151,11 +146,12 @@ class EnergyHead(nn.Module):
             mask: (B,) bool structures whose gradient forces are wanted (others get zero forces); None: all.
         """
         # the residual is denormalised in the buffers' precision (float32 under bf16 / fp16 autocast), the
-        # per-element reference added and summed in float64: a total of -1e4 eV has a float32 step of 1 meV
+        # per-element reference added and reduced in float64: a total of -1e4 eV has a float32 step of 1 meV.
+        # A mean readout (fairchem's extensive: false) gives an energy per atom, its reference the mean one.
         per_atom = self.energy(out.node).to(self.atom_ref.dtype) * self.scale + self.shift  # (N, 1)
         wide = torch.float32 if per_atom.device.type == "mps" else torch.float64  # MPS has no float64
         per_atom = per_atom.to(wide) + self.atom_ref.to(wide)[batch.numbers][:, None]
-        energy = reduce_atoms(per_atom, batch.batch, batch.num_structures, "sum")[:, 0]
+        energy = reduce_atoms(per_atom, batch.batch, batch.num_structures, self.spec.reduce)[:, 0]
         result = {"energy": energy}
         if self.spec.forces == "direct":
             assert self.force is not None

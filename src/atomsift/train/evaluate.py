@@ -9,6 +9,7 @@ settings the head was trained with, exactly what `as_calculator()` uses.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -171,16 +172,22 @@ def _run_test_options(checkpoint: Path) -> dict[str, Any] | None:
     return options if isinstance(options, dict) else None
 
 
-def _check_same_data(recorded: str | None, opened: Any, data_arg: str | None, saved: Path) -> None:
-    """Refuse a split of one dataset applied to another (it scored whatever structures sat at those indices)."""
+def _check_same_data(split: dict[str, Any], ds: Any, data_arg: str | None, saved: Path) -> None:
+    """Refuse a split of one dataset applied to another (it scored whatever structures sat at those indices).
+    The same data is recognised by the path as given, or as the file the run resolved it to (split.json's
+    `data_file`: the same file named from another folder)."""
+    recorded = split.get("data")
     if recorded is None or data_arg is None or recorded == data_arg:
         return
-    if opened is not None and Path(recorded).exists() and Path(opened).exists() and os.path.samefile(recorded, opened):
-        return
+    opened = getattr(ds, "path", None)
+    for known in (split.get("data_file"), recorded):
+        with contextlib.suppress(OSError, TypeError):
+            if known and opened is not None and os.path.samefile(known, opened):
+                return
     raise ConfigError(
         f"the run's split indexes {recorded}, not {data_arg}",
         file=saved,
-        fix=f"pass --data {recorded} (with the reader options the run used), or leave --split out to score every "
+        fix=f"pass --data {split.get('data_file') or recorded} (with the reader options the run used), or leave --split out to score every "
         "structure of this dataset",
     )
 
@@ -196,7 +203,7 @@ def split_records(
     if not saved.exists():
         return [ds[i] for i in range(len(ds))], f"{split} (the reader's)"
     recorded = json.loads(saved.read_text())
-    _check_same_data(recorded.get("data"), getattr(ds, "path", None), data_arg, saved)
+    _check_same_data(recorded, ds, data_arg, saved)
     indices = recorded.get(split)
     if indices is None:
         raise ConfigError(f"split.json has no split '{split}'", file=saved, fix="use train, val or test")

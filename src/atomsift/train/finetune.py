@@ -288,6 +288,7 @@ def run_finetuning(
             **{k: v.tolist() for k, v in splits.items()},
             "seed": cfg.split.seed,
             "data": cfg.data.path,
+            "data_file": str(Path(ds.path).resolve()),  # the same data, however a later command names it
             "test_options": cfg.test_options,  # the test indices refer to the data read with these
             "sha256_16": digest,
         },
