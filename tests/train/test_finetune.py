@@ -289,3 +289,12 @@ def open_bundled_ethanol_path() -> Path:
     from atomsift.data.bundled import resolve_bundled
 
     return Path(resolve_bundled("ethanol")[0])
+
+
+def test_finetuning_in_float64(pretrained, tmp_path):
+    """precision "64" failed at the first step: Lightning's generic batch conversion walked into the frozen
+    graph settings a finetuning batch carries."""
+    metrics = run_finetuning(
+        finetune_config(checkpoint=pretrained, precision="64", epochs=1), tmp_path / "ft", progress=False
+    )
+    assert metrics["forces_mae_meV_per_A"] > 0 and (tmp_path / "ft" / "model.pt").is_file()

@@ -239,14 +239,31 @@ def make_trainer(cfg: Optimisation, out: Path, attempt: int, *, progress: bool =
         ) from None
 
 
+def _double_precision() -> Any:
+    """Lightning's float64 precision plugin, converting an AtomsBatch with its own `to` (Lightning's generic
+    conversion walks dataclasses and stops at the frozen graph settings inside a batch: precision 64 failed)."""
+    from lightning.pytorch.plugins.precision.double import DoublePrecision
+
+    from atomsift.graph.batch import AtomsBatch
+
+    class AtomsDoublePrecision(DoublePrecision):
+        def convert_input(self, data: Any) -> Any:
+            return data.to(dtype=torch.float64) if isinstance(data, AtomsBatch) else super().convert_input(data)
+
+    return AtomsDoublePrecision()
+
+
 def _trainer(cfg: Optimisation, out: Path, loggers: list[Any], callbacks: list[Callback], bar: bool) -> L.Trainer:
+    precision = precision_of(cfg)
+    double = precision == "64-true"
     return L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
-        precision=precision_of(cfg),
+        precision=None if double else precision,
+        plugins=[_double_precision()] if double else None,
         gradient_clip_val=cfg.grad_clip,
         gradient_clip_algorithm=cfg.grad_clip_algorithm,
         logger=loggers or False,
