@@ -18,6 +18,12 @@ relative energy difference between the two sides before the first step (they mus
     fairchem-venv/bin/python benchmarks/train_step_speed.py         # adds fairchem (docs/gemnet_oc.md)
     ... --models painn,gemnet-small --forces direct,gradient --pairs 10 --min-time 10 --device cuda
     ... --against padded      # side B: atomsift with fairchem's padded quadruplet sum instead of fairchem
+    ... --precision bf16-mixed                  # atomsift's side under bf16 autocast (Lightning's bf16-mixed)
+    ... --precision bf16-mixed --against fp32   # side B: the same atomsift model in float32
+
+bf16-mixed is not the same computation: "dE rel" then shows what it costs in accuracy. fairchem 1.10's
+trainer has mixed precision for CUDA only (its `amp` makes a CUDA GradScaler and autocast), so on the CPU it
+trains in float32.
 
 Prints one table; paste it into benchmarks/RESULTS.md with the machine and date.
 """
@@ -25,6 +31,7 @@ Prints one table; paste it into benchmarks/RESULTS.md with the machine and date.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -149,9 +156,17 @@ def main() -> None:
     parser.add_argument(
         "--against",
         default="fairchem",
-        choices=["fairchem", "padded"],
-        help="GemNet-OC side B: fairchem 1.10's model, or atomsift with fairchem's padded quadruplet sum "
-        "(GemNetOC.factor_quadruplets = False) to measure the factored sum alone",
+        choices=["fairchem", "padded", "fp32"],
+        help="GemNet-OC side B: fairchem 1.10's model, atomsift with fairchem's padded quadruplet sum "
+        "(GemNetOC.factor_quadruplets = False) to measure the factored sum alone, or atomsift in float32 (with "
+        "--precision bf16-mixed: what the precision alone gives)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="32",
+        choices=["32", "bf16-mixed"],
+        help="atomsift's side: float32, or forward and loss under bf16 autocast as Lightning's bf16-mixed does "
+        "(the CPU's bf16 matrix units where it has them, e.g. AMX)",
     )
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -160,12 +175,22 @@ def main() -> None:
         return fused_adamw(list(model.parameters())) if args.optimizer == "trainers" else None
 
     with_fairchem = fairchem_available()
-    other = "fairchem" if args.against == "fairchem" else "padded"
+    other = args.against
+
+    def autocast():  # the atomsift side's forward and loss, as Lightning's precision setting would run them
+        if args.precision == "bf16-mixed":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def forward(m: torch.nn.Module, b) -> tuple[dict, object]:
+        with autocast():
+            return m(b), b
+
     print(
         f"{machine_line()}  device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f"  fairchem {'yes' if with_fairchem else 'not installed'}  load {os.getloadavg()[0]:.2f}"
-        + f"  optimizer {args.optimizer}"
+        + f"  optimizer {args.optimizer}  atomsift precision {args.precision}"
     )
     header = (
         f"{'model':<13} {'data':<8} {'forces':<8} {'batch':>5} {'atoms':>5} {'pairs':>5} {'atomsift ms':>11} "
@@ -186,7 +211,10 @@ def main() -> None:
                 model.to(device)
                 fused = ours_fused(model)
                 times, _ = alternate(
-                    trainer(model, lambda m=model, b=batch: (m(b), b), device, fused), None, args.pairs, args.min_time
+                    trainer(model, lambda m=model, b=batch: forward(m, b), device, fused),
+                    None,
+                    args.pairs,
+                    args.min_time,
                 )
                 ms = 1000 * statistics.median(times)
                 print(
@@ -207,9 +235,12 @@ def main() -> None:
                     state = build_backbone("gemnet_oc", **config).state_dict()
                 backbone, heads, _ = gemnet_from_fairchem(config, state)
                 ours = FairchemGemNetOC(backbone, heads).to(device)
-                step_ours = trainer(ours, lambda m=ours, b=batch: (m(b), b), device, ours_fused(ours))
+                step_ours = trainer(ours, lambda m=ours, b=batch: forward(m, b), device, ours_fused(ours))
                 run_ref = None
-                if args.against == "padded":
+                if args.against == "fp32":
+                    plain = copy.deepcopy(ours)  # the same weights, heads included, run in float32
+                    run_ref = lambda m=plain, b=batch: (m(b), b)  # noqa: E731
+                elif args.against == "padded":
                     padded = copy.deepcopy(ours)  # the same weights, heads included
                     padded.backbone.factor_quadruplets = False
                     run_ref = lambda m=padded, b=batch: (m(b), b)  # noqa: E731
@@ -218,12 +249,23 @@ def main() -> None:
                     run_ref = lambda m=reference, d=data, b=batch: (m(d), b)  # noqa: E731
                 agree = ""
                 if run_ref is not None:  # both sides must compute the same thing: energies before any step
-                    e_ours, e_ref = ours(batch)["energy"].detach(), run_ref()[0]["energy"].detach()
+                    e_ours, e_ref = forward(ours, batch)[0]["energy"].detach().double(), run_ref()[0]["energy"].detach()
                     agree = f" {float(((e_ours - e_ref).abs() / e_ref.abs()).max()):>9.1e}"
                 if args.against == "fairchem":
                     step_ref = trainer(reference, run_ref, device) if run_ref else None  # fairchem: torch's default
                 else:
-                    step_ref = trainer(padded, run_ref, device, ours_fused(padded))
+                    copied = plain if args.against == "fp32" else padded
+                    step_ref = trainer(copied, run_ref, device, ours_fused(copied))
+                if args.precision != "32":  # what bf16 costs, on scales that near-zero energies do not inflate
+                    low, full = forward(ours, batch)[0], copy.deepcopy(ours)(batch)
+                    low, full = (
+                        {k: v.detach().double() for k, v in low.items()},
+                        {k: v.detach() for k, v in full.items()},
+                    )
+                    d_e = float((low["energy"] - full["energy"]).abs().max() / full["energy"].abs().max())
+                    d_f = float((low["forces"] - full["forces"]).abs().max() / full["forces"].abs().max())
+                    print(f"#   {args.precision} vs float32, same weights: max|dE|/max|E| {d_e:.1e}, "
+                          f"max|dF|/max|F| {d_f:.1e}", flush=True)  # fmt: skip
                 times, ref_times = alternate(step_ours, step_ref, args.pairs, args.min_time)
                 ms = 1000 * statistics.median(times)
                 line = (
