@@ -74,6 +74,11 @@ def test_missing_backbone_weights_are_refused_unless_partial(pretrained, tmp_pat
     assert report["missing"] == ["embedding.weight"]
 
 
+def test_a_negative_split_count_is_refused():
+    with pytest.raises(ConfigError, match="split.train = -1: a count cannot be negative"):
+        split_indices(100, finetune_config(checkpoint="x.pt", split={"train": -1, "val": 10}).split)
+
+
 def test_split_counts_fractions_rest_and_file(tmp_path):
     from atomsift.train.config import SplitSpec
 

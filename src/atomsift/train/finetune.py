@@ -74,6 +74,10 @@ def _count(value: Any, n: int, name: str) -> int | None:
         if not 0 < value < 1:
             raise ConfigError(f"split.{name} = {value}: a fraction must lie in (0, 1)", fix="or give a count")
         return int(round(value * n))
+    if value < 0:  # it was taken as a count, leaving a split of the wrong size without a word
+        raise ConfigError(
+            f"split.{name} = {value}: a count cannot be negative", fix="give 0 or more, a fraction, or 'rest'"
+        )
     return int(value)
 
 
