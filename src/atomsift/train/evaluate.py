@@ -151,24 +151,24 @@ def task_of_model(model: Any, head: str | None) -> TaskInfo:
     return TaskInfo(name, name, "energy", spec.kind, spec.forces is not None)
 
 
-def _run_data_path(checkpoint: Path) -> str | None:
-    """The dataset path of the finetuning run whose split.json sits beside the checkpoint (None if there is none)."""
+def _run_settings(checkpoint: Path) -> dict[str, Any] | None:
+    """The settings (config.yaml) of the finetuning run whose split.json sits beside the checkpoint (None if
+    there is none); a damaged config.yaml is a ConfigError."""
     run = checkpoint.parent
     if not (run / "split.json").exists() or not (run / "config.yaml").exists():
         return None
-    try:
-        data = read_run_yaml(run / "config.yaml").get("data") or {}
-    except ConfigError:
-        return None  # only a hint of which split to take: the whole dataset is evaluated instead
+    return read_run_yaml(run / "config.yaml")
+
+
+def _run_data_path(settings: dict[str, Any] | None) -> str | None:
+    """The dataset path in a finetuning run's settings (None without them)."""
+    data = (settings or {}).get("data") or {}
     return data.get("path") if isinstance(data, dict) else None
 
 
-def _run_test_options(checkpoint: Path) -> dict[str, Any] | None:
-    """The `test_options` the finetuning run beside the checkpoint read its test set with (None: none)."""
-    saved = checkpoint.parent / "config.yaml"
-    if not (checkpoint.parent / "split.json").exists() or not saved.exists():
-        return None
-    options = read_run_yaml(saved).get("test_options")
+def _run_test_options(settings: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The `test_options` a finetuning run read its test set with (None: none)."""
+    options = (settings or {}).get("test_options")
     return options if isinstance(options, dict) else None
 
 
@@ -257,7 +257,13 @@ def evaluate_checkpoint(
     task = task_of_model(model, head)
     if split is not None and not (Path(checkpoint).parent / "split.json").exists():
         spec = _with_reader_split(spec, split, Path(checkpoint))
-    test_options = _run_test_options(Path(checkpoint)) if split == "test" else None
+    try:
+        run_settings = _run_settings(Path(checkpoint))
+    except ConfigError:
+        if split == "test":
+            raise  # the test set may be read with options of its own: not guessed
+        run_settings = None  # only a hint of which split to take: the whole dataset is evaluated instead
+    test_options = _run_test_options(run_settings) if split == "test" else None
     if test_options:  # the run's test set is read with these (matbench's test fold): its indices refer to it
         spec = spec.model_copy(update={"options": {**spec.options, **test_options}})
     ds = open_spec(spec, spec.path)
@@ -281,7 +287,7 @@ def evaluate_checkpoint(
         said = "; ".join([f"none of the {len(records)} structures has the label {labels} the head predicts, so "
                           "there is no error to report", *label_hints(ds)])  # fmt: skip
         metrics["warning"] = "; ".join(filter(None, [metrics.get("warning"), said]))
-    if split is None and _run_data_path(Path(checkpoint)) == spec.path:
+    if split is None and _run_data_path(run_settings) == spec.path:
         metrics["note"] = (
             f"no --split: all {len(records)} structures were scored, the run's training and validation structures "
             "included; --split test scores its held-out test set"
