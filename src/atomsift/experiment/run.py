@@ -36,16 +36,30 @@ def _log_path(out: Path, job: Job) -> Path:
     return out / "logs" / (job.name.replace("/", "__") + ".log")
 
 
+def cell_states(jobs: list[Job]) -> list[tuple[Path, str]]:
+    """(folder, state) of every cell of the grid."""
+    return [(f, s) for job in jobs for f, s in job_states(job)]
+
+
+def _other_settings(jobs: list[Job], states: list[tuple[Path, str]]) -> str:
+    """'N cell folder(s) hold runs with other settings, e.g. FOLDER (keys: old -> new)', or '' if none does."""
+    conflict = [f for f, s in states if s == "conflict"]
+    if not conflict:
+        return ""
+    return f"{len(conflict)} cell folder(s) hold runs with other settings, e.g. {conflict[0]}" + _differences(
+        jobs, conflict[0]
+    )
+
+
 def check_folders(jobs: list[Job], *, resume: bool, overwrite: bool) -> Counter:
     """Count cell states; refuse (one message, before any work) interrupted cells without --resume and cells
     holding runs with other settings without --overwrite."""
-    states = [(f, s) for job in jobs for f, s in job_states(job)]
+    states = cell_states(jobs)
     counts = Counter(s for _, s in states)
-    conflict = [str(f) for f, s in states if s == "conflict"]
+    conflict = _other_settings(jobs, states)
     if conflict and not overwrite:
         raise ConfigError(
-            f"{len(conflict)} cell folder(s) hold runs with other settings, e.g. {conflict[0]}"
-            + _differences(jobs, Path(conflict[0])),
+            conflict,
             fix="use another --out for the new grid, or --overwrite to replace those cells (finished cells with "
             "the same settings are kept either way)",
         )
@@ -58,17 +72,15 @@ def check_folders(jobs: list[Job], *, resume: bool, overwrite: bool) -> Counter:
     return counts
 
 
-def check_reported_grid(out: Path, jobs: list[Job], counts: Counter) -> None:
+def check_reported_grid(out: Path, jobs: list[Job], states: list[tuple[Path, str]]) -> None:
     """--report-only: refuse (unless --overwrite) a grid whose cell folders hold runs with other settings: the
     report would show those finished results as stale and experiment.yaml would record a grid that did not run
     (a grid that only grew, e.g. more seeds, is reported with its new cells pending)."""
-    if not counts["conflict"]:
+    conflict = _other_settings(jobs, states)
+    if not conflict:
         return
-    conflict = next(f for job in jobs for f, s in job_states(job) if s == "conflict")
     raise ConfigError(
-        f"--report-only: {counts['conflict']} cell folder(s) hold runs with other settings, e.g. {conflict}"
-        + _differences(jobs, conflict)
-        + "; this report would show them as stale and replace experiment.yaml",
+        f"--report-only: {conflict}; this report would show them as stale and replace experiment.yaml",
         fix=f"report the grid that ran (--config {out / 'experiment.yaml'}), or pass --overwrite to report this one",
     )
 
@@ -359,7 +371,8 @@ def run_experiment(
     console = console or Console()
     out = Path(out)
     jobs = build_jobs(exp, out)
-    counts = Counter(s for job in jobs for _, s in job_states(job)) if dry or report_only else None
+    states = cell_states(jobs) if dry or report_only else []
+    counts = Counter(s for _, s in states) if dry or report_only else None
     if dry:
         print_grid(exp, jobs, counts or Counter(), console)
         preflight(exp, jobs, console, show=True)
@@ -375,7 +388,7 @@ def run_experiment(
             counts = check_folders(jobs, resume=resume, overwrite=overwrite)
             preflight(exp, jobs, console, show=False)
         elif not overwrite:
-            check_reported_grid(out, jobs, counts or Counter())
+            check_reported_grid(out, jobs, states)
     print_grid(exp, jobs, counts or Counter(), console)
     write_text_atomic(out / "experiment.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
     console.rule("CSI of every candidate to every downstream task")
