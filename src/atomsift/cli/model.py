@@ -322,7 +322,7 @@ def _rows(records, results, task) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for rec, res in zip(records, results):
         row: dict[str, Any] = {"id": rec.id, "natoms": rec.natoms}
-        value = res.get("energy") if "energy" in res else res.get("property")
+        value = res.get("energy", res.get("property"))
         if value is not None:
             row[f"{task.target}_{task.unit}".replace("/", "_")] = value.tolist() if hasattr(value, "tolist") else value
         if "forces" in res:
@@ -343,7 +343,11 @@ def _print_mae(metrics: dict[str, Any], title: str) -> None:
     for key, value in maes.items():
         name, unit = key.split("_mae_", 1)
         counted = metrics["n_with_forces"] if name == "forces" else metrics["n_with_target"]
-        shown = {"meV_per_A": "meV/A", "meV_per_atom": "meV/atom"}.get(unit, unit.replace("_per_", "/"))
-        label = name.replace("_per_atom", " per atom") + f" ({shown}{'/atom' if name.endswith('per_atom') else ''})"
+        per_atom = "/atom" if name.endswith("_per_atom") else ""  # energy_per_atom_mae_meV: meV per atom
+        label = (
+            name.removesuffix("_per_atom")
+            + (" per atom" if per_atom else "")
+            + f" ({unit.replace('_per_', '/')}{per_atom})"
+        )
         table.add_row(label, f"{value:.2f}", str(counted))
     console.print(table)
