@@ -65,6 +65,11 @@ def validation_problems(exc) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
 
 
+def shortlist(items: list[str], n: int = 5) -> str:
+    """The first `n` items of a list for a message, ', ...' when there are more."""
+    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
+
+
 def nearest(word: str, known: Iterable[str]) -> str | None:
     """The known name closest to a misspelt one (difflib ratio >= 0.6), or None."""
     hits = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)

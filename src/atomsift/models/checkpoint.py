@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from atomsift.errors import ConfigError, DataError
+from atomsift.errors import ConfigError, DataError, shortlist
 from atomsift.settings import atomic_path
 
 FORMAT = "atomsift.model"
@@ -64,16 +64,16 @@ class LoadReport:
         """One paragraph for logs and the CLI."""
         parts = [f"loaded {self.source} ({'EMA' if self.used_ema else 'raw'} weights)"]
         if self.missing_keys:
-            parts.append(f"{len(self.missing_keys)} missing key(s): {_head(self.missing_keys)}")
+            parts.append(f"{len(self.missing_keys)} missing key(s): {shortlist(self.missing_keys)}")
         if self.unexpected_keys:
-            parts.append(f"{len(self.unexpected_keys)} unexpected key(s): {_head(self.unexpected_keys)}")
+            parts.append(f"{len(self.unexpected_keys)} unexpected key(s): {shortlist(self.unexpected_keys)}")
         if self.mismatched_keys:
             parts.append(
-                f"{len(self.mismatched_keys)} key(s) of another shape, not loaded: {_head(self.mismatched_keys, 2)}"
+                f"{len(self.mismatched_keys)} key(s) of another shape, not loaded: {shortlist(self.mismatched_keys, 2)}"
             )
         if self.unfitted_scale_factors:
             parts.append(
-                f"{len(self.unfitted_scale_factors)} unfitted scale factor(s): {_head(self.unfitted_scale_factors, 3)}"
+                f"{len(self.unfitted_scale_factors)} unfitted scale factor(s): {shortlist(self.unfitted_scale_factors, 3)}"
             )
         if self.trained is False:
             parts.append("the weights were never trained (random initialisation)")
@@ -84,14 +84,10 @@ class LoadReport:
         """With `strict`, raise ConfigError when a weight is missing or unexpected."""
         if strict and not self.clean:
             raise ConfigError(
-                f"the weights do not match the model: {len(self.missing_keys)} missing ({_head(self.missing_keys)}), "
-                f"{len(self.unexpected_keys)} unexpected ({_head(self.unexpected_keys)})",
+                f"the weights do not match the model: {len(self.missing_keys)} missing ({shortlist(self.missing_keys)}), "
+                f"{len(self.unexpected_keys)} unexpected ({shortlist(self.unexpected_keys)})",
                 fix="check that the checkpoint's config matches its weights, or load with strict=False",
             )
-
-
-def _head(keys: list[str], n: int = 5) -> str:
-    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
 
 
 def save_checkpoint(
@@ -238,7 +234,7 @@ def load_checkpoint(
         )
     else:
         raise DataError(
-            f"unrecognised checkpoint layout (top-level keys: {_head(sorted(map(str, obj)), 8)})",
+            f"unrecognised checkpoint layout (top-level keys: {shortlist(sorted(map(str, obj)), 8)})",
             file=path,
             fix="atomsift reads its own checkpoints, fairchem-core 1.10 checkpoints ({'config': {'model': ...}, "
             "'state_dict': ...}) and JMP checkpoints ('state_dict' with backbone.* and embedding.* keys)",

@@ -11,7 +11,7 @@ import importlib
 import inspect
 from typing import Any
 
-from atomsift.errors import ConfigError, did_you_mean
+from atomsift.errors import ConfigError, did_you_mean, shortlist
 from atomsift.models.base import Backbone
 
 BACKBONES: dict[str, str] = {
@@ -93,11 +93,7 @@ def backbone_settings(name: str, preset: str | None = None, hparams: dict[str, A
     if missing:  # GemNet-OC has no default size (it was a TypeError listing 19 names)
         table = ", ".join(presets(name)) or "none"
         raise ConfigError(
-            f"backbone '{name}' needs a size: {len(missing)} hyperparameter(s) are not set ({_head(missing)})",
+            f"backbone '{name}' needs a size: {len(missing)} hyperparameter(s) are not set ({shortlist(missing, 4)})",
             fix=f"choose a preset (one of: {table}; on the command line --preset NAME) or set them all",
         )
     return settings
-
-
-def _head(names: list[str], shown: int = 4) -> str:
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

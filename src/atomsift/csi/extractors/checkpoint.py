@@ -25,7 +25,7 @@ import torch
 
 from atomsift.csi.extract import FileWeightsExtractor, check_geometry
 from atomsift.data.record import Record
-from atomsift.errors import ConfigError, DataError
+from atomsift.errors import ConfigError, DataError, shortlist
 
 # Load-report keys of output heads (atomsift / JMP heads; fairchem's output blocks): dropped, so never checked.
 HEAD_PREFIXES = ("heads.", "out_energy.", "out_forces.")
@@ -140,7 +140,7 @@ class CheckpointExtractor(FileWeightsExtractor):
 
 
 def _head(keys: list[str], n: int = 5) -> str:
-    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "") if keys else "none"
+    return shortlist(keys, n) if keys else "none"
 
 
 def _flag(name: str, value: Any) -> bool:
