@@ -160,7 +160,9 @@ def test_errors_say_where_a_bad_key_came_from_and_suggest_the_near_name(tmp_path
     msg = str(in_file.value)
     assert "data.pth: unknown key; did you mean 'path'?" in msg and f"File: {cfg}" in msg
     assert "command line" not in msg
-    with pytest.raises(ConfigError, match=r"seed \(command line: an option or argument\): Input should be a valid"):
+    with pytest.raises(
+        ConfigError, match=r"seed \(command line: an option or argument given abc\): Input should be a valid"
+    ):
         resolve_settings(Outer, None, flags={"seed": "abc"})
     with pytest.raises(ConfigError, match=r"optimizer \(command line: optimizer\.lr=3\): unknown key"):
         resolve_settings(Outer, cfg, overrides=["optimizer.lr=3"])  # the unknown key is above the typed one

@@ -213,10 +213,17 @@ def resolve_settings(
 
 def given_keys(flags: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, str]:
     """Dotted keys set on the command line -> what the user typed there (``validate``'s ``given``)."""
-    given = {key: "an option or argument" for key, value in (flags or {}).items() if value is not None}
+    given = {key: _flag_text(value) for key, value in (flags or {}).items() if value is not None}
     typed = {pair.partition("=")[0].strip(): pair for pair in overrides or []}
     given.update({key: typed.get(key, key) for key in parse_key_values(overrides, "override")})
     return given
+
+
+def _flag_text(value: Any) -> str:
+    """How a flag's value is named in a problem: the value itself where it is short (`--seed -1` -> "-1")."""
+    if isinstance(value, (bool, int, float, str)) and len(str(value)) <= 40:
+        return f"an option or argument given {value}"
+    return "an option or argument"
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

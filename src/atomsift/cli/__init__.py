@@ -93,9 +93,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(getattr(exc, "exit_code", 2))
         context = getattr(exc, "ctx", None)
         command = context.command_path if context is not None else "atomsift"
-        typer.secho(
-            f"error: {exc.format_message()}. Fix: `{command} --help` lists its options.", err=True, fg=typer.colors.RED
-        )
+        message = exc.format_message().rstrip(".")  # click ends some messages with a full stop, some not
+        typer.secho(f"error: {message}. Fix: `{command} --help` lists its options.", err=True, fg=typer.colors.RED)
         sys.exit(getattr(exc, "exit_code", 2))
     except typer.Abort:
         typer.secho("error: aborted.", err=True, fg=typer.colors.RED)
