@@ -49,6 +49,7 @@ from torch import Tensor
 
 from atomsift.graph.batch import AtomsBatch
 from atomsift.graph.cells import lattice_shift, squared_length, wrap
+from atomsift.graph.precision import full_precision
 from atomsift.graph.vesin_backend import find_pairs_vesin, use_vesin
 
 _PAIR_CHUNK = 1 << 20  # (target, image) pairs tested at once
@@ -87,6 +88,7 @@ class NeighborGraph:
         return NeighborGraph(edge_index, self.cell_offsets[mask], self.distance[mask], self.vector[mask], counts)
 
 
+@full_precision
 def edge_vectors(
     positions: Tensor, cell: Tensor, batch_index: Tensor, edge_index: Tensor, cell_offsets: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -103,6 +105,7 @@ def edge_vectors(
     return vector, torch.linalg.vector_norm(vector, dim=-1)
 
 
+@full_precision
 def radius_graph(
     batch: AtomsBatch,
     cutoff: float,

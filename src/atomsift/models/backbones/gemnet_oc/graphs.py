@@ -33,6 +33,7 @@ from torch import Tensor
 
 from atomsift.errors import ConfigError
 from atomsift.graph.cells import complete_cells
+from atomsift.graph.precision import full_precision
 from atomsift.models.base import coincident_atoms_error
 
 Graph = dict[str, Tensor]
@@ -443,6 +444,7 @@ def drop_edges(graph: Graph, p: float, generator: torch.Generator | None) -> Gra
     return _take(graph, (draw >= p).to(graph["edge_index"].device))
 
 
+@full_precision
 def build_interaction_graphs(
     batch: Any,
     s: GraphSettings,
