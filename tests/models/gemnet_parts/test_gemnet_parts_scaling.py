@@ -88,3 +88,63 @@ def test_enforce_consistency_option():
     lenient.set_(2.0)
     lenient.load_state_dict({"scale_factor": torch.tensor(3.0)})
     assert float(lenient.scale_factor) == 3.0
+
+
+def _fit_with_full_passes(model: nn.Module, batches: list, order: list[str]) -> dict[str, float]:
+    """The procedure without stopping early: every factor sees whole forward passes."""
+    factors = dict(model.named_modules())
+    for name in order:
+        factors[name].reset_()
+    out = {}
+    with torch.no_grad():
+        for name in order:
+            with factors[name].fit_context_():
+                for batch in batches:
+                    model(batch)
+                out[name] = factors[name].fit_()[2]
+    return out
+
+
+class _Twice(nn.Module):
+    """`shared` is called twice per pass, so its passes must not stop after its first call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared, self.last = ScaleFactor(), ScaleFactor()
+        self.calls_after_shared = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.shared(x * 3.0)
+        y = self.shared(y + 2.0 * x)
+        self.calls_after_shared += 1
+        return self.last(y, ref=x)
+
+
+def test_passes_stop_after_the_fitted_factor_with_the_same_values():
+    torch.manual_seed(0)
+    batches = [2.0 * torch.randn(300, 4) for _ in range(3)]
+    for make in (_Toy, _Twice):
+        model = make()
+        fitted = fit_scale_factors(model, batches)
+        used = [name for name in fitted if name != "unused"]
+        assert {k: fitted[k] for k in used} == _fit_with_full_passes(make(), batches, used)
+    model = _Twice()
+    fit_scale_factors(model, batches)
+    # the order pass, then both factors' passes reach the end: shared is called twice, last is the end
+    assert model.calls_after_shared == 1 + 2 * len(batches)
+
+
+def test_gemnet_fit_stops_early_with_the_same_values(ethanol):
+    from atomsift.graph import collate
+    from atomsift.models.backbones.gemnet_oc.model import GemNetOC
+
+    torch.manual_seed(0)
+    model = GemNetOC.from_preset("tiny").eval()
+    batches = [collate(ethanol[:2], dtype=torch.float32), collate(ethanol[2:], dtype=torch.float32)]
+    reference = GemNetOC.from_preset("tiny").eval()
+    reference.load_state_dict(model.state_dict())
+    blocks = []
+    model.out_mlp_E.register_forward_hook(lambda *_: blocks.append(1))  # the end of a forward pass
+    fitted = fit_scale_factors(model, batches)
+    assert len(blocks) < len(fitted) * len(batches) // 4  # most passes stopped before the output MLP
+    assert fitted == _fit_with_full_passes(reference, batches, list(fitted))

@@ -34,6 +34,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+class _FactorObserved(Exception):
+    """Raised by the factor being fitted once it has seen a batch: the rest of that forward pass cannot change
+    its statistics (factors are fitted in order of first use), so fitting skips it."""
+
+
 class ScaleFactor(nn.Module):
     """Multiply by a fitted scalar; identity while unfitted (``scale_factor == 0``).
 
@@ -51,6 +56,7 @@ class ScaleFactor(nn.Module):
         self.name = name
         self.index_fn: Callable[[], None] | None = None
         self.stats: dict[str, float] | None = None
+        self.stop_after: int | None = None  # while fitting: calls left before this forward pass may stop
         self.register_buffer("scale_factor", torch.tensor(0.0))
         if enforce_consistency:
             self._register_load_state_dict_pre_hook(self._check_loaded_value)
@@ -123,6 +129,10 @@ class ScaleFactor(nn.Module):
             x = x * self.scale_factor
         if self.stats is not None:
             self._observe(x, ref=ref)
+            if self.stop_after is not None:
+                self.stop_after -= 1
+                if self.stop_after <= 0:
+                    raise _FactorObserved
         return x
 
 
@@ -154,7 +164,9 @@ def fit_scale_factors(
     One pass over the first batch records the order; then, for each factor in that order, all
     batches are run with that factor collecting statistics and it is set, so every factor is fitted
     with the ones before it already fixed (fairchem's fit.py procedure). Factors the forward pass
-    never reaches are set to 1.0 (a no-op) with a warning.
+    never reaches are set to 1.0 (a no-op) with a warning. A factor the first pass used once stops each
+    of its passes right after it (what follows cannot change its statistics): the same values as full
+    passes, in about half the time.
 
     Args:
         model: module containing ScaleFactor submodules; put in eval mode while fitting.
@@ -180,8 +192,14 @@ def fit_scale_factors(
         return {}
 
     order: dict[str, int] = {}
+    calls: dict[str, int] = {}
+
+    def record(name: str) -> None:
+        order.setdefault(name, len(order))
+        calls[name] = calls.get(name, 0) + 1
+
     for name, m in factors.items():
-        m.initialize_(index_fn=lambda name=name: order.setdefault(name, len(order)))
+        m.initialize_(index_fn=lambda name=name: record(name))
 
     was_training = model.training
     model.eval()
@@ -203,7 +221,12 @@ def fit_scale_factors(
                     continue
                 with module.fit_context_():
                     for batch in batches:
-                        run(batch)
+                        module.stop_after = 1 if calls[name] == 1 else None
+                        try:
+                            run(batch)
+                        except _FactorObserved:
+                            pass
+                    module.stop_after = None
                     stats, ratio, value = module.fit_()
                 log.info(
                     "scale factor %s: var_in %.4g, var_out %.4g, ratio %.4g -> %.4g",
@@ -219,6 +242,7 @@ def fit_scale_factors(
         bar.close()
         for m in factors.values():
             m.initialize_(index_fn=None)
+            m.stop_after = None
         model.train(was_training)
     return fitted
 
