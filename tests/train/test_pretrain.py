@@ -117,6 +117,33 @@ def test_resume_after_kill_mid_epoch_is_bit_for_bit(tmp_path, monkeypatch):
     assert run_pretraining(cfg, tmp_path / "b", progress=False)["atoms_seen"] == first["atoms_seen"]
 
 
+class KillAtEpochEnd(L.Callback):
+    """Kills after the epoch-end checkpoint (AtomicCheckpoint's on_train_epoch_end runs first)."""
+
+    def on_train_epoch_end(self, trainer, *args) -> None:
+        raise Kill()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_from_an_epoch_end_is_bit_for_bit_with_loader_workers(tmp_path, monkeypatch, workers):
+    """With data-loader workers a resume from an epoch-end checkpoint trained no batch in the next epoch (the demo: 40 of
+    60 steps) and finished with exit 0: the workers had already drawn from the finished epoch's sampler."""
+    cfg = pretrain_config(epochs=2, num_workers=workers)
+    first = run_pretraining(cfg, tmp_path / "a", progress=False)
+    with monkeypatch.context() as m:
+        _with_callback(m, KillAtEpochEnd())
+        with pytest.raises(Kill):
+            run_pretraining(cfg, tmp_path / "b", progress=False)
+    state = torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=False)
+    assert state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["is_last_batch"]  # the epoch-end state
+    summary = run_pretraining(cfg, tmp_path / "b", progress=False, resume=True)
+    assert summary["optimizer_steps"] == first["optimizer_steps"]
+    assert summary["structures_seen"] == first["structures_seen"]
+    a = torch.load(tmp_path / "a/last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b/last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_gemnet_mixed_graphs_and_edge_dropout_resume(tmp_path, monkeypatch):
     """GemNet-OC with each dataset's graph (molecules 4 A / 10, oxides periodic) and edge dropout: resume is exact."""
     cfg = pretrain_config(

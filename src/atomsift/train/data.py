@@ -246,10 +246,11 @@ class BudgetBatchSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def global_batches(self) -> list[np.ndarray]:
+    def global_batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        """The epoch's batches of all ranks (indices into the dataset); `epoch` defaults to the current one."""
         n = len(self.dataset)
         if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+            order = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch]).permutation(n)
         else:
             order = np.arange(n)
         size = self.batch_size * self.world_size
@@ -259,8 +260,13 @@ class BudgetBatchSampler(torch.utils.data.Sampler):
         return math.ceil(len(self.dataset) / (self.batch_size * self.world_size))
 
     def __iter__(self) -> Iterator[list[Item]]:
-        batches = self.global_batches()
-        skip = self.skip if self.epoch == self.skip_epoch else 0
+        epoch, skip = self.epoch, (self.skip if self.epoch == self.skip_epoch else 0)
+        if skip >= len(self):
+            # resumed from the end of an epoch (every batch trained, the epoch not yet closed): Lightning closes
+            # it without a batch and takes the next epoch's batches from this same iterator, which data-loader
+            # workers have already started (an empty one lost that epoch): this iterator is the next epoch's
+            epoch, skip = epoch + 1, 0
+        batches = self.global_batches(epoch)
         self.skip = 0
         for flat in batches[skip:]:
             share = np.array_split(flat, self.world_size)[self.rank]

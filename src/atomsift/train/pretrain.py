@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,6 +335,12 @@ def finish(
         save_checkpoint(module.weights_for_saving(), out / "last.pt", metadata={**metadata, "trained": True})
     best = next((h for h in module.history if h["epoch"] == module.best_epoch), {})
     c = module.counters
+    if int(c["structures"]) != plan.budget:  # the sampler gives exactly N per epoch: anything else is a bug
+        warnings.warn(
+            f"the run trained {int(c['structures'])} structure passes, not its budget of {plan.budget}: this is a "
+            "bug in atomsift, please report it with the run folder's config.yaml and logs",
+            stacklevel=1,
+        )
     summary = {
         "n_samples": plan.n_samples,
         "epochs": plan.epochs,
