@@ -107,9 +107,14 @@ def test_resume_after_kill_mid_epoch_is_bit_for_bit(tmp_path, monkeypatch):
         run_pretraining(pretrain_config(lr=2e-3), tmp_path / "b", progress=False, resume=True)
     summary = run_pretraining(cfg, tmp_path / "b", progress=False, resume=True)
     for name in ("last.pt", "model.pt"):
-        a = torch.load(tmp_path / "a" / name, weights_only=True)["state_dict"]
-        b = torch.load(tmp_path / "b" / name, weights_only=True)["state_dict"]
+        full_a = torch.load(tmp_path / "a" / name, weights_only=True)
+        full_b = torch.load(tmp_path / "b" / name, weights_only=True)
+        a, b = full_a["state_dict"], full_b["state_dict"]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+        # the resumed run fitted no normalisers (the checkpoint brings them): its metadata used to say {}
+        assert (
+            full_a["metadata"]["normalizers"] and full_b["metadata"]["normalizers"] == full_a["metadata"]["normalizers"]
+        )
     first = json.loads((tmp_path / "a/summary.json").read_text())
     for key in ("structures_seen", "structures_seen_per_dataset", "atoms_seen", "optimizer_steps", "best_val_loss"):
         assert summary[key] == first[key], key

@@ -342,6 +342,9 @@ class TrainModule(L.LightningModule):
             "best_epoch": self.best_epoch,
             "history": list(self.history),
             "torch_rng": torch.get_rng_state(),
+            # fitted at the first start only (a resume takes the heads' buffers from here): for the metadata of
+            # model.pt / last.pt, which the runs share with model.metadata["normalizers"]
+            "normalizers": dict(self.model.metadata.get("normalizers") or {}),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -358,6 +361,8 @@ class TrainModule(L.LightningModule):
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.history = list(state["history"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("normalizers"):  # in place: the run's metadata dict holds the same object
+            self.model.metadata.setdefault("normalizers", {}).update(state["normalizers"])
 
     @property
     def best_epoch_number(self) -> int | None:
