@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/optimizer_speed.py
 	$(PY) benchmarks/subnormal_speed.py
 	$(PY) benchmarks/train_throughput.py --quick
+	$(PY) benchmarks/extractor_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

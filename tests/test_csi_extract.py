@@ -7,10 +7,12 @@ CHGNet.predict_structure for CHGNet), so the features are the readout's whole in
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -391,3 +393,19 @@ def test_sevenn_warns_once_about_a_huge_periodic_cell(sevenn_ex, oxides, monkeyp
         sevenn_ex._graph(oxides[0])
         sevenn_ex._graph(oxides[1])
     assert sum("periodic cell vector" in str(w.message) for w in caught) == 1
+
+
+def test_extractor_speed_benchmark_runs():
+    """benchmarks/extractor_speed.py (the figures of docs/extractors.md) still runs against the extractor API."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "extractor_speed.py"), "--extractors", "soap", "--data", "oxides"]
+        + ["--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": f"{root / 'src'}:{root / 'benchmarks'}"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    row = [line for line in proc.stdout.splitlines() if line.startswith("soap ")]
+    assert len(row) == 1 and row[0].split()[2:4] == ["295", "2934"], proc.stdout
