@@ -242,3 +242,12 @@ def test_csi_config_flags_and_overrides(tmp_path):
     (out / "csi_config.yaml").write_text("n_samples: [\n")  # damaged: named, not taken for other settings
     one_paragraph(run(*again), "csi_config.yaml cannot be read")
     assert run("csi", "--config", str(config), "--out", str(out), "--overwrite", "--recompute").returncode == 0
+
+
+def test_an_out_that_cannot_be_made_is_bad_input_not_a_bug(tmp_path):
+    """--out under a file (or where one may not write) was 'unexpected NotADirectoryError ... report it', exit 1."""
+    (tmp_path / "afile").write_text("x")
+    inside = str(tmp_path / "afile" / "run")
+    one_paragraph(run("data", "sample", "bundled:ethanol", "--n-samples", "3", "--out", inside + ".json"), "afile")
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "pretrain_demo.yaml")
+    one_paragraph(run("pretrain", "--config", config, "--out", inside), "Not a directory")

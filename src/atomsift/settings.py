@@ -20,7 +20,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -333,6 +333,25 @@ def removed_if_left_empty(path: str | Path) -> Iterator[None]:
         if not existed and path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
             shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+def refuse_foreign_outputs(out: str | Path, marker: str, outputs: Sequence[str], *, what: str) -> None:
+    """Refuse a folder that holds files this command writes (`outputs`: names or glob patterns) but not its own
+    `marker` file (its settings or results): they are not this command's, and it would replace them. Callers skip
+    this under --overwrite."""
+    out = Path(out)
+    if not out.is_dir() or (out / marker).exists():
+        return
+    theirs = sorted(
+        {p.name for pattern in outputs for p in out.glob(pattern) if not (p.is_dir() and not any(p.iterdir()))}
+    )
+    if theirs:
+        raise ConfigError(
+            f"--out holds {', '.join(theirs)} but no {what} (no {marker}): this run would replace "
+            + ("it" if len(theirs) == 1 else "them"),
+            file=out,
+            fix="choose another --out, or pass --overwrite to replace them",
+        )
 
 
 def check_output_dir(path: str | Path, overwrite: bool | None = None) -> Path:

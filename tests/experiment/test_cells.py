@@ -308,3 +308,20 @@ def test_the_command_exits_3_when_runs_failed(tmp_path, monkeypatch, capsys):
         exit_if_runs_failed({"status_counts": {"ok": 3, "pending": 1}})
     assert lost.value.exit_code == 3
     exit_if_runs_failed({"status_counts": {"ok": 3, "pending": 1}}, pending_were_lost=False)
+
+
+def test_a_damaged_result_file_is_a_failed_row_and_the_cell_runs_again(tmp_path):
+    """A finished cell whose test_metrics.json was damaged was listed as pending and 'rerun with --resume' never
+    helped (the cell counted as finished): it is a failed row saying why, and the next run of the grid redoes it."""
+    _exp, jobs = _grid(tmp_path, mixtures={}, seeds=[0], upstream={"acac": tiny()["upstream"]["acac"]}, scratch=False)
+    run_local(jobs, tmp_path, 1, False, False, QUIET)
+    before = _rows(jobs, tmp_path)[("acac", "ethanol", 0)]
+    metrics = tmp_path / before["finetune_dir"] / "test_metrics.json"
+    metrics.write_text("{")
+    row = _rows(jobs, tmp_path)[("acac", "ethanol", 0)]
+    assert row["status"] == "failed" and "test_metrics.json cannot be read" in row["error"]
+    assert check_folders(jobs, resume=False, overwrite=False)["damaged"] == 1
+    status = cells.run_job(jobs[0])
+    assert status[str(metrics.parent)] == "ok"
+    again = _rows(jobs, tmp_path)[("acac", "ethanol", 0)]
+    assert again["status"] == "ok" and again["value"] == before["value"]  # the same run, rerun

@@ -134,3 +134,55 @@ def test_contradicting_flags_are_refused_before_any_work(tmp_path):
         proc = run("--config", config, "--out", str(out), *flags)
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+def test_a_csi_settings_change_is_refused_before_experiment_yaml_changes(tmp_path):
+    """A changed csi section rewrote experiment.yaml, then failed on the statistics cache (or, for bootstrap,
+    silently replaced csi.json): refused first, naming the key; --overwrite computes CSI again."""
+    from atomsift.experiment.config import ExperimentConfig
+    from atomsift.experiment.run import check_csi_settings, run_experiment
+    from atomsift.settings import validate
+
+    exp = validate(ExperimentConfig, tiny())
+    out = tmp_path / "exp"
+    (out / "csi").mkdir(parents=True)
+    (out / "csi" / "csi.json").write_text("[]")
+    recorded = yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False)
+    (out / "experiment.yaml").write_text(recorded)
+    assert check_csi_settings(out, exp, overwrite=False) is False
+    changed = validate(ExperimentConfig, {**tiny(), "csi": {**tiny()["csi"], "bootstrap": 5}})
+    with pytest.raises(Exception, match=r"other csi settings \(bootstrap: 10 -> 5\)"):
+        run_experiment(changed, out)
+    assert (out / "experiment.yaml").read_text() == recorded
+    assert check_csi_settings(out, changed, overwrite=True) is True
+    mechanics = validate(ExperimentConfig, {**tiny(), "csi": {**tiny()["csi"], "batch_size": 3}})
+    assert check_csi_settings(out, mechanics, overwrite=False) is False
+
+
+def test_files_of_others_in_out_are_not_replaced(tmp_path):
+    """A folder holding report.md / csi.csv / parity plots but no experiment / csi / evaluation of atomsift's
+    had them replaced: refused without --overwrite."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "report.md").write_text("my notes\n")
+    done = run("--config", _config(tmp_path), "--out", str(theirs))
+    assert done.returncode == 2 and "report.md but no atomsift experiment" in done.stderr, done.stderr
+    (theirs / "csi.csv").write_text("a,b\n")
+    csi = subprocess.run(
+        [sys.executable, "-m", "atomsift", "csi", "-d", "e=bundled:ethanol", "-u", "a=bundled:acac"]
+        + ["--extractor", "soap", "--n-samples", "5", "--out", str(theirs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert csi.returncode == 2 and "csi.csv but no atomsift csi results" in csi.stderr, csi.stderr
+    (theirs / "parity_energy.png").write_bytes(b"png")
+    ev = subprocess.run(
+        [sys.executable, "-m", "atomsift", "evaluate", str(tmp_path / "model.pt"), "--data", "bundled:ethanol"]
+        + ["--out", str(theirs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ev.returncode == 2 and "parity_energy.png but no evaluation" in ev.stderr, ev.stderr
+    assert (theirs / "report.md").read_text() == "my notes\n"

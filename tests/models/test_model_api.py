@@ -151,8 +151,14 @@ def test_bad_checkpoint_files(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_checkpoint(tmp_path / "absent.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match="truncated or not a PyTorch checkpoint"):
+    with pytest.raises(DataError, match="the file is not a PyTorch checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+    (tmp_path / "summary.json").write_text('{"best_epoch": 3}\n')  # a run's JSON given by mistake
+    with pytest.raises(DataError, match=r"is a JSON file, not a checkpoint.*model\.pt"):
+        load_checkpoint(tmp_path / "summary.json")
+    (tmp_path / "zipped.pt").write_bytes(b"PK\x03\x04 but cut")
+    with pytest.raises(DataError, match="truncated or not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "zipped.pt")
     path = save_checkpoint(_model(), tmp_path / "m.pt")
     data = path.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])

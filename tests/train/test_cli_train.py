@@ -119,8 +119,21 @@ def test_pretrain_finetune_evaluate_end_to_end(tmp_path):
     assert other.returncode == 0, other.stderr
     said = json.loads((tmp_path / "custom/metrics.json").read_text())["warning"]
     assert "none of the 3 structures has the label 'energy' or forces" in said
-    assert "pass -o energy_key=dft_energy" in said and "pass -o forces_key=dft_forces" in said
-    assert "pass -o energy_key=dft_energy" in " ".join((other.stdout + other.stderr).split())
+    assert (
+        "reader option energy_key=dft_energy (a dataset given as PATH,energy_key=dft_energy" in said
+        and "forces_key=dft_forces" in said
+    )
+    assert "reader option energy_key=dft_energy" in " ".join((other.stdout + other.stderr).split())
+    # a model trained on ethanol (C, H, O) scored on oxides: the metals' energies extrapolate, and it says so
+    oxides = run("evaluate", str(tmp_path / "ft/model.pt"), "--data", "bundled:oxides", "--out", str(tmp_path / "ox"))
+    assert oxides.returncode == 0, oxides.stderr
+    warned = json.loads((tmp_path / "ox/metrics.json").read_text())["warning"]
+    assert "element(s) Ir, Ru, Sn, Ti, V never appeared in the structures head" in warned
+    # pretraining on it: the dry run says there are no energies (it printed a plan; the run then failed)
+    custom = f"upstream.mine.path={tmp_path / 'custom.extxyz'}"
+    dry = run("pretrain", custom, "backbone.name=painn", "n_samples=2", "--dry-run", "--out", str(tmp_path / "pt"))
+    said = " ".join(dry.stderr.split())
+    assert dry.returncode == 2 and "upstream 'mine' has no energies" in said and "energy_key=dft_energy" in said
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from atomsift.csi.cache import load_stats, lookup, save_stats
 from atomsift.errors import ConfigError, DataError
 from atomsift.train.inputs import read_run_json
-from atomsift.train.run_folder import prepare_run
+from atomsift.train.run_folder import LOCK_FILE, prepare_run, releases_run_locks
 
 SETTINGS = {"lr": 1e-3, "epochs": 2}
 
@@ -121,7 +124,7 @@ def test_overwrite_removes_the_run_s_own_files_and_leaves_the_user_s(tmp_path):
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_text("x")
     assert prepare_run(out, {"lr": 2e-3}, resume=False, overwrite=True, command="pretrain") == "new"
-    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != LOCK_FILE)
     assert left == [
         "checkpoints/my_best.ckpt",
         "config.yaml",
@@ -146,7 +149,10 @@ def test_overwrite_also_clears_run_files_without_config_and_tensorboard_logs(tmp
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_text("x")
     assert prepare_run(out, SETTINGS, resume=False, overwrite=True, command="pretrain") == "new"
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["config.yaml", "notes.txt"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != LOCK_FILE) == [
+        "config.yaml",
+        "notes.txt",
+    ]
 
 
 def test_overwrite_refuses_only_inputs_it_would_delete(tmp_path):
@@ -177,3 +183,28 @@ def test_a_users_subset_of_a_bundled_set_is_fingerprinted(tmp_path):
 
     os.utime(subset, ns=(subset.stat().st_atime_ns, subset.stat().st_mtime_ns + 10**9))
     assert input_fingerprints({"acac": open_dataset("bundled:acac", indices=str(subset))}) != first
+
+
+def test_a_second_process_in_the_same_run_folder_is_refused(tmp_path):
+    """Two identical commands into one --out both trained and both wrote there: the folder is locked by the run
+    that holds it (until that run ends)."""
+    out = tmp_path / "run"
+    assert prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain") == "new"
+    code = (
+        "import sys; from atomsift.errors import ConfigError; from atomsift.train.run_folder import prepare_run\n"
+        f"try: prepare_run({str(out)!r}, {SETTINGS!r}, resume=False, overwrite=False, command='pretrain')\n"
+        "except ConfigError as exc: print(exc.message()); sys.exit(2)"
+    )
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2 and "another atomsift process is running in this run folder" in other.stdout
+
+
+def test_a_run_releases_its_folder_lock_when_it_ends(tmp_path):
+    @releases_run_locks
+    def run(out):
+        prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain")
+        assert (out / LOCK_FILE).exists()
+
+    run(tmp_path / "run")
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+    run(tmp_path / "run")  # taken again by the next run in this process

@@ -159,4 +159,6 @@ def test_a_target_under_another_key_is_named_with_the_file_and_the_option_to_rea
     with pytest.raises(DataError, match="no training structure of 'm' has the target 'energy'") as exc:
         run_pretraining(cfg, tmp_path / "run", progress=False)
     assert exc.value.file == str(path)
-    assert exc.value.fix.startswith("no 'energy' in the first frame; it has dft_energy: pass -o energy_key=dft_energy")
+    assert exc.value.fix.startswith(
+        "no 'energy' in the first frame; it has dft_energy: read it with the reader option energy_key=dft_energy"
+    )

@@ -37,11 +37,24 @@ def _root(
 _REGISTERED = False
 
 
+def _flags_take_no_value() -> None:
+    """typer 0.29 labels on/off flags `<bool>` in --help, as if `--overwrite <bool>` took a value: no label."""
+    from typer.core import TyperOption
+
+    labelled = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:
+        return None if self.is_flag and self.metavar is None else labelled(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
 def _register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
     _REGISTERED = True
+    _flags_take_no_value()
     from atomsift.cli import csi, data, demo, experiment, model, train
 
     app.add_typer(data.app, name="data")
@@ -107,6 +120,19 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _interrupted()
         sys.exit(130)
+    except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError, FileNotFoundError) as exc:
+        if debug or not exc.filename:  # without a file name it is not about a path the user gave: a bug
+            raise
+        # a path that cannot be written or read (an --out under a read-only folder, a file where a folder must
+        # be): bad input, named as such, not an internal error
+        where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+        typer.secho(
+            f"error: {exc.strerror or type(exc).__name__}: {where}. Fix: check the path (a folder where one is "
+            "needed, no file in its way) and that you may write there.",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        sys.exit(2)
     except Exception as exc:
         if debug:
             raise

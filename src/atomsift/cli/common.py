@@ -7,6 +7,7 @@ atomsift.data.spec.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ SEED_HELP = "Random seed."
 GENERIC_INTERRUPT = (
     "outputs are written whole at the end, so nothing partial was kept; rerun the command to start again"
 )
-_interrupt_hint: str = GENERIC_INTERRUPT
+_interrupt_hint: str | Callable[[], str] = GENERIC_INTERRUPT
 
 
 # where no terminal sets the width (logs, pipes, CI), tables get this many columns instead of rich's 80
@@ -50,14 +51,15 @@ def make_console(soft_wrap: bool = False) -> Console:
     return Console(soft_wrap=soft_wrap) if Console().is_terminal else Console(width=LOG_WIDTH, soft_wrap=soft_wrap)
 
 
-def on_interrupt(hint: str) -> None:
-    """Set what the Ctrl-C line says (what was kept, how to resume); each command states its own."""
+def on_interrupt(hint: str | Callable[[], str]) -> None:
+    """Set what the Ctrl-C line says (what was kept, how to resume); each command states its own. A callable is
+    asked when the Ctrl-C comes (what was kept may depend on how far the command got)."""
     global _interrupt_hint
     _interrupt_hint = hint
 
 
 def interrupt_hint() -> str:
-    return _interrupt_hint
+    return _interrupt_hint() if callable(_interrupt_hint) else _interrupt_hint
 
 
 def deprecated(old: str, new: str) -> None:

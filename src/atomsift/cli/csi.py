@@ -150,20 +150,23 @@ def _named(args: list[str] | None, flag: str) -> dict:
     return out
 
 
-MECHANICS = ("batch_size", "device", "recompute", "cache_dir", "stats_memory_gb", "element_memory_gb")
-"""CSI settings that change how the numbers are computed, not which: free to differ in a folder's rerun."""
-
-
 def check_results_folder(out: Path, name: str, settings: dict, overwrite: bool) -> None:
     """Refuse (before any work) an --out whose results came from other settings, unless --overwrite: its
     csi.json / csv / chart would be replaced by another run's."""
     path = Path(out) / name
-    if overwrite or not path.is_file():
+    if overwrite:
+        return
+    if not path.is_file():
+        from atomsift.settings import refuse_foreign_outputs
+
+        refuse_foreign_outputs(out, name, ("csi.json", "csi.csv", "csi_bars.png"), what="atomsift csi results")
         return
     from atomsift.train.inputs import read_run_yaml
     from atomsift.train.run_folder import config_diff, diff_text
 
     old = read_run_yaml(path, fix="choose another --out, or pass --overwrite to replace the results there")
+
+    from atomsift.csi.config import MECHANICS
 
     diff = config_diff(old, yaml.safe_load(yaml.safe_dump(settings, sort_keys=False)), MECHANICS)
     if diff:

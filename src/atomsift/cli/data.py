@@ -108,6 +108,11 @@ def inspect(
         if key not in ("path", "format", "n_structures", "hints"):
             table.add_row(f"meta.{key}", _fmt(value))
     console.print(table)
+    if summary["n_structures"] < summary["n_structures_total"]:
+        console.print(
+            f"note: the counts are of the first {summary['n_structures']} structures (--limit); the meta.* rows "
+            "describe the whole dataset"
+        )
     for hint in summary["metadata"].get("hints", []):
         console.print(f"[yellow]hint:[/yellow] {hint}")
 

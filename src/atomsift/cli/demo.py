@@ -36,10 +36,7 @@ def demo(
     from atomsift.settings import check_output_dir, write_text_atomic
 
     check_output_dir(out)  # a run folder: the demo reuses what matches inside it
-    on_interrupt(
-        "finished experiment cells are kept and reused; rerun the same command to continue (the data overview is "
-        "written when it is complete)"
-    )
+    on_interrupt("rerun the same command to continue: finished experiment cells are kept and reused")
 
     console = make_console()
     table = Table(title="atomsift: bundled datasets", title_justify="left")

@@ -65,7 +65,9 @@ def experiment(
     report_only: bool = typer.Option(
         False, "--report-only", help="Gather what has finished into results, summary and report; train nothing."
     ),
-    seed: list[int] | None = typer.Option(None, "--seed", help="Seeds of the grid (repeat the flag; default 0)."),
+    seed: list[int] | None = typer.Option(
+        None, "--seed", help="Seeds of the grid (repeat the flag), instead of the config's seeds (default [0])."
+    ),
 ) -> None:
     """The paper's experiment: CSI, then pretraining x finetuning over a grid, and whether CSI was right."""
     from atomsift.cli.common import make_console

@@ -203,8 +203,11 @@ def info(
     table = Table(title=str(checkpoint), show_header=False)
     for key in ("backbone", "parameters", "node_dim", "edge_dim", "used_ema"):
         value = summary[key]
+        if value is None:  # PaiNN has no edge features
+            value = "none"
         table.add_row(key, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
-    table.add_row("heads", ", ".join(f"{n} ({s['kind']}, forces={s['forces']})" for n, s in summary["heads"].items()))
+    heads = summary["heads"].items()
+    table.add_row("heads", ", ".join(f"{n} ({s['kind']}, forces {s['forces'] or 'none'})" for n, s in heads))
     table.add_row("trained", {True: "yes", False: "no (random weights)", None: "not recorded"}[report.trained])
     unfitted = report.unfitted_scale_factors
     shown = ", ".join(unfitted[:3]) + (", ... (--json lists all)" if len(unfitted) > 3 else "")

@@ -30,10 +30,26 @@ def mixture_settings(cfg: CSIConfig, sel: Selection, candidates: list[Any]) -> d
         spec.pop("n_samples", None)  # pretraining's N and the weights decide each dataset's count
         if getattr(cand, "subset_file", None) is not None:
             spec["options"] = {**spec.get("options", {}), "indices": str(cand.subset_file)}
-        upstream[name] = spec
+        upstream[name] = _absolute_paths(spec)
     if len(kept) == 1:
         return {"upstream": upstream, "mixture": "single"}
     return {"upstream": upstream, "mixture": "weights", "weights": {n: round(w, 6) for n, w in kept}}
+
+
+def _absolute_paths(spec: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's path, and option values naming files that exist, made absolute: the mixture file is read
+    from wherever `pretrain --config` runs, not from where select ran (bundled: names stay as they are)."""
+    out = dict(spec)
+    path = str(out.get("path", ""))
+    if path and not path.startswith("bundled:") and not Path(path).is_absolute():
+        out["path"] = str(Path(path).absolute())
+    options = dict(out.get("options") or {})
+    for key, value in options.items():
+        if isinstance(value, str) and not Path(value).is_absolute() and Path(value).exists():
+            options[key] = str(Path(value).absolute())
+    if options:
+        out["options"] = options
+    return out
 
 
 def selection_table(sel: Selection, unit: str, shown: int | None = None) -> Table:

@@ -43,10 +43,17 @@ def _quiet_lightning() -> None:
 
 
 def _resume_hint(out: Path) -> None:
-    on_interrupt(
-        f"the last checkpoint in {out}/checkpoints/ is kept (written where the run stopped, or at the last "
-        f"checkpoint_every step); rerun the same command with --resume to continue exactly where it stopped"
-    )
+    """The Ctrl-C line of a training command, set first thing (a Ctrl-C while it starts up, a resume included)."""
+
+    def hint() -> str:
+        if (out / "checkpoints" / "last.ckpt").exists():
+            return (
+                f"the last checkpoint in {out}/checkpoints/ is kept (written where the run stopped, or at the last "
+                "checkpoint_every step); rerun the same command with --resume to continue exactly where it stopped"
+            )
+        return "the run had written no checkpoint yet; rerun the same command to start it"
+
+    on_interrupt(hint)
 
 
 def pretrain(
@@ -67,6 +74,7 @@ def pretrain(
     ),
 ) -> None:
     """Pretrain a backbone on N structures x E epochs of one upstream dataset or a mixture."""
+    _resume_hint(out)  # first: a Ctrl-C while the imports and the checks run says the same
     from atomsift.settings import resolve_settings
     from atomsift.train.config import PretrainConfig
     from atomsift.train.pretrain import plan_pretraining, print_plan, run_pretraining
@@ -88,7 +96,6 @@ def pretrain(
         print_plan(plan_pretraining(cfg), cfg, console)
         return
     _quiet_lightning()
-    _resume_hint(out)
     run_pretraining(cfg, out, resume=resume, overwrite=overwrite, console=console)
 
 
@@ -121,6 +128,7 @@ def finetune(
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs (the preset's by default)."),
 ) -> None:
     """Finetune on a downstream task with the paper's protocol; tests the best EMA weights."""
+    _resume_hint(out)  # first: a Ctrl-C while the imports and the checks run says the same
     from atomsift.cli.common import dataset_spec
     from atomsift.settings import resolve_settings
     from atomsift.train.config import FinetuneConfig
@@ -161,12 +169,13 @@ def finetune(
         example='docs/training.md, "Settings of atomsift finetune"',
     )
     _quiet_lightning()
-    _resume_hint(out)
     run_finetuning(cfg, out, resume=resume, overwrite=overwrite, console=make_console(), dry_run=dry_run)
 
 
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="A trained model (RUN/model.pt, or any atomsift checkpoint)."),
+    checkpoint: Path = typer.Argument(
+        ..., metavar="CHECKPOINT", help="A trained model (RUN/model.pt, or any atomsift checkpoint)."
+    ),
     data: str = typer.Option(..., "--data", help="The dataset. " + DATASET_HELP),
     split: str | None = typer.Option(
         None, "--split", help="train, val or test of the run's split.json (default: all)."
@@ -181,7 +190,7 @@ def evaluate(
     """MAE and RMSE in meV, meV/A or the target's unit; parity plots; the run's learning curve."""
     from atomsift.cli.common import dataset_spec, no_sampling
     from atomsift.errors import ConfigError
-    from atomsift.settings import check_output_dir
+    from atomsift.settings import check_output_dir, refuse_foreign_outputs
     from atomsift.train.evaluate import evaluate_checkpoint
 
     at_least_one(batch_size, "--batch-size")
@@ -192,6 +201,8 @@ def evaluate(
             file=out,
             fix="pass --overwrite to replace it, or choose another --out",
         )
+    if not overwrite:
+        refuse_foreign_outputs(out, "metrics.json", ("parity_*.png", "learning_curve.png"), what="evaluation")
     _, spec = dataset_spec(data)
     no_sampling(spec, data, "evaluate")
     metrics = evaluate_checkpoint(

@@ -8,12 +8,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from atomsift.data.spec import DatasetSpec, parse_dataset_arg
-from atomsift.errors import ConfigError
+from atomsift.errors import ConfigError, did_you_mean
 from atomsift.settings import Seed, load_yaml, resolve_settings
 
 EXAMPLE = "configs/csi_demo.yaml"
 
 __all__ = ["CSIConfig", "DatasetSpec", "load_config", "parse_dataset_arg"]
+
+
+MECHANICS = ("batch_size", "device", "recompute", "cache_dir", "stats_memory_gb", "element_memory_gb")
+"""CSI settings that change how the numbers are computed, not which: free to differ in a folder's rerun."""
 
 
 class CSIConfig(BaseModel):
@@ -80,8 +84,10 @@ class CSIConfig(BaseModel):
             return value
         unknown = [v for v in value if v != "all" and v not in MEASURE_INFO]
         if unknown:
+            hint = did_you_mean(map(str, unknown), MEASURE_INFO).rstrip()
             raise ValueError(
-                f"unknown measure(s) {', '.join(map(str, unknown))}; known: all, {', '.join(MEASURE_INFO)}"
+                f"unknown measure(s) {', '.join(map(str, unknown))}; {hint + ' ' if hint else ''}known: all, "
+                f"{', '.join(MEASURE_INFO)}"
             )
         names = list(MEASURE_INFO) if "all" in value else ["csi", *[v for v in value if v != "csi"]]
         return list(dict.fromkeys(names))

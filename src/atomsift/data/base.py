@@ -140,6 +140,7 @@ class Dataset(abc.ABC):
 
 def label_hints(ds: Any) -> list[str]:
     """The reader's hints about labels under other keys (e.g. "no 'energy' in the first frame; it has
-    dft_energy: pass -o energy_key=dft_energy"), or [] for readers and wrappers without them."""
+    dft_energy: read it with the reader option energy_key=dft_energy ..."), or [] for readers and wrappers
+    without them."""
     metadata = getattr(ds, "metadata", None)
     return list(metadata().get("hints", [])) if callable(metadata) else []

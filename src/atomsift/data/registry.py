@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from atomsift.data.base import Dataset
-from atomsift.errors import ConfigError, DataError
+from atomsift.errors import ConfigError, DataError, did_you_mean
 
 # name -> "module:Class". Order matters for detection: specific formats before generic ones.
 FORMATS: dict[str, str] = {
@@ -56,7 +56,8 @@ def normalize_format(name: str) -> str:
     if key not in FORMATS:
         raise ConfigError(
             f"unknown format '{name}'",
-            fix=f"use one of: {', '.join(FORMATS)} (or leave --format out to detect it)",
+            fix=f"{did_you_mean([key], [*FORMATS, *ALIASES])}use one of: {', '.join(FORMATS)} (or leave --format out "
+            "to detect it)",
         )
     return key
 

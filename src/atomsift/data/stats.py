@@ -105,7 +105,7 @@ def summarize(
         "energy_std_eV": math.sqrt(e_m2 / e_count) if e_count else None,  # ddof 0
         "n_with_energy": e_count,
         "forces_rms_eV_per_A": math.sqrt(f_sq / f_count) if f_count else None,
-        "n_classes": len(set(labels.tolist())) if labels is not None else None,
+        "n_classes": len(set(labels[:n].tolist())) if labels is not None else None,  # of the structures read
     }
     if target is not None:
         out["target"] = target if target == "energy" else target_key

@@ -28,8 +28,9 @@ SOURCE = "cell.json"
 
 
 def cell_state(folder: Path, settings: dict[str, Any], done_file: str, source: dict[str, Any] | None = None) -> str:
-    """'new', 'done', 'unfinished', 'failed' or 'conflict' (the folder holds a run with other settings, or a
-    finetuning that started from another pretraining)."""
+    """'new', 'done', 'unfinished', 'failed', 'damaged' (finished, but its result file cannot be read: it runs
+    again) or 'conflict' (the folder holds a run with other settings, or a finetuning that started from another
+    pretraining)."""
     saved = folder / "config.yaml"
     if saved.exists():
         try:
@@ -46,7 +47,7 @@ def cell_state(folder: Path, settings: dict[str, Any], done_file: str, source: d
         if config_diff(old, settings):
             return "conflict"
         if (folder / done_file).exists():
-            return "done"
+            return "done" if _read_json(folder / done_file) is not None else "damaged"
     if (folder / FAILED).exists():
         return "failed"
     if saved.exists() and (folder / "checkpoints" / "last.ckpt").exists():
@@ -82,6 +83,8 @@ def run_flags(state: str, folder: Path, resume: bool, overwrite: bool) -> tuple[
         return (resume, not resume and overwrite)
     if state == "failed":
         return (resume and has_ckpt, not (resume and has_ckpt))
+    if state == "damaged":  # its checkpoint is a finished run's: only a new run rewrites the result files
+        return (False, True)
     return (False, overwrite and state == "conflict")
 
 
@@ -121,7 +124,7 @@ def _run_finetune(cell: FinetuneCell, resume: bool, overwrite: bool, console: An
     _clear_failure(cell.folder)
     cfg = FinetuneConfig.model_validate(cell.settings)
     if cell.upstream:
-        if state in ("done", "unfinished", "failed"):
+        if state in ("done", "unfinished", "failed", "damaged"):
             _adopt_moved_checkpoint(cell.folder, cell.settings)
         cell.folder.mkdir(parents=True, exist_ok=True)
         write_json(cell.folder / SOURCE, cell.upstream)
@@ -131,7 +134,7 @@ def _run_finetune(cell: FinetuneCell, resume: bool, overwrite: bool, console: An
         resume=run_resume,
         overwrite=run_overwrite,
         console=console,
-        progress=False,
+        progress=True,  # per-epoch lines into the job's log (no bars: it is not a terminal)
         check_inputs=False,  # cell.json and the grid's digests are the cells' provenance
     )
     return "reused" if state == "done" else "ok"
@@ -178,7 +181,7 @@ def _run_job(job: Job, resume: bool, overwrite: bool, console: Any) -> dict[str,
                 resume=run_resume,
                 overwrite=run_overwrite,
                 console=console,
-                progress=False,
+                progress=True,  # per-epoch lines into the job's log
                 check_inputs=False,  # the grid's digests are the cells' provenance
             )
             status[str(folder)] = "reused" if state == "done" else "ok"
@@ -241,7 +244,7 @@ def result_rows(jobs: list[Job], csi_rows: list[dict[str, Any]], out: Path) -> l
                 "metric": cell.metric,
                 "value": None if metrics is None else metrics.get(cell.metric),
                 "status": status,
-                "error": _row_error(status, failed),
+                "error": _row_error(status, failed, state),
                 "pretrain_dir": _rel(job.pretrain_folder, out),
                 "finetune_dir": _rel(cell.folder, out),
                 "pretrain_wall_s": None if pre is None else pre.get("wall_time_s"),
@@ -253,12 +256,21 @@ def result_rows(jobs: list[Job], csi_rows: list[dict[str, Any]], out: Path) -> l
     return rows
 
 
-STATUS_OF_STATE = {"done": "ok", "failed": "failed", "conflict": "stale", "new": "pending", "unfinished": "pending"}
+STATUS_OF_STATE = {
+    "done": "ok",
+    "failed": "failed",
+    "damaged": "failed",
+    "conflict": "stale",
+    "new": "pending",
+    "unfinished": "pending",
+}
 """A row's status from its cell folder: 'stale' is a finished run whose settings (or pretraining) are not the
 grid's any more; it is reported, never averaged."""
 
 
-def _row_error(status: str, failed: dict[str, Any] | None) -> str | None:
+def _row_error(status: str, failed: dict[str, Any] | None, state: str = "") -> str | None:
+    if state == "damaged":
+        return "the cell finished, but its test_metrics.json cannot be read (damaged or edited): the next run of the grid runs it again"
     if status == "failed" and failed is not None:
         return failed.get("error")
     if status == "stale":

@@ -47,9 +47,12 @@ def csi_config(exp: ExperimentConfig) -> CSIConfig:
     return validate(CSIConfig, {**exp.csi, "upstream": upstream, "downstream": downstream}, within="the csi section")
 
 
-def grid_csi(exp: ExperimentConfig, out: Path) -> list[dict[str, Any]]:
-    """One row per (candidate, downstream task): the `atomsift csi` rows, mixtures added."""
+def grid_csi(exp: ExperimentConfig, out: Path, *, recompute: bool = False) -> list[dict[str, Any]]:
+    """One row per (candidate, downstream task): the `atomsift csi` rows, mixtures added (`recompute`: replace
+    cached statistics made with other settings)."""
     cfg = csi_config(exp)
+    if recompute:
+        cfg = cfg.model_copy(update={"recompute": True})
     up, down, extractor = gather_stats(cfg, out)
     by_name = {u.name: u for u in up}
     for name, mix in exp.mixtures.items():

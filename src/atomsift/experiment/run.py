@@ -7,9 +7,11 @@ ordinary pretraining plus its finetunings in their own run folders, so a rerun r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections import Counter
@@ -27,7 +29,7 @@ from atomsift.errors import ConfigError
 from atomsift.experiment.cells import job_states, result_rows, run_job
 from atomsift.experiment.config import ExperimentConfig
 from atomsift.experiment.grid import Job, build_jobs
-from atomsift.settings import check_output_dir, removed_if_left_empty, write_text_atomic
+from atomsift.settings import check_output_dir, refuse_foreign_outputs, removed_if_left_empty, write_text_atomic
 from atomsift.train.inputs import read_run_yaml
 from atomsift.train.run_folder import config_diff, diff_text
 
@@ -70,6 +72,57 @@ def check_folders(jobs: list[Job], *, resume: bool, overwrite: bool) -> Counter:
             fix="rerun with --resume to continue them from their checkpoints (or --overwrite to start them again)",
         )
     return counts
+
+
+EXPERIMENT_FILES = ("report.md", "results.csv", "results.json", "summary.json", "csi", "cells", "figures")
+"""What an experiment writes into --out besides experiment.yaml (refused in a folder without one)."""
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer (Linux): a worker gets SIGTERM when the experiment process dies, even by SIGKILL, instead
+    of training on unseen (a rerun with --resume would then have two writers on a cell). Elsewhere: nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:  # the parent died before the call: its death signal will never come
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def check_csi_settings(out: Path, exp: ExperimentConfig, overwrite: bool) -> bool:
+    """Whether OUT/csi holds CSI results computed with other `csi` settings than `exp`'s (its experiment.yaml):
+    refused without --overwrite (they would be replaced); with it, True (recompute them, caches included)."""
+    from atomsift.csi.config import MECHANICS
+    from atomsift.experiment.csi import csi_config
+
+    recorded = out / "experiment.yaml"
+    if not (out / "csi" / "csi.json").exists() or not recorded.exists():
+        return False
+    try:
+        saved = read_run_yaml(recorded)
+        old = csi_config(exp.model_copy(update={"csi": dict(saved.get("csi") or {})})).model_dump(mode="json")
+    except (ConfigError, AttributeError):
+        diff = ["experiment.yaml cannot be read (damaged or edited)"]
+    else:
+        new = csi_config(exp).model_dump(mode="json")
+        datasets = ("upstream", "downstream")  # the cells' settings cover them; here the csi section alone
+        diff = config_diff(
+            {k: v for k, v in old.items() if k not in datasets},
+            {k: v for k, v in new.items() if k not in datasets},
+            MECHANICS,
+        )
+    if diff and not overwrite:
+        raise ConfigError(
+            f"the CSI results in {out / 'csi'} were computed with other csi settings ({diff_text(diff, 4)}), "
+            "which this run would replace",
+            file=recorded,
+            fix="use another --out, or pass --overwrite to compute CSI again (finished cells with the same settings "
+            "are kept either way)",
+        )
+    return bool(diff)
 
 
 def check_reported_grid(out: Path, jobs: list[Job], states: list[tuple[Path, str]]) -> None:
@@ -253,7 +306,9 @@ def run_local(jobs: list[Job], out: Path, k: int, resume: bool, overwrite: bool,
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ["ATOMSIFT_THREADS"] = str(max(1, cores // k))  # inherited by the spawned workers
-    pool = ProcessPoolExecutor(max_workers=k, mp_context=get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        max_workers=k, mp_context=get_context("spawn"), initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
     queue = list(jobs)
     started: dict[Any, tuple[Job, float]] = {}
 
@@ -384,6 +439,9 @@ def run_experiment(
 
     with removed_if_left_empty(out):  # docs/experiment.md: the checks come before anything is written
         out = check_output_dir(out)
+        if not overwrite:
+            refuse_foreign_outputs(out, "experiment.yaml", EXPERIMENT_FILES, what="atomsift experiment")
+        csi_changed = check_csi_settings(out, exp, overwrite)
         if not report_only:
             counts = check_folders(jobs, resume=resume, overwrite=overwrite)
             preflight(exp, jobs, console, show=False)
@@ -392,11 +450,11 @@ def run_experiment(
     print_grid(exp, jobs, counts or Counter(), console)
     write_text_atomic(out / "experiment.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
     console.rule("CSI of every candidate to every downstream task")
-    csi_rows = grid_csi(exp, out / "csi")
+    csi_rows = grid_csi(exp, out / "csi", recompute=csi_changed)
     write_outputs(csi_rows, out / "csi")  # csi.json, csi.csv and the bar chart csi_bars.png
     print_tables(csi_rows, console)
     if not report_only:
-        console.rule(f"training: {len(jobs)} jobs (logs in {out}/logs/)")
+        console.rule(f"training: {len(jobs)} jobs (logs with a line per epoch in {out}/logs/)")
         if exp.launcher.name == "local":
             run_local(jobs, out, exp.launcher.jobs, resume, overwrite, console)
         else:

@@ -135,6 +135,17 @@ def check_checkpoint_path(path: str | os.PathLike) -> Path:
         raise ConfigError("the path is a folder, not a checkpoint file", file=path, fix=hint)
     if not path.is_file():
         raise DataError("checkpoint file not found", file=path, fix="check the path")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive (PK..), older torch a pickle (\x80); a text file (a run's summary.json,
+    # config.yaml) is the common mistake
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        kind = "a JSON file, not a checkpoint" if head.lstrip()[:1] in (b"{", b"[") else "not a PyTorch checkpoint"
+        raise DataError(
+            f"the file is {kind} (a checkpoint is a zip archive written by torch.save)",
+            file=path,
+            fix="give a run's model.pt (or last.pt), a JMP .pt or a fairchem-core checkpoint",
+        )
     return path
 
 

@@ -238,6 +238,26 @@ def _with_reader_split(spec: Any, split: str, checkpoint: Path) -> Any:
     return spec.model_copy(update={"options": {**spec.options, "split": split}})
 
 
+def unseen_elements(model: Any, head: str, records: list[Any]) -> str:
+    """A warning naming the elements of `records` that the head's per-element energy reference was not fitted on
+    (its value for them is 0, so their energies extrapolate), or "" (also when the model does not record it)."""
+    from ase.data import chemical_symbols
+
+    fitted = ((getattr(model, "metadata", None) or {}).get("normalizers") or {}).get(head) or {}
+    known = set(fitted.get("elements") or [])
+    if not known:  # no linear reference (property heads), or a checkpoint that does not say
+        return ""
+    present = {int(z) for rec in records for z in np.unique(rec.numbers)}
+    unseen = sorted(present - known)
+    if not unseen:
+        return ""
+    names = ", ".join(chemical_symbols[z] for z in unseen)
+    return (
+        f"element(s) {names} never appeared in the structures head '{head}' was trained on (its per-element "
+        "energy reference for them is 0): their predictions extrapolate"
+    )
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     spec: Any,
@@ -282,6 +302,14 @@ def evaluate_checkpoint(
         metrics["test_options"] = test_options
     if model.load_report.trained is False:
         metrics["warning"] = "the checkpoint's weights were never trained (random initialisation)"
+    run = Path(checkpoint).parent
+    unfinished = (run / "config.yaml").exists() and not (run / "summary.json").exists()
+    for said in (
+        unseen_elements(model, task.head, records),
+        "the run that wrote this checkpoint has not finished (no summary.json next to it)" if unfinished else "",
+    ):
+        if said:
+            metrics["warning"] = "; ".join(filter(None, [metrics.get("warning"), said]))
     if not result["pairs"]:  # an empty metrics.json would pass for a result (the command prints the warning)
         labels = f"'{task.target}'" + (" or forces" if task.forces else "")
         said = "; ".join([f"none of the {len(records)} structures has the label {labels} the head predicts, so "

@@ -22,7 +22,7 @@ import yaml
 from rich.console import Console
 
 from atomsift.data.spec import open_spec
-from atomsift.errors import ConfigError, DataError
+from atomsift.errors import ConfigError, DataError, did_you_mean
 from atomsift.models import AtomsModel, build_backbone, load_checkpoint
 from atomsift.models.checkpoint import LoadReport, check_checkpoint_path
 from atomsift.train.config import FinetuneConfig, SplitSpec
@@ -31,7 +31,7 @@ from atomsift.train.inputs import input_fingerprints, read_run_json
 from atomsift.train.losses import TaskInfo
 from atomsift.train.metrics import FORCES_MAE, target_metric_names
 from atomsift.train.module import TrainModule
-from atomsift.train.run_folder import prepare_run, quiet_if_secondary, write_json
+from atomsift.train.run_folder import prepare_run, quiet_if_secondary, releases_run_locks, write_json
 from atomsift.train.runner import run_fit
 from atomsift.train.setup import (
     best_model_writer,
@@ -50,7 +50,10 @@ def preset_path(name: str) -> Path:
     """The YAML file of a finetuning preset; ConfigError naming the presets for an unknown name."""
     key = name.strip().lower().replace("_", "-")
     if key not in PRESETS:
-        raise ConfigError(f"unknown finetuning preset '{name}'", fix=f"use one of: {', '.join(PRESETS)}")
+        raise ConfigError(
+            f"unknown finetuning preset '{name}'",
+            fix=f"{did_you_mean([name], PRESETS)}use one of: {', '.join(PRESETS)}",
+        )
     return Path(str(resources.files("atomsift.train.presets") / f"{key}.yaml"))
 
 
@@ -208,6 +211,7 @@ def monitor_of(cfg: FinetuneConfig, info: TaskInfo) -> str:
 # ------------------------------------------------------------------ run
 
 
+@releases_run_locks
 def run_finetuning(
     cfg: FinetuneConfig,
     out: Path,
@@ -255,13 +259,13 @@ def run_finetuning(
         )
     head_name = cfg.task.target
     steps = math.ceil(len(splits["train"]) / cfg.batch_size)
-    graph_text = "GemNet-OC: the paper's for the data; others: the backbone's own (said once it is loaded)"
+    graph_text = "said once the backbone is loaded (GemNet-OC: the paper's for the data; others: their own)"
     if cfg.graph is not None:
         graph_text = cfg.graph.settings().describe()
     console.print(
         f"finetuning on {cfg.data.path}: {len(splits['train'])} train / {len(splits['val'])} val / "
         f"{len(splits['test'])} test structures, {cfg.epochs} epochs x {steps} steps of {cfg.batch_size}; target "
-        f"{cfg.task.target} ({cfg.task.head} head, forces {cfg.task.forces}); graph {graph_text}"
+        f"{cfg.task.target} ({cfg.task.head} head, forces {cfg.task.forces or 'none'}); graph {graph_text}"
     )
     if dry_run:
         return {"splits": {k: len(v) for k, v in splits.items()}, "steps_per_epoch": steps}
@@ -275,12 +279,13 @@ def run_finetuning(
         out, settings, resume=resume, overwrite=overwrite, command="finetune", inputs=inputs, fingerprints=fingerprints
     )
     if state == "done":
+        read_run_json(Path(out) / "summary.json")  # a damaged one is named, not reused
         metrics = read_run_json(Path(out) / "test_metrics.json")
         console.print(f"{out} already holds this finished run (same settings): reusing it")
         return metrics
     split_file = out / "split.json"
     digest = indices_hash(np.concatenate(list(splits.values())))
-    if state == "resume" and split_file.exists() and json.loads(split_file.read_text()).get("sha256_16") != digest:
+    if state == "resume" and split_file.exists() and read_run_json(split_file).get("sha256_16") != digest:
         raise DataError(
             "the saved split differs from the one the settings give",
             file=split_file,

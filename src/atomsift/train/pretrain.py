@@ -17,8 +17,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from atomsift.data.base import label_hints
 from atomsift.data.spec import open_spec
-from atomsift.errors import ConfigError
+from atomsift.errors import ConfigError, DataError
 from atomsift.models import AtomsModel, build_backbone
 from atomsift.train.config import PretrainConfig
 from atomsift.train.data import (
@@ -34,7 +35,7 @@ from atomsift.train.data import (
 from atomsift.train.inputs import input_fingerprints, read_run_json
 from atomsift.train.losses import TaskInfo
 from atomsift.train.module import TrainModule
-from atomsift.train.run_folder import prepare_run, quiet_if_secondary, write_json
+from atomsift.train.run_folder import prepare_run, quiet_if_secondary, releases_run_locks, write_json
 from atomsift.train.runner import run_fit
 from atomsift.train.setup import (
     best_model_writer,
@@ -89,10 +90,6 @@ def _backbone_name(cfg: PretrainConfig) -> str:
     return "checkpoint"
 
 
-def _has_forces(ds: Any, probe: int = 8) -> bool:
-    return any(ds[i].forces is not None for i in range(min(probe, len(ds))))
-
-
 def world_size_of(cfg: Any) -> int:
     """Processes of the run as the settings say (devices x num_nodes; 1 where devices is not a count)."""
     devices = cfg.devices
@@ -114,7 +111,18 @@ def plan_pretraining(cfg: PretrainConfig, world_size: int | None = None) -> Pret
     plans, notes = [], []
     for name, spec in cfg.upstream.items():
         ds = opened[name]
-        forces = _has_forces(ds)
+        probe = [ds[i] for i in range(min(8, len(ds)))]
+        if not any(r.energy is not None for r in probe):  # the run would stop at its normalisers: say it here
+            hints = label_hints(ds)
+            raise DataError(
+                f"upstream '{name}' has no energies (none in its first {len(probe)} structures): pretraining needs "
+                "them",
+                file=ds.path,
+                fix="; ".join(hints)
+                if hints
+                else "give a dataset with energy labels (or the reader option that names them, e.g. energy_key=...)",
+            )
+        forces = any(r.forces is not None for r in probe)
         force_weight = spec.force_weight if spec.force_weight is not None else (DEFAULT_FORCE_WEIGHT if forces else 0.0)
         if force_weight > 0 and not forces:
             raise ConfigError(
@@ -175,6 +183,10 @@ def print_plan(plan: PretrainPlan, cfg: PretrainConfig, console: Console) -> Non
             f"{d.force_weight:g}",
         )
     console.print(table)
+    if cfg.mixture == "weights" and cfg.weights:
+        total = sum(cfg.weights.values())
+        asked = ", ".join(f"{k} {v / total:.3f}" for k, v in cfg.weights.items())
+        console.print(f"share = N_i / N, N_i rounded to whole structures; the weights asked: {asked}")
     console.print(
         f"N = {plan.n_samples} structures x E = {plan.epochs} epochs = C = {plan.budget} structure passes; "
         f"{plan.steps_per_epoch} steps per epoch of {cfg.batch_size} per device x {plan.world_size} process(es), "
@@ -242,6 +254,7 @@ def build_model(cfg: PretrainConfig, tasks: list[Task]) -> tuple[AtomsModel, dic
     return AtomsModel(backbone, heads), info
 
 
+@releases_run_locks
 def run_pretraining(
     cfg: PretrainConfig,
     out: Path,

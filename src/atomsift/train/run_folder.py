@@ -7,18 +7,24 @@ unless `--overwrite` (which removes the run's own files first).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import yaml
 
 from atomsift.errors import ConfigError
-from atomsift.settings import check_output_dir, write_text_atomic
+from atomsift.settings import check_output_dir, refuse_foreign_outputs, write_text_atomic
 from atomsift.train.inputs import check_inputs, read_run_yaml
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 MECHANICS = ("num_workers", "loggers", "checkpoint_every", "log_every")
 """Settings that change how a run is carried out, not what it computes: free to differ on resume or reuse."""
@@ -78,6 +84,53 @@ def quiet_if_secondary(console: Any) -> Any:
     return console
 
 
+LOCK_FILE = ".atomsift.lock"
+_held: dict[Path, Any] = {}
+
+
+def lock_run_folder(out: Path) -> None:
+    """Hold an exclusive lock on the run folder until the run that took it ends (`releases_run_locks`): a second
+    atomsift process started into the same folder is refused instead of both writing there (fcntl: Linux and
+    macOS; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    key = Path(out).resolve()
+    if key in _held:
+        return
+    handle = open(key / LOCK_FILE, "a+b")  # noqa: SIM115  (held open past this function: the lock lives on it)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(
+            "another atomsift process is running in this run folder (it holds its lock)",
+            file=out,
+            fix="wait for that run to end (or stop it), or choose another --out",
+        ) from None
+    _held[key] = handle
+
+
+def releases_run_locks(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorator of a run function: the run-folder locks taken while it runs are released when it returns or
+    raises (a grid runs many cells in one process)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        before = set(_held)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for key in set(_held) - before:
+                handle = _held.pop(key)
+                with contextlib.suppress(OSError):
+                    (key / LOCK_FILE).unlink()
+                handle.close()
+
+    return wrapper
+
+
 def prepare_run(
     out: Path,
     settings: dict[str, Any],
@@ -108,8 +161,8 @@ def prepare_run(
     if resume and not Path(out).exists():
         raise ConfigError("--resume, but the run folder does not exist", file=out, fix="drop --resume to start one")
     out = check_output_dir(out)
+    lock_run_folder(out)  # before anything is read or deleted: another process may be writing here
     saved_path = out / "config.yaml"
-    own = [out / name for name in RUN_FILES]
     if overwrite:
         for item in filter(None, inputs):
             if _removed_by_overwrite(out, Path(item)):
@@ -118,15 +171,8 @@ def prepare_run(
                     file=out,
                     fix="copy it out of the run folder first, or choose another --out",
                 )
-    elif not saved_path.exists():
-        theirs = [p.name for p in own if p.exists() and not (p.is_dir() and not any(p.iterdir()))]
-        if theirs:
-            raise ConfigError(
-                f"--out holds {', '.join(theirs)} but no atomsift run (no config.yaml): the run would replace "
-                + ("it" if len(theirs) == 1 else "them"),
-                file=out,
-                fix="choose another --out, or pass --overwrite to replace them",
-            )
+    else:
+        refuse_foreign_outputs(out, "config.yaml", RUN_FILES, what="atomsift run")
     if overwrite:  # also where files a run writes lie without config.yaml (refused above without --overwrite)
         _remove_run_files(out)
     started = (out / "checkpoints" / "last.ckpt").exists() or (out / "summary.json").exists()

@@ -4,6 +4,7 @@ rates, saving the best model, and the closing table."""
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,8 @@ def fit_scale_factors_if_needed(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            names = ensure_scale_factors(backbone, batches, progress=progress)
+            # the bar only on a terminal: in a log (an experiment's job, CI) it is one endless line of redraws
+            names = ensure_scale_factors(backbone, batches, progress=progress and sys.stderr.isatty())
     finally:
         model_log.setLevel(level)
     backbone.train(was)

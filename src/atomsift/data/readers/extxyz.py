@@ -295,7 +295,8 @@ class ExtxyzDataset(Dataset):
             if key not in where and alternatives:
                 self.hints.append(
                     f"no '{key}' in the first frame; it has {', '.join(alternatives)}: "
-                    f"pass -o {option}={alternatives[0]} to read it"
+                    f"read it with the reader option {option}={alternatives[0]} (a dataset given as "
+                    f"PATH,{option}={alternatives[0]}, or {option}: {alternatives[0]} in its settings)"
                 )
 
     # -- index --------------------------------------------------------------------------------

@@ -106,7 +106,8 @@ class SpiceDataset(GroupedH5Dataset):
                 f"{self.n_skipped_nan} conformer(s) have a NaN energy or gradient",
                 file=self.path,
                 record=self._first_nan,
-                fix="repair the file, or pass -o skip_nan=true to leave those conformers out (they are counted "
+                fix="repair the file, or give the reader option skip_nan=true (PATH,skip_nan=true) to leave those "
+                "conformers out (they are counted "
                 "in the metadata as n_skipped_nan)",
             )
         self._require_rows(
