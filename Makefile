@@ -10,6 +10,7 @@ STAMP := $(VENV)/.atomsift-installed
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "atomsift needs Python >= 3.11"'
+	@echo "installing atomsift and its pinned dependencies into $(VENV) (a few minutes: torch on Linux from PyPI is the CUDA build, several GB; README.md says how to get the CPU one)"
 	PIP_CONSTRAINT=constraints.txt $(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,csi]"
 	@# matbench's wheel carries the official MatBench folds; its own pins (scipy 1.7) do not install on 3.11
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps matbench==0.6

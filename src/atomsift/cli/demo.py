@@ -73,6 +73,13 @@ def demo(
     console.print(f"saved {out / 'data_overview.json'}")
     if experiment:
         _demo_experiment(out / "experiment", console, seed, jobs)
+        console.print(
+            "next, on your own data: `atomsift csi -d mine=FILE.extxyz -u acac=bundled:acac ... --out runs/csi` "
+            "ranks candidate datasets, `atomsift experiment --config configs/experiment_demo.yaml ...` runs the "
+            "whole grid (docs/cli.md, docs/experiment.md)",
+            markup=False,
+            highlight=False,
+        )
 
 
 def _demo_experiment(out: Path, console: Console, seeds: list[int] | None, jobs: int | None) -> None:

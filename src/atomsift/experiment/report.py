@@ -456,7 +456,13 @@ def print_summary(
         console.print(f"{len(summary['excluded'])} run(s) excluded (failed, pending or without a value).")
     if paths:
         if "report" in paths:
-            console.print(f"report: {paths['report']}", markup=False, highlight=False)
+            folder = paths["report"].parent
+            console.print(
+                f"report: {paths['report']} (which measure predicted the finetuned errors, with figures); every "
+                f"row: {folder / 'results.csv'}; the numbers: {folder / 'summary.json'}",
+                markup=False,
+                highlight=False,
+            )
         figs = sorted({str(p.parent) for k, p in paths.items() if ":" in k})
         if figs:
             console.print(f"figures: {', '.join(figs)}", markup=False, highlight=False)

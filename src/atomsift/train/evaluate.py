@@ -243,7 +243,11 @@ def unseen_elements(model: Any, head: str, records: list[Any]) -> str:
     (its value for them is 0, so their energies extrapolate), or "" (also when the model does not record it)."""
     from ase.data import chemical_symbols
 
-    fitted = ((getattr(model, "metadata", None) or {}).get("normalizers") or {}).get(head) or {}
+    metadata = getattr(model, "metadata", None) or {}
+    normalizers = metadata.get("normalizers") or {}
+    # keyed by task (dataset) name: pretraining names heads after their datasets, finetuning after the target
+    tasks = [t.get("name") for t in metadata.get("tasks") or [] if isinstance(t, dict) and t.get("head") == head]
+    fitted = next((normalizers[t] for t in [*tasks, head] if t in normalizers), None) or {}
     known = set(fitted.get("elements") or [])
     if not known:  # no linear reference (property heads), or a checkpoint that does not say
         return ""

@@ -32,7 +32,7 @@ from atomsift.train.losses import TaskInfo
 from atomsift.train.metrics import FORCES_MAE, target_metric_names
 from atomsift.train.module import TrainModule
 from atomsift.train.run_folder import prepare_run, quiet_if_secondary, releases_run_locks, write_json
-from atomsift.train.runner import run_fit
+from atomsift.train.runner import resume_point, run_fit
 from atomsift.train.setup import (
     best_model_writer,
     closing_table,
@@ -283,6 +283,8 @@ def run_finetuning(
         metrics = read_run_json(Path(out) / "test_metrics.json")
         console.print(f"{out} already holds this finished run (same settings): reusing it")
         return metrics
+    if state == "resume":
+        console.print(resume_point(out))
     split_file = out / "split.json"
     digest = indices_hash(np.concatenate(list(splits.values())))
     if state == "resume" and split_file.exists() and read_run_json(split_file).get("sha256_16") != digest:

@@ -36,7 +36,7 @@ from atomsift.train.inputs import input_fingerprints, read_run_json
 from atomsift.train.losses import TaskInfo
 from atomsift.train.module import TrainModule
 from atomsift.train.run_folder import prepare_run, quiet_if_secondary, releases_run_locks, write_json
-from atomsift.train.runner import run_fit
+from atomsift.train.runner import resume_point, run_fit
 from atomsift.train.setup import (
     best_model_writer,
     closing_table,
@@ -289,6 +289,8 @@ def run_pretraining(
         summary = read_run_json(Path(out) / "summary.json")
         console.print(f"{out} already holds this finished run (same settings): reusing it")
         return summary
+    if state == "resume":
+        console.print(resume_point(out))
     print_plan(plan, cfg, console)
     tasks = build_tasks(plan, cfg, out, resume=state == "resume")
     model, info = build_model(cfg, tasks)

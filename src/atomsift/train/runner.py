@@ -309,6 +309,21 @@ def merge_metrics(out: Path) -> Path | None:
     return path
 
 
+def resume_point(out: Path) -> str:
+    """'resuming RUN from step S (epoch E of N)' for the run's last.ckpt, read without its tensors (mmap)."""
+    ckpt = Path(out) / "checkpoints" / "last.ckpt"
+    try:  # the run's own file (atomsift wrote it): its loop state is pickled
+        state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+        loop = state["loops"]["fit_loop"]
+        epoch = int(loop["epoch_progress"]["current"]["completed"]) + 1
+        done = loop["epoch_loop.batch_progress"]["current"]["completed"]
+        return (
+            f"resuming {out} from its checkpoint: step {int(state['global_step'])}, epoch {epoch} ({done} batches in)"
+        )
+    except Exception:  # noqa: BLE001  (only a progress line: run_fit names a damaged checkpoint)
+        return f"resuming {out} from its checkpoint"
+
+
 def run_fit(module: Any, cfg: Optimisation, out: Path, *, state: str, progress: bool = True) -> dict[str, Any]:
     """Fit (or resume) and return timing; a Ctrl-C saves a checkpoint and re-raises KeyboardInterrupt."""
     attempt = attempt_number(out)
