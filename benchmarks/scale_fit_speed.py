@@ -50,7 +50,7 @@ def fit_seconds(model: GemNetOC, batches: list, whole: bool) -> tuple[float, dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", default="small")
-    parser.add_argument("--data", default="ethanol,oxides")
+    parser.add_argument("--data", default="ethanol", help="bundled sets, e.g. ethanol,oxides (oxides: minutes a fit)")
     parser.add_argument("--batches", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=3)
