@@ -131,7 +131,11 @@ def fit_scale_factors_if_needed(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # the bar only on a terminal: in a log (an experiment's job, CI) it is one endless line of redraws
-            names = ensure_scale_factors(backbone, batches, progress=progress and sys.stderr.isatty())
+            bar = progress and sys.stderr.isatty()
+            if progress and not bar:
+                n = len(unfitted_scale_factors(backbone))
+                print(f"fitting {n} GemNet-OC scale factors on {len(batches)} training batches", flush=True)
+            names = ensure_scale_factors(backbone, batches, progress=bar)
     finally:
         model_log.setLevel(level)
     backbone.train(was)
