@@ -31,7 +31,7 @@ _stopping_forward = scaling.ScaleFactor.forward
 
 
 def _whole_pass_forward(self, x, *, ref=None):  # side B: never stop a pass early
-    self.stop_after = None
+    self.stop_when_seen = False
     return _stopping_forward(self, x, ref=ref)
 
 

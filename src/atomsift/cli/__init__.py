@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 import warnings
+from typing import NoReturn
 
 import typer
 
@@ -81,6 +82,12 @@ def _interrupted() -> None:
     typer.secho(f"\ninterrupted (Ctrl-C): {interrupt_hint()}.", err=True, fg=typer.colors.YELLOW)
 
 
+def _fail(text: str, code: int) -> NoReturn:
+    """The one 'error:' paragraph on stderr, then exit with `code` (2: bad input, 1: a bug)."""
+    typer.secho(f"error: {text}", err=True, fg=typer.colors.RED)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: exit code 0 done, 1 unexpected error, 2 user error, 130 Ctrl-C.
 
@@ -107,16 +114,13 @@ def main(argv: list[str] | None = None) -> None:
         context = getattr(exc, "ctx", None)
         command = context.command_path if context is not None else "atomsift"
         message = exc.format_message().rstrip(".")  # click ends some messages with a full stop, some not
-        typer.secho(f"error: {message}. Fix: `{command} --help` lists its options.", err=True, fg=typer.colors.RED)
-        sys.exit(getattr(exc, "exit_code", 2))
+        _fail(f"{message}. Fix: `{command} --help` lists its options.", getattr(exc, "exit_code", 2))
     except typer.Abort:
-        typer.secho("error: aborted.", err=True, fg=typer.colors.RED)
-        sys.exit(1)
+        _fail("aborted.", 1)
     except AtomsiftError as exc:
         if debug:  # the traceback, then the same exit code as without --debug (2: bad input, not a bug)
             traceback.print_exc()
-        typer.secho(f"error: {exc.message()}", err=True, fg=typer.colors.RED)
-        sys.exit(2)
+        _fail(exc.message(), 2)
     except KeyboardInterrupt:
         _interrupted()
         sys.exit(130)
@@ -126,23 +130,19 @@ def main(argv: list[str] | None = None) -> None:
         # a path that cannot be written or read (an --out under a read-only folder, a file where a folder must
         # be): bad input, named as such, not an internal error
         where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
-        typer.secho(
-            f"error: {exc.strerror or type(exc).__name__}: {where}. Fix: check the path (a folder where one is "
-            "needed, no file in its way) and that you may write there.",
-            err=True,
-            fg=typer.colors.RED,
+        _fail(
+            f"{exc.strerror or type(exc).__name__}: {where}. Fix: check the path (a folder where one is needed, no "
+            "file in its way) and that you may write there.",
+            2,
         )
-        sys.exit(2)
     except Exception as exc:
         if debug:
             raise
-        typer.secho(
-            f"error: unexpected {type(exc).__name__}: {exc}. Fix: re-run with --debug for the traceback "
-            "and report it with the command that triggered it.",
-            err=True,
-            fg=typer.colors.RED,
+        _fail(
+            f"unexpected {type(exc).__name__}: {exc}. Fix: re-run with --debug for the traceback and report it "
+            "with the command that triggered it.",
+            1,
         )
-        sys.exit(1)
     if code == 130:  # Ctrl-C inside a command (typer's Exit(130))
         _interrupted()
     if isinstance(code, int) and code:

@@ -310,7 +310,8 @@ def merge_metrics(out: Path) -> Path | None:
 
 
 def resume_point(out: Path) -> str:
-    """'resuming RUN from step S (epoch E of N)' for the run's last.ckpt, read without its tensors (mmap)."""
+    """'resuming RUN from its checkpoint: step S, epoch E (B batches in)' for the run's last.ckpt, read without
+    its tensors (mmap)."""
     ckpt = Path(out) / "checkpoints" / "last.ckpt"
     try:  # the run's own file (atomsift wrote it): its loop state is pickled
         state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
