@@ -151,8 +151,8 @@ def test_fused_dense_matches_separate_layers(activation):
     fused = fused_dense(x, layers)
     separate = [layer(x) for layer in layers]
     assert [f.shape for f in fused] == [(30, 12), (30, 5), (30, 7)]
-    for f, s in zip(fused, separate):
-        torch.testing.assert_close(f, s, rtol=1e-6, atol=1e-7)
+    for f, s in zip(fused, separate):  # float32 rounding apart: MKL may pick another kernel for the wider product
+        torch.testing.assert_close(f, s)
     weights = [torch.randn_like(s) for s in separate]
     grads_fused = torch.autograd.grad(sum((f * w).sum() for f, w in zip(fused, weights)), [x, layers[1].linear.weight])
     grads_sep = torch.autograd.grad(sum((s * w).sum() for s, w in zip(separate, weights)), [x, layers[1].linear.weight])
