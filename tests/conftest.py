@@ -23,3 +23,13 @@ def test_data() -> Path:
 def real_data() -> Path:
     """The folder of the bundled real data files (rMD17 ethanol, acac MD, PBE oxides, adsorbates, OC20 frame)."""
     return bundled_dir()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_model_warnings():
+    """GemNet-OC says each data warning once per process: give every test a fresh process's state."""
+    from atomsift.models.backbones.gemnet_oc.utils import WARNED
+
+    WARNED.clear()
+    yield
+    WARNED.clear()

@@ -27,6 +27,7 @@ from atomsift.models.backbones.gemnet_oc.compat import (
 from atomsift.models.backbones.gemnet_oc.model import GemNetOC, GemNetOCOutput, ensure_scale_factors
 from atomsift.models.backbones.gemnet_oc.presets import PRESETS
 from atomsift.models.backbones.gemnet_oc.scaling import ScaleFactor, has_unfitted_scale_factors
+from atomsift.models.backbones.gemnet_oc.utils import WARNED
 from atomsift.models.base import Backbone
 
 # backbone parameters of fairchem-core 1.10's GemNetOC with these presets, minus out_energy / out_forces
@@ -343,6 +344,10 @@ def test_ase_layer_tags_and_missing_qint_tags_are_warned_about_once(caplog):
     said = [r.getMessage() for r in caplog.records if "GemNet-OC" in r.getMessage()]
     assert len(said) == 1 and "tags [3] are not OC20's" in said[0]
     caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        GemNetOC.from_preset("tiny", qint_tags=[1, 2])(collate([slab]))
+    assert not caplog.records  # once per process, not per model (a run's training, EMA and test models)
+    WARNED.clear()  # as in a new process
     muted = GemNetOC.from_preset("tiny", qint_tags=[1, 2])
     logger = logging.getLogger("atomsift.models.backbones.gemnet_oc.model")
     logger.setLevel(logging.ERROR)  # as while fitting scale factors before training
@@ -354,11 +359,13 @@ def test_ase_layer_tags_and_missing_qint_tags_are_warned_about_once(caplog):
         muted(collate([slab]))  # what the muted pass could not say is said now
     assert "tags [3] are not OC20's" in caplog.text
     caplog.clear()
+    WARNED.clear()
     slab.set_tags(2)
     with caplog.at_level(logging.WARNING):
         GemNetOC.from_preset("tiny", qint_tags=[1, 2])(collate([slab]))
     assert not caplog.records
     slab.set_tags(0)
+    WARNED.clear()
     with caplog.at_level(logging.WARNING):
         GemNetOC.from_preset("tiny", qint_tags=[1, 2])(collate([slab]))
     assert "no atom of this batch has a tag in qint_tags=[1, 2]" in caplog.text

@@ -6,6 +6,7 @@ where it is an outer product, see quadruplets.py), each projected by the model's
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -14,12 +15,12 @@ from torch import Tensor
 from atomsift.models.backbones.gemnet_oc.graphs import InteractionGraphs
 from atomsift.models.backbones.gemnet_oc.layers import BasisEmbedding
 from atomsift.models.backbones.gemnet_oc.quadruplets import factored_quad_basis
-from atomsift.models.backbones.gemnet_oc.utils import get_angle, inner_product_clamped
+from atomsift.models.backbones.gemnet_oc.utils import get_angle, inner_product_clamped, log
 
 if TYPE_CHECKING:
     from atomsift.models.backbones.gemnet_oc.model import GemNetOC
 
-__all__ = ["batch_bases", "quad_angles"]
+__all__ = ["batch_bases", "collinear_triplets", "collinear_warning", "quad_angles"]
 
 
 def quad_angles(graphs: InteractionGraphs) -> tuple[Tensor, Tensor, Tensor]:
@@ -34,6 +35,51 @@ def quad_angles(graphs: InteractionGraphs) -> tuple[Tensor, Tensor, Tensor]:
     cos_cab = inner_product_clamped(v_ca, v_ba)
     v_ca_cross = torch.cross(v_ca, v_ba, dim=-1).index_select(0, q["trip_out_to_quad"])
     return cos_cab, cos_abd, get_angle(v_ca_cross, v_db_cross)
+
+
+COLLINEAR_SIN = 1e-4  # sin of an angle below which a quadruplet's triplet counts as collinear
+
+
+@torch.no_grad()
+def collinear_triplets(graphs: InteractionGraphs, tol: float = COLLINEAR_SIN) -> tuple[int, int]:
+    """(collinear, all) triplets among those the quadruplets are made of: output triplets c-a-b and input
+    triplets a-b-d whose angle has sin below ``tol`` and moves with the positions (not two images of one atom).
+
+    At such a triplet the quadruplets' dihedral angle is undefined: the energy has a kink, and its gradient (the
+    forces of gradient-force models) grows like 1 / sin as the triplet is approached.
+    """
+    v_main, v_qint, q = graphs.main["vector"], graphs.qint["vector"], graphs.quad_idx
+    e_main, e_qint = graphs.main["edge_index"], graphs.qint["edge_index"]
+    count = total = 0
+    # triplet_in: main edge d->b ("in"), qint edge b->a ("out"); triplet_out: main c->a ("out"), qint b->a ("in")
+    for t, main_edge_key, qint_edge_key in ((q["triplet_in"], "in", "out"), (q["triplet_out"], "out", "in")):
+        main_edge, qint_edge = t[main_edge_key], t[qint_edge_key]
+        sin = torch.linalg.cross(v_main.index_select(0, main_edge), v_qint.index_select(0, qint_edge), dim=-1)
+        # two images of one atom (d = b = a, or c = b = a): a lattice-fixed angle, no force
+        src_main, src_qint, tgt_qint = e_main[0, main_edge], e_qint[0, qint_edge], e_qint[1, qint_edge]
+        fixed = (src_main == src_qint) & (src_qint == tgt_qint)
+        count += int(((sin.norm(dim=-1) < tol) & ~fixed).sum())
+        total += main_edge.numel()
+    return count, total
+
+
+def collinear_warning(graphs: InteractionGraphs, warned: set[str]) -> None:
+    """Warn once per process (``warned``: utils.WARNED) when a gradient-force batch has collinear quadruplet
+    triplets."""
+    if "collinear" in warned or not log.isEnabledFor(logging.WARNING) or graphs.quad_idx["out"].numel() == 0:
+        return
+    count, total = collinear_triplets(graphs)
+    if count:
+        warned.add("collinear")
+        log.warning(
+            "GemNet-OC with gradient forces: %d of this batch's %d quadruplet triplets are collinear (atoms on "
+            "a line, as in symmetric crystals). GemNet-OC's dihedral angle is undefined there (fairchem's and "
+            "JMP's alike): the energy has a kink and its gradient, the forces, is unbounded near it. Train "
+            "such data with direct forces (task.forces=direct); expect gradient-force errors far above the "
+            "data's",
+            count,
+            total,
+        )
 
 
 def batch_bases(model: GemNetOC, g: InteractionGraphs, num_atoms: int) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from atomsift.errors import ConfigError
 from atomsift.models.backbones.gemnet_oc.bases import CircularBasisLayer, RadialBasis, SphericalBasisLayer
-from atomsift.models.backbones.gemnet_oc.batch_bases import batch_bases
+from atomsift.models.backbones.gemnet_oc.batch_bases import batch_bases, collinear_warning
 from atomsift.models.backbones.gemnet_oc.blocks import InteractionBlock
 from atomsift.models.backbones.gemnet_oc.graphs import (
     GraphSettings,
@@ -46,7 +46,7 @@ from atomsift.models.backbones.gemnet_oc.layers import (
 )
 from atomsift.models.backbones.gemnet_oc.outputs import OutputBlock
 from atomsift.models.backbones.gemnet_oc.scaling import fit_scale_factors, unfitted_scale_factors
-from atomsift.models.backbones.gemnet_oc.utils import tag_warnings
+from atomsift.models.backbones.gemnet_oc.utils import WARNED, tag_warnings
 from atomsift.models.base import Backbone, BackboneOutput, no_neighbours_error
 
 __all__ = ["GemNetOC", "GemNetOCOutput", "ensure_scale_factors"]
@@ -224,7 +224,6 @@ class GemNetOC(Backbone):
         self.node_dim = emb_size_atom
         self.edge_dim = emb_size_edge if direct_forces else None
         self.num_elements = num_elements + 1  # Backbone convention: exclusive upper bound
-        self._tag_warnings: set[str] = set()  # kinds of tag warning already given (utils.tag_warnings)
         self.edge_dropout = 0.0  # set by training (JMP pretraining: 0.1); active in train mode only
         self.edge_dropout_generator: torch.Generator | None = None
 
@@ -417,8 +416,8 @@ class GemNetOC(Backbone):
         )
         if error is not None:
             raise error
-        if self.quad_interaction and len(self._tag_warnings) < 2:
-            tag_warnings(batch.tags, tuple(self.graph_settings.qint_tags), self._tag_warnings)
+        if self.quad_interaction and not {"odd", "none"} <= WARNED:
+            tag_warnings(batch.tags, tuple(self.graph_settings.qint_tags), WARNED)
         return graphs
 
     def forward(self, batch: Any) -> GemNetOCOutput:
@@ -426,6 +425,8 @@ class GemNetOC(Backbone):
         self.check_batch(batch)
         g = self.build_graphs(batch)
         num_atoms = batch.num_atoms
+        if self.quad_interaction and g.main["vector"].requires_grad:  # forces by gradient
+            collinear_warning(g, WARNED)
         b = batch_bases(self, g, num_atoms)
         edge_index = g.main["edge_index"]
         idx_t = edge_index[1]

@@ -16,8 +16,12 @@ from torch import Tensor
 log = logging.getLogger("atomsift.models.backbones.gemnet_oc.model")
 
 OC20_TAGS = (0, 1, 2)  # subsurface, surface, adsorbate
+# kinds of data warning already given in this process (tag_warnings, batch_bases.collinear_warning): once per
+# process, not per model, as a run's training, EMA and test models would each repeat it
+WARNED: set[str] = set()
 
 __all__ = [
+    "WARNED",
     "calculate_interatomic_vectors",
     "get_angle",
     "get_edge_id",
@@ -251,7 +255,7 @@ def tag_warnings(tags: Tensor, qint_tags: tuple[int, ...], warned: set[str]) -> 
 
     Tags outside OC20's 0 / 1 / 2 are most likely ASE's: its surface builders (fcc111, ...) number the layers
     from the top (1, 2, 3, ...) and give adsorbates 0. And when no atom has a tag in ``qint_tags`` the
-    quadruplets contribute nothing. ``warned`` holds the kinds already said (the model keeps it).
+    quadruplets contribute nothing. ``warned`` holds the kinds already said (the model passes ``WARNED``).
     """
     if not log.isEnabledFor(logging.WARNING):  # muted (scale-factor fitting): say it at the next chance instead
         return
