@@ -88,6 +88,17 @@ def _fail(text: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _unexpected(exc: BaseException, debug: bool) -> NoReturn:
+    """A bug: Python's traceback with --debug, else one line asking for it (exit 1)."""
+    if debug:
+        raise exc
+    _fail(
+        f"unexpected {type(exc).__name__}: {exc}. Fix: re-run with --debug for the traceback and report it "
+        "with the command that triggered it.",
+        1,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: exit code 0 done, 1 unexpected error, 2 user error, 130 Ctrl-C.
 
@@ -125,8 +136,10 @@ def main(argv: list[str] | None = None) -> None:
         _interrupted()
         sys.exit(130)
     except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError, FileNotFoundError) as exc:
-        if debug or not exc.filename:  # without a file name it is not about a path the user gave: a bug
-            raise
+        if not exc.filename:  # without a file name it is not about a path the user gave: a bug
+            _unexpected(exc, debug)
+        if debug:  # the traceback, then the same exit code as without --debug (2: bad input, not a bug)
+            traceback.print_exc()
         # a path that cannot be written or read (an --out under a read-only folder, a file where a folder must
         # be): bad input, named as such, not an internal error
         where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
@@ -136,13 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             2,
         )
     except Exception as exc:
-        if debug:
-            raise
-        _fail(
-            f"unexpected {type(exc).__name__}: {exc}. Fix: re-run with --debug for the traceback and report it "
-            "with the command that triggered it.",
-            1,
-        )
+        _unexpected(exc, debug)
     if code == 130:  # Ctrl-C inside a command (typer's Exit(130))
         _interrupted()
     if isinstance(code, int) and code:
