@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             "file in its way) and that you may write there.",
             2,
         )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (a bug: one line, or the traceback with --debug)
         _unexpected(exc, debug)
     if code == 130:  # Ctrl-C inside a command (typer's Exit(130))
         _interrupted()
