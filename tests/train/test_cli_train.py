@@ -49,6 +49,7 @@ def test_pretrain_finetune_evaluate_end_to_end(tmp_path):
     dry = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "pt"), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "C = 60 structure passes" in dry.stdout and not (tmp_path / "pt").exists()
+    assert f"run folder {tmp_path / 'pt'}: a new run" in dry.stdout
     pt = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "pt"), "seed=3")
     assert pt.returncode == 0, pt.stderr
     assert "30 x 2 = 60 structure passes (60 seen)" in pt.stdout
@@ -60,6 +61,8 @@ def test_pretrain_finetune_evaluate_end_to_end(tmp_path):
     ]
     assert len(shown) == len(logged) == 2 and shown == pytest.approx(logged, rel=1e-3)
     assert yaml.safe_load((tmp_path / "pt/config.yaml").read_text())["seed"] == 3
+    dry = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "pt"), "seed=4", "--dry-run")
+    assert "refused, it holds a run with other settings (seed: 3 -> 4)" in " ".join(dry.stdout.split())
     ft = run(
         "finetune",
         "--preset",

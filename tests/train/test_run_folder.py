@@ -11,7 +11,7 @@ import pytest
 from atomsift.csi.cache import load_stats, lookup, save_stats
 from atomsift.errors import ConfigError, DataError
 from atomsift.train.inputs import read_run_json
-from atomsift.train.run_folder import LOCK_FILE, prepare_run, releases_run_locks
+from atomsift.train.run_folder import LOCK_FILE, folder_outlook, prepare_run, releases_run_locks
 
 SETTINGS = {"lr": 1e-3, "epochs": 2}
 
@@ -208,3 +208,31 @@ def test_a_run_releases_its_folder_lock_when_it_ends(tmp_path):
     run(tmp_path / "run")
     assert not (tmp_path / "run" / LOCK_FILE).exists()
     run(tmp_path / "run")  # taken again by the next run in this process
+
+
+def test_the_dry_run_outlook_says_what_the_run_would_do_with_its_folder(tmp_path):
+    """Each --dry-run line against what prepare_run then does (it printed the plan alone, even where the run would
+    be refused or reused)."""
+    out = tmp_path / "run"
+
+    def outlook(settings=SETTINGS, resume=False, overwrite=False):
+        return folder_outlook(out, settings, resume=resume, overwrite=overwrite)
+
+    assert outlook().endswith("a new run") and "--resume is refused" in outlook(resume=True)
+    assert prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain") == "new"
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"not read as a checkpoint here")
+    assert "refused, it holds this run unfinished; --resume continues it" in outlook()
+    with pytest.raises(ConfigError, match="unfinished run"):
+        prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain")
+    assert "resuming" in outlook(resume=True)
+    assert prepare_run(out, SETTINGS, resume=True, overwrite=False, command="pretrain") == "resume"
+    (out / "summary.json").write_text("{}")
+    assert "finished: it is reused and nothing trains" in outlook()
+    assert prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain") == "done"
+    other = {**SETTINGS, "epochs": 3}
+    assert "refused, it holds a run with other settings (epochs: 2 -> 3)" in outlook(other)
+    with pytest.raises(ConfigError, match="other settings"):
+        prepare_run(out, other, resume=False, overwrite=False, command="pretrain")
+    assert "--overwrite removes the run" in outlook(other, overwrite=True)
+    assert (out / "summary.json").exists()  # the outlook wrote and removed nothing

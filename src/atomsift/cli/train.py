@@ -78,6 +78,7 @@ def pretrain(
     from atomsift.settings import resolve_settings
     from atomsift.train.config import PretrainConfig
     from atomsift.train.pretrain import plan_pretraining, print_plan, run_pretraining
+    from atomsift.train.run_folder import folder_outlook
 
     for value, flag in ((batch_size, "--batch-size"), (n_samples, "--n-samples"), (epochs, "--epochs")):
         at_least_one(value, flag)
@@ -94,6 +95,8 @@ def pretrain(
     console = make_console()
     if dry_run:
         print_plan(plan_pretraining(cfg), cfg, console)
+        outlook = folder_outlook(out, cfg.model_dump(mode="json"), resume=resume, overwrite=overwrite)
+        console.print(outlook, markup=False, highlight=False)
         return
     _quiet_lightning()
     run_pretraining(cfg, out, resume=resume, overwrite=overwrite, console=console)
@@ -133,6 +136,7 @@ def finetune(
     from atomsift.settings import resolve_settings
     from atomsift.train.config import FinetuneConfig
     from atomsift.train.finetune import load_preset, run_finetuning
+    from atomsift.train.run_folder import folder_outlook
 
     for value, flag in ((batch_size, "--batch-size"), (epochs, "--epochs")):
         at_least_one(value, flag)
@@ -169,7 +173,11 @@ def finetune(
         example='docs/training.md, "Settings of atomsift finetune"',
     )
     _quiet_lightning()
-    run_finetuning(cfg, out, resume=resume, overwrite=overwrite, console=make_console(), dry_run=dry_run)
+    console = make_console()
+    run_finetuning(cfg, out, resume=resume, overwrite=overwrite, console=console, dry_run=dry_run)
+    if dry_run:
+        outlook = folder_outlook(out, cfg.model_dump(mode="json"), resume=resume, overwrite=overwrite)
+        console.print(outlook, markup=False, highlight=False)
 
 
 def evaluate(

@@ -215,6 +215,36 @@ def prepare_run(
     return "new"
 
 
+def folder_outlook(out: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool) -> str:
+    """What a run with `settings` would do with `out` (for --dry-run; reads, writes nothing): the line
+    prepare_run's decision would lead to, refusals included."""
+    out = Path(out)
+    if overwrite:
+        return f"run folder {out}: --overwrite removes the run there and starts again"
+    saved_path = out / "config.yaml"
+    if not saved_path.exists():
+        return f"run folder {out}: " + ("--resume is refused, no run there" if resume else "a new run")
+    try:
+        diff = config_diff(read_run_yaml(saved_path), settings)
+    except ConfigError as exc:
+        return f"run folder {out}: refused, {exc}"
+    started = (out / "checkpoints" / "last.ckpt").exists() or (out / "summary.json").exists()
+    if not started:
+        return f"run folder {out}: an earlier attempt stopped before its first checkpoint; the run starts again"
+    if diff:
+        return (
+            f"run folder {out}: refused, it holds a run with other settings ({diff_text(diff)}); --overwrite "
+            "replaces it"
+        )
+    if (out / "summary.json").exists():
+        return f"run folder {out}: holds this run, finished: it is reused and nothing trains"
+    if not resume:
+        return f"run folder {out}: refused, it holds this run unfinished; --resume continues it"
+    from atomsift.train.runner import resume_point  # torch and Lightning: only when there is a checkpoint
+
+    return f"run folder {out}: " + resume_point(out)
+
+
 OWN_INSIDE = {
     "checkpoints": ("last.ckpt", ".last.ckpt.tmp*"),
     "logs": ("attempt_*", "tensorboard", "wandb"),
