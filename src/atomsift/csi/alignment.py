@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 from ase.data import chemical_symbols
-from tqdm import tqdm
 
 from atomsift.csi.config import CSIConfig
 from atomsift.csi.extras import DatasetExtras
@@ -38,6 +37,7 @@ from atomsift.csi.measures import (
 )
 from atomsift.csi.statistics import GroupedStats
 from atomsift.errors import ConfigError
+from atomsift.progress import progress_bar
 
 __all__ = ["element_list", "interval_ties", "score_measures", "ties"]
 
@@ -151,7 +151,7 @@ def score_measures(
             diag["bandwidth"] = h
             diag["reservoir_rows_downstream"] = int(down_rows.shape[0])
             down_elements = ex.element_moments() if "csi_element" in wanted and ex.element_stats else None
-        for r in tqdm(sub, desc=f"measures {dn.name}", unit="set", leave=False):
+        for r in progress_bar(sub, desc=f"measures {dn.name}", unit="set", leave=False):
             u = next(x for x in up if x.name == r["upstream"])
             r["tied_with"] = tied[u.name]
             r["ood_ratio"] = ratio

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from atomsift.csi.config import CSIConfig
 from atomsift.csi.extract import FeatureExtractor, aggregate
@@ -25,6 +24,7 @@ from atomsift.csi.statistics import GaussianStats
 from atomsift.data.sampling import save_subset
 from atomsift.data.spec import open_spec
 from atomsift.errors import ConfigError
+from atomsift.progress import progress_bar
 
 __all__ = ["ClassCandidate", "class_candidates"]
 
@@ -102,7 +102,9 @@ def class_candidates(up: list[Any], extractor: FeatureExtractor, cfg: CSIConfig,
         stats = {c: GaussianStats(extractor.dim) for c in classes}
         draws = dict.fromkeys(classes, 0)
         unique = sorted(copies)
-        for start in tqdm(range(0, len(unique), cfg.batch_size), desc=f"classes {u.name}", unit="batch", leave=False):
+        for start in progress_bar(
+            range(0, len(unique), cfg.batch_size), desc=f"classes {u.name}", unit="batch", leave=False
+        ):
             batch = unique[start : start + cfg.batch_size]
             for idx, feats in zip(batch, extractor.features([ds[i] for i in batch]), strict=True):
                 c = str(labels_all[idx])

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from atomsift.csi.cache import dataset_fingerprint, lookup, save_stats
 from atomsift.csi.config import CSIConfig, DatasetSpec
@@ -36,6 +35,7 @@ from atomsift.data.sampling import class_balanced_indices, indices_hash, random_
 from atomsift.data.spec import open_spec
 from atomsift.device import check_device
 from atomsift.errors import ConfigError, naming_file
+from atomsift.progress import progress_bar
 
 
 @dataclass
@@ -122,7 +122,7 @@ def _accumulate(
     group_of = {idx: k % n_groups for k, idx in enumerate(positions)}
     grouped = GroupedStats(extractor.dim, n_groups=n_groups)
     unique = sorted(positions)  # read in index order (fast for every reader); each structure extracted once
-    with tqdm(total=len(indices), desc=f"features {label}", unit="struct") as bar:
+    with progress_bar(total=len(indices), desc=f"features {label}", unit="struct") as bar:
         for start in range(0, len(unique), cfg.batch_size):
             batch = unique[start : start + cfg.batch_size]
             records = [ds[i] for i in batch]
@@ -323,7 +323,9 @@ def score(up: list[DatasetStats], down: list[DatasetStats], cfg: CSIConfig) -> l
         if cfg.bootstrap > 0 and able:
             down_reps = dn.grouped.bootstrap(cfg.bootstrap, _sub_seed(cfg.seed, f"down:{dn.name}"))
             up_reps = {u.name: u.grouped.bootstrap(cfg.bootstrap, _sub_seed(cfg.seed, f"up:{u.name}")) for u in able}
-            for down_b in tqdm(down_reps, total=cfg.bootstrap, desc=f"bootstrap {dn.name}", unit="rep", leave=False):
+            for down_b in progress_bar(
+                down_reps, total=cfg.bootstrap, desc=f"bootstrap {dn.name}", unit="rep", leave=False
+            ):
                 up_b = {u.name: next(up_reps[u.name]) for u in able}
                 if down_b.n < 2:
                     continue  # a replicate drew too few observations for a covariance (tiny samples only)

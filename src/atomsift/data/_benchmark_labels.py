@@ -225,6 +225,6 @@ def bond_graph_hash(numbers: np.ndarray, positions: np.ndarray, *, scale: float 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> Any:
     """A tqdm bar on stderr (disabled, drawing nothing, when `enabled` is False)."""
-    from tqdm import tqdm
+    from atomsift.progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="struct", disable=not enabled, leave=True)
+    return progress_bar(total=total, desc=desc, unit="struct", disable=not enabled, leave=True)

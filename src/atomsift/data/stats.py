@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 from ase.data import chemical_symbols
-from tqdm import tqdm
 
 from atomsift.data.base import Dataset
 from atomsift.errors import ConfigError, DataError
+from atomsift.progress import progress_bar
 
 
 def _norm(name: str) -> str:
@@ -61,7 +61,7 @@ def summarize(
     t_count = 0
     target_key: str | None = None
     periodic = 0
-    for i in tqdm(range(n), desc=f"inspect {ds.path.name}", unit="rec", disable=not progress, leave=False):
+    for i in progress_bar(range(n), desc=f"inspect {ds.path.name}", unit="rec", disable=not progress, leave=False):
         rec = ds[i]
         k = rec.natoms
         n_atoms += k

@@ -175,9 +175,9 @@ class AtomsModel(nn.Module):
         results: list[dict[str, Any]] = []
         starts = range(0, len(structures), batch_size)
         if progress:
-            from tqdm.auto import tqdm
+            from atomsift.progress import progress_bar
 
-            starts = tqdm(starts, desc="predict", unit="batch")
+            starts = progress_bar(starts, desc="predict", unit="batch")
         try:
             for start in starts:
                 chunk = structures[start : start + batch_size]

@@ -432,9 +432,9 @@ def write_aselmdb(
     labels: list[str | None] = []
     iterator = records
     if progress:
-        from tqdm import tqdm
+        from atomsift.progress import progress_bar
 
-        iterator = tqdm(records, desc=f"writing {path.name}", unit="structure", total=total)
+        iterator = progress_bar(records, desc=f"writing {path.name}", unit="structure", total=total)
     try:
         db = LMDBDatabase(tmp, readonly=False, use_lock_file=False)
         with db:
