@@ -163,3 +163,26 @@ def test_a_target_under_another_key_is_named_with_the_file_and_the_option_to_rea
     assert exc.value.fix.startswith(
         "no 'energy' in the first frame; it has dft_energy: read it with the reader option energy_key=dft_energy"
     )
+
+
+def test_merged_metrics_keep_lightnings_column_order_across_attempts(tmp_path):
+    """A resumed run's metrics.csv had its columns in the order the attempts first logged them."""
+    import csv
+
+    from atomsift.train.runner import merge_metrics
+
+    first = tmp_path / "logs" / "attempt_0"
+    second = tmp_path / "logs" / "attempt_1"
+    first.mkdir(parents=True)
+    second.mkdir()
+    (first / "metrics.csv").write_text("epoch,step,train/loss_step\n0,9,0.5\n0,19,0.4\n")
+    (second / "metrics.csv").write_text("epoch,step,val/loss,train/loss_step,lr\n0,19,,0.41,\n0,29,0.3,,1e-3\n")
+    with open(merge_metrics(tmp_path), newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert reader.fieldnames == ["epoch", "step", "lr", "train/loss_step", "val/loss"]
+    assert [(r["step"], r["train/loss_step"], r["val/loss"], r["lr"]) for r in rows] == [
+        ("9", "0.5", "", ""),
+        ("19", "0.41", "", ""),  # the later attempt's row for the same step and metrics replaces the earlier one
+        ("29", "", "0.3", "1e-3"),
+    ]
