@@ -62,7 +62,7 @@ def test_pretrain_finetune_evaluate_end_to_end(tmp_path):
     assert len(shown) == len(logged) == 2 and shown == pytest.approx(logged, rel=1e-3)
     assert yaml.safe_load((tmp_path / "pt/config.yaml").read_text())["seed"] == 3
     dry = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "pt"), "seed=4", "--dry-run")
-    assert "refused, it holds a run with other settings (seed: 3 -> 4)" in " ".join(dry.stdout.split())
+    assert "refused: the run folder holds a run with other settings (seed: 3 -> 4)" in " ".join(dry.stdout.split())
     ft = run(
         "finetune",
         "--preset",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -210,29 +211,68 @@ def test_a_run_releases_its_folder_lock_when_it_ends(tmp_path):
     run(tmp_path / "run")  # taken again by the next run in this process
 
 
-def test_the_dry_run_outlook_says_what_the_run_would_do_with_its_folder(tmp_path):
-    """Each --dry-run line against what prepare_run then does (it printed the plan alone, even where the run would
-    be refused or reused)."""
-    out = tmp_path / "run"
-
-    def outlook(settings=SETTINGS, resume=False, overwrite=False):
-        return folder_outlook(out, settings, resume=resume, overwrite=overwrite)
-
-    assert outlook().endswith("a new run") and "--resume is refused" in outlook(resume=True)
-    assert prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain") == "new"
+def _state(root, name):
+    """A run folder in one of the states prepare_run tells apart."""
+    out = root / name
+    if name == "missing":
+        return out
+    if name == "a-file":
+        out.write_text("x")
+        return out
+    out.mkdir()
+    if name == "foreign":
+        (out / "metrics.csv").write_text("mine")
+        return out
+    if name == "damaged-config":
+        (out / "config.yaml").write_text("[unclosed")
+        return out
+    settings = {**SETTINGS, "epochs": 3} if name == "other-settings" else SETTINGS
+    assert (
+        prepare_run(out, settings, resume=False, overwrite=False, command="pretrain", fingerprints={"d": "1"}) == "new"
+    )
+    if name in ("stopped-early", "other-settings"):
+        return out
     (out / "checkpoints").mkdir()
     (out / "checkpoints" / "last.ckpt").write_bytes(b"not read as a checkpoint here")
-    assert "refused, it holds this run unfinished; --resume continues it" in outlook()
-    with pytest.raises(ConfigError, match="unfinished run"):
-        prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain")
-    assert "resuming" in outlook(resume=True)
-    assert prepare_run(out, SETTINGS, resume=True, overwrite=False, command="pretrain") == "resume"
-    (out / "summary.json").write_text("{}")
-    assert "finished: it is reused and nothing trains" in outlook()
-    assert prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain") == "done"
-    other = {**SETTINGS, "epochs": 3}
-    assert "refused, it holds a run with other settings (epochs: 2 -> 3)" in outlook(other)
-    with pytest.raises(ConfigError, match="other settings"):
-        prepare_run(out, other, resume=False, overwrite=False, command="pretrain")
-    assert "--overwrite removes the run" in outlook(other, overwrite=True)
-    assert (out / "summary.json").exists()  # the outlook wrote and removed nothing
+    (out / "model.pt").write_bytes(b"weights")
+    if name in ("finished", "finished-inputs-changed"):
+        (out / "summary.json").write_text("{}")
+    return out
+
+
+STATES = ("missing", "a-file", "foreign", "damaged-config", "stopped-early", "other-settings", "unfinished")
+STATES += ("finished", "finished-inputs-changed")
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize(("resume", "overwrite"), [(False, False), (True, False), (False, True), (True, True)])
+def test_the_dry_run_outlook_says_what_prepare_run_then_does(tmp_path, state, resume, overwrite):
+    """--dry-run's line against what prepare_run does for the same folder and flags (it printed the plan alone,
+    and a first outlook disagreed in six states)."""
+    out = _state(tmp_path, state)
+    prints = "changed" if state == "finished-inputs-changed" else "1"
+    kwargs = {"resume": resume, "overwrite": overwrite, "command": "pretrain", "fingerprints": {"d": prints}}
+    kwargs["inputs"] = (out / "model.pt",) if state == "finished" else ()
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    line = folder_outlook(out, SETTINGS, **kwargs)
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before  # the outlook reads only
+    try:
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            result = prepare_run(out, SETTINGS, **kwargs)
+    except (ConfigError, DataError) as exc:
+        assert "refused" in line and exc.message() in line, line
+        return
+    assert "refused" not in line, line
+    expected = {
+        "done": "it is reused and nothing trains",
+        "resume": "resuming",
+        "new": "starts from its beginning"
+        if said
+        else (
+            "starts again"
+            if overwrite or state in ("stopped-early", "damaged-config", "other-settings")
+            else "a new run"
+        ),
+    }[result]
+    assert expected in line, (result, line)

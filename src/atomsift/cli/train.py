@@ -20,7 +20,10 @@ from atomsift.cli.common import (
 
 RESUME_HELP = "Continue the unfinished run in --out from its last checkpoint (same settings)."
 OVERWRITE_HELP = "Replace the run in --out (its config, checkpoints and outputs) instead of refusing."
-DRY_RUN_HELP = "Print the plan (datasets, sizes, shares, steps, budget, graph settings) and stop."
+DRY_RUN_HELP = (
+    "Print the plan (datasets, sizes, shares, steps, budget, graph settings) and what the run would do with --out, "
+    "and stop."
+)
 
 
 def _quiet_lightning() -> None:
@@ -77,8 +80,7 @@ def pretrain(
     _resume_hint(out)  # first: a Ctrl-C while the imports and the checks run says the same
     from atomsift.settings import resolve_settings
     from atomsift.train.config import PretrainConfig
-    from atomsift.train.pretrain import plan_pretraining, print_plan, run_pretraining
-    from atomsift.train.run_folder import folder_outlook
+    from atomsift.train.pretrain import dry_run_outlook, plan_pretraining, print_plan, run_pretraining
 
     for value, flag in ((batch_size, "--batch-size"), (n_samples, "--n-samples"), (epochs, "--epochs")):
         at_least_one(value, flag)
@@ -94,9 +96,11 @@ def pretrain(
     )
     console = make_console()
     if dry_run:
-        print_plan(plan_pretraining(cfg), cfg, console)
-        outlook = folder_outlook(out, cfg.model_dump(mode="json"), resume=resume, overwrite=overwrite)
-        console.print(outlook, markup=False, highlight=False)
+        plan = plan_pretraining(cfg)
+        print_plan(plan, cfg, console)
+        console.print(
+            dry_run_outlook(cfg, plan, out, resume=resume, overwrite=overwrite), markup=False, highlight=False
+        )
         return
     _quiet_lightning()
     run_pretraining(cfg, out, resume=resume, overwrite=overwrite, console=console)
@@ -123,7 +127,9 @@ def finetune(
     ),
     resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the split sizes and steps and stop."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the split sizes and steps and what the run would do with --out, and stop."
+    ),
     seed: int | None = typer.Option(
         None, "--seed", help="Seed of initialisation and order (the split has split.seed)."
     ),
@@ -136,7 +142,6 @@ def finetune(
     from atomsift.settings import resolve_settings
     from atomsift.train.config import FinetuneConfig
     from atomsift.train.finetune import load_preset, run_finetuning
-    from atomsift.train.run_folder import folder_outlook
 
     for value, flag in ((batch_size, "--batch-size"), (epochs, "--epochs")):
         at_least_one(value, flag)
@@ -173,11 +178,7 @@ def finetune(
         example='docs/training.md, "Settings of atomsift finetune"',
     )
     _quiet_lightning()
-    console = make_console()
-    run_finetuning(cfg, out, resume=resume, overwrite=overwrite, console=console, dry_run=dry_run)
-    if dry_run:
-        outlook = folder_outlook(out, cfg.model_dump(mode="json"), resume=resume, overwrite=overwrite)
-        console.print(outlook, markup=False, highlight=False)
+    run_finetuning(cfg, out, resume=resume, overwrite=overwrite, console=make_console(), dry_run=dry_run, outlook=True)
 
 
 def evaluate(

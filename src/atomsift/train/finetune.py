@@ -24,6 +24,7 @@ from rich.console import Console
 from atomsift.data.spec import open_spec
 from atomsift.errors import ConfigError, DataError, did_you_mean
 from atomsift.models import AtomsModel, build_backbone, load_checkpoint
+from atomsift.models.backbones.gemnet_oc.utils import forget_data_warnings
 from atomsift.models.checkpoint import LoadReport, check_checkpoint_path
 from atomsift.train.config import FinetuneConfig, SplitSpec
 from atomsift.train.data import BatchCollator, Task, TrainSet, indices_hash
@@ -31,7 +32,7 @@ from atomsift.train.inputs import input_fingerprints, read_run_json
 from atomsift.train.losses import TaskInfo
 from atomsift.train.metrics import FORCES_MAE, target_metric_names
 from atomsift.train.module import TrainModule
-from atomsift.train.run_folder import prepare_run, quiet_if_secondary, releases_run_locks, write_json
+from atomsift.train.run_folder import folder_outlook, prepare_run, quiet_if_secondary, releases_run_locks, write_json
 from atomsift.train.runner import resume_point, run_fit
 from atomsift.train.setup import (
     best_model_writer,
@@ -222,10 +223,12 @@ def run_finetuning(
     progress: bool = True,
     dry_run: bool = False,
     check_inputs: bool = True,
+    outlook: bool = False,
 ) -> dict[str, Any]:
     """Finetune as `cfg` says into the run folder `out`; returns the test metrics (also RUN/test_metrics.json).
 
-    `check_inputs`: as in `run_pretraining` (the data's and the starting checkpoint's fingerprints)."""
+    `check_inputs`: as in `run_pretraining` (the data's and the starting checkpoint's fingerprints). `outlook`:
+    a dry run also says what the run would do with `out` (the command's --dry-run; not the experiment's)."""
     from atomsift.train.evaluate import evaluate_model
 
     console = quiet_if_secondary(console or Console())
@@ -267,22 +270,25 @@ def run_finetuning(
         f"{len(splits['test'])} test structures, {cfg.epochs} epochs x {steps} steps of {cfg.batch_size}; target "
         f"{cfg.task.target} ({cfg.task.head} head, forces {cfg.task.forces or 'none'}); graph {graph_text}"
     )
-    if dry_run:
-        return {"splits": {k: len(v) for k, v in splits.items()}, "steps_per_epoch": steps}
     inputs = (cfg.checkpoint, cfg.backbone.checkpoint if cfg.backbone is not None else None)
     fingerprints = None
-    if check_inputs:
+    if check_inputs and (outlook or not dry_run):
         fingerprints = input_fingerprints(
             {name: ds, **({f"{name} (test)": test_ds} if test_ds is not ds else {})}, inputs
         )
-    state = prepare_run(
-        out, settings, resume=resume, overwrite=overwrite, command="finetune", inputs=inputs, fingerprints=fingerprints
-    )
+    folder = {"command": "finetune", "inputs": inputs, "fingerprints": fingerprints}
+    if dry_run:
+        if outlook:
+            line = folder_outlook(out, settings, resume=resume, overwrite=overwrite, **folder)
+            console.print(line, markup=False, highlight=False)
+        return {"splits": {k: len(v) for k, v in splits.items()}, "steps_per_epoch": steps}
+    state = prepare_run(out, settings, resume=resume, overwrite=overwrite, **folder)
     if state == "done":
         read_run_json(Path(out) / "summary.json")  # a damaged one is named, not reused
         metrics = read_run_json(Path(out) / "test_metrics.json")
         console.print(f"{out} already holds this finished run (same settings): reusing it")
         return metrics
+    forget_data_warnings()  # each run says its data warnings (an experiment runs many in one process)
     if state == "resume":
         console.print(resume_point(out))
     split_file = out / "split.json"

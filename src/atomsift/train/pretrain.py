@@ -21,6 +21,7 @@ from atomsift.data.base import label_hints
 from atomsift.data.spec import open_spec
 from atomsift.errors import ConfigError, DataError
 from atomsift.models import AtomsModel, build_backbone
+from atomsift.models.backbones.gemnet_oc.utils import forget_data_warnings
 from atomsift.train.config import PretrainConfig
 from atomsift.train.data import (
     BatchCollator,
@@ -35,7 +36,7 @@ from atomsift.train.data import (
 from atomsift.train.inputs import input_fingerprints, read_run_json
 from atomsift.train.losses import TaskInfo
 from atomsift.train.module import TrainModule
-from atomsift.train.run_folder import prepare_run, quiet_if_secondary, releases_run_locks, write_json
+from atomsift.train.run_folder import folder_outlook, prepare_run, quiet_if_secondary, releases_run_locks, write_json
 from atomsift.train.runner import resume_point, run_fit
 from atomsift.train.setup import (
     best_model_writer,
@@ -254,6 +255,19 @@ def build_model(cfg: PretrainConfig, tasks: list[Task]) -> tuple[AtomsModel, dic
     return AtomsModel(backbone, heads), info
 
 
+def _folder_args(cfg: PretrainConfig, plan: PretrainPlan, check_inputs: bool = True) -> dict[str, Any]:
+    """prepare_run's command, inputs and fingerprints for this run."""
+    starts_from = (cfg.backbone.checkpoint,)
+    fingerprints = input_fingerprints({d.name: d.dataset for d in plan.datasets}, starts_from) if check_inputs else None
+    return {"command": "pretrain", "inputs": starts_from, "fingerprints": fingerprints}
+
+
+def dry_run_outlook(cfg: PretrainConfig, plan: PretrainPlan, out: Path, *, resume: bool, overwrite: bool) -> str:
+    """The --dry-run line on what the run would do with `out` (run_folder.folder_outlook)."""
+    settings = cfg.model_dump(mode="json")
+    return folder_outlook(out, settings, resume=resume, overwrite=overwrite, **_folder_args(cfg, plan))
+
+
 @releases_run_locks
 def run_pretraining(
     cfg: PretrainConfig,
@@ -274,21 +288,13 @@ def run_pretraining(
     if overwrite or not (Path(out) / "summary.json").exists():  # a finished run is reused without its start
         cfg.backbone.check_source()  # a mistyped checkpoint path or hyperparameter before the folder is touched
     plan = plan_pretraining(cfg)  # opens the data and checks N against it before the run folder is touched
-    starts_from = (cfg.backbone.checkpoint,)
-    fingerprints = input_fingerprints({d.name: d.dataset for d in plan.datasets}, starts_from) if check_inputs else None
-    state = prepare_run(
-        out,
-        settings,
-        resume=resume,
-        overwrite=overwrite,
-        command="pretrain",
-        inputs=starts_from,
-        fingerprints=fingerprints,
-    )
+    folder = _folder_args(cfg, plan, check_inputs)
+    state = prepare_run(out, settings, resume=resume, overwrite=overwrite, **folder)
     if state == "done":
         summary = read_run_json(Path(out) / "summary.json")
         console.print(f"{out} already holds this finished run (same settings): reusing it")
         return summary
+    forget_data_warnings()  # each run says its data warnings (an experiment runs many in one process)
     if state == "resume":
         console.print(resume_point(out))
     print_plan(plan, cfg, console)

@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import yaml
 
-from atomsift.errors import ConfigError
+from atomsift.errors import AtomsiftError, ConfigError
 from atomsift.settings import check_output_dir, refuse_foreign_outputs, write_text_atomic
 from atomsift.train.inputs import check_inputs, read_run_yaml
 
@@ -131,6 +131,79 @@ def releases_run_locks(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def _flag_conflicts(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise ConfigError(
+            "--resume and --overwrite contradict each other: --resume continues the run in --out, --overwrite "
+            "deletes it first",
+            file=out,
+            fix="pass --resume to continue the run, or --overwrite alone to start it again",
+        )
+    if resume and not Path(out).exists():
+        raise ConfigError("--resume, but the run folder does not exist", file=out, fix="drop --resume to start one")
+
+
+def run_folder_decision(
+    out: Path,
+    settings: dict[str, Any],
+    *,
+    resume: bool,
+    overwrite: bool,
+    command: str,
+    inputs: tuple[str | Path | None, ...] = (),
+    fingerprints: dict[str, str] | None = None,
+) -> str:
+    """What a run with `settings` does with `out`, read only (prepare_run acts on it, --dry-run prints it).
+
+    Returns 'new', 'overwrite' (remove the run's files, then new), 'restart' (an attempt that stopped before its
+    first checkpoint: its config.yaml goes, then new), 'fresh' (--resume without a checkpoint: new, with a
+    warning), 'done' or 'resume'; raises ConfigError for every refusal.
+    """
+    out = Path(out)
+    _flag_conflicts(out, resume, overwrite)
+    if out.exists():
+        check_output_dir(out)  # an existing file is refused (an existing folder is left as it is)
+    if overwrite:
+        for item in filter(None, inputs):
+            if _removed_by_overwrite(out, Path(item)):
+                raise ConfigError(
+                    f"--overwrite would delete {item}, which this run reads",
+                    file=out,
+                    fix="copy it out of the run folder first, or choose another --out",
+                )
+        return "overwrite"
+    refuse_foreign_outputs(out, "config.yaml", RUN_FILES, what="atomsift run")
+    saved_path = out / "config.yaml"
+    has_checkpoint = (out / "checkpoints" / "last.ckpt").exists()
+    finished = (out / "summary.json").exists()
+    if not saved_path.exists():
+        if resume:
+            raise ConfigError("--resume, but the run folder holds no run", file=out, fix="drop --resume to start one")
+        return "new"
+    if not (has_checkpoint or finished) and not resume:
+        return "restart"  # an earlier attempt stopped before training (bad data, a typo): nothing to keep
+    diff = config_diff(read_run_yaml(saved_path), settings)
+    if diff:
+        raise ConfigError(
+            f"the run folder holds a run with other settings ({diff_text(diff)})",
+            file=out,
+            fix="use the original settings to resume or reuse it, another --out for a new run, or --overwrite "
+            "to replace it",
+        )
+    if not (has_checkpoint or finished):
+        return "fresh"  # --resume, but the earlier attempt stopped before its first checkpoint
+    check_inputs(out, fingerprints)
+    if finished:
+        return "done"
+    if not resume:
+        raise ConfigError(
+            "the run folder holds an unfinished run with these settings",
+            file=out,
+            fix=f"continue it with `atomsift {command} ... --resume`, or pass --overwrite to start again",
+        )
+    return "resume"
+
+
 def prepare_run(
     out: Path,
     settings: dict[str, Any],
@@ -141,7 +214,8 @@ def prepare_run(
     inputs: tuple[str | Path | None, ...] = (),
     fingerprints: dict[str, str] | None = None,
 ) -> str:
-    """Check the run folder against the settings; returns 'new', 'resume' or 'done'.
+    """Check the run folder against the settings (`run_folder_decision`) and act; returns 'new', 'resume' or
+    'done'.
 
     Writes config.yaml for a new run. Raises ConfigError, before anything is deleted, for a folder holding
     another run, an unfinished run without --resume, files a run writes but no run, --resume with --overwrite,
@@ -151,98 +225,60 @@ def prepare_run(
     """
     if secondary_rank():  # rank 0 checked the folder and wrote config.yaml before starting this process
         return "resume" if resume else "new"
-    if resume and overwrite:
-        raise ConfigError(
-            "--resume and --overwrite contradict each other: --resume continues the run in --out, --overwrite "
-            "deletes it first",
-            file=out,
-            fix="pass --resume to continue the run, or --overwrite alone to start it again",
-        )
-    if resume and not Path(out).exists():
-        raise ConfigError("--resume, but the run folder does not exist", file=out, fix="drop --resume to start one")
+    _flag_conflicts(out, resume, overwrite)  # before the folder is made
     out = check_output_dir(out)
     lock_run_folder(out)  # before anything is read or deleted: another process may be writing here
-    saved_path = out / "config.yaml"
-    if overwrite:
-        for item in filter(None, inputs):
-            if _removed_by_overwrite(out, Path(item)):
-                raise ConfigError(
-                    f"--overwrite would delete {item}, which this run reads",
-                    file=out,
-                    fix="copy it out of the run folder first, or choose another --out",
-                )
-    else:
-        refuse_foreign_outputs(out, "config.yaml", RUN_FILES, what="atomsift run")
-    if overwrite:  # also where files a run writes lie without config.yaml (refused above without --overwrite)
+    decision = run_folder_decision(
+        out, settings, resume=resume, overwrite=overwrite, command=command, inputs=inputs, fingerprints=fingerprints
+    )
+    if decision in ("done", "resume"):
+        return decision
+    if decision == "overwrite":  # also where files a run writes lie without config.yaml
         _remove_run_files(out)
-    started = (out / "checkpoints" / "last.ckpt").exists() or (out / "summary.json").exists()
-    if saved_path.exists() and not started and not resume:
-        saved_path.unlink()  # an earlier attempt stopped before training (bad data, a typo): nothing to keep
-    if saved_path.exists():
-        saved = read_run_yaml(saved_path)
-        diff = config_diff(saved, settings)
-        if diff:
-            raise ConfigError(
-                f"the run folder holds a run with other settings ({diff_text(diff)})",
-                file=out,
-                fix="use the original settings to resume or reuse it, another --out for a new run, or --overwrite "
-                "to replace it",
-            )
-        if started:  # a run stopped before its first checkpoint starts again: nothing of it to protect
-            check_inputs(out, fingerprints)
-        if (out / "summary.json").exists():
-            return "done"
-        if not (out / "checkpoints" / "last.ckpt").exists():
-            if resume:  # nothing to resume: the earlier attempt stopped before its first checkpoint
-                warnings.warn(
-                    f"--resume: {out}/checkpoints/ holds no checkpoint, so the run starts from its beginning",
-                    stacklevel=2,
-                )
-                return "new"
-        elif not resume:
-            raise ConfigError(
-                "the run folder holds an unfinished run with these settings",
-                file=out,
-                fix=f"continue it with `atomsift {command} ... --resume`, or pass --overwrite to start again",
-            )
-        else:
-            return "resume"
-    elif resume:
-        raise ConfigError("--resume, but the run folder holds no run", file=out, fix="drop --resume to start one")
-    write_atomic(saved_path, yaml.safe_dump(settings, sort_keys=False))
+    elif decision == "restart":
+        (out / "config.yaml").unlink()
+    elif decision == "fresh":
+        warnings.warn(
+            f"--resume: {out}/checkpoints/ holds no checkpoint, so the run starts from its beginning", stacklevel=2
+        )
+        return "new"
+    write_atomic(out / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
     if fingerprints:
         write_atomic(out / "inputs.json", json.dumps(fingerprints, indent=2, sort_keys=True) + "\n")
     return "new"
 
 
-def folder_outlook(out: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool) -> str:
-    """What a run with `settings` would do with `out` (for --dry-run; reads, writes nothing): the line
-    prepare_run's decision would lead to, refusals included."""
-    out = Path(out)
-    if overwrite:
-        return f"run folder {out}: --overwrite removes the run there and starts again"
-    saved_path = out / "config.yaml"
-    if not saved_path.exists():
-        return f"run folder {out}: " + ("--resume is refused, no run there" if resume else "a new run")
-    try:
-        diff = config_diff(read_run_yaml(saved_path), settings)
-    except ConfigError as exc:
-        return f"run folder {out}: refused, {exc}"
-    started = (out / "checkpoints" / "last.ckpt").exists() or (out / "summary.json").exists()
-    if not started:
-        return f"run folder {out}: an earlier attempt stopped before its first checkpoint; the run starts again"
-    if diff:
-        return (
-            f"run folder {out}: refused, it holds a run with other settings ({diff_text(diff)}); --overwrite "
-            "replaces it"
-        )
-    if (out / "summary.json").exists():
-        return f"run folder {out}: holds this run, finished: it is reused and nothing trains"
-    if not resume:
-        return f"run folder {out}: refused, it holds this run unfinished; --resume continues it"
-    from atomsift.train.runner import resume_point  # torch and Lightning: only when there is a checkpoint
+_OUTLOOK = {
+    "new": "a new run",
+    "overwrite": "--overwrite removes the run there and starts again",
+    "restart": "an earlier attempt stopped before its first checkpoint; the run starts again",
+    "fresh": "--resume, but the earlier attempt stopped before its first checkpoint: the run starts from its beginning",
+    "done": "holds this run, finished: it is reused and nothing trains",
+}
 
-    return f"run folder {out}: " + resume_point(out)
+
+def folder_outlook(
+    out: Path,
+    settings: dict[str, Any],
+    *,
+    resume: bool,
+    overwrite: bool,
+    command: str,
+    inputs: tuple[str | Path | None, ...] = (),
+    fingerprints: dict[str, str] | None = None,
+) -> str:
+    """One line for --dry-run: what the run would do with `out` (`run_folder_decision`), refusals included."""
+    try:
+        decision = run_folder_decision(
+            out, settings, resume=resume, overwrite=overwrite, command=command, inputs=inputs, fingerprints=fingerprints
+        )
+    except AtomsiftError as exc:
+        return f"run folder {out}: refused: {exc.message()}"
+    if decision == "resume":
+        from atomsift.train.runner import resume_point  # torch and Lightning: only when there is a checkpoint
+
+        return resume_point(out)
+    return f"run folder {out}: {_OUTLOOK[decision]}"
 
 
 OWN_INSIDE = {
