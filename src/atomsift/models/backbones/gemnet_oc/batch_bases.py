@@ -20,7 +20,7 @@ from atomsift.models.backbones.gemnet_oc.utils import get_angle, inner_product_c
 if TYPE_CHECKING:
     from atomsift.models.backbones.gemnet_oc.model import GemNetOC
 
-__all__ = ["batch_bases", "collinear_triplets", "collinear_warning", "quad_angles"]
+__all__ = ["COLLINEAR_CHECKS", "batch_bases", "collinear_quadruplets", "collinear_warning", "quad_angles"]
 
 
 def quad_angles(graphs: InteractionGraphs) -> tuple[Tensor, Tensor, Tensor]:
@@ -38,48 +38,59 @@ def quad_angles(graphs: InteractionGraphs) -> tuple[Tensor, Tensor, Tensor]:
 
 
 COLLINEAR_SIN = 1e-4  # sin of an angle below which a quadruplet's triplet counts as collinear
+COLLINEAR_CHECKS = 20  # gradient-force batches a model checks (each check waits for the device)
 
 
 @torch.no_grad()
-def collinear_triplets(graphs: InteractionGraphs, tol: float = COLLINEAR_SIN) -> tuple[int, int]:
-    """(collinear, all) triplets among those the quadruplets are made of: output triplets c-a-b and input
-    triplets a-b-d whose angle has sin below ``tol`` and moves with the positions (not two images of one atom).
+def collinear_quadruplets(graphs: InteractionGraphs, tol: float = COLLINEAR_SIN) -> tuple[int, int]:
+    """(singular, all) quadruplets c-a-b-d: those whose dihedral angle has an unbounded gradient.
 
-    At such a triplet the quadruplets' dihedral angle is undefined: the energy has a kink, and its gradient (the
-    forces of gradient-force models) grows like 1 / sin as the triplet is approached.
+    The dihedral is the angle between the normals of the planes c-a-b and a-b-d. Where exactly one of the two
+    triplets is collinear (sin below ``tol``) and its normal moves with the positions, the angle turns by O(1)
+    over a displacement of O(sin): the energy has a kink and its gradient (the forces of gradient-force models)
+    grows like 1 / sin. Not counted: triplets of two images of one atom (d = b = a, or c = b = a: a lattice-
+    fixed angle, no force), and quadruplets with both triplets collinear (both normals near zero: the angle's
+    clamp keeps the gradient at zero, as in linear molecules).
     """
     v_main, v_qint, q = graphs.main["vector"], graphs.qint["vector"], graphs.quad_idx
     e_main, e_qint = graphs.main["edge_index"], graphs.qint["edge_index"]
-    count = total = 0
+    collinear, moving = [], []
     # triplet_in: main edge d->b ("in"), qint edge b->a ("out"); triplet_out: main c->a ("out"), qint b->a ("in")
     for t, main_edge_key, qint_edge_key in ((q["triplet_in"], "in", "out"), (q["triplet_out"], "out", "in")):
         main_edge, qint_edge = t[main_edge_key], t[qint_edge_key]
-        sin = torch.linalg.cross(v_main.index_select(0, main_edge), v_qint.index_select(0, qint_edge), dim=-1)
-        # two images of one atom (d = b = a, or c = b = a): a lattice-fixed angle, no force
+        cross = torch.linalg.cross(v_main.index_select(0, main_edge), v_qint.index_select(0, qint_edge), dim=-1)
+        collinear.append(cross.norm(dim=-1) < tol)
         src_main, src_qint, tgt_qint = e_main[0, main_edge], e_qint[0, qint_edge], e_qint[1, qint_edge]
-        fixed = (src_main == src_qint) & (src_qint == tgt_qint)
-        count += int(((sin.norm(dim=-1) < tol) & ~fixed).sum())
-        total += main_edge.numel()
-    return count, total
+        moving.append(~((src_main == src_qint) & (src_qint == tgt_qint)))
+    to_in, to_out = q["trip_in_to_quad"], q["trip_out_to_quad"]
+    col_in, col_out = collinear[0].index_select(0, to_in), collinear[1].index_select(0, to_out)
+    singular = (col_in & moving[0].index_select(0, to_in) & ~col_out) | (
+        col_out & moving[1].index_select(0, to_out) & ~col_in
+    )
+    return int(singular.sum()), int(to_in.numel())
 
 
-def collinear_warning(graphs: InteractionGraphs, warned: set[str]) -> None:
-    """Warn once per process (``warned``: utils.WARNED) when a gradient-force batch has collinear quadruplet
-    triplets."""
-    if "collinear" in warned or not log.isEnabledFor(logging.WARNING) or graphs.quad_idx["out"].numel() == 0:
-        return
-    count, total = collinear_triplets(graphs)
+def collinear_warning(graphs: InteractionGraphs, warned: set[str]) -> bool:
+    """Warn once (``warned``: utils.WARNED, cleared per training run) when a gradient-force batch has
+    quadruplets with an unbounded gradient (`collinear_quadruplets`); False where it did not look (already
+    said, or the model's log muted as while fitting scale factors)."""
+    if "collinear" in warned or not log.isEnabledFor(logging.WARNING):
+        return False
+    if graphs.quad_idx["out"].numel() == 0:
+        return True
+    count, total = collinear_quadruplets(graphs)
     if count:
         warned.add("collinear")
         log.warning(
-            "GemNet-OC with gradient forces: %d of this batch's %d quadruplet triplets are collinear (atoms on "
-            "a line, as in symmetric crystals). GemNet-OC's dihedral angle is undefined there (fairchem's and "
-            "JMP's alike): the energy has a kink and its gradient, the forces, is unbounded near it. Train "
-            "such data with direct forces (task.forces=direct); expect gradient-force errors far above the "
-            "data's",
+            "GemNet-OC with gradient forces: %d of this batch's %d quadruplets have one collinear triplet (atoms "
+            "on a line, as in exactly symmetric crystals), where GemNet-OC's dihedral angle turns abruptly "
+            "(fairchem's and JMP's alike): the energy has a kink and its gradient, the forces, can be "
+            "arbitrarily large. Train such data with direct forces (task.forces=direct); expect gradient-force "
+            "errors far above the data's",
             count,
             total,
         )
+    return True
 
 
 def batch_bases(model: GemNetOC, g: InteractionGraphs, num_atoms: int) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from atomsift.errors import ConfigError
 from atomsift.models.backbones.gemnet_oc.bases import CircularBasisLayer, RadialBasis, SphericalBasisLayer
-from atomsift.models.backbones.gemnet_oc.batch_bases import batch_bases, collinear_warning
+from atomsift.models.backbones.gemnet_oc.batch_bases import COLLINEAR_CHECKS, batch_bases, collinear_warning
 from atomsift.models.backbones.gemnet_oc.blocks import InteractionBlock
 from atomsift.models.backbones.gemnet_oc.graphs import (
     GraphSettings,
@@ -225,6 +225,7 @@ class GemNetOC(Backbone):
         self.edge_dim = emb_size_edge if direct_forces else None
         self.num_elements = num_elements + 1  # Backbone convention: exclusive upper bound
         self.edge_dropout = 0.0  # set by training (JMP pretraining: 0.1); active in train mode only
+        self._collinear_checks = 0  # gradient-force batches checked for singular quadruplets (batch_bases)
         self.edge_dropout_generator: torch.Generator | None = None
 
         switches = {
@@ -425,8 +426,8 @@ class GemNetOC(Backbone):
         self.check_batch(batch)
         g = self.build_graphs(batch)
         num_atoms = batch.num_atoms
-        if self.quad_interaction and g.main["vector"].requires_grad:  # forces by gradient
-            collinear_warning(g, WARNED)
+        if self.quad_interaction and g.main["vector"].requires_grad and self._collinear_checks < COLLINEAR_CHECKS:
+            self._collinear_checks += collinear_warning(g, WARNED)  # forces by gradient: the first batches only
         b = batch_bases(self, g, num_atoms)
         edge_index = g.main["edge_index"]
         idx_t = edge_index[1]

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from atomsift.errors import ConfigError
+from atomsift.progress import progress_bar
 
 __all__ = [
     "ScaleFactor",
@@ -203,7 +203,7 @@ def fit_scale_factors(
     model.eval()
     grad_ctx = torch.no_grad if no_grad else torch.enable_grad
     fitted: dict[str, float] = {}
-    bar = tqdm(total=len(todo), desc="fitting scale factors", unit="factor", disable=not progress, leave=False)
+    bar = progress_bar(total=len(todo), desc="fitting scale factors", unit="factor", disable=not progress, leave=False)
     try:
         with grad_ctx():
             run(batches[0])

@@ -16,13 +16,21 @@ from torch import Tensor
 log = logging.getLogger("atomsift.models.backbones.gemnet_oc.model")
 
 OC20_TAGS = (0, 1, 2)  # subsurface, surface, adsorbate
-# kinds of data warning already given in this process (tag_warnings, batch_bases.collinear_warning): once per
-# process, not per model, as a run's training, EMA and test models would each repeat it
+# kinds of data warning already given (tag_warnings, batch_bases.collinear_warning): once per training run
+# (forget_data_warnings at its start) or process, not per model, as a run's training, EMA and test models
+# would each repeat it
 WARNED: set[str] = set()
+
+
+def forget_data_warnings() -> None:
+    """Let GemNet-OC's data warnings be said again (a new training run in the same process)."""
+    WARNED.clear()
+
 
 __all__ = [
     "WARNED",
     "calculate_interatomic_vectors",
+    "forget_data_warnings",
     "get_angle",
     "get_edge_id",
     "get_inner_idx",
