@@ -57,6 +57,7 @@ def progress_bar(
         disable=disable,
         file=_Lines(stream),
         mininterval=LOG_INTERVAL_S,
+        miniters=1,  # else tqdm's monitor thread forces a (stale) line every maxinterval once miniters grew
         ncols=100,
         ascii=True,
     )
