@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
 import warnings
@@ -88,6 +89,25 @@ def _fail(text: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+_PATH_ERRNOS = {
+    errno.EACCES,  # permission denied
+    errno.EPERM,
+    errno.ENOENT,  # no such file or folder
+    errno.ENOTDIR,  # a file where a folder must be
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.EROFS,  # read-only file system
+    errno.ENOSPC,  # no space left
+    errno.EDQUOT,
+    errno.ENAMETOOLONG,
+}
+
+
+def _path_problem(exc: OSError) -> bool:
+    """Whether an OSError is about the path it names (bad input: exit 2) rather than a bug."""
+    return exc.errno in _PATH_ERRNOS
+
+
 def _unexpected(exc: BaseException, debug: bool) -> NoReturn:
     """A bug: Python's traceback with --debug, else one line asking for it (exit 1)."""
     if debug:
@@ -135,8 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _interrupted()
         sys.exit(130)
-    except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError, FileNotFoundError) as exc:
-        if not exc.filename:  # without a file name it is not about a path the user gave: a bug
+    except OSError as exc:
+        if not exc.filename or not _path_problem(exc):  # not about a path the user gave: a bug
             _unexpected(exc, debug)
         if debug:  # the traceback, then the same exit code as without --debug (2: bad input, not a bug)
             traceback.print_exc()
@@ -145,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
         _fail(
             f"{exc.strerror or type(exc).__name__}: {where}. Fix: check the path (a folder where one is needed, no "
-            "file in its way) and that you may write there.",
+            "file in its way), that you may write there and that its disk has room.",
             2,
         )
     except Exception as exc:  # noqa: BLE001  (a bug: one line, or the traceback with --debug)
