@@ -165,7 +165,7 @@ def test_a_target_under_another_key_is_named_with_the_file_and_the_option_to_rea
     )
 
 
-def test_merged_metrics_keep_lightnings_column_order_across_attempts(tmp_path):
+def test_merged_metrics_keep_lightnings_sorted_column_order_across_attempts(tmp_path):
     """A resumed run's metrics.csv had its columns in the order the attempts first logged them."""
     import csv
 
@@ -180,7 +180,7 @@ def test_merged_metrics_keep_lightnings_column_order_across_attempts(tmp_path):
     with open(merge_metrics(tmp_path), newline="") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
-    assert reader.fieldnames == ["epoch", "step", "lr", "train/loss_step", "val/loss"]
+    assert reader.fieldnames == ["epoch", "lr", "step", "train/loss_step", "val/loss"]
     assert [(r["step"], r["train/loss_step"], r["val/loss"], r["lr"]) for r in rows] == [
         ("9", "0.5", "", ""),
         ("19", "0.41", "", ""),  # the later attempt's row for the same step and metrics replaces the earlier one

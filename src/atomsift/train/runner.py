@@ -299,8 +299,7 @@ def merge_metrics(out: Path) -> Path | None:
                 logged = tuple(sorted(k for k, v in row.items() if v not in ("", None)))  # which metrics this row has
                 rows[(row.get("epoch", ""), row.get("step", ""), logged)] = row
                 keys.extend(k for k in row if k not in keys)
-    # Lightning's order (epoch, step, then sorted), whatever each attempt logged first
-    keys = [k for k in ("epoch", "step") if k in keys] + sorted(k for k in keys if k not in ("epoch", "step"))
+    keys = sorted(keys)  # Lightning's CSV order, whatever each attempt logged first
     path = out / "metrics.csv"
     tmp = path.with_name(".metrics.csv.tmp")
     with open(tmp, "w", newline="") as fh:
