@@ -40,6 +40,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/subnormal_speed.py
 	$(PY) benchmarks/train_throughput.py --quick
 	$(PY) benchmarks/extractor_speed.py
+	$(PY) benchmarks/scale_fit_speed.py
+	$(PY) benchmarks/malloc_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
