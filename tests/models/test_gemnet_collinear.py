@@ -20,8 +20,8 @@ GRAPH = {"cutoff": 5.0, "max_neighbors": 30, "use_pbc": True}
 
 def _rocksalt(rattle: float = 0.0):
     atoms = bulk("MgO", "rocksalt", a=4.21, cubic=True)  # every atom has neighbours on lines through it
-    # turned off the axes: along x, y, z the cross products of collinear edges round to exactly 0, which the
-    # angle's clamp stops; in any other orientation they round to ~1e-8 and the gradient passes through
+    # turned off the axes: along x, y, z the cross products of collinear edges round to exactly 0 and the huge
+    # per-quadruplet terms cancel by the cell's symmetry; in any other orientation they round to ~1e-8 and do not
     atoms.rotate(37, (1, 2, 3), rotate_cell=True)
     if rattle:
         atoms.rattle(rattle, seed=3)
@@ -48,8 +48,12 @@ def test_singular_quadruplets_are_counted_on_a_symmetric_cell_not_once_rattled_n
     acetylene = molecule("C2H2")
     acetylene.rotate(37, (1, 2, 3))
     acetylene.set_tags(2)
-    linear = collinear_quadruplets(GemNetOC.from_preset("tiny", cutoff=5.0).build_graphs(collate([acetylene])))
+    molecular = GemNetOC.from_preset("tiny", cutoff=5.0)
+    linear = collinear_quadruplets(molecular.build_graphs(collate([acetylene])))
     assert linear[0] == 0 and linear[1] > 0
+    # nearly linear (normals ~1e-5, above rounding): the dihedral's gradient is large again, and counted
+    acetylene.rattle(1e-5, seed=1)
+    assert collinear_quadruplets(molecular.build_graphs(collate([acetylene])))[0] > 0
 
 
 def test_gradient_forces_blow_up_at_collinear_triplets():

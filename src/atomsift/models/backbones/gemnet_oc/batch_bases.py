@@ -38,6 +38,7 @@ def quad_angles(graphs: InteractionGraphs) -> tuple[Tensor, Tensor, Tensor]:
 
 
 COLLINEAR_SIN = 1e-4  # sin of an angle below which a quadruplet's triplet counts as collinear
+NORMAL_FLOOR = 1e-6  # a plane normal this short is rounding: both normals there keep the angle's gradient small
 COLLINEAR_CHECKS = 20  # gradient-force batches a model checks (each check waits for the device)
 
 
@@ -45,27 +46,29 @@ COLLINEAR_CHECKS = 20  # gradient-force batches a model checks (each check waits
 def collinear_quadruplets(graphs: InteractionGraphs, tol: float = COLLINEAR_SIN) -> tuple[int, int]:
     """(singular, all) quadruplets c-a-b-d: those whose dihedral angle has an unbounded gradient.
 
-    The dihedral is the angle between the normals of the planes c-a-b and a-b-d. Where exactly one of the two
-    triplets is collinear (sin below ``tol``) and its normal moves with the positions, the angle turns by O(1)
-    over a displacement of O(sin): the energy has a kink and its gradient (the forces of gradient-force models)
-    grows like 1 / sin. Not counted: triplets of two images of one atom (d = b = a, or c = b = a: a lattice-
-    fixed angle, no force), and quadruplets with both triplets collinear (both normals near zero: the angle's
-    clamp keeps the gradient at zero, as in linear molecules).
+    The dihedral is the angle between the normals of the planes c-a-b and a-b-d. Where one of the two triplets
+    is collinear (sin below ``tol``) and its normal moves with the positions, the angle turns by O(1) over a
+    displacement of O(sin): the energy has a kink and its gradient (the forces of gradient-force models) grows
+    like 1 / sin. Not counted: triplets of two images of one atom (d = b = a, or c = b = a: a lattice-fixed
+    angle, no force), and quadruplets whose other normal is at rounding level too (below ``NORMAL_FLOOR``, as in
+    exactly linear molecules: the angle's clamp then keeps the gradient small).
     """
     v_main, v_qint, q = graphs.main["vector"], graphs.qint["vector"], graphs.quad_idx
     e_main, e_qint = graphs.main["edge_index"], graphs.qint["edge_index"]
-    collinear, moving = [], []
+    sines, collinear, moving = [], [], []
     # triplet_in: main edge d->b ("in"), qint edge b->a ("out"); triplet_out: main c->a ("out"), qint b->a ("in")
     for t, main_edge_key, qint_edge_key in ((q["triplet_in"], "in", "out"), (q["triplet_out"], "out", "in")):
         main_edge, qint_edge = t[main_edge_key], t[qint_edge_key]
         cross = torch.linalg.cross(v_main.index_select(0, main_edge), v_qint.index_select(0, qint_edge), dim=-1)
-        collinear.append(cross.norm(dim=-1) < tol)
+        sines.append(cross.norm(dim=-1))
+        collinear.append(sines[-1] < tol)
         src_main, src_qint, tgt_qint = e_main[0, main_edge], e_qint[0, qint_edge], e_qint[1, qint_edge]
         moving.append(~((src_main == src_qint) & (src_qint == tgt_qint)))
     to_in, to_out = q["trip_in_to_quad"], q["trip_out_to_quad"]
     col_in, col_out = collinear[0].index_select(0, to_in), collinear[1].index_select(0, to_out)
-    singular = (col_in & moving[0].index_select(0, to_in) & ~col_out) | (
-        col_out & moving[1].index_select(0, to_out) & ~col_in
+    open_in, open_out = sines[0].index_select(0, to_in) > NORMAL_FLOOR, sines[1].index_select(0, to_out) > NORMAL_FLOOR
+    singular = (col_in & moving[0].index_select(0, to_in) & open_out) | (
+        col_out & moving[1].index_select(0, to_out) & open_in
     )
     return int(singular.sum()), int(to_in.numel())
 
