@@ -264,15 +264,35 @@ def test_the_dry_run_outlook_says_what_prepare_run_then_does(tmp_path, state, re
         assert "refused" in line and exc.message() in line, line
         return
     assert "refused" not in line, line
-    expected = {
-        "done": "it is reused and nothing trains",
-        "resume": "resuming",
-        "new": "starts from its beginning"
-        if said
-        else (
-            "starts again"
-            if overwrite or state in ("stopped-early", "damaged-config", "other-settings")
-            else "a new run"
-        ),
-    }[result]
+    if said:
+        expected = "starts from its beginning"
+    elif result == "new" and overwrite:
+        expected = "a new run" if state == "missing" else "--overwrite removes the run there"
+    elif result == "new":
+        expected = "starts again" if state in ("stopped-early", "damaged-config", "other-settings") else "a new run"
+    else:
+        expected = {"done": "it is reused and nothing trains", "resume": "resuming"}[result]
     assert expected in line, (result, line)
+
+
+def test_fingerprints_are_computed_only_where_the_folder_needs_them_and_a_fresh_start_records_its_own(tmp_path):
+    """A dry run hashed the starting checkpoint whole even for a new folder; a --resume that found no checkpoint
+    started again but kept the earlier attempt's inputs.json, so its next --resume was refused."""
+    calls = []
+
+    def fingerprints(value):
+        return lambda: calls.append(value) or {"d": value}
+
+    out = tmp_path / "run"
+    folder_outlook(out, SETTINGS, resume=False, overwrite=False, command="pretrain", fingerprints=fingerprints("x"))
+    assert calls == []  # nothing there to compare with
+    assert prepare_run(out, SETTINGS, resume=False, overwrite=False, command="pretrain", fingerprints={"d": "OLD"})
+    with pytest.warns(UserWarning, match="starts from its beginning"):
+        state = prepare_run(
+            out, SETTINGS, resume=True, overwrite=False, command="pretrain", fingerprints=fingerprints("NEW")
+        )
+    assert state == "new" and read_run_json(out / "inputs.json") == {"d": "NEW"}
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    kwargs = {"resume": True, "overwrite": False, "command": "pretrain", "fingerprints": fingerprints("NEW")}
+    assert prepare_run(out, SETTINGS, **kwargs) == "resume"

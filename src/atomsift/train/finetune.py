@@ -271,12 +271,11 @@ def run_finetuning(
         f"{cfg.task.target} ({cfg.task.head} head, forces {cfg.task.forces or 'none'}); graph {graph_text}"
     )
     inputs = (cfg.checkpoint, cfg.backbone.checkpoint if cfg.backbone is not None else None)
-    fingerprints = None
-    if check_inputs and (outlook or not dry_run):
-        fingerprints = input_fingerprints(
-            {name: ds, **({f"{name} (test)": test_ds} if test_ds is not ds else {})}, inputs
-        )
-    folder = {"command": "finetune", "inputs": inputs, "fingerprints": fingerprints}
+
+    def fingerprints() -> dict[str, str]:  # only where the folder needs them (a checkpoint is hashed whole)
+        return input_fingerprints({name: ds, **({f"{name} (test)": test_ds} if test_ds is not ds else {})}, inputs)
+
+    folder = {"command": "finetune", "inputs": inputs, "fingerprints": fingerprints if check_inputs else None}
     if dry_run:
         if outlook:
             line = folder_outlook(out, settings, resume=resume, overwrite=overwrite, **folder)

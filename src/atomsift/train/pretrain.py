@@ -258,8 +258,11 @@ def build_model(cfg: PretrainConfig, tasks: list[Task]) -> tuple[AtomsModel, dic
 def _folder_args(cfg: PretrainConfig, plan: PretrainPlan, check_inputs: bool = True) -> dict[str, Any]:
     """prepare_run's command, inputs and fingerprints for this run."""
     starts_from = (cfg.backbone.checkpoint,)
-    fingerprints = input_fingerprints({d.name: d.dataset for d in plan.datasets}, starts_from) if check_inputs else None
-    return {"command": "pretrain", "inputs": starts_from, "fingerprints": fingerprints}
+
+    def fingerprints() -> dict[str, str]:  # only where the folder needs them (a checkpoint is hashed whole)
+        return input_fingerprints({d.name: d.dataset for d in plan.datasets}, starts_from)
+
+    return {"command": "pretrain", "inputs": starts_from, "fingerprints": fingerprints if check_inputs else None}
 
 
 def dry_run_outlook(cfg: PretrainConfig, plan: PretrainPlan, out: Path, *, resume: bool, overwrite: bool) -> str:

@@ -131,6 +131,14 @@ def releases_run_locks(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+Fingerprints = dict[str, str] | Callable[[], dict[str, str] | None] | None
+"""What a run reads (inputs.json), or a function computing it only where it is needed (hashing a checkpoint)."""
+
+
+def _resolved(fingerprints: Fingerprints) -> dict[str, str] | None:
+    return fingerprints() if callable(fingerprints) else fingerprints
+
+
 def _flag_conflicts(out: Path, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise ConfigError(
@@ -151,7 +159,7 @@ def run_folder_decision(
     overwrite: bool,
     command: str,
     inputs: tuple[str | Path | None, ...] = (),
-    fingerprints: dict[str, str] | None = None,
+    fingerprints: Fingerprints = None,
 ) -> str:
     """What a run with `settings` does with `out`, read only (prepare_run acts on it, --dry-run prints it).
 
@@ -192,7 +200,7 @@ def run_folder_decision(
         )
     if not (has_checkpoint or finished):
         return "fresh"  # --resume, but the earlier attempt stopped before its first checkpoint
-    check_inputs(out, fingerprints)
+    check_inputs(out, _resolved(fingerprints))
     if finished:
         return "done"
     if not resume:
@@ -212,7 +220,7 @@ def prepare_run(
     overwrite: bool,
     command: str,
     inputs: tuple[str | Path | None, ...] = (),
-    fingerprints: dict[str, str] | None = None,
+    fingerprints: Fingerprints = None,
 ) -> str:
     """Check the run folder against the settings (`run_folder_decision`) and act; returns 'new', 'resume' or
     'done'.
@@ -241,9 +249,9 @@ def prepare_run(
         warnings.warn(
             f"--resume: {out}/checkpoints/ holds no checkpoint, so the run starts from its beginning", stacklevel=2
         )
-        return "new"
     write_atomic(out / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
-    if fingerprints:
+    fingerprints = _resolved(fingerprints)
+    if fingerprints:  # what this start reads (a fresh start after --resume too: the earlier one's may be stale)
         write_atomic(out / "inputs.json", json.dumps(fingerprints, indent=2, sort_keys=True) + "\n")
     return "new"
 
@@ -265,7 +273,7 @@ def folder_outlook(
     overwrite: bool,
     command: str,
     inputs: tuple[str | Path | None, ...] = (),
-    fingerprints: dict[str, str] | None = None,
+    fingerprints: Fingerprints = None,
 ) -> str:
     """One line for --dry-run: what the run would do with `out` (`run_folder_decision`), refusals included."""
     try:
@@ -274,6 +282,10 @@ def folder_outlook(
         )
     except AtomsiftError as exc:
         return f"run folder {out}: refused: {exc.message()}"
+    except OSError as exc:  # an input or the folder cannot be read
+        return f"run folder {out}: refused: {exc}"
+    if decision == "overwrite" and not any((Path(out) / name).exists() for name in RUN_FILES):
+        decision = "new"  # nothing of a run there to remove
     if decision == "resume":
         from atomsift.train.runner import resume_point  # torch and Lightning: only when there is a checkpoint
 
