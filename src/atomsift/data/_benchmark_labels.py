@@ -221,10 +221,3 @@ def bond_graph_hash(numbers: np.ndarray, positions: np.ndarray, *, scale: float 
             for i, nb in enumerate(neighbours)
         ]
     return hashlib.sha1(";".join(sorted(labels)).encode()).hexdigest()
-
-
-def progress_bar(total: int, desc: str, enabled: bool) -> Any:
-    """A tqdm bar on stderr (disabled, drawing nothing, when `enabled` is False)."""
-    from atomsift.progress import progress_bar
-
-    return progress_bar(total=total, desc=desc, unit="struct", disable=not enabled, leave=True)

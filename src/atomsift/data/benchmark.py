@@ -30,7 +30,6 @@ from atomsift.data._benchmark_labels import (
     extxyz_frame,
     langevin_frames,
     one_openmp_thread,
-    progress_bar,
     require_modules,
     sha256_file,
     single_point,
@@ -38,6 +37,7 @@ from atomsift.data._benchmark_labels import (
     xtb_errors,
 )
 from atomsift.errors import DataError
+from atomsift.progress import progress_bar
 
 FILES = {
     "bench-organic": "organic_gfn2.xyz",
@@ -181,7 +181,7 @@ def _organic(rows: _Rows, n: int, s: LabelSettings, seed: int, progress: bool) -
     )
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     out, used, failed, graphs = _Writer(), [], [], []
-    with progress_bar(n, "bench-organic (GFN2-xTB)", progress) as bar:
+    with progress_bar(total=n, desc="bench-organic (GFN2-xTB)", unit="struct", disable=not progress) as bar:
         while len(used) < n:
             rec = rows.take("bench-organic")
             pos = rec.positions + rng.normal(0.0, s.rattle_sigma_a, rec.positions.shape)
@@ -209,7 +209,9 @@ def _reactive(
         max_iterations=s.max_iterations,
     )
     out, used, failed, graphs = _Writer(), [], [], []
-    with progress_bar(n_mol * n_frames, "bench-reactive (GFN2-xTB MD)", progress) as bar:
+    with progress_bar(
+        total=n_mol * n_frames, desc="bench-reactive (GFN2-xTB MD)", unit="struct", disable=not progress
+    ) as bar:
         while len(used) < n_mol:
             rec = rows.take("bench-reactive")
             rng = np.random.default_rng(np.random.SeedSequence([seed, 2, zlib.crc32(rec.id.encode())]))
@@ -263,7 +265,9 @@ def _catalysis(n: int, s: LabelSettings, seed: int, progress: bool) -> tuple[_Wr
     )
     order = np.random.default_rng(np.random.SeedSequence([seed, 3])).permutation(len(ds))
     out, used, failed = _Writer(), [], []
-    with progress_bar(n, f"bench-catalysis ({s.catalysis_method}, periodic)", progress) as bar:
+    with progress_bar(
+        total=n, desc=f"bench-catalysis ({s.catalysis_method}, periodic)", unit="struct", disable=not progress
+    ) as bar:
         for row in order:
             if len(used) == n:
                 break
