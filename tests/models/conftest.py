@@ -6,6 +6,7 @@ Structures are `ase.Atoms` carrying their record id in `atoms.info["atomsift_id"
   - `silicon`: a rattled 2-atom primitive diamond cell (lattice vectors 3.84 A, so a 4-5 A cutoff reaches
     several periodic images of every atom);
   - `triclinic`: a rattled, sheared 4-atom cell, periodic in all three directions.
+`rocksalt(rattle)` builds a rotated cubic MgO cell, full of collinear triplets unless rattled.
 `geometry` bundles the symmetry operations (rotate, translate, permute, supercell) as plain functions.
 """
 
@@ -102,6 +103,24 @@ def supercell(atoms: Atoms, reps: tuple[int, int, int] = (2, 2, 2)) -> Atoms:
     out.info = dict(atoms.info)
     out.info["atomsift_id"] = f"{atoms.info.get('atomsift_id', 'atoms')}/x{'x'.join(map(str, reps))}"
     return out
+
+
+def _rocksalt(rattle: float = 0.0) -> Atoms:
+    """Cubic MgO (every atom has neighbours on lines through it), turned off the axes, tags 2, rattled by `rattle`
+    A. Along x, y, z the cross products of collinear edges round to exactly 0 and GemNet-OC's huge per-quadruplet
+    gradient terms cancel by the cell's symmetry; in any other orientation they round to ~1e-8 and do not."""
+    atoms = bulk("MgO", "rocksalt", a=4.21, cubic=True)
+    atoms.rotate(37, (1, 2, 3), rotate_cell=True)
+    if rattle:
+        atoms.rattle(rattle, seed=3)
+    atoms.set_tags(2)
+    return atoms
+
+
+@pytest.fixture(scope="session")
+def rocksalt():
+    """`rocksalt(rattle=0.0)`: the symmetric cell of the collinear-triplet tests (exact, or rattled)."""
+    return _rocksalt
 
 
 @pytest.fixture(scope="session")

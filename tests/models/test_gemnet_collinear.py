@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from ase.build import bulk, molecule
+from ase.build import molecule
 
 from atomsift.graph import collate
 from atomsift.models import AtomsModel
@@ -16,17 +16,6 @@ from atomsift.models.backbones.gemnet_oc.model import GemNetOC
 from atomsift.models.backbones.gemnet_oc.utils import WARNED, forget_data_warnings
 
 GRAPH = {"cutoff": 5.0, "max_neighbors": 30, "use_pbc": True}
-
-
-def _rocksalt(rattle: float = 0.0):
-    atoms = bulk("MgO", "rocksalt", a=4.21, cubic=True)  # every atom has neighbours on lines through it
-    # turned off the axes: along x, y, z the cross products of collinear edges round to exactly 0 and the huge
-    # per-quadruplet terms cancel by the cell's symmetry; in any other orientation they round to ~1e-8 and do not
-    atoms.rotate(37, (1, 2, 3), rotate_cell=True)
-    if rattle:
-        atoms.rattle(rattle, seed=3)
-    atoms.set_tags(2)
-    return atoms
 
 
 def _model(forces: str) -> AtomsModel:
@@ -38,12 +27,12 @@ def _said(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if "collinear" in r.getMessage()]
 
 
-def test_singular_quadruplets_are_counted_on_a_symmetric_cell_not_once_rattled_nor_in_linear_molecules():
+def test_singular_quadruplets_are_counted_on_a_symmetric_cell_not_once_rattled_nor_in_linear_molecules(rocksalt):
     model = GemNetOC.from_preset("tiny", **GRAPH)
-    count, total = collinear_quadruplets(model.build_graphs(collate([_rocksalt()])))
+    count, total = collinear_quadruplets(model.build_graphs(collate([rocksalt()])))
     assert 0 < count < total
     # rattled: every position-dependent triplet bends; the lattice-fixed ones (two images of one atom) are not counted
-    assert collinear_quadruplets(model.build_graphs(collate([_rocksalt(0.01)])))[0] == 0
+    assert collinear_quadruplets(model.build_graphs(collate([rocksalt(0.01)])))[0] == 0
     # a linear molecule: both triplets of each quadruplet are collinear, both normals vanish, the gradient stays 0
     acetylene = molecule("C2H2")
     acetylene.rotate(37, (1, 2, 3))
@@ -56,16 +45,16 @@ def test_singular_quadruplets_are_counted_on_a_symmetric_cell_not_once_rattled_n
     assert collinear_quadruplets(molecular.build_graphs(collate([acetylene])))[0] > 0
 
 
-def test_gradient_forces_blow_up_at_collinear_triplets():
+def test_gradient_forces_blow_up_at_collinear_triplets(rocksalt):
     """What the warning claims: the same weights give forces orders of magnitude larger on the exact cell."""
     model = _model("gradient")
-    exact = model(collate([_rocksalt()]))["forces"].detach().abs().max()
-    bent = model(collate([_rocksalt(0.01)]))["forces"].detach().abs().max()
+    exact = model(collate([rocksalt()]))["forces"].detach().abs().max()
+    bent = model(collate([rocksalt(0.01)]))["forces"].detach().abs().max()
     assert exact > 30 * bent
 
 
-def test_the_warning_is_given_once_per_run_and_only_with_gradient_forces(caplog):
-    batch = collate([_rocksalt()])
+def test_the_warning_is_given_once_per_run_and_only_with_gradient_forces(caplog, rocksalt):
+    batch = collate([rocksalt()])
     with caplog.at_level(logging.WARNING):
         model = _model("gradient")
         model(batch)
@@ -77,30 +66,30 @@ def test_the_warning_is_given_once_per_run_and_only_with_gradient_forces(caplog)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         _model("direct")(batch)
-        _model("gradient")(collate([_rocksalt(0.01)]))
+        _model("gradient")(collate([rocksalt(0.01)]))
     assert not _said(caplog)
     with caplog.at_level(logging.WARNING):
         _model("gradient")(batch)
     assert len(_said(caplog)) == 1
 
 
-def test_a_model_looks_at_its_first_batches_only_and_muted_passes_do_not_count(caplog):
+def test_a_model_looks_at_its_first_batches_only_and_muted_passes_do_not_count(caplog, rocksalt):
     model = _model("gradient")
     logger = logging.getLogger("atomsift.models.backbones.gemnet_oc.model")
     logger.setLevel(logging.ERROR)  # as while fitting scale factors
     try:
         for _ in range(COLLINEAR_CHECKS + 1):
-            model(collate([_rocksalt()]))
+            model(collate([rocksalt()]))
     finally:
         logger.setLevel(logging.NOTSET)
     with caplog.at_level(logging.WARNING):
-        model(collate([_rocksalt()]))  # what the muted passes could not say is said now
+        model(collate([rocksalt()]))  # what the muted passes could not say is said now
     assert _said(caplog)
     WARNED.clear()
     caplog.clear()
     model = _model("gradient")
     with caplog.at_level(logging.WARNING):
         for _ in range(COLLINEAR_CHECKS):
-            model(collate([_rocksalt(0.01)]))
-        model(collate([_rocksalt()]))  # after its first batches a model stops looking (each look syncs the device)
+            model(collate([rocksalt(0.01)]))
+        model(collate([rocksalt()]))  # after its first batches a model stops looking (each look syncs the device)
     assert not _said(caplog)

@@ -365,18 +365,9 @@ def test_fairchem_checkpoint_file_through_load_checkpoint(tmp_path, molecules, s
         assert np.abs(f - f_ref).max() / np.abs(f_ref).max() < TOL
 
 
-def test_gradient_forces_blow_up_at_collinear_triplets_in_fairchem_too():
+def test_gradient_forces_blow_up_at_collinear_triplets_in_fairchem_too(rocksalt):
     """docs/training.md's claim that the singular forces on symmetric crystals are the architecture's: fairchem's
     own model, same weights, gives forces orders of magnitude above those of the slightly rattled cell."""
-    from ase.build import bulk as ase_bulk
-
-    def rocksalt(rattle: float) -> Atoms:
-        atoms = ase_bulk("MgO", "rocksalt", a=4.21, cubic=True)
-        atoms.rotate(37, (1, 2, 3), rotate_cell=True)  # off the axes: the normals round to ~1e-8, not exactly 0
-        if rattle:
-            atoms.rattle(rattle, seed=3)
-        return _tagged(atoms, [2] * len(atoms))
-
     config = {**TINY, "direct_forces": False}
     reference = random_fairchem(config, seed=0)
     largest = {}
