@@ -292,18 +292,17 @@ def merge_metrics(out: Path) -> Path | None:
     if not files:
         return None
     rows: dict[tuple[str, str, tuple[str, ...]], dict[str, str]] = {}
-    keys: list[str] = []
+    keys: set[str] = set()
     for f in files:
         with open(f, newline="") as fh:
             for row in csv.DictReader(fh):
                 logged = tuple(sorted(k for k, v in row.items() if v not in ("", None)))  # which metrics this row has
                 rows[(row.get("epoch", ""), row.get("step", ""), logged)] = row
-                keys.extend(k for k in row if k not in keys)
-    keys = sorted(keys)  # Lightning's CSV order, whatever each attempt logged first
+                keys.update(row)
     path = out / "metrics.csv"
     tmp = path.with_name(".metrics.csv.tmp")
     with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer = csv.DictWriter(fh, fieldnames=sorted(keys))  # Lightning's CSV order, whatever each attempt logged
         writer.writeheader()
         writer.writerows(sorted(rows.values(), key=lambda r: (float(r.get("step") or 0), r.get("epoch", ""))))
     os.replace(tmp, path)

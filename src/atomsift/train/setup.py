@@ -130,7 +130,7 @@ def fit_scale_factors_if_needed(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # the bar only on a terminal: in a log (an experiment's job, CI) it is one endless line of redraws
+            # the bar only on a terminal; in a log (an experiment's job, CI) one line on stdout says it instead
             bar = progress and sys.stderr.isatty()
             if progress and not bar:
                 n = len(unfitted_scale_factors(backbone))
