@@ -25,6 +25,7 @@ import argparse
 import ctypes
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -89,6 +90,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=4, help="child processes per side")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per child")
     args = parser.parse_args()
+    if platform.libc_ver()[0] != "glibc":
+        sys.exit("malloc_speed.py measures glibc's malloc thresholds: this Python does not run on glibc")
     from _machine import machine_line
 
     print(f"{machine_line()}  load {os.getloadavg()[0]:.2f}  {os.confstr('CS_GNU_LIBC_VERSION')}")
