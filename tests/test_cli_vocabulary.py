@@ -250,7 +250,7 @@ def test_an_out_that_cannot_be_made_is_bad_input_not_a_bug(tmp_path):
     inside = str(tmp_path / "afile" / "run")
     one_paragraph(run("data", "sample", "bundled:ethanol", "--n-samples", "3", "--out", inside + ".json"), "afile")
     config = str(Path(__file__).resolve().parents[1] / "configs" / "pretrain_demo.yaml")
-    one_paragraph(run("pretrain", "--config", config, "--out", inside), "Not a directory")
+    one_paragraph(run("pretrain", "--config", config, "--out", inside), "afile is a file, not a folder")
     debug = run("data", "sample", "bundled:ethanol", "--n-samples", "3", "--out", inside + ".json", "--debug")
     assert debug.returncode == 2 and "Traceback" in debug.stderr  # as other bad input: traceback, then exit 2
     assert debug.stderr.rstrip().splitlines()[-1].startswith("error: ")

@@ -354,6 +354,22 @@ def refuse_foreign_outputs(out: str | Path, marker: str, outputs: Sequence[str],
         )
 
 
+def check_can_make(path: Path) -> None:
+    """Refuse, read only, a folder output that does not exist and cannot be made: its nearest existing parent is
+    a file or not writable (a dry run says so; a run would fail at mkdir with a bare OS error)."""
+    if path.exists():
+        return
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is None or (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        return
+    why = "is a file, not a folder" if not parent.is_dir() else "is a folder this user cannot write to"
+    raise ConfigError(
+        f"--out cannot be made: {parent} {why}",
+        file=path,
+        fix="choose an --out inside a folder you can write to",
+    )
+
+
 def check_output_dir(path: str | Path, overwrite: bool | None = None) -> Path:
     """Refuse a folder output that is an existing file; create it otherwise.
 
@@ -367,6 +383,7 @@ def check_output_dir(path: str | Path, overwrite: bool | None = None) -> Path:
             file=path,
             fix="choose a folder name for --out",
         )
+    check_can_make(path)
     if overwrite is False and path.is_dir() and any(path.iterdir()):
         raise ConfigError(
             "the --out folder exists and is not empty",

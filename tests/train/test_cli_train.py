@@ -158,6 +158,11 @@ def test_pretrain_finetune_evaluate_end_to_end(tmp_path):
         ({}, ("devices=0",), "Lightning refused the run settings"),  # was exit 1, "report it"
         ({}, ("devices=2", "strategy=ddp_spawn"), "starts its processes from a pickled copy"),
         ({}, ("num_nodes=2",), "would wait for the other nodes for good"),  # it hung, deaf to Ctrl-C
+        (
+            {"backbone": {"checkpoint": "no/such/model.pt"}},
+            ("--dry-run",),
+            "checkpoint file not found",
+        ),  # was "a new run"
     ],
 )
 def test_bad_pretrain_input_is_one_paragraph(tmp_path, changes, args, needle):
@@ -170,6 +175,9 @@ def test_bad_pretrain_input_is_one_paragraph(tmp_path, changes, args, needle):
 def test_bad_finetune_input_is_one_paragraph(tmp_path):
     proc = run("finetune", "--preset", "rmd71", "--data", "bundled:ethanol", "--from-scratch", "--out", str(tmp_path))
     assert proc.returncode == 2 and "unknown finetuning preset 'rmd71'" in proc.stderr
+    missing = ("--checkpoint", str(tmp_path / "no.pt"), "--out", str(tmp_path / "ft"), "--dry-run")
+    proc = run("finetune", "--preset", "rmd17", "--data", "bundled:ethanol", *missing)
+    assert proc.returncode == 2 and "checkpoint file not found" in proc.stderr, proc.stdout  # a dry run said nothing
     other = tmp_path / "other.pt"
     init = run("model", "init", "gemnet_oc", "--preset", "tiny", "--out", str(other))
     assert init.returncode == 0, init.stderr
@@ -279,6 +287,8 @@ def test_ctrl_c_saves_and_resume_finishes_the_same_run(tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:5000])
     cut = run("pretrain", "--config", str(cfg), "--out", str(damaged), "--resume")
     assert cut.returncode == 2 and "checkpoint is damaged" in cut.stderr and "Traceback" not in cut.stderr
+    dry = run("pretrain", "--config", str(cfg), "--out", str(damaged), "--resume", "--dry-run")
+    assert dry.returncode == 0 and "refused: the run's checkpoint is damaged" in " ".join(dry.stdout.split())
     resumed = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "run"), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     a = torch.load(tmp_path / "ref/last.pt", weights_only=True)["state_dict"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from atomsift.csi.cache import load_stats, lookup, save_stats
 from atomsift.errors import ConfigError, DataError
 from atomsift.train.inputs import read_run_json
-from atomsift.train.run_folder import LOCK_FILE, folder_outlook, prepare_run, releases_run_locks
+from atomsift.train.run_folder import LOCK_FILE, check_resumable, folder_outlook, prepare_run, releases_run_locks
 
 SETTINGS = {"lr": 1e-3, "epochs": 2}
 
@@ -219,6 +220,9 @@ def _state(root, name):
     if name == "a-file":
         out.write_text("x")
         return out
+    if name == "parent-a-file":
+        out.write_text("x")
+        return out / "run"
     out.mkdir()
     if name == "foreign":
         (out / "metrics.csv").write_text("mine")
@@ -233,22 +237,26 @@ def _state(root, name):
     if name in ("stopped-early", "other-settings"):
         return out
     (out / "checkpoints").mkdir()
-    (out / "checkpoints" / "last.ckpt").write_bytes(b"not read as a checkpoint here")
+    if name == "cut-short-checkpoint":
+        (out / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    else:  # torch writes zip archives; the contents are not read here
+        with zipfile.ZipFile(out / "checkpoints" / "last.ckpt", "w") as archive:
+            archive.writestr("archive/data.pkl", b"")
     (out / "model.pt").write_bytes(b"weights")
-    if name in ("finished", "finished-inputs-changed"):
-        (out / "summary.json").write_text("{}")
+    if name.startswith("finished"):
+        (out / "summary.json").write_text("{" if name == "finished-damaged-summary" else "{}")
     return out
 
 
-STATES = ("missing", "a-file", "foreign", "damaged-config", "stopped-early", "other-settings", "unfinished")
-STATES += ("finished", "finished-inputs-changed")
+STATES = ("missing", "a-file", "parent-a-file", "foreign", "damaged-config", "stopped-early", "other-settings")
+STATES += ("unfinished", "cut-short-checkpoint", "finished", "finished-inputs-changed", "finished-damaged-summary")
 
 
 @pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize(("resume", "overwrite"), [(False, False), (True, False), (False, True), (True, True)])
 def test_the_dry_run_outlook_says_what_prepare_run_then_does(tmp_path, state, resume, overwrite):
-    """--dry-run's line against what prepare_run does for the same folder and flags (it printed the plan alone,
-    and a first outlook disagreed in six states)."""
+    """--dry-run's line against what prepare_run does for the same folder and flags, and then the run's checks of
+    what it reads there (it printed the plan alone, and a first outlook disagreed in six states)."""
     out = _state(tmp_path, state)
     prints = "changed" if state == "finished-inputs-changed" else "1"
     kwargs = {"resume": resume, "overwrite": overwrite, "command": "pretrain", "fingerprints": {"d": prints}}
@@ -260,6 +268,10 @@ def test_the_dry_run_outlook_says_what_prepare_run_then_does(tmp_path, state, re
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")
             result = prepare_run(out, SETTINGS, **kwargs)
+        if result == "resume":
+            check_resumable(out)  # run_fit's first check
+        elif result == "done":
+            read_run_json(out / "summary.json")  # what a finished run returns
     except (ConfigError, DataError) as exc:
         assert "refused" in line and exc.message() in line, line
         return

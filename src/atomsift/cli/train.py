@@ -80,7 +80,7 @@ def pretrain(
     _resume_hint(out)  # first: a Ctrl-C while the imports and the checks run says the same
     from atomsift.settings import resolve_settings
     from atomsift.train.config import PretrainConfig
-    from atomsift.train.pretrain import dry_run_outlook, plan_pretraining, print_plan, run_pretraining
+    from atomsift.train.pretrain import check_start, dry_run_outlook, plan_pretraining, print_plan, run_pretraining
 
     for value, flag in ((batch_size, "--batch-size"), (n_samples, "--n-samples"), (epochs, "--epochs")):
         at_least_one(value, flag)
@@ -96,6 +96,7 @@ def pretrain(
     )
     console = make_console()
     if dry_run:
+        check_start(cfg, out, overwrite)
         plan = plan_pretraining(cfg)
         print_plan(plan, cfg, console)
         console.print(

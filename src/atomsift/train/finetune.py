@@ -237,7 +237,7 @@ def run_finetuning(
     # experiment's pre-flight plans finetuning from pretraining weights that do not exist yet) and not for a
     # finished run (reused without its starting weights)
     finished = (Path(out) / "summary.json").exists() and not overwrite
-    if cfg.checkpoint is not None and not dry_run and not finished:
+    if cfg.checkpoint is not None and (outlook or not dry_run) and not finished:
         check_checkpoint_path(cfg.checkpoint)
     if cfg.backbone is not None and not finished:
         cfg.backbone.check_source()
@@ -278,7 +278,8 @@ def run_finetuning(
     folder = {"command": "finetune", "inputs": inputs, "fingerprints": fingerprints if check_inputs else None}
     if dry_run:
         if outlook:
-            line = folder_outlook(out, settings, resume=resume, overwrite=overwrite, **folder)
+            results = ("summary.json", "test_metrics.json")
+            line = folder_outlook(out, settings, resume=resume, overwrite=overwrite, results=results, **folder)
             console.print(line, markup=False, highlight=False)
         return {"splits": {k: len(v) for k, v in splits.items()}, "steps_per_epoch": steps}
     state = prepare_run(out, settings, resume=resume, overwrite=overwrite, **folder)

@@ -265,6 +265,13 @@ def _folder_args(cfg: PretrainConfig, plan: PretrainPlan, check_inputs: bool = T
     return {"command": "pretrain", "inputs": starts_from, "fingerprints": fingerprints if check_inputs else None}
 
 
+def check_start(cfg: PretrainConfig, out: Path, overwrite: bool) -> None:
+    """A mistyped checkpoint path or hyperparameter, said before the folder is touched; not for a finished run
+    (reused without its start)."""
+    if overwrite or not (Path(out) / "summary.json").exists():
+        cfg.backbone.check_source()
+
+
 def dry_run_outlook(cfg: PretrainConfig, plan: PretrainPlan, out: Path, *, resume: bool, overwrite: bool) -> str:
     """The --dry-run line on what the run would do with `out` (run_folder.folder_outlook)."""
     settings = cfg.model_dump(mode="json")
@@ -288,8 +295,7 @@ def run_pretraining(
     whose files changed since (the experiment keeps its own provenance per cell and passes False)."""
     console = quiet_if_secondary(console or Console())
     settings = cfg.model_dump(mode="json")
-    if overwrite or not (Path(out) / "summary.json").exists():  # a finished run is reused without its start
-        cfg.backbone.check_source()  # a mistyped checkpoint path or hyperparameter before the folder is touched
+    check_start(cfg, out, overwrite)
     plan = plan_pretraining(cfg)  # opens the data and checks N against it before the run folder is touched
     folder = _folder_args(cfg, plan, check_inputs)
     state = prepare_run(out, settings, resume=resume, overwrite=overwrite, **folder)

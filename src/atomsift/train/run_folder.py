@@ -13,15 +13,16 @@ import json
 import os
 import shutil
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import yaml
 
-from atomsift.errors import AtomsiftError, ConfigError
-from atomsift.settings import check_output_dir, refuse_foreign_outputs, write_text_atomic
-from atomsift.train.inputs import check_inputs, read_run_yaml
+from atomsift.errors import AtomsiftError, ConfigError, DataError
+from atomsift.settings import check_can_make, check_output_dir, refuse_foreign_outputs, write_text_atomic
+from atomsift.train.inputs import check_inputs, read_run_json, read_run_yaml
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -171,6 +172,8 @@ def run_folder_decision(
     _flag_conflicts(out, resume, overwrite)
     if out.exists():
         check_output_dir(out)  # an existing file is refused (an existing folder is left as it is)
+    else:
+        check_can_make(out)
     if overwrite:
         for item in filter(None, inputs):
             if _removed_by_overwrite(out, Path(item)):
@@ -265,6 +268,17 @@ _OUTLOOK = {
 }
 
 
+def check_resumable(out: Path) -> None:
+    """Refuse to resume from a last.ckpt that is not a complete checkpoint (torch writes zip archives)."""
+    ckpt = Path(out) / "checkpoints" / "last.ckpt"
+    if not zipfile.is_zipfile(ckpt):
+        raise DataError(
+            "the run's checkpoint is damaged (not a complete checkpoint file), so the run cannot resume",
+            file=ckpt,
+            fix="pass --overwrite (without --resume) to start the run again",
+        )
+
+
 def folder_outlook(
     out: Path,
     settings: dict[str, Any],
@@ -274,12 +288,19 @@ def folder_outlook(
     command: str,
     inputs: tuple[str | Path | None, ...] = (),
     fingerprints: Fingerprints = None,
+    results: tuple[str, ...] = ("summary.json",),
 ) -> str:
-    """One line for --dry-run: what the run would do with `out` (`run_folder_decision`), refusals included."""
+    """One line for --dry-run: what the run would do with `out` (`run_folder_decision`), refusals included, and
+    the files the run then reads checked as it checks them (`results` of a finished run, the checkpoint)."""
     try:
         decision = run_folder_decision(
             out, settings, resume=resume, overwrite=overwrite, command=command, inputs=inputs, fingerprints=fingerprints
         )
+        if decision == "done":
+            for name in results:
+                read_run_json(Path(out) / name)
+        elif decision == "resume":
+            check_resumable(out)
     except AtomsiftError as exc:
         return f"run folder {out}: refused: {exc.message()}"
     except OSError as exc:  # an input or the folder cannot be read

@@ -14,7 +14,6 @@ import signal
 import sys
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,9 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
-from atomsift.errors import ConfigError, DataError
+from atomsift.errors import ConfigError
 from atomsift.train.config import Optimisation
-from atomsift.train.run_folder import secondary_rank
+from atomsift.train.run_folder import check_resumable, secondary_rank
 
 
 class AtomicCheckpoint(Callback):
@@ -330,12 +329,8 @@ def run_fit(module: Any, cfg: Optimisation, out: Path, *, state: str, progress: 
     attempt = attempt_number(out)
     trainer = make_trainer(cfg, out, attempt, progress=progress)
     ckpt = out / "checkpoints" / "last.ckpt"
-    if state == "resume" and not zipfile.is_zipfile(ckpt):  # torch checkpoints are zip archives: cut short?
-        raise DataError(
-            "the run's checkpoint is damaged (not a complete checkpoint file), so the run cannot resume",
-            file=ckpt,
-            fix="pass --overwrite (without --resume) to start the run again",
-        )
+    if state == "resume":
+        check_resumable(out)
     start = time.perf_counter()
     try:
         trainer.fit(module, ckpt_path=str(ckpt) if state == "resume" else None)
