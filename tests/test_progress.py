@@ -28,3 +28,11 @@ def test_a_terminal_gets_tqdm_redraws():
     for _ in progress_bar(range(5), desc="features", unit="struct", file=term):
         pass
     assert "\r" in term.getvalue() and "5/5" in term.getvalue()
+
+
+def test_a_jupyter_kernel_stream_gets_redraws_not_log_lines():
+    """ipykernel's streams are no terminal, but a notebook draws '\\r' in place: it printed a log's lines there."""
+    kernel_stream = type("OutStream", (io.StringIO,), {"__module__": "ipykernel.iostream"})()
+    for _ in progress_bar(range(5), desc="predict", unit="struct", file=kernel_stream):
+        pass
+    assert "\r" in kernel_stream.getvalue() and "5/5" in kernel_stream.getvalue()

@@ -1,12 +1,14 @@
 """Progress bars that suit a terminal and a log file alike.
 
-On a terminal, a tqdm bar redrawn in place. Elsewhere (a job log, `> run.log 2>&1`, an experiment worker) the
+On a terminal, a tqdm bar redrawn in place; in a Jupyter notebook, tqdm's widget where ipywidgets is installed,
+else the text bar (the notebook redraws it in place too). Elsewhere (a job log, `> run.log 2>&1`, an experiment worker) the
 same bar as whole lines, at most one every `LOG_INTERVAL_S` seconds plus the first and the last, instead of
 tqdm's carriage-return redraws, which pile up in a file as one unreadable line.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Iterable
 from typing import IO, Any
@@ -46,7 +48,12 @@ def progress_bar(
 ) -> tqdm:
     """A tqdm bar on `file` (stderr): redrawn in place on a terminal, whole lines now and then elsewhere."""
     stream = file if file is not None else sys.stderr
-    if stream.isatty():
+    in_notebook = type(stream).__module__.startswith("ipykernel")  # a Jupyter kernel's stdout / stderr
+    if in_notebook and file is None and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm as widget
+
+        return widget(iterable, total=total, desc=desc, unit=unit, leave=leave, disable=disable)
+    if stream.isatty() or in_notebook:
         return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, disable=disable, file=stream)
     return tqdm(
         iterable,
