@@ -170,6 +170,11 @@ def test_extxyz_bad_inputs(tmp_path, real_data):
     mixed = good[:12] + [good[12].replace("config_type=Training_set", "")] + good[13:]
     (tmp_path / "mixed.xyz").write_text("\n".join(mixed) + "\n")
     _expect(DataError, tmp_path / "mixed.xyz", "frame1", "config_type", class_key="config_type")
+    # energies that are no number: a bare key read as 1.0 eV; text and vectors were "unexpected" (exit 1)
+    for name, value in (("bare", "energy"), ("flag", "energy=T"), ("text", "energy=abc"), ("vector", 'energy="1 2"')):
+        line = " ".join(value if w.startswith("energy=") else w for w in good[12].split(" "))
+        (tmp_path / f"{name}.xyz").write_text("\n".join([*good[:12], line, *good[13:]]) + "\n")
+        _expect(DataError, tmp_path / f"{name}.xyz", "frame1", "not a number")
 
 
 # -- ASE databases --------------------------------------------------------------------------------
@@ -271,6 +276,17 @@ def test_ase_db_bad_inputs(tmp_path):
         open_dataset(packed, format="extxyz")
     assert ".gz" in err.value.fix
 
+    # ASE's SQLite backend stores a NaN energy as NULL: it read as "no energy", and training went on without it
+    nan = tmp_path / "nan.db"
+    for energy in (-1.0, float("nan")):
+        atoms = Atoms("H2", positions=np.eye(2, 3))
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=np.ones((2, 3)))
+        ase.db.connect(nan).write(atoms)
+    assert open_dataset(nan)[0].energy == -1.0
+    with pytest.raises(DataError, match="forces but no energy.*NaN") as err:
+        open_dataset(nan)[1]
+    assert err.value.record == "row2"
+
     js = tmp_path / "cut.json"
     ase.db.connect(js).write(Atoms("H2", positions=np.eye(2, 3)))
     text = js.read_text()
@@ -290,6 +306,23 @@ def _same(a: Record, b: Record) -> None:
     assert a.pbc.tolist() == b.pbc.tolist() and a.targets.keys() == b.targets.keys()
     for key in a.targets:
         np.testing.assert_array_equal(a.targets[key], b.targets[key])
+
+
+def test_a_reader_error_while_converting_names_the_input_not_the_output(tmp_path, real_data):
+    """write_aselmdb wrapped every ValueError as 'cannot write record to ASE-LMDB', naming the output file."""
+    src = open_dataset(real_data / "rmd17_ethanol_1000.xyz")
+    good = src[0]
+
+    def stream():
+        yield good
+        raise DataError("energy is broken", file="in.xyz", record="frame1", fix="repair it")
+
+    with pytest.raises(DataError, match="energy is broken") as err:
+        write_aselmdb(tmp_path / "out.aselmdb", stream(), progress=False)
+    assert err.value.file == "in.xyz" and not list(tmp_path.iterdir())  # nothing half-written left
+    short = Record(good.numbers, good.positions, "frame0", tags=np.zeros(good.natoms - 2, dtype=np.int64))
+    with pytest.raises(DataError, match=r"tags have shape \(7,\), expected \(9,\)"):
+        short.validate("in.xyz")  # was ASE's 'Array "tags" has wrong length' at conversion, accepted by inspect
 
 
 def test_write_aselmdb_round_trip(tmp_path, real_data, frames):

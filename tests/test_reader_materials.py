@@ -220,12 +220,22 @@ def test_matbench_bad_inputs(tmp_path, monkeypatch):
         open_dataset(empty)
 
     frame = json.loads(gzip.decompress(raw))
+    short = tmp_path / "i" / "matbench_phonons.json.gz"  # was "unexpected IndexError" on reading a record
+    short.parent.mkdir()
+    short.write_bytes(gzip.compress(json.dumps({**frame, "index": frame["index"][:-1]}).encode()))
+    with pytest.raises(DataError, match="index has 11 entries for 12 rows"):
+        open_dataset(short)
+
+    frame["data"][2][1] = float("nan")  # was averaged away by inspect and became a NaN loss in training
     frame["data"][3][1] = None
     frame["data"][4][0]["sites"][0]["species"] = [{"element": "Si", "occu": 0.5}]
     broken = tmp_path / "b" / "matbench_phonons.json.gz"
     broken.parent.mkdir()
     broken.write_bytes(gzip.compress(json.dumps(frame).encode()))
     ds = open_dataset(broken)
+    with pytest.raises(DataError, match="is nan, not a number") as err:
+        ds[2]
+    assert err.value.record == "mb-phonons-03"
     with pytest.raises(DataError, match="mb-phonons-04"):
         ds[3]
     with pytest.raises(DataError, match="site 0") as err:

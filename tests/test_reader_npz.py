@@ -241,6 +241,9 @@ def test_sgdml_bad_input(tmp_path: Path) -> None:
     write_sgdml(path, 10, z=np.array([7, 6, 1]))
     with pytest.raises(DataError, match="z"):
         SGDMLDataset(path)
+    write_sgdml(path, 10, lattice=10 * np.eye(3))  # a periodic set was read as molecules, without a word
+    with pytest.raises(DataError, match="periodic sGDML dataset"):
+        SGDMLDataset(path)
 
 
 def test_sniff_tells_the_npz_formats_apart(tmp_path: Path) -> None:

@@ -177,6 +177,20 @@ def test_missing_key_and_bad_length(tmp_path, fr):
         open_dataset(path)
 
 
+def test_a_flat_cell_and_fractional_atomic_numbers_are_refused(tmp_path, fr):
+    """A singular, non-zero cell was read as a molecule and atomic number 6.4 as carbon, both without a word."""
+    flat, frac, molecule = (pyg_data(fr[i], names="new") for i in range(3))
+    flat.cell[0, 1] = flat.cell[0, 0]
+    frac.atomic_numbers[0] += 0.4
+    molecule.cell[:] = 0
+    ds = open_dataset(write_lmdb(tmp_path / "c.lmdb", [flat, frac, molecule]))
+    with pytest.raises(DataError, match="zero volume"):
+        ds[0]
+    with pytest.raises(DataError, match="not whole numbers"):
+        ds[1]
+    assert ds[2].cell is None and not ds[2].pbc.any()  # all zeros: a molecule, as before
+
+
 def test_wrong_forces_shape_and_empty(tmp_path, fr):
     d = pyg_data(fr[0], names="new")
     d.forces = d.forces[:-1]

@@ -103,6 +103,13 @@ class Record:
             raise fail("positions contain NaN or inf", "repair or drop this structure")
         if self.cell is not None and self.cell.shape != (3, 3):
             raise fail(f"cell has shape {self.cell.shape}, expected (3, 3)", "repair the cell")
+        for name in ("tags", "fixed"):
+            value = getattr(self, name)
+            if value is not None and np.shape(value) != (n,):
+                raise fail(
+                    f"{name} have shape {np.shape(value)}, expected ({n},) for {n} atoms",
+                    f"the {name} do not belong to this structure; repair or drop it",
+                )
         if self.energy is not None and not np.isfinite(self.energy):
             raise fail(
                 f"energy is {self.energy}",

@@ -245,7 +245,16 @@ class AseDbDataset(Dataset):
             raise DataError(
                 f"cannot read row ({exc})", file=self.path, record=f"row{row_id}", fix="repair the database"
             ) from None
-        return _row_record(row, self.class_key, self.path)
+        record = _row_record(row, self.class_key, self.path)
+        if self.kind == "db" and record.energy is None and record.forces is not None:
+            raise DataError(
+                "the row has forces but no energy: ASE's SQLite backend stores a NaN energy as NULL, so its "
+                "calculation most likely failed",
+                file=self.path,
+                record=record.id,
+                fix="drop the row, or re-run its calculation",
+            )
+        return record
 
     def class_labels(self) -> np.ndarray | None:
         if self.kind != "db":
@@ -451,7 +460,10 @@ def write_aselmdb(
                     data[TARGETS_KEY] = dict(rec.targets)
                 atoms = rec.to_atoms()
                 atoms.info.clear()
-                db.write(atoms, key_value_pairs=kvp, data=data)
+                try:  # only ASE's refusals here: a reader's errors name their own file and record
+                    db.write(atoms, key_value_pairs=kvp, data=data)
+                except ValueError as exc:
+                    raise ConfigError(f"cannot write record to ASE-LMDB: {exc}", file=path, record=rec.id) from None
                 natoms.append(rec.natoms)
                 labels.append(rec.class_label)
             db.metadata = {
@@ -461,8 +473,6 @@ def write_aselmdb(
                 "class_labels": labels,
             }
         os.replace(tmp, path)
-    except ValueError as exc:
-        raise ConfigError(f"cannot write record to ASE-LMDB: {exc}", file=path) from None
     finally:
         tmp.unlink(missing_ok=True)
         Path(f"{tmp}-lock").unlink(missing_ok=True)

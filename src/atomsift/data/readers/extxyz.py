@@ -365,6 +365,14 @@ class ExtxyzDataset(Dataset):
         k, local, rid = self._where(index)
         values, arrays = dict(frame.values), dict(frame.arrays)
         energy = values.pop(self.energy_key, None)
+        if energy is not None and (isinstance(energy, (bool, np.bool_, str)) or np.size(energy) != 1):
+            raise DataError(
+                f"'{self.energy_key}' is {energy!r} in this frame's comment line, not a number"
+                + (" (a bare key reads as True)" if isinstance(energy, (bool, np.bool_)) else ""),
+                file=self.files[k],
+                record=rid,
+                fix=f"write {self.energy_key}=<value in eV> there, or name the energy's key with energy_key=KEY",
+            )
         forces = arrays.pop(self.forces_key, None)
         if self.class_key is not None:
             if self.class_key not in values:
@@ -397,7 +405,7 @@ class ExtxyzDataset(Dataset):
             cell=frame.cell,
             pbc=frame.pbc,
             id=rid,
-            energy=None if energy is None else float(energy),
+            energy=None if energy is None else float(np.asarray(energy).reshape(())),
             forces=None if forces is None else np.asarray(forces, dtype=np.float64),
             targets=targets,
             class_label=label,

@@ -121,6 +121,12 @@ class MatbenchDataset(Dataset):
             raise DataError("the dataset holds no entries", file=self.path, fix="use a MatBench release file")
         digits = math.floor(math.log10(n)) + 1
         index = frame.get("index") or list(range(n))
+        if len(index) != n:
+            raise DataError(
+                f"the file's index has {len(index)} entries for {n} rows of data",
+                file=self.path,
+                fix="use an unedited MatBench release file (its index and data are the same length)",
+            )
         self._ids: list[str] = []
         for pos, value in enumerate(index):
             if isinstance(value, str):
@@ -208,7 +214,7 @@ class MatbenchDataset(Dataset):
                 f"row {row} is not a [structure, value] list", file=self.path, record=mbid, fix="repair the file"
             ) from None
         numbers, positions, cell, pbc = structure_from_dict(structure, file=self.path, record=mbid)
-        if value is None or not isinstance(value, (int, float)):
+        if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise DataError(
                 f"target '{self.target}' is {value!r}, not a number", file=self.path, record=mbid, fix="repair the file"
             )

@@ -150,7 +150,8 @@ class OCLmdbDataset(Dataset):
     S2EF (already referenced), the total energy for OC22 S2EF-Total; `metadata()` names the field.
     Forces are `forces` or `force`. Records without them (IS2RE) get None. `tags` (int64) and
     `fixed` (bool) go to the Record; `sid`, `fid`, `natoms` to `info`. pbc is True on all three
-    axes when a cell of nonzero volume is present. Record id: `<lmdb file name>/<key>`.
+    axes when a cell of nonzero volume is present (an all-zero cell is a molecule; another flat cell is an
+    error). Record id: `<lmdb file name>/<key>`.
     """
 
     format_name: ClassVar[str] = "oc-lmdb"
@@ -277,7 +278,12 @@ class OCLmdbDataset(Dataset):
                     record=rid,
                     fix="this reader expects OC20/OC22 S2EF or IS2RE Data objects",
                 )
-        numbers = np.rint(np.asarray(fields["atomic_numbers"])).astype(np.int64).reshape(-1)
+        raw_numbers = np.asarray(fields["atomic_numbers"], dtype=np.float64)
+        numbers = np.rint(raw_numbers).astype(np.int64).reshape(-1)
+        if not np.array_equal(numbers, raw_numbers.reshape(-1)):  # stored as floats in OC releases: whole ones
+            raise DataError(
+                "atomic_numbers holds values that are not whole numbers", file=file, record=rid, fix=LMDB_FIX
+            )
         positions = np.asarray(fields["pos"], dtype=np.float64)
         cell, pbc = None, np.zeros(3, dtype=bool)
         raw_cell = fields.get("cell")
@@ -286,6 +292,13 @@ class OCLmdbDataset(Dataset):
             c = c.reshape(3, 3) if c.size == 9 else c
             if c.shape != (3, 3) or abs(_det3(c)) > 1e-8:
                 cell, pbc = c, np.ones(3, dtype=bool)
+            elif c.any():  # an all-zero cell is a molecule; a flat one is damage, read as a molecule it was
+                raise DataError(
+                    f"the cell has zero volume (det {_det3(c):.3g} A^3) but is not all zeros",
+                    file=file,
+                    record=rid,
+                    fix="repair the cell, or drop this structure",
+                )
         energy = forces = None
         for name in _ENERGY_NAMES:
             if name in fields:

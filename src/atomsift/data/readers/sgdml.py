@@ -92,8 +92,15 @@ class SGDMLDataset(NpzFramesDataset):
                 f"unknown unit in the file: {exc.args[0]}",
                 file=self.path,
                 record="e_unit/r_unit",
-                fix="e_unit must be 'kcal/mol' or 'eV' and r_unit 'Ang' or 'bohr'",
+                fix="store e_unit and r_unit as one of the units listed there",
             ) from None
+        if "lattice" in npz:  # sGDML's periodic datasets: read as molecules, every image pair would be missed
+            raise DataError(
+                "the file holds a 'lattice' (a periodic sGDML dataset); this reader reads molecules (MD17, MD22)",
+                file=self.path,
+                record="lattice",
+                fix="write the frames with their cell to extended XYZ (ase.io.write) and read that file",
+            )
         self._f_factor = self._e_factor / self._r_factor
         self.units = {"energy": e_unit, "forces": f"{e_unit}/{r_unit}", "positions": r_unit}
         self._check_shapes(npz)
