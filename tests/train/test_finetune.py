@@ -261,6 +261,10 @@ def test_predict_names_and_scores_the_heads_own_target(pretrained, capsys):
     assert metrics["U0_mae_meV"] == pytest.approx(1000 * mae, rel=1e-9) and metrics["n_with_target"] == 4
     _print_mae(metrics, "t")
     assert "U0 (meV)" in capsys.readouterr().out
+    records[1].targets["U0"] = float("nan")  # the MAE came out nan, naming nothing
+    with pytest.raises(DataError, match="target 'U0' is nan") as err:
+        evaluate_model(model, records, task, results=results)
+    assert err.value.record == records[1].id
 
 
 def test_a_training_checkpoint_points_to_the_runs_model(pretrained):

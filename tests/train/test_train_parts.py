@@ -186,3 +186,34 @@ def test_merged_metrics_keep_lightnings_sorted_column_order_across_attempts(tmp_
         ("19", "0.41", "", ""),  # the later attempt's row for the same step and metrics replaces the earlier one
         ("29", "", "0.3", "1e-3"),
     ]
+
+
+def test_labels_that_are_not_numbers_are_named_not_averaged():
+    """A NaN target (a QMOF band gap, a MatBench value) passed the readers; the normaliser's mean became NaN and
+    the NaN-loss error named the first batch's structures, none of which held it."""
+    from atomsift.errors import DataError
+    from atomsift.train.module import _non_finite_labels
+
+    ds = open_dataset("bundled:bench-qm9")
+    records = [ds[i] for i in range(4)]
+    records[2].targets["U0"] = float("nan")
+    with pytest.raises(DataError, match="target 'U0' of dataset 'qm9' is nan") as err:
+        fit_normalizer(records, target="U0", linear_reference=False, forces=False, source="qm9")
+    assert err.value.record == records[2].id
+    batch = collate(records, targets=["U0"])
+    named = _non_finite_labels(batch, [TaskInfo("qm9", "qm9", target="U0", forces=False)])
+    assert named == f"{records[2].id}: U0 nan"
+    assert _non_finite_labels(collate(records[:2], targets=["U0"]), [TaskInfo("qm9", "qm9", target="U0")]) == ""
+
+
+def test_a_several_headed_model_says_which_head_scored():
+    """evaluate / predict on a pretrained mixture scored its first head silently (another dataset's energy
+    reference: errors off by 1e4)."""
+    from types import SimpleNamespace
+
+    from atomsift.train.evaluate import head_choice
+
+    mixture = SimpleNamespace(head_specs={"mols": None, "acac": None}, default_head="mols")
+    assert "2 heads (mols, acac); this used 'mols'" in head_choice(mixture, None)
+    assert head_choice(mixture, "acac") == ""
+    assert head_choice(SimpleNamespace(head_specs={"energy": None}, default_head="energy"), None) == ""

@@ -58,7 +58,7 @@ def summarize(
     f_sq = 0.0
     f_count = 0
     t_sum = 0.0
-    t_count = 0
+    t_count = t_not_number = 0
     target_key: str | None = None
     periodic = 0
     for i in progress_bar(range(n), desc=f"inspect {ds.path.name}", unit="rec", disable=not progress, leave=False):
@@ -87,6 +87,8 @@ def summarize(
             if value is not None and np.ndim(value) == 0 and np.isfinite(value):
                 t_sum += float(value)
                 t_count += 1
+            elif value is not None and np.ndim(value) == 0:
+                t_not_number += 1
     if target not in (None, "energy") and target_key is None:
         resolve_target(ds, {}, target)  # raises: no record carries any target
     labels = ds.class_labels()
@@ -111,5 +113,6 @@ def summarize(
         out["target"] = target if target == "energy" else target_key
         out["target_mean"] = t_sum / t_count if t_count else None
         out["n_with_target"] = t_count
+        out["n_target_nan_or_inf"] = t_not_number  # training refuses such labels, naming the structure
     out["metadata"] = ds.metadata()
     return out

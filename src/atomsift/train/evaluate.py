@@ -21,7 +21,7 @@ import numpy as np
 
 from atomsift.data.base import label_hints
 from atomsift.data.record import Record
-from atomsift.errors import ConfigError, naming_file
+from atomsift.errors import ConfigError, DataError, naming_file
 from atomsift.train.inputs import read_run_yaml
 from atomsift.train.losses import ERROR_KEYS, TaskInfo
 from atomsift.train.metrics import metrics_from_sums, target_key, unit_label
@@ -49,6 +49,12 @@ def evaluate_model(
     for rec, res in zip(records, results, strict=True):
         label = rec.energy if task.target == "energy" else rec.targets.get(task.target)
         value = res.get("energy") if task.kind == "energy" else res["property"][0]
+        if label is not None and not np.isfinite(label).all():
+            raise DataError(
+                f"target '{task.target}' is {float(np.asarray(label).reshape(-1)[0])}",
+                record=rec.id,
+                fix="drop that label from the file (a structure without it is not counted) or the structure",
+            )
         if label is not None and value is not None:
             err = float(value) - float(np.asarray(label).reshape(()))
             sums["n"] += 1
@@ -238,6 +244,18 @@ def _with_reader_split(spec: Any, split: str, checkpoint: Path) -> Any:
     return spec.model_copy(update={"options": {**spec.options, "split": split}})
 
 
+def head_choice(model: Any, head: str | None) -> str:
+    """A note when `head` was not given and the model has several heads (a pretrained mixture: one per dataset),
+    naming the one used, else "": another dataset's head can be off by its whole energy reference."""
+    names = list(model.head_specs)
+    if head is not None or len(names) < 2:
+        return ""
+    return (
+        f"the model has {len(names)} heads ({', '.join(names)}); this used '{model.default_head}', its default: "
+        "choose the one trained on data like these with --head"
+    )
+
+
 def unseen_elements(model: Any, head: str, records: list[Any]) -> str:
     """A warning naming the elements of `records` that the head's per-element energy reference was not fitted on
     (its value for them is 0, so their energies extrapolate), or "" (also when the model does not record it)."""
@@ -309,6 +327,7 @@ def evaluate_checkpoint(
     run = Path(checkpoint).parent
     unfinished = (run / "config.yaml").exists() and not (run / "summary.json").exists()
     for said in (
+        head_choice(model, head),
         unseen_elements(model, task.head, records),
         "the run that wrote this checkpoint has not finished (no summary.json next to it)" if unfinished else "",
     ):

@@ -104,7 +104,9 @@ def fit_normalizer(
         source: the dataset's name, for error messages.
     """
     values, numbers, force_rows = [], [], []
+    present: set[str] = set()
     for rec in records:
+        present.update(k for k, v in rec.targets.items() if np.ndim(v) == 0)
         value = rec.energy if target == "energy" else rec.targets.get(target)
         if value is None:
             continue
@@ -115,14 +117,22 @@ def fit_normalizer(
                 record=rec.id,
                 fix="choose a scalar target",
             )
+        if not np.isfinite(value).all():
+            raise DataError(
+                f"target '{target}' of dataset '{source}' is {float(value.reshape(-1)[0])}",
+                record=rec.id,
+                fix="drop that label from the file (a structure without the label is left out of its loss) or the "
+                "structure",
+            )
         values.append(float(value.reshape(())))
         numbers.append(rec.numbers)
         if forces and rec.forces is not None:
             force_rows.append(np.asarray(rec.forces, dtype=np.float64).ravel())
     if not values:
+        there = f"their scalar labels: {', '.join(sorted(present))}" if present else "they carry no other labels"
         raise MissingTarget(
-            f"no training structure of '{source}' has the target '{target}'",
-            fix="check the target name (atomsift data inspect lists the labels) or the split",
+            f"no training structure of '{source}' has the target '{target}' ({there})",
+            fix="set task.target to one of those labels, or check the split",
         )
     y = np.asarray(values)
     if linear_reference:
