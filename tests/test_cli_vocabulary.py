@@ -113,6 +113,7 @@ def test_usage_errors_are_one_paragraph_too():
         (("csi", "--bogus-flag", "--out", "x"), "No such option: --bogus-flag"),
         (("data", "sample", "bundled:ethanol", "--out", "x.json", "--n-samples", "abc"), "--n-samples"),
         (("pretrain", "--dry-run"), "Missing option '--out'. Fix:"),  # click's own full stop, not two
+        (("data", "inspct", "x"), "Did you mean 'inspect'? Fix:"),  # was "...?. Fix:"
     ):
         proc = run(*args)
         one_paragraph(proc, needle, "--help")

@@ -46,9 +46,10 @@ def _children_cpu_s() -> float:
 def test_pretrain_finetune_evaluate_end_to_end(tmp_path):
     start = _children_cpu_s()  # CPU seconds, not wall: other processes on a shared machine do not count
     cfg = write_config(tmp_path / "pt.yaml")
-    dry = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "pt"), "--dry-run")
+    dry = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "pt"), "--dry-run", "warmup_steps=100")
     assert dry.returncode == 0, dry.stderr
     assert "C = 60 structure passes" in dry.stdout and not (tmp_path / "pt").exists()
+    assert "warmup_steps=100 is not below the run's 8 optimizer steps" in dry.stderr  # said by the run alone
     assert f"run folder {tmp_path / 'pt'}: a new run" in dry.stdout
     pt = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "pt"), "seed=3")
     assert pt.returncode == 0, pt.stderr
@@ -63,6 +64,7 @@ def test_pretrain_finetune_evaluate_end_to_end(tmp_path):
     assert yaml.safe_load((tmp_path / "pt/config.yaml").read_text())["seed"] == 3
     dry = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "pt"), "seed=4", "--dry-run")
     assert "refused: the run folder holds a run with other settings (seed: 3 -> 4)" in " ".join(dry.stdout.split())
+    assert dry.returncode == 2  # as the run would: a script can trust a dry run's exit status
     ft = run(
         "finetune",
         "--preset",
@@ -175,6 +177,18 @@ def test_bad_pretrain_input_is_one_paragraph(tmp_path, changes, args, needle):
 def test_bad_finetune_input_is_one_paragraph(tmp_path):
     proc = run("finetune", "--preset", "rmd71", "--data", "bundled:ethanol", "--from-scratch", "--out", str(tmp_path))
     assert proc.returncode == 2 and "unknown finetuning preset 'rmd71'" in proc.stderr
+    proc = run(
+        "finetune",
+        "--preset",
+        "property",
+        "--data",
+        "bundled:bench-qm9",
+        "--from-scratch",
+        "backbone.name=painn",
+        "--out",
+        str(tmp_path),
+    )
+    assert proc.returncode == 2 and "needs the name of the target" in proc.stderr  # trained REPLACE_WITH_TARGET_NAME
     missing = ("--checkpoint", str(tmp_path / "no.pt"), "--out", str(tmp_path / "ft"), "--dry-run")
     proc = run("finetune", "--preset", "rmd17", "--data", "bundled:ethanol", *missing)
     assert proc.returncode == 2 and "checkpoint file not found" in proc.stderr, proc.stdout  # a dry run said nothing
@@ -288,7 +302,7 @@ def test_ctrl_c_saves_and_resume_finishes_the_same_run(tmp_path):
     cut = run("pretrain", "--config", str(cfg), "--out", str(damaged), "--resume")
     assert cut.returncode == 2 and "checkpoint is damaged" in cut.stderr and "Traceback" not in cut.stderr
     dry = run("pretrain", "--config", str(cfg), "--out", str(damaged), "--resume", "--dry-run")
-    assert dry.returncode == 0 and "refused: the run's checkpoint is damaged" in " ".join(dry.stdout.split())
+    assert dry.returncode == 2 and "refused: the run's checkpoint is damaged" in " ".join(dry.stdout.split())
     resumed = run("pretrain", "--config", str(cfg), "--out", str(tmp_path / "run"), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     a = torch.load(tmp_path / "ref/last.pt", weights_only=True)["state_dict"]

@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         context = getattr(exc, "ctx", None)
         command = context.command_path if context is not None else "atomsift"
         message = exc.format_message().rstrip(".")  # click ends some messages with a full stop, some not
-        _fail(f"{message}. Fix: `{command} --help` lists its options.", getattr(exc, "exit_code", 2))
+        end = "" if message.endswith("?") else "."  # "Did you mean 'inspect'?"
+        _fail(f"{message}{end} Fix: `{command} --help` lists its options.", getattr(exc, "exit_code", 2))
     except typer.Abort:
         _fail("aborted.", 1)
     except AtomsiftError as exc:

@@ -262,7 +262,7 @@ def predict(
     """Predict the head's target and forces (eV/A); with labelled data, print the MAE as `evaluate` reports it."""
     from atomsift.models import load_checkpoint
     from atomsift.settings import check_output_file
-    from atomsift.train.evaluate import evaluate_model, task_of_model
+    from atomsift.train.evaluate import evaluate_model, head_choice, task_of_model, unseen_elements
 
     if n_old is not None:
         at_least_one(n_old, "--n")
@@ -279,6 +279,9 @@ def predict(
     with naming_file(getattr(ds, "path", None)):
         results = model.predict(records, head=head, batch_size=batch_size, progress=count > 4 * batch_size)
     task = task_of_model(model, head)
+    for said in (head_choice(model, head), unseen_elements(model, task.head, records)):
+        if said:
+            warnings.warn(said, stacklevel=1)
     rows = _rows(records, results, task)
     if out is not None:
         write_text_atomic(out, json.dumps({"checkpoint": str(checkpoint), "data": data, "predictions": rows}))

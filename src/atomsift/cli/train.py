@@ -81,6 +81,8 @@ def pretrain(
     from atomsift.settings import resolve_settings
     from atomsift.train.config import PretrainConfig
     from atomsift.train.pretrain import check_start, dry_run_outlook, plan_pretraining, print_plan, run_pretraining
+    from atomsift.train.run_folder import outlook_refused
+    from atomsift.train.schedule import warmup_problem
 
     for value, flag in ((batch_size, "--batch-size"), (n_samples, "--n-samples"), (epochs, "--epochs")):
         at_least_one(value, flag)
@@ -99,9 +101,13 @@ def pretrain(
         check_start(cfg, out, overwrite)
         plan = plan_pretraining(cfg)
         print_plan(plan, cfg, console)
-        console.print(
-            dry_run_outlook(cfg, plan, out, resume=resume, overwrite=overwrite), markup=False, highlight=False
-        )
+        line = dry_run_outlook(cfg, plan, out, resume=resume, overwrite=overwrite)
+        console.print(line, markup=False, highlight=False)
+        problem = warmup_problem(cfg.warmup_steps, plan.total_steps, cfg.warmup_start_factor)
+        if problem:
+            warnings.warn(problem, stacklevel=1)  # the run says it when it starts
+        if outlook_refused(line):
+            raise typer.Exit(2)  # as the run would
         return
     _quiet_lightning()
     run_pretraining(cfg, out, resume=resume, overwrite=overwrite, console=console)
@@ -179,7 +185,11 @@ def finetune(
         example='docs/training.md, "Settings of atomsift finetune"',
     )
     _quiet_lightning()
-    run_finetuning(cfg, out, resume=resume, overwrite=overwrite, console=make_console(), dry_run=dry_run, outlook=True)
+    result = run_finetuning(
+        cfg, out, resume=resume, overwrite=overwrite, console=make_console(), dry_run=dry_run, outlook=True
+    )
+    if result.get("refused"):
+        raise typer.Exit(2)  # a dry run whose run would be refused, as the run would
 
 
 def evaluate(

@@ -224,7 +224,7 @@ def check_observations(n: int, d: int, name: str, aggregation: str | None = None
         warnings.warn(
             f"{name}: {n} observations for {d} feature dimensions; its covariance is singular "
             f"(rank <= {max(int(n) - 1, 0)}) and its CSI values are biased. Sample more structures, {flat}or "
-            "shrink the covariance (shrink_covariance, the shrinkage option).",
+            "shrink the covariance (`atomsift csi --shrinkage auto`; shrink_covariance in Python).",
             CSIWarning,
             stacklevel=2,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,16 @@ from atomsift.train.inputs import input_fingerprints, read_run_json
 from atomsift.train.losses import TaskInfo
 from atomsift.train.metrics import FORCES_MAE, target_metric_names
 from atomsift.train.module import TrainModule
-from atomsift.train.run_folder import folder_outlook, prepare_run, quiet_if_secondary, releases_run_locks, write_json
+from atomsift.train.run_folder import (
+    folder_outlook,
+    outlook_refused,
+    prepare_run,
+    quiet_if_secondary,
+    releases_run_locks,
+    write_json,
+)
 from atomsift.train.runner import resume_point, run_fit
+from atomsift.train.schedule import warmup_problem
 from atomsift.train.setup import (
     best_model_writer,
     closing_table,
@@ -43,6 +52,9 @@ from atomsift.train.setup import (
     fmt,
     param_groups,
 )
+
+PLACEHOLDER_TARGET = "REPLACE_WITH_TARGET_NAME"
+"""The property preset's task.target until the user names one."""
 
 PRESETS = ("rmd17", "md22", "spice", "qm9", "qmof", "matbench", "energy-forces", "property")
 
@@ -232,6 +244,12 @@ def run_finetuning(
     from atomsift.train.evaluate import evaluate_model
 
     console = quiet_if_secondary(console or Console())
+    if cfg.task.target == PLACEHOLDER_TARGET:
+        raise ConfigError(
+            "the property preset needs the name of the target to train",
+            fix="add task.target=NAME and task.unit=UNIT, e.g. task.target=bandgap task.unit=eV (`atomsift data "
+            "inspect DATASET --target NAME` checks that the data has it)",
+        )
     settings = cfg.model_dump(mode="json")
     # a mistyped path or hyperparameter is said before anything is read or written; not in a dry run (the
     # experiment's pre-flight plans finetuning from pretraining weights that do not exist yet) and not for a
@@ -281,6 +299,11 @@ def run_finetuning(
             results = ("summary.json", "test_metrics.json")
             line = folder_outlook(out, settings, resume=resume, overwrite=overwrite, results=results, **folder)
             console.print(line, markup=False, highlight=False)
+            problem = warmup_problem(cfg.warmup_steps, cfg.epochs * steps, cfg.warmup_start_factor)
+            if problem:
+                warnings.warn(problem, stacklevel=2)
+            if outlook_refused(line):
+                return {"refused": True}
         return {"splits": {k: len(v) for k, v in splits.items()}, "steps_per_epoch": steps}
     state = prepare_run(out, settings, resume=resume, overwrite=overwrite, **folder)
     if state == "done":

@@ -279,6 +279,15 @@ def check_resumable(out: Path) -> None:
         )
 
 
+REFUSED = ": refused: "
+"""What marks an outlook line whose run would be refused (`outlook_refused`)."""
+
+
+def outlook_refused(line: str) -> bool:
+    """Whether a `folder_outlook` line says the run would be refused (a dry run then exits 2, as the run would)."""
+    return line.startswith("run folder ") and REFUSED in line
+
+
 def folder_outlook(
     out: Path,
     settings: dict[str, Any],
@@ -302,9 +311,9 @@ def folder_outlook(
         elif decision == "resume":
             check_resumable(out)
     except AtomsiftError as exc:
-        return f"run folder {out}: refused: {exc.message()}"
+        return f"run folder {out}{REFUSED}{exc.message()}"
     except OSError as exc:  # an input or the folder cannot be read
-        return f"run folder {out}: refused: {exc}"
+        return f"run folder {out}{REFUSED}{exc}"
     if decision == "overwrite" and not any((Path(out) / name).exists() for name in RUN_FILES):
         decision = "new"  # nothing of a run there to remove
     if decision == "resume":
