@@ -18,7 +18,7 @@ from atomsift.errors import ConfigError, DataError
 from atomsift.models import load_checkpoint
 from atomsift.train import runner
 from atomsift.train.module import TrainingDiverged
-from atomsift.train.pretrain import run_pretraining
+from atomsift.train.pretrain import plan_pretraining, run_pretraining
 
 
 class Kill(BaseException):
@@ -204,6 +204,18 @@ def test_n_above_dataset_size_suggests_epochs(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"has 290 available .*n_samples=290 with epochs=5"):
         run_pretraining(cfg, tmp_path / "run", progress=False)
+    # in a mixture the suggestion is the largest total N that fits every dataset, with the budget kept (it
+    # offered one dataset's size as the total: n_samples=475 with epochs=6, a budget of 2850 for 2000)
+    two = {"acac": {"path": "bundled:acac", "val_size": 25}, "oxides": {"path": "bundled:oxides", "val_size": 5}}
+    cfg = pretrain_config(upstream=two, mixture="balanced", n_samples=1000, epochs=2)
+    with pytest.raises(ConfigError, match=r"n_samples=581 with epochs=4, about the same budget"):
+        plan_pretraining(cfg)
+    plan_pretraining(pretrain_config(upstream=two, mixture="balanced", n_samples=581, epochs=4))  # 291 + 290: fits
+    with pytest.raises(ConfigError, match="has 290 available"):
+        plan_pretraining(pretrain_config(upstream=two, mixture="balanced", n_samples=582, epochs=4))
+    with pytest.raises(ConfigError, match="gives 'oxides' no training structures") as err:  # was "unexpected
+        plan_pretraining(pretrain_config(upstream=two, mixture="balanced", n_samples=1, batch_size=1))  # ValueError"
+    assert "raise n_samples to at least 2" in err.value.fix
     cfg = pretrain_config(
         upstream={"oxides": {"path": "bundled:oxides", "val_size": 5}},
         mixture="single",

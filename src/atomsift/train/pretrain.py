@@ -99,12 +99,34 @@ def world_size_of(cfg: Any) -> int:
     return (devices if isinstance(devices, int) and devices > 0 else 1) * cfg.num_nodes
 
 
+def _val_size(spec: Any, size: int) -> int:
+    """Structures held out for validation: val_size, else 5 % (at least 1, at most 2000)."""
+    return spec.val_size if spec.val_size is not None else min(2000, max(1, round(0.05 * size)))
+
+
+def _largest_fitting_n(cfg: PretrainConfig, sizes: dict[str, int], counts: dict[str, int]) -> int | None:
+    """The largest N below n_samples whose mixture counts fit every dataset's training structures (None if none
+    is found): the N an error suggests, with the epochs that keep the budget."""
+    available = {k: sizes[k] - _val_size(cfg.upstream[k], sizes[k]) for k in sizes}
+    start = min(available[k] * cfg.n_samples // counts[k] for k in counts if counts[k] > 0)
+    for n in range(min(start + 1, cfg.n_samples - 1), max(start - 10_000, 0), -1):  # largest-remainder counts
+        trial = _counts(cfg, sizes, n)
+        if all(trial[k] <= available[k] for k in trial):  # are not monotone in N: scan down from the estimate
+            return n
+    return None
+
+
+def _counts(cfg: PretrainConfig, sizes: dict[str, int], n: int) -> dict[str, int]:
+    """N_i of each dataset for a total of n (the mixture's rule)."""
+    return mixture_counts(sizes, n, cfg.mixture, cfg.temperature, cfg.nominal_sizes, cfg.weights)
+
+
 def plan_pretraining(cfg: PretrainConfig, world_size: int | None = None) -> PretrainPlan:
     """Open the upstream datasets and work out sizes, shares, counts, graphs and steps (no training)."""
     backbone = _backbone_name(cfg)
     opened = {name: open_spec(spec, name) for name, spec in cfg.upstream.items()}
     sizes = {name: len(ds) for name, ds in opened.items()}
-    counts = mixture_counts(sizes, cfg.n_samples, cfg.mixture, cfg.temperature, cfg.nominal_sizes, cfg.weights)
+    counts = _counts(cfg, sizes, cfg.n_samples)
     if cfg.mixture == "temperature":
         shares = temperature_shares(cfg.nominal_sizes or sizes, cfg.temperature)
     else:
@@ -133,7 +155,16 @@ def plan_pretraining(cfg: PretrainConfig, world_size: int | None = None) -> Pret
             )
         if not forces:
             notes.append(f"'{name}' has no forces: it trains its energy head only")
-        val = spec.val_size if spec.val_size is not None else min(2000, max(1, round(0.05 * sizes[name])))
+        if counts[name] == 0:  # its subset would be empty: a head trained on nothing (it crashed the draw)
+            least = next(
+                (n for n in range(cfg.n_samples + 1, cfg.n_samples + 100_000) if min(_counts(cfg, sizes, n).values())),
+                None,
+            )
+            raise ConfigError(
+                f"n_samples={cfg.n_samples} gives '{name}' no training structures (its share of N rounds to 0)",
+                fix=(f"raise n_samples to at least {least}, or " if least else "") + f"drop '{name}' from upstream",
+            )
+        val = _val_size(spec, sizes[name])
         if val >= sizes[name]:
             raise ConfigError(
                 f"val_size {val} of '{name}' leaves no structure for training ({sizes[name]} in all)",
@@ -141,11 +172,17 @@ def plan_pretraining(cfg: PretrainConfig, world_size: int | None = None) -> Pret
             )
         available = sizes[name] - val
         if counts[name] > available and not cfg.allow_repeats:
+            fits = _largest_fitting_n(cfg, sizes, counts)
+            example = (
+                f" (e.g. n_samples={fits} with epochs={math.ceil(cfg.n_samples * cfg.epochs / fits)}, about the "
+                "same budget)"
+                if fits
+                else ""
+            )
             raise ConfigError(
                 f"n_samples asks {counts[name]} structures of '{name}', which has {available} available for "
                 f"training ({sizes[name]} in all, {val} held out)",
-                fix=f"lower n_samples, train more epochs on fewer structures (e.g. n_samples={available} with "
-                f"epochs={math.ceil(counts[name] * cfg.epochs / available)}), or set allow_repeats: true",
+                fix=f"lower n_samples, train more epochs on fewer structures{example}, or set allow_repeats: true",
             )
         plans.append(
             DatasetPlan(
