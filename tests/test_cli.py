@@ -115,6 +115,8 @@ def test_sample_asking_for_more_than_there_is_says_so(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(out.read_text())["indices"]) == size
     assert f"warning: asked for 5000 structures, but {size} are there to draw from" in proc.stderr
+    proc = run("data", "sample", "bundled:acac", "--n-samples", "600", "--out", str(tmp_path / "b.json"))
+    assert proc.returncode == 0 and "600 indices, 338 distinct" in proc.stderr  # balanced repeated silently
 
 
 @pytest.mark.parametrize(

@@ -263,6 +263,9 @@ def test_ase_db_bad_inputs(tmp_path):
     broken.write_bytes(b"SQLite format 3\x00" + b"\x07" * 200)
     with pytest.raises(DataError, match="broken.db"):
         AseDbDataset(broken)
+    with pytest.raises(DataError, match="broken.db") as err:  # was "could not tell the format"
+        open_dataset(broken)
+    assert "format" not in err.value.problem
 
     # a database (or any binary file) read as extended XYZ: said so, with the format it is detected as
     db = tmp_path / "m.db"

@@ -198,8 +198,12 @@ def run_and_report(
 
     console = console or make_console()
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-    on_interrupt(
-        f"statistics of the datasets that finished are kept in {cache}; rerun the same command to resume from them"
+    on_interrupt(  # said at the interrupt: whether any dataset had finished by then
+        lambda: (
+            f"statistics of the datasets that finished are kept in {cache}; rerun the same command to resume from them"
+            if cache.is_dir() and any(cache.iterdir())
+            else "no dataset had finished, so nothing was kept; rerun the same command to start again"
+        )
     )
     name, extra = settings
     check_results_folder(out, name, {**cfg.model_dump(), **extra}, overwrite)

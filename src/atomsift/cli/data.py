@@ -230,6 +230,13 @@ def sample(
             )
         idx = class_balanced_indices(labels, n, cfg.seed)
         n_classes = len(set(labels.tolist()))
+    distinct = len(set(idx.tolist()))
+    if method != "random" and distinct < len(idx):  # the paper's rule: a class smaller than its quota repeats
+        warnings.warn(
+            f"the class-balanced subset repeats structures: {len(idx)} indices, {distinct} distinct (classes "
+            "smaller than their share are drawn with replacement); --sampling random draws without",
+            stacklevel=1,
+        )
     if n is not None and len(idx) < n:
         warnings.warn(
             f"asked for {n} structures, but {len(ds)} are there to draw from: the subset holds {len(idx)} "

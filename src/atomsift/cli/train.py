@@ -202,7 +202,9 @@ def evaluate(
     ),
     out: Path = typer.Option(..., "--out", help="Folder for metrics.json and the plots."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace metrics.json in --out if it exists."),
-    head: str | None = typer.Option(None, "--head", help="Head to evaluate (default: the trained task's)."),
+    head: str | None = typer.Option(
+        None, "--head", help="Head to evaluate (default: the model's first; a warning names it when there are several)."
+    ),
     batch_size: int = typer.Option(16, "--batch-size", help="Structures per forward pass."),
     device: str = typer.Option("cpu", "--device", help="torch device."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),

@@ -280,7 +280,7 @@ def run_finetuning(
         )
     head_name = cfg.task.target
     steps = math.ceil(len(splits["train"]) / cfg.batch_size)
-    graph_text = "said once the backbone is loaded (GemNet-OC: the paper's for the data; others: their own)"
+    graph_text = "the backbone's (GemNet-OC: the paper's for these data; others: their own; printed once loaded)"
     if cfg.graph is not None:
         graph_text = cfg.graph.settings().describe()
     console.print(

@@ -229,8 +229,9 @@ class AseDbDataset(Dataset):
                 return _is_ase_sqlite(path)
             if path.suffix == ".json":
                 return _is_ase_json(path)
-        except sqlite3.Error:
-            return False
+        except sqlite3.Error:  # an SQLite file that cannot be read (cut short): the reader says what is wrong
+            with open(path, "rb") as fh:
+                return path.suffix == ".db" and fh.read(16) == SQLITE_MAGIC
         return False
 
     def _length(self) -> int:
