@@ -170,6 +170,12 @@ def test_extxyz_bad_inputs(tmp_path, real_data):
     mixed = good[:12] + [good[12].replace("config_type=Training_set", "")] + good[13:]
     (tmp_path / "mixed.xyz").write_text("\n".join(mixed) + "\n")
     _expect(DataError, tmp_path / "mixed.xyz", "frame1", "config_type", class_key="config_type")
+    # periodic without a cell, or with a flat one: read and converted, refused only at CSI or training time
+    flat = 'Lattice="5.0 0.0 0.0 5.0 0.0 0.0 0.0 0.0 5.0" '
+    rest = good[12][good[12].index("Properties") :].replace('pbc="F F F"', 'pbc="T T T"')
+    for name, line in (("nocell", rest), ("flat", flat + rest)):
+        (tmp_path / f"{name}.xyz").write_text("\n".join([*good[:12], line, *good[13:]]) + "\n")
+        _expect(DataError, tmp_path / f"{name}.xyz", "frame1", "periodic along")
     # energies that are no number: a bare key read as 1.0 eV; text and vectors were "unexpected" (exit 1)
     for name, value in (("bare", "energy"), ("flag", "energy=T"), ("text", "energy=abc"), ("vector", 'energy="1 2"')):
         line = " ".join(value if w.startswith("energy=") else w for w in good[12].split(" "))

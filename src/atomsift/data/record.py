@@ -13,6 +13,23 @@ from atomsift.errors import DataError
 MAX_Z = len(chemical_symbols) - 1
 """Largest atomic number the code knows (ASE's table; 118, Og)."""
 
+_GRAM_EPS = 1e-10  # Gram determinant of unit lattice vectors below this = degenerate
+
+
+def periodic_vectors_ok(cell: np.ndarray, pbc: np.ndarray) -> bool:
+    """True when the lattice vectors along periodic directions are nonzero and independent.
+
+    Vectors along non-periodic directions may be zero (ASE builds slabs that way).
+    """
+    rows = np.asarray(cell, dtype=np.float64)[np.asarray(pbc, dtype=bool)]
+    lengths = np.linalg.norm(rows, axis=1)
+    if rows.shape[0] == 0:
+        return True
+    if np.any(lengths <= 1e-8):
+        return False
+    unit = rows / lengths[:, None]
+    return bool(np.linalg.det(unit @ unit.T) > _GRAM_EPS)
+
 
 @dataclass
 class Record:
@@ -103,6 +120,17 @@ class Record:
             raise fail("positions contain NaN or inf", "repair or drop this structure")
         if self.cell is not None and self.cell.shape != (3, 3):
             raise fail(f"cell has shape {self.cell.shape}, expected (3, 3)", "repair the cell")
+        pbc = np.asarray(self.pbc, dtype=bool)
+        if pbc.any() and (self.cell is None or not periodic_vectors_ok(self.cell, pbc)):
+            raise fail(
+                f"structure is periodic along {pbc.tolist()} but has "
+                + (
+                    "no cell"
+                    if self.cell is None
+                    else "zero or linearly dependent lattice vectors along those directions"
+                ),
+                "give it its cell (extended XYZ: Lattice=...), or set pbc to False for a molecule",
+            )
         for name in ("tags", "fixed"):
             value = getattr(self, name)
             if value is not None and np.shape(value) != (n,):

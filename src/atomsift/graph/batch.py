@@ -18,11 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from atomsift.data.record import Record
+from atomsift.data.record import Record, periodic_vectors_ok
 from atomsift.errors import DataError
 from atomsift.graph.settings import GraphSettings
 
-_GRAM_EPS = 1e-10  # Gram determinant of unit lattice vectors below this = degenerate
 _INFO_SKIP = {"atomsift_id", "class_label"}  # ase.Atoms.info keys that are not targets
 UNTAGGED = 2
 """Tag of atoms in structures without OC20 tags (molecules, bulk): JMP's choice, 'adsorbate'."""
@@ -189,21 +188,6 @@ def _from_atoms(atoms: Any, index: int) -> _Parts:
         targets=targets,
         fixed=fixed,
     )
-
-
-def periodic_vectors_ok(cell: np.ndarray, pbc: np.ndarray) -> bool:
-    """True when the lattice vectors along periodic directions are nonzero and independent.
-
-    Vectors along non-periodic directions may be zero (ASE builds slabs that way).
-    """
-    rows = np.asarray(cell, dtype=np.float64)[np.asarray(pbc, dtype=bool)]
-    lengths = np.linalg.norm(rows, axis=1)
-    if rows.shape[0] == 0:
-        return True
-    if np.any(lengths <= 1e-8):
-        return False
-    unit = rows / lengths[:, None]
-    return bool(np.linalg.det(unit @ unit.T) > _GRAM_EPS)
 
 
 def _check(p: _Parts) -> None:
