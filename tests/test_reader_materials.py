@@ -306,6 +306,11 @@ def test_adsorbates_bad_inputs(tmp_path):
     with pytest.raises(DataError, match="Pt/O/fcc/0.5") as err:
         ds[1]
     assert "my_structures.json" in str(err.value)
+    nan = tmp_path / "nan.json"  # the NaN sits in the energies file: it was named against the structures file
+    nan.write_text(json.dumps({"Pt": {"O": {"fcc": {"0.25": float("nan")}}}}))
+    with pytest.raises(DataError, match="adsorption energy is nan") as err:
+        open_dataset(path, format="adsorbates-json", energies=nan)[0]
+    assert err.value.file == str(nan)
     other = tmp_path / "e.json"
     other.write_text(json.dumps({"Pt": {"O": {"fcc": {"0.25": "Q"}}}}))
     with pytest.raises(DataError, match="no structure has a numeric"):

@@ -307,3 +307,20 @@ def test_finetuning_in_float64(pretrained, tmp_path):
         finetune_config(checkpoint=pretrained, precision="64", epochs=1), tmp_path / "ft", progress=False
     )
     assert metrics["forces_mae_meV_per_A"] > 0 and (tmp_path / "ft" / "model.pt").is_file()
+
+
+def test_a_structure_the_model_refuses_in_training_names_its_file(pretrained, tmp_path):
+    """Atoms on top of each other are found by the model, which knows the record id only: the error had no
+    File part (the bad-input review)."""
+    import ase.io
+
+    frames = ase.io.read(open_bundled_ethanol_path(), index=":12")
+    frames[3].positions[1] = frames[3].positions[0]
+    data = tmp_path / "dup.xyz"
+    ase.io.write(data, frames, format="extxyz")
+    cfg = finetune_config(
+        checkpoint=pretrained, data={"path": str(data)}, split={"train": 8, "val": 2, "test": 2, "seed": 0}
+    )
+    with pytest.raises(DataError, match="sit on top of each other") as err:
+        run_finetuning(cfg, tmp_path / "ft", progress=False)
+    assert err.value.file == str(data) and err.value.record == "frame3"

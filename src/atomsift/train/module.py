@@ -9,9 +9,10 @@ best validation value next to Lightning's own state.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from atomsift.errors import AtomsiftError
+from atomsift.errors import AtomsiftError, DataError
 from atomsift.train.config import Optimisation
 from atomsift.train.data import BatchCollator, BudgetBatchSampler, TrainSet
 from atomsift.train.losses import ERROR_KEYS, TaskInfo, error_sums, structure_losses, target_of
@@ -207,6 +208,18 @@ class TrainModule(L.LightningModule):
             per = per + torch.where(batch.dataset == k, loss, torch.zeros_like(loss))
         return per
 
+    @contextlib.contextmanager
+    def _naming_file(self, batch: Any) -> Iterator[None]:
+        """A data error of one structure (atoms on top of each other, found by the model) gets the file of that
+        structure's dataset: the model knows the record's id only."""
+        try:
+            yield
+        except DataError as exc:
+            if exc.file is None and exc.record in batch.ids:
+                task = self.train_set.tasks[int(batch.dataset[batch.ids.index(exc.record)])]
+                exc.amend(file=getattr(task.dataset, "path", None))
+            raise
+
     def _seed_edge_dropout(self) -> None:
         backbone = self.model.backbone
         if self.edge_dropout > 0 and hasattr(backbone, "edge_dropout"):
@@ -216,7 +229,8 @@ class TrainModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         self._seed_edge_dropout()
-        outs = self.model.forward_heads(batch, self._heads(batch), create_graph=True)
+        with self._naming_file(batch):
+            outs = self.model.forward_heads(batch, self._heads(batch), create_graph=True)
         per = self._losses(self.model, outs, batch)
         weights = batch.weights.to(per.dtype)
         loss = (weights * per).sum() * self.trainer.world_size / batch.step_size
@@ -288,7 +302,8 @@ class TrainModule(L.LightningModule):
         was = net.training
         net.eval()
         try:
-            outs = net.forward_heads(batch, self._heads(batch), create_graph=False)
+            with self._naming_file(batch):
+                outs = net.forward_heads(batch, self._heads(batch), create_graph=False)
             per = self._losses(net, outs, batch).detach()
         finally:
             net.train(was)

@@ -142,6 +142,10 @@ class AdsorbatesJsonDataset(Dataset):
                 fix="repair this entry",
             ) from None
         energy = self._energies[index]
+        if not np.isfinite(energy):  # the energies file's, not the structures file's (which validate would name)
+            raise DataError(
+                f"adsorption energy is {energy}", file=self.energies_path, record=rid, fix="repair or drop this entry"
+            )
         return Record(
             numbers=numbers,
             positions=positions,
