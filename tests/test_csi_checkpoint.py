@@ -119,3 +119,12 @@ def test_cli_refuses_a_partial_checkpoint_in_one_paragraph(tmp_path, checkpoints
     )
     assert proc.returncode == 2, proc.stderr
     assert "-x strict=false" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_checkpoint_extractor_without_its_path_says_how_to_give_it():
+    """It said "missing a required argument: 'path'" and listed the options, path among them."""
+    from atomsift.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        get_extractor("checkpoint")
+    assert err.value.fix == "give its path after a colon: --extractor checkpoint:PATH"

@@ -71,6 +71,8 @@ def test_bad_head_config_is_rejected():
         AtomsModel(build_backbone("painn", **TINY), {})
     with pytest.raises(ConfigError, match="did you mean 'out_dim' for 'out_dimm'"):
         _model(p={"kind": "property", "out_dimm": 2})
+    with pytest.raises(ConfigError, match="did you mean 'painn' for 'pain'"):  # the other lookups had one
+        build_backbone("pain")
     # GemNet-OC has no default size: named presets instead of a TypeError listing 19 arguments
     with pytest.raises(ConfigError, match="needs a size") as err:
         build_backbone("gemnet_oc")

@@ -315,10 +315,17 @@ def get_extractor(spec: str, **options: Any) -> FeatureExtractor:
             accepted = [
                 p.name for p in signature.parameters.values() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
             ]
-            raise ConfigError(
-                f"bad options for feature extractor '{text}': {exc}",
-                fix=f"its options are: {', '.join(accepted) or 'none'}",
-            ) from None
+            first = next(iter(signature.parameters.values()), None)
+            if (
+                not args
+                and first is not None
+                and first.kind is first.POSITIONAL_OR_KEYWORD
+                and first.name not in options
+            ):
+                fix = f"give its {first.name} after a colon: --extractor {key}:{first.name.upper()}"
+            else:
+                fix = f"its options are: {', '.join(accepted) or 'none'}"
+            raise ConfigError(f"bad options for feature extractor '{text}': {exc}", fix=fix) from None
     extractor = factory(*args, **options)
     if not isinstance(extractor, FeatureExtractor):
         raise ConfigError(

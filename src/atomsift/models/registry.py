@@ -35,7 +35,9 @@ def canonical_name(name: str) -> str:
     """'GemNet-OC' -> 'gemnet_oc'; ConfigError listing the known names for an unknown one."""
     key = name.strip().lower().replace("-", "_")
     if key not in BACKBONES:
-        raise ConfigError(f"unknown backbone '{name}'", fix=f"use one of: {', '.join(BACKBONES)}")
+        raise ConfigError(
+            f"unknown backbone '{name}'", fix=did_you_mean([key], BACKBONES) + f"use one of: {', '.join(BACKBONES)}"
+        )
     return key
 
 
