@@ -308,3 +308,15 @@ def test_fingerprints_are_computed_only_where_the_folder_needs_them_and_a_fresh_
     (out / "checkpoints" / "last.ckpt").write_bytes(b"x")
     kwargs = {"resume": True, "overwrite": False, "command": "pretrain", "fingerprints": fingerprints("NEW")}
     assert prepare_run(out, SETTINGS, **kwargs) == "resume"
+
+
+def test_a_settings_difference_names_a_removed_or_added_entry_once():
+    """A csi rerun without one upstream set listed each of its keys as `upstream.mols.path: '/x' -> None`."""
+    from atomsift.train.run_folder import config_diff
+
+    old = {"upstream": {"mols": {"path": "/x", "options": {"k": 1}}, "acac": {"path": "a"}}, "seed": 1}
+    new = {"upstream": {"acac": {"path": "a"}}, "seed": 2}
+    assert config_diff(old, new) == ["seed: 1 -> 2", "upstream.mols: removed"]
+    assert config_diff(new, old) == ["seed: 2 -> 1", "upstream.mols: added"]
+    assert config_diff({"a": {"b": 1}}, {"a": {"b": 2, "c": 3}}) == ["a.b: 1 -> 2", "a.c: None -> 3"]
+    assert config_diff(old, old) == [] and config_diff({"a": {"b": None}}, {"a": {"c": None}}) == []

@@ -64,7 +64,30 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], mechanics: tuple[str, 
     for key in mechanics:
         a.pop(key, None)
         b.pop(key, None)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    said: list[str] = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) == b.get(k):
+            continue
+        gone, new_part = _absent_prefix(new, k), _absent_prefix(old, k)  # a whole entry (an upstream set) gone
+        line = (
+            f"{gone}: removed" if gone else f"{new_part}: added" if new_part else f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+        )
+        if line not in said:
+            said.append(line)
+    return said
+
+
+def _absent_prefix(d: dict[str, Any], dotted: str) -> str | None:
+    """The shortest proper prefix of `dotted` missing from the nested mapping `d` ('upstream.mols' for
+    'upstream.mols.path' when d['upstream'] has no 'mols'), or None."""
+    parts = dotted.split(".")
+    for i in range(1, len(parts)):
+        if not isinstance(d, dict) or parts[i - 1] not in d:
+            return None
+        d = d[parts[i - 1]]
+        if not isinstance(d, dict) or parts[i] not in d:
+            return ".".join(parts[: i + 1]) if isinstance(d, dict) and i < len(parts) - 1 else None
+    return None
 
 
 def diff_text(diff: list[str], shown: int = 6) -> str:
