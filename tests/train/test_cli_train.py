@@ -177,18 +177,12 @@ def test_bad_pretrain_input_is_one_paragraph(tmp_path, changes, args, needle):
 def test_bad_finetune_input_is_one_paragraph(tmp_path):
     proc = run("finetune", "--preset", "rmd71", "--data", "bundled:ethanol", "--from-scratch", "--out", str(tmp_path))
     assert proc.returncode == 2 and "unknown finetuning preset 'rmd71'" in proc.stderr
-    proc = run(
-        "finetune",
-        "--preset",
-        "property",
-        "--data",
-        "bundled:bench-qm9",
-        "--from-scratch",
-        "backbone.name=painn",
-        "--out",
-        str(tmp_path),
-    )
+    property_args = ("finetune", "--preset", "property", "--data", "bundled:bench-qm9", "--from-scratch")
+    property_args += ("backbone.name=painn", "--out", str(tmp_path / "prop"))
+    proc = run(*property_args)
     assert proc.returncode == 2 and "needs the name of the target" in proc.stderr  # trained REPLACE_WITH_TARGET_NAME
+    proc = run(*property_args, "task.target=U0", "split.train=10", "split.val=5", "split.test=5", "--dry-run")
+    assert proc.returncode == 0 and "metrics are named U0_mae_units" in proc.stderr, proc.stderr
     missing = ("--checkpoint", str(tmp_path / "no.pt"), "--out", str(tmp_path / "ft"), "--dry-run")
     proc = run("finetune", "--preset", "rmd17", "--data", "bundled:ethanol", *missing)
     assert proc.returncode == 2 and "checkpoint file not found" in proc.stderr, proc.stdout  # a dry run said nothing

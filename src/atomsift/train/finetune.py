@@ -55,6 +55,8 @@ from atomsift.train.setup import (
 
 PLACEHOLDER_TARGET = "REPLACE_WITH_TARGET_NAME"
 """The property preset's task.target until the user names one."""
+PLACEHOLDER_UNIT = "units"
+"""The property preset's task.unit until the user names one."""
 
 PRESETS = ("rmd17", "md22", "spice", "qm9", "qmof", "matbench", "energy-forces", "property")
 
@@ -249,6 +251,12 @@ def run_finetuning(
             "the property preset needs the name of the target to train",
             fix="add task.target=NAME and task.unit=UNIT, e.g. task.target=bandgap task.unit=eV (`atomsift data "
             "inspect DATASET --target NAME` checks that the data has it)",
+        )
+    if cfg.task.unit == PLACEHOLDER_UNIT:
+        warnings.warn(
+            f"task.unit is not set: the metrics are named {cfg.task.target}_mae_{PLACEHOLDER_UNIT}; give the "
+            f"target's unit in the data, e.g. task.unit=eV",
+            stacklevel=2,
         )
     settings = cfg.model_dump(mode="json")
     # a mistyped path or hyperparameter is said before anything is read or written; not in a dry run (the
