@@ -168,7 +168,8 @@ def print_grid(exp: ExperimentConfig, jobs: list[Job], counts: Counter, console:
     table.add_row("seeds", ", ".join(map(str, exp.seeds)))
     n_pre = sum(j.pretrain_folder is not None for j in jobs)
     n_ft = sum(len(j.finetunes) for j in jobs)
-    table.add_row("cells", f"{len(jobs)} jobs: {n_pre} pretrainings, {n_ft} finetunings")
+    what = "a pretraining (none from scratch) and the finetunings of its weights"
+    table.add_row("cells", f"{n_pre} pretrainings, {n_ft} finetunings, in {len(jobs)} jobs (each {what})")
     table.add_row("folders", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     launcher = exp.launcher.name + (f", {exp.launcher.jobs} processes" if exp.launcher.name == "local" else "")
     table.add_row("launcher", launcher)
