@@ -188,22 +188,22 @@ def test_merged_metrics_keep_lightnings_sorted_column_order_across_attempts(tmp_
     ]
 
 
-def test_labels_that_are_not_numbers_are_named_not_averaged():
+def test_labels_that_are_not_numbers_count_as_missing_and_are_said():
     """A NaN target (a QMOF band gap, a MatBench value) passed the readers; the normaliser's mean became NaN and
-    the NaN-loss error named the first batch's structures, none of which held it."""
-    from atomsift.errors import DataError
-    from atomsift.train.module import _non_finite_labels
-
+    the NaN-loss error named the first batch's structures, none of which held it. A NaN now marks a missing
+    label everywhere (normaliser, batches, metrics), as None does, and the normaliser says how many."""
     ds = open_dataset("bundled:bench-qm9")
     records = [ds[i] for i in range(4)]
     records[2].targets["U0"] = float("nan")
-    with pytest.raises(DataError, match="target 'U0' of dataset 'qm9' is nan") as err:
-        fit_normalizer(records, target="U0", linear_reference=False, forces=False, source="qm9")
-    assert err.value.record == records[2].id
+    with pytest.warns(
+        UserWarning, match=rf"1 training structure\(s\) of 'qm9' .* NaN or inf \(first: {records[2].id}\)"
+    ):
+        norm = fit_normalizer(records, target="U0", linear_reference=False, forces=False, source="qm9")
+    finite = [r.targets["U0"] for k, r in enumerate(records) if k != 2]
+    assert norm.shift == pytest.approx(np.mean(finite), rel=1e-12)
     batch = collate(records, targets=["U0"])
-    named = _non_finite_labels(batch, [TaskInfo("qm9", "qm9", target="U0", forces=False)])
-    assert named == f"{records[2].id}: U0 nan"
-    assert _non_finite_labels(collate(records[:2], targets=["U0"]), [TaskInfo("qm9", "qm9", target="U0")]) == ""
+    assert batch.target_masks["U0"].tolist() == [True, True, False, True]
+    assert torch.isfinite(batch.targets["U0"]).all()
 
 
 def test_a_several_headed_model_says_which_head_scored():

@@ -287,6 +287,8 @@ def predict(
         write_text_atomic(out, json.dumps({"checkpoint": str(checkpoint), "data": data, "predictions": rows}))
         console.print(f"wrote {out} ({len(rows)} structures)")
     metrics = evaluate_model(model, records, task, results=results)["metrics"]
+    if metrics.get("warning"):
+        warnings.warn(metrics["warning"], stacklevel=1)
     _print_mae(metrics, f"{checkpoint.name} on {data} ({count} structures)")
     labelled = metrics["n_with_target"] or metrics.get("n_with_forces")
     if not labelled:

@@ -113,6 +113,6 @@ def summarize(
         out["target"] = target if target == "energy" else target_key
         out["target_mean"] = t_sum / t_count if t_count else None
         out["n_with_target"] = t_count
-        out["n_target_nan_or_inf"] = t_not_number  # training refuses such labels, naming the structure
+        out["n_target_nan_or_inf"] = t_not_number  # training and evaluation count them as missing, and say so
     out["metadata"] = ds.metadata()
     return out

@@ -276,6 +276,17 @@ def _stack_labels(
     return stacked, mask
 
 
+def _label(targets: dict[str, Any], name: str) -> np.ndarray | None:
+    """A structure's label `name`, or None where it has none: a NaN or inf label counts as missing (a table's
+    way of leaving a cell empty), so it is left out of losses and metrics as a structure without it is."""
+    if name not in targets:
+        return None
+    value = np.asarray(targets[name])
+    if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
+        return None
+    return value
+
+
 def collate(
     structures: Sequence[Record | Any],
     *,
@@ -340,7 +351,7 @@ def collate(
     batched: dict[str, Tensor] = {}
     masks: dict[str, Tensor] = {}
     for name in names:
-        values = [None if name not in p.targets else np.asarray(p.targets[name]) for p in parts]
+        values = [_label(p.targets, name) for p in parts]
         if any(v is not None and v.dtype.kind not in "biuf" for v in values):
             if requested:
                 raise DataError(f"target '{name}' is not numeric", record=ids[0], fix="choose a numeric target")

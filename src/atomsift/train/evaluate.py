@@ -21,7 +21,7 @@ import numpy as np
 
 from atomsift.data.base import label_hints
 from atomsift.data.record import Record
-from atomsift.errors import ConfigError, DataError, naming_file
+from atomsift.errors import ConfigError, naming_file
 from atomsift.train.inputs import read_run_yaml
 from atomsift.train.losses import ERROR_KEYS, TaskInfo
 from atomsift.train.metrics import metrics_from_sums, target_key, unit_label
@@ -46,15 +46,13 @@ def evaluate_model(
     sums = dict.fromkeys(ERROR_KEYS, 0.0)
     ref_t, pred_t, ref_f, pred_f = [], [], [], []
     with_forces = 0
+    not_numbers: list[str] = []
     for rec, res in zip(records, results, strict=True):
         label = rec.energy if task.target == "energy" else rec.targets.get(task.target)
         value = res.get("energy") if task.kind == "energy" else res["property"][0]
-        if label is not None and not np.isfinite(label).all():
-            raise DataError(
-                f"target '{task.target}' is {float(np.asarray(label).reshape(-1)[0])}",
-                record=rec.id,
-                fix="drop that label from the file (a structure without it is not counted) or the structure",
-            )
+        if label is not None and not np.isfinite(label).all():  # missing, as in training: not counted
+            not_numbers.append(rec.id)
+            label = None
         if label is not None and value is not None:
             err = float(value) - float(np.asarray(label).reshape(()))
             sums["n"] += 1
@@ -74,6 +72,11 @@ def evaluate_model(
     metrics = metrics_from_sums(sums, task)
     # the target's MAE averages over the structures that have its label, the forces' over those with forces
     metrics.update(n_structures=len(records), n_with_target=int(sums["n"]))
+    if not_numbers:
+        metrics["warning"] = (
+            f"{len(not_numbers)} structure(s) have the label '{task.target}' NaN or inf (first: {not_numbers[0]}): "
+            "they count as without it, left out of its errors"
+        )
     if task.forces:
         metrics["n_with_forces"] = with_forces
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -323,7 +326,8 @@ def evaluate_checkpoint(
     if test_options:
         metrics["test_options"] = test_options
     if model.load_report.trained is False:
-        metrics["warning"] = "the checkpoint's weights were never trained (random initialisation)"
+        said = "the checkpoint's weights were never trained (random initialisation)"
+        metrics["warning"] = "; ".join(filter(None, [metrics.get("warning"), said]))
     run = Path(checkpoint).parent
     unfinished = (run / "config.yaml").exists() and not (run / "summary.json").exists()
     for said in (

@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from atomsift.errors import AtomsiftError, DataError
 from atomsift.train.config import Optimisation
 from atomsift.train.data import BatchCollator, BudgetBatchSampler, TrainSet
-from atomsift.train.losses import ERROR_KEYS, TaskInfo, error_sums, structure_losses, target_of
+from atomsift.train.losses import ERROR_KEYS, TaskInfo, error_sums, structure_losses
 from atomsift.train.metrics import metrics_from_sums
 from atomsift.train.optimizer import fused_adamw
 from atomsift.train.schedule import WarmupCosinePlateau, warmup_problem
@@ -31,21 +31,6 @@ from atomsift.train.schedule import WarmupCosinePlateau, warmup_problem
 
 class TrainingDiverged(AtomsiftError):
     """The loss became NaN or infinite."""
-
-
-def _non_finite_labels(batch: Any, tasks: list[TaskInfo]) -> str:
-    """'ID: target nan, ...' for the batch's structures whose trained label (or forces) is NaN or infinite."""
-    found = []
-    for t in tasks:
-        labels, mask = target_of(batch, t)
-        if labels is not None:
-            for i in torch.nonzero(mask & ~torch.isfinite(labels)).flatten().tolist():
-                found.append(f"{batch.ids[i]}: {t.target} {float(labels[i])}")
-    if batch.forces is not None:
-        rows = torch.nonzero(~torch.isfinite(batch.forces).all(dim=1)).flatten()
-        for i in sorted(set(batch.batch[rows].tolist())):
-            found.append(f"{batch.ids[i]}: forces")
-    return ", ".join(found[:8]) + (" ..." if len(found) > 8 else "")
 
 
 class TrainModule(L.LightningModule):
@@ -215,9 +200,10 @@ class TrainModule(L.LightningModule):
         try:
             yield
         except DataError as exc:
-            if exc.file is None and exc.record in batch.ids:
-                task = self.train_set.tasks[int(batch.dataset[batch.ids.index(exc.record)])]
-                exc.amend(file=getattr(task.dataset, "path", None))
+            # ids are unique within a dataset only: name the file where one dataset of the batch has that id
+            owners = {int(batch.dataset[i]) for i, rid in enumerate(batch.ids) if rid == exc.record}
+            if exc.file is None and len(owners) == 1:
+                exc.amend(file=getattr(self.train_set.tasks[owners.pop()].dataset, "path", None))
             raise
 
     def _seed_edge_dropout(self) -> None:
@@ -235,15 +221,11 @@ class TrainModule(L.LightningModule):
         weights = batch.weights.to(per.dtype)
         loss = (weights * per).sum() * self.trainer.world_size / batch.step_size
         if not bool(torch.isfinite(loss)):
-            bad = _non_finite_labels(batch, self.tasks)
             shown = ", ".join(batch.ids[:8]) + (" ..." if len(batch.ids) > 8 else "")
             raise TrainingDiverged(
                 f"the training loss became {float(loss)} at optimizer step {self.global_step} (epoch "
-                f"{self.current_epoch}); "
-                + (f"labels that are not numbers: {bad}" if bad else f"structures of that batch: {shown}"),
-                fix="drop those labels (a structure without a label is left out of its loss)"
-                if bad
-                else "check those structures' labels, lower lr, or keep grad_clip on; the last checkpoint in "
+                f"{self.current_epoch}); structures of that batch: {shown}",
+                fix="check those structures' labels, lower lr, or keep grad_clip on; the last checkpoint in "
                 "checkpoints/ holds the weights before this step",
             )
         real = weights > 0

@@ -10,6 +10,7 @@ and s_F (force_scale) as buffers, so a trained model predicts raw eV and eV/A. P
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -105,6 +106,7 @@ def fit_normalizer(
     """
     values, numbers, force_rows = [], [], []
     present: set[str] = set()
+    not_numbers: list[str] = []
     for rec in records:
         present.update(k for k, v in rec.targets.items() if np.ndim(v) == 0)
         value = rec.energy if target == "energy" else rec.targets.get(target)
@@ -117,17 +119,19 @@ def fit_normalizer(
                 record=rec.id,
                 fix="choose a scalar target",
             )
-        if not np.isfinite(value).all():
-            raise DataError(
-                f"target '{target}' of dataset '{source}' is {float(value.reshape(-1)[0])}",
-                record=rec.id,
-                fix="drop that label from the file (a structure without the label is left out of its loss) or the "
-                "structure",
-            )
+        if not np.isfinite(value).all():  # missing, as in collate: left out of the loss too
+            not_numbers.append(rec.id)
+            continue
         values.append(float(value.reshape(())))
         numbers.append(rec.numbers)
         if forces and rec.forces is not None:
             force_rows.append(np.asarray(rec.forces, dtype=np.float64).ravel())
+    if not_numbers:
+        warnings.warn(
+            f"{len(not_numbers)} training structure(s) of '{source}' have the target '{target}' NaN or inf (first: "
+            f"{not_numbers[0]}): they count as without it, left out of its normaliser and its loss",
+            stacklevel=2,
+        )
     if not values:
         there = f"their scalar labels: {', '.join(sorted(present))}" if present else "they carry no other labels"
         raise MissingTarget(
