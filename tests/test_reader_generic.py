@@ -8,6 +8,7 @@ import lzma
 import pickle
 import shutil
 import sqlite3
+import warnings
 
 import ase.db
 import ase.io
@@ -285,16 +286,19 @@ def test_ase_db_bad_inputs(tmp_path):
         open_dataset(packed, format="extxyz")
     assert ".gz" in err.value.fix
 
-    # ASE's SQLite backend stores a NaN energy as NULL: it read as "no energy", and training went on without it
+    # ASE's SQLite backend stores a NaN energy as NULL: it read as "no energy" without a word
     nan = tmp_path / "nan.db"
     for energy in (-1.0, float("nan")):
         atoms = Atoms("H2", positions=np.eye(2, 3))
         atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=np.ones((2, 3)))
         ase.db.connect(nan).write(atoms)
-    assert open_dataset(nan)[0].energy == -1.0
-    with pytest.raises(DataError, match="forces but no energy.*NaN") as err:
-        open_dataset(nan)[1]
-    assert err.value.record == "row2"
+    ds = open_dataset(nan)
+    assert ds[0].energy == -1.0
+    with pytest.warns(UserWarning, match="row2 has forces but no energy.*NaN energy as NULL"):
+        assert ds[1].energy is None  # forces-only rows are legitimate: said once, not refused
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds[1]
 
     js = tmp_path / "cut.json"
     ase.db.connect(js).write(Atoms("H2", positions=np.eye(2, 3)))

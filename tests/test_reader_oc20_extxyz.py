@@ -65,6 +65,9 @@ def test_single_uncompressed_file(tmp_path, fr):
     check(ds[1], fr[1], REFS[1], "7.extxyz/1")
     atoms = ds[0].to_atoms()
     assert atoms.get_potential_energy() == pytest.approx(round(fr[0]["energy"], 8) - REFS[0])
+    # pbc="T", one flag for all directions: the periodicity check read it as a one-entry mask (IndexError)
+    xyz.write_text(xyz.read_text().replace('pbc="T T T"', 'pbc="T"'))
+    assert open_dataset(xyz)[0].pbc.tolist() == [True, True, True]
 
 
 def test_natural_file_order_and_mixed_compression(tmp_path, fr):

@@ -120,7 +120,11 @@ class Record:
             raise fail("positions contain NaN or inf", "repair or drop this structure")
         if self.cell is not None and self.cell.shape != (3, 3):
             raise fail(f"cell has shape {self.cell.shape}, expected (3, 3)", "repair the cell")
-        pbc = np.asarray(self.pbc, dtype=bool)
+        pbc = np.asarray(self.pbc, dtype=bool).reshape(-1)
+        if pbc.size == 1:  # one flag for all three directions (extended XYZ's pbc="T", ASE's pbc=True)
+            self.pbc = pbc = np.repeat(pbc, 3)
+        if pbc.shape != (3,):
+            raise fail(f"pbc has {pbc.size} entries, expected 3 (or 1 for all directions)", "repair the pbc flags")
         if pbc.any() and (self.cell is None or not periodic_vectors_ok(self.cell, pbc)):
             raise fail(
                 f"structure is periodic along {pbc.tolist()} but has "

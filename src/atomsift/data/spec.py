@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from atomsift.data.base import Dataset
-from atomsift.errors import ConfigError, did_you_mean
+from atomsift.errors import ConfigError, DataError, did_you_mean
 from atomsift.settings import parse_value, validate
 
 
@@ -140,3 +140,8 @@ def open_spec(
             fix=did_you_mean(exc.unknown, exc.accepted + keys)
             + f"{exc.fix}; keys of a dataset entry itself: {', '.join(keys)}",
         ) from None
+    except DataError as exc:  # a missing or damaged file: which entry of the settings names it
+        if name and role != "dataset" and not exc.problem.startswith(f"{role} '{name}'"):
+            exc.problem = f"{role} '{name}': {exc.problem}"
+            exc.args = (exc.message(),)
+        raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import warnings
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -234,6 +235,8 @@ class AseDbDataset(Dataset):
                 return path.suffix == ".db" and fh.read(16) == SQLITE_MAGIC
         return False
 
+    _said_null = False
+
     def _length(self) -> int:
         return int(self._ids.shape[0])
 
@@ -247,13 +250,13 @@ class AseDbDataset(Dataset):
                 f"cannot read row ({exc})", file=self.path, record=f"row{row_id}", fix="repair the database"
             ) from None
         record = _row_record(row, self.class_key, self.path)
-        if self.kind == "db" and record.energy is None and record.forces is not None:
-            raise DataError(
-                "the row has forces but no energy: ASE's SQLite backend stores a NaN energy as NULL, so its "
-                "calculation most likely failed",
-                file=self.path,
-                record=record.id,
-                fix="drop the row, or re-run its calculation",
+        if self.kind == "db" and record.energy is None and record.forces is not None and not self._said_null:
+            self._said_null = True  # once per dataset: forces-only data is legitimate, a NULL may also be a NaN
+            warnings.warn(
+                f"{self.path.name}: {record.id} has forces but no energy. ASE's SQLite backend stores a NaN energy "
+                "as NULL: if a calculation failed there, drop its rows; such structures count as without an energy "
+                "(left out of energy losses and errors)",
+                stacklevel=2,
             )
         return record
 
