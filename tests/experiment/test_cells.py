@@ -325,3 +325,31 @@ def test_a_damaged_result_file_is_a_failed_row_and_the_cell_runs_again(tmp_path)
     assert status[str(metrics.parent)] == "ok"
     again = _rows(jobs, tmp_path)[("acac", "ethanol", 0)]
     assert again["status"] == "ok" and again["value"] == before["value"]  # the same run, rerun
+
+
+def test_cells_whose_input_files_changed_are_not_reused(tmp_path):
+    """A finished cell was reused after its data file changed (the cells kept settings digests only); a
+    pretraining changed under its finetunings made them stale too (their starting weights differ)."""
+    import shutil
+
+    from atomsift.data.bundled import resolve_bundled
+
+    data = tmp_path / "acac.xyz"  # a user's file: bundled data change only with atomsift and are not fingerprinted
+    shutil.copy(resolve_bundled("acac")[0], data)
+    upstream = {"acac": {"path": str(data), "val_size": 10}}
+    _exp, jobs = _grid(tmp_path, upstream=upstream, mixtures={}, scratch=False)
+    run_local(jobs, tmp_path, 1, False, False, QUIET)
+    (job,) = jobs
+    assert [s for _, s in cells.job_states(job)] == ["done", "done"]
+    data.write_text(data.read_text().replace("energy=-", "energy=-1", 1))  # one label edited
+    assert [s for _, s in cells.job_states(job)] == ["changed", "done"]
+    with pytest.raises(ConfigError, match="1 cell folder.*input files .* changed since they ran"):
+        check_folders(jobs, resume=False, overwrite=False)
+    row = _rows(jobs, tmp_path)[("acac", "ethanol", 0)]  # its weights came from the old data: not averaged
+    assert row["status"] == "stale" and "changed since it ran" in row["error"]
+    run_local(jobs, tmp_path, 1, False, True, QUIET)  # --overwrite: the pretraining runs again, then its finetuning
+    assert [s for _, s in cells.job_states(job)] == ["done", "done"]
+    assert (
+        json.loads((job.finetunes[0].folder / "inputs.json").read_text())["file:model.pt"]
+        == (cells.finetune_inputs(job.finetunes[0].settings)()["file:model.pt"])
+    )

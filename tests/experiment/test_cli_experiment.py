@@ -88,6 +88,7 @@ def test_dry_run_trains_nothing(tmp_path):
     done = run("--config", _config(tmp_path), "--out", str(out), "--dry-run")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pretraining plan" in done.stdout and "acac+oxides" in done.stdout and "20 train / 10 val" in done.stdout
+    assert f"experiment folder {out}: the run would go ahead" in " ".join(done.stdout.split())
     assert not (out / "cells").exists()
 
 
@@ -154,6 +155,13 @@ def test_a_csi_settings_change_is_refused_before_experiment_yaml_changes(tmp_pat
     with pytest.raises(Exception, match=r"other csi settings \(bootstrap: 10 -> 5\)"):
         run_experiment(changed, out)
     assert (out / "experiment.yaml").read_text() == recorded
+    import io
+
+    from rich.console import Console
+
+    said = io.StringIO()  # the dry run met no refusal and said nothing of it (exit 0)
+    assert run_experiment(changed, out, dry=True, console=Console(file=said, width=400)) == {"refused": True}
+    assert "refused: the CSI results" in said.getvalue() and (out / "experiment.yaml").read_text() == recorded
     assert check_csi_settings(out, changed, overwrite=True) is True
     mechanics = validate(ExperimentConfig, {**tiny(), "csi": {**tiny()["csi"], "batch_size": 3}})
     assert check_csi_settings(out, mechanics, overwrite=False) is False

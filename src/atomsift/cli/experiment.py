@@ -41,7 +41,7 @@ def exit_if_runs_failed(summary: dict, pending_were_lost: bool = True) -> None:
             f"error: {failed} of {sum(counts.values())} result rows failed or were lost with their job; the "
             "errors are in summary.json ('excluded') and in the cells' failed.json (a killed job leaves its "
             "log in logs/). Fix: correct the cause and rerun the same command with --resume (finished cells are "
-            "reused).",
+            "reused; add --overwrite where correcting it changed a failed cell's settings).",
             err=True,
             fg=typer.colors.RED,
         )
@@ -90,4 +90,6 @@ def experiment(
     summary = run_experiment(
         cfg, out, resume=resume, overwrite=overwrite, report_only=report_only, dry=dry_run, console=make_console()
     )
+    if summary.get("refused"):
+        raise typer.Exit(2)  # a dry run whose run would be refused, as the run would
     exit_if_runs_failed(summary, pending_were_lost=not report_only)

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,17 @@ SOURCE = "cell.json"
 """In a finetuning cell: which pretraining (settings digest) its starting weights came from."""
 
 
-def cell_state(folder: Path, settings: dict[str, Any], done_file: str, source: dict[str, Any] | None = None) -> str:
+def cell_state(
+    folder: Path,
+    settings: dict[str, Any],
+    done_file: str,
+    source: dict[str, Any] | None = None,
+    inputs: Callable[[], dict[str, str]] | None = None,
+) -> str:
     """'new', 'done', 'unfinished', 'failed', 'damaged' (finished, but its result file cannot be read: it runs
-    again) or 'conflict' (the folder holds a run with other settings, or a finetuning that started from another
-    pretraining)."""
+    again), 'conflict' (the folder holds a run with other settings, or a finetuning that started from another
+    pretraining) or 'changed' (a finished or started run whose input files, as `inputs` fingerprints them now,
+    differ from its inputs.json)."""
     saved = folder / "config.yaml"
     if saved.exists():
         try:
@@ -46,6 +54,8 @@ def cell_state(folder: Path, settings: dict[str, Any], done_file: str, source: d
             settings = {k: v for k, v in settings.items() if k != "checkpoint"}
         if config_diff(old, settings):
             return "conflict"
+        if inputs is not None and _inputs_changed(folder, inputs):
+            return "changed"
         if (folder / done_file).exists():
             return "done" if _read_json(folder / done_file) is not None else "damaged"
     if (folder / FAILED).exists():
@@ -55,12 +65,56 @@ def cell_state(folder: Path, settings: dict[str, Any], done_file: str, source: d
     return "new"
 
 
+def _inputs_changed(folder: Path, inputs: Callable[[], dict[str, str]]) -> bool:
+    """Whether a run folder's inputs.json (written by runs since 2026-12-06) differs from the files now."""
+    path = folder / "inputs.json"
+    if not path.exists():
+        return False
+    saved = _read_json(path)
+    now = inputs()
+    return not isinstance(saved, dict) or any(saved.get(k) != now.get(k) for k in set(saved) | set(now))
+
+
+def pretrain_inputs(settings: dict[str, Any]) -> Callable[[], dict[str, str]]:
+    """The fingerprints a pretraining cell's run records, computed when asked."""
+
+    def fingerprints() -> dict[str, str]:
+        from atomsift.train.config import PretrainConfig
+        from atomsift.train.pretrain import run_inputs
+
+        return run_inputs(PretrainConfig.model_validate(settings))
+
+    return fingerprints
+
+
+def finetune_inputs(settings: dict[str, Any]) -> Callable[[], dict[str, str]]:
+    """The fingerprints a finetuning cell's run records (its data and starting weights), computed when asked."""
+
+    def fingerprints() -> dict[str, str]:
+        from atomsift.train.config import FinetuneConfig
+        from atomsift.train.finetune import run_inputs
+
+        return run_inputs(FinetuneConfig.model_validate(settings))
+
+    return fingerprints
+
+
+def pretrain_state(folder: Path, settings: dict[str, Any]) -> str:
+    """cell_state of a pretraining cell, its input files included."""
+    return cell_state(folder, settings, "summary.json", inputs=pretrain_inputs(settings))
+
+
+def finetune_state(cell: FinetuneCell) -> str:
+    """cell_state of a finetuning cell: its pretraining (cell.json) and input files included."""
+    return cell_state(cell.folder, cell.settings, "test_metrics.json", cell.upstream, finetune_inputs(cell.settings))
+
+
 def job_states(job: Job) -> list[tuple[Path, str]]:
     """(folder, state) of every cell of a job."""
     out = []
     if job.pretrain_folder is not None and job.pretrain_settings is not None:
-        out.append((job.pretrain_folder, cell_state(job.pretrain_folder, job.pretrain_settings, "summary.json")))
-    out += [(c.folder, cell_state(c.folder, c.settings, "test_metrics.json", c.upstream)) for c in job.finetunes]
+        out.append((job.pretrain_folder, pretrain_state(job.pretrain_folder, job.pretrain_settings)))
+    out += [(c.folder, finetune_state(c)) for c in job.finetunes]
     return out
 
 
@@ -85,7 +139,7 @@ def run_flags(state: str, folder: Path, resume: bool, overwrite: bool) -> tuple[
         return (resume and has_ckpt, not (resume and has_ckpt))
     if state == "damaged":  # its checkpoint is a finished run's: only a new run rewrites the result files
         return (False, True)
-    return (False, overwrite and state == "conflict")
+    return (False, overwrite and state in ("conflict", "changed"))
 
 
 def _adopt_moved_checkpoint(folder: Path, settings: dict[str, Any]) -> None:
@@ -112,12 +166,13 @@ def _run_finetune(cell: FinetuneCell, resume: bool, overwrite: bool, console: An
     from atomsift.train.config import FinetuneConfig
     from atomsift.train.finetune import run_finetuning
 
-    state = cell_state(cell.folder, cell.settings, "test_metrics.json", cell.upstream)
+    state = finetune_state(cell)
     run_resume, run_overwrite = run_flags(state, cell.folder, resume, overwrite)
-    if state == "conflict" and not run_overwrite:
+    if state in ("conflict", "changed") and not run_overwrite:
         # the folder's own check sees only the settings, not a changed pretraining: refuse here
         raise ConfigError(
-            "the cell folder holds a run with other settings or from another pretraining",
+            "the cell folder holds a run with other settings, from another pretraining or on input files that "
+            "changed since",
             file=cell.folder,
             fix="rerun the experiment with --overwrite to replace it",
         )
@@ -135,7 +190,7 @@ def _run_finetune(cell: FinetuneCell, resume: bool, overwrite: bool, console: An
         overwrite=run_overwrite,
         console=console,
         progress=True,  # per-epoch lines into the job's log (no bars: it is not a terminal)
-        check_inputs=False,  # cell.json and the grid's digests are the cells' provenance
+        check_inputs=True,  # inputs.json: the data and starting weights it read (cell_state compares them)
     )
     return "reused" if state == "done" else "ok"
 
@@ -170,7 +225,7 @@ def _run_job(job: Job, resume: bool, overwrite: bool, console: Any) -> dict[str,
         from atomsift.train.pretrain import run_pretraining
 
         folder = job.pretrain_folder
-        state = cell_state(folder, job.pretrain_settings, "summary.json")
+        state = pretrain_state(folder, job.pretrain_settings)
         run_resume, run_overwrite = run_flags(state, folder, resume, overwrite)
         _clear_failure(folder)
         try:
@@ -182,7 +237,7 @@ def _run_job(job: Job, resume: bool, overwrite: bool, console: Any) -> dict[str,
                 overwrite=run_overwrite,
                 console=console,
                 progress=True,  # per-epoch lines into the job's log
-                check_inputs=False,  # the grid's digests are the cells' provenance
+                check_inputs=True,  # inputs.json: the data it read (cell_state compares them)
             )
             status[str(folder)] = "reused" if state == "done" else "ok"
         except Exception as exc:  # noqa: BLE001  (a failed cell is recorded; the grid goes on)
@@ -210,15 +265,34 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _reported_state(state: Callable[[], str]) -> str:
+    """A cell's state for the report; 'changed' where its input files cannot be read now (moved or deleted
+    data): its result cannot be checked against them, so it is shown as stale rather than failing the report."""
+    from atomsift.errors import AtomsiftError
+
+    try:
+        return state()
+    except (AtomsiftError, OSError):
+        return "changed"
+
+
 def result_rows(jobs: list[Job], csi_rows: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
     """One row per finetuning cell, read from the cell folders (what has finished, failed, or not run yet)."""
     csi = {(r["upstream"], r["downstream"]): r for r in csi_rows}
     rows = []
     for job in jobs:
         pre = _read_json(job.pretrain_folder / "summary.json") if job.pretrain_folder else None
+        folder, settings = job.pretrain_folder, job.pretrain_settings
+        pre_changed = (
+            folder is not None
+            and settings is not None
+            and _reported_state(lambda f=folder, s=settings: pretrain_state(f, s)) == "changed"
+        )
         for cell in job.finetunes:
             c = csi.get((job.candidate, cell.downstream), {})
-            state = cell_state(cell.folder, cell.settings, "test_metrics.json", cell.upstream)
+            state = _reported_state(lambda cell=cell: finetune_state(cell))
+            if pre_changed and state == "done":  # its weights came from data that changed since
+                state = "changed"
             status = STATUS_OF_STATE[state]
             metrics = _read_json(cell.folder / "test_metrics.json") if status == "ok" else None
             failed = _read_json(cell.folder / FAILED)
@@ -261,6 +335,7 @@ STATUS_OF_STATE = {
     "failed": "failed",
     "damaged": "failed",
     "conflict": "stale",
+    "changed": "stale",
     "new": "pending",
     "unfinished": "pending",
 }
@@ -273,6 +348,8 @@ def _row_error(status: str, failed: dict[str, Any] | None, state: str = "") -> s
         return "the cell finished, but its test_metrics.json cannot be read (damaged or edited): the next run of the grid runs it again"
     if status == "failed" and failed is not None:
         return failed.get("error")
+    if state == "changed":
+        return "the files the cell's run read (data or starting weights) changed since it ran: rerun the grid"
     if status == "stale":
         return "the cell folder holds a run with other settings (or from another pretraining): rerun the grid"
     return None

@@ -44,13 +44,22 @@ def cell_states(jobs: list[Job]) -> list[tuple[Path, str]]:
 
 
 def _other_settings(jobs: list[Job], states: list[tuple[Path, str]]) -> str:
-    """'N cell folder(s) hold runs with other settings, e.g. FOLDER (keys: old -> new)', or '' if none does."""
+    """'N cell folder(s) hold runs with other settings, e.g. FOLDER (keys: old -> new)' (and those whose input
+    files changed since they ran), or '' if none does."""
     conflict = [f for f, s in states if s == "conflict"]
-    if not conflict:
-        return ""
-    return f"{len(conflict)} cell folder(s) hold runs with other settings, e.g. {conflict[0]}" + _differences(
-        jobs, conflict[0]
-    )
+    changed = [f for f, s in states if s == "changed"]
+    said = []
+    if conflict:
+        said.append(
+            f"{len(conflict)} cell folder(s) hold runs with other settings, e.g. {conflict[0]}"
+            + _differences(jobs, conflict[0])
+        )
+    if changed:
+        said.append(
+            f"{len(changed)} cell folder(s) hold runs whose input files (data or starting weights) changed since "
+            f"they ran, e.g. {changed[0]}"
+        )
+    return "; ".join(said)
 
 
 def check_folders(jobs: list[Job], *, resume: bool, overwrite: bool) -> Counter:
@@ -168,10 +177,11 @@ def print_grid(exp: ExperimentConfig, jobs: list[Job], counts: Counter, console:
     table.add_row("seeds", ", ".join(map(str, exp.seeds)))
     n_pre = sum(j.pretrain_folder is not None for j in jobs)
     n_ft = sum(len(j.finetunes) for j in jobs)
-    what = "a pretraining (none from scratch) and the finetunings of its weights"
-    table.add_row("cells", f"{n_pre} pretrainings, {n_ft} finetunings, in {len(jobs)} jobs (each {what})")
+    what = "one pretraining, or none for scratch, then the finetunings of its weights"
+    table.add_row("cells", f"{n_pre} pretrainings and {n_ft} finetunings in {len(jobs)} jobs (a job: {what})")
     table.add_row("folders", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    launcher = exp.launcher.name + (f", {exp.launcher.jobs} processes" if exp.launcher.name == "local" else "")
+    k = exp.launcher.jobs
+    launcher = exp.launcher.name + (f", {k} process{'es' if k > 1 else ''}" if exp.launcher.name == "local" else "")
     table.add_row("launcher", launcher)
     console.print(table)
 
@@ -413,6 +423,30 @@ def run_submitit(exp: ExperimentConfig, jobs: list[Job], out: Path, resume: bool
         _announce(console, job, status, i, len(submitted), time.perf_counter() - start)  # since submission
 
 
+def _dry_outlook(
+    exp: ExperimentConfig, jobs: list[Job], out: Path, *, resume: bool, overwrite: bool, console: Console
+) -> dict[str, Any]:
+    """--dry-run's last line: the refusal the run would meet with `out` (its checks, read only), or that it
+    would go ahead; {"refused": True} for the former (the command then exits 2, as the run would)."""
+    from atomsift.errors import AtomsiftError
+    from atomsift.settings import check_can_make
+
+    try:
+        if out.exists():
+            check_output_dir(out)  # an existing file is refused; a folder is left as it is
+            if not overwrite:
+                refuse_foreign_outputs(out, "experiment.yaml", EXPERIMENT_FILES, what="atomsift experiment")
+        else:
+            check_can_make(out)
+        check_csi_settings(out, exp, overwrite)
+        check_folders(jobs, resume=resume, overwrite=overwrite)
+    except AtomsiftError as exc:
+        console.print(f"experiment folder {out}: refused: {exc.message()}", markup=False, highlight=False)
+        return {"refused": True}
+    console.print(f"experiment folder {out}: the run would go ahead", markup=False, highlight=False)
+    return {}
+
+
 def run_experiment(
     exp: ExperimentConfig,
     out: Path,
@@ -432,7 +466,7 @@ def run_experiment(
     if dry:
         print_grid(exp, jobs, counts or Counter(), console)
         preflight(exp, jobs, console, show=True)
-        return {}
+        return _dry_outlook(exp, jobs, out, resume=resume, overwrite=overwrite, console=console)
     from atomsift.csi.report import print_tables, write_outputs
     from atomsift.experiment.csi import grid_csi
     from atomsift.experiment.report import print_summary, write_report, write_results

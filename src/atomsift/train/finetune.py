@@ -23,7 +23,7 @@ import yaml
 from rich.console import Console
 
 from atomsift.data.spec import open_spec
-from atomsift.errors import ConfigError, DataError, did_you_mean
+from atomsift.errors import ConfigError, DataError, did_you_mean, naming_file
 from atomsift.models import AtomsModel, build_backbone, load_checkpoint
 from atomsift.models.backbones.gemnet_oc.utils import forget_data_warnings
 from atomsift.models.checkpoint import LoadReport, check_checkpoint_path
@@ -202,6 +202,23 @@ def build_finetune_model(cfg: FinetuneConfig, head: dict[str, Any], head_name: s
     return AtomsModel(backbone, {head_name: head}), report
 
 
+def run_inputs(cfg: FinetuneConfig) -> dict[str, str]:
+    """The fingerprints a finetuning run with `cfg` records in inputs.json, from the files as they are now (the
+    experiment compares its finished cells with them)."""
+    ds = open_spec(cfg.data, cfg.data.path)
+    test_ds = ds
+    if cfg.test_options is not None:
+        spec = cfg.data.model_copy(update={"options": {**cfg.data.options, **cfg.test_options}})
+        test_ds = open_spec(spec, cfg.data.path, role="test set of")
+    return _fingerprints(cfg, ds, test_ds)
+
+
+def _fingerprints(cfg: FinetuneConfig, ds: Any, test_ds: Any) -> dict[str, str]:
+    name = _task_name(cfg.data.path)
+    inputs = (cfg.checkpoint, cfg.backbone.checkpoint if cfg.backbone is not None else None)
+    return input_fingerprints({name: ds, **({f"{name} (test)": test_ds} if test_ds is not ds else {})}, inputs)
+
+
 def _task_name(path: str) -> str:
     """A short name for the task: bundled:NAME -> NAME, /d/rmd17_aspirin.npz -> rmd17_aspirin, x.tar.bz2 -> x."""
     if path.startswith("bundled:"):
@@ -287,19 +304,24 @@ def run_finetuning(
             fix="give split.train and split.val at least 1 each",
         )
     head_name = cfg.task.target
-    steps = math.ceil(len(splits["train"]) / cfg.batch_size)
+    from atomsift.train.pretrain import world_size_of
+
+    world = world_size_of(cfg)
+    steps = math.ceil(len(splits["train"]) / (cfg.batch_size * world))  # as the run's sampler cuts the epoch
     graph_text = "the backbone's (GemNet-OC: the paper's for these data; others: their own; printed once loaded)"
     if cfg.graph is not None:
         graph_text = cfg.graph.settings().describe()
     console.print(
         f"finetuning on {cfg.data.path}: {len(splits['train'])} train / {len(splits['val'])} val / "
-        f"{len(splits['test'])} test structures, {cfg.epochs} epochs x {steps} steps of {cfg.batch_size}; target "
+        f"{len(splits['test'])} test structures, {cfg.epochs} epochs x {steps} steps of {cfg.batch_size}"
+        + (f" per device x {world} processes" if world > 1 else "")
+        + f"; target "
         f"{cfg.task.target} ({cfg.task.head} head, forces {cfg.task.forces or 'none'}); graph {graph_text}"
     )
     inputs = (cfg.checkpoint, cfg.backbone.checkpoint if cfg.backbone is not None else None)
 
     def fingerprints() -> dict[str, str]:  # only where the folder needs them (a checkpoint is hashed whole)
-        return input_fingerprints({name: ds, **({f"{name} (test)": test_ds} if test_ds is not ds else {})}, inputs)
+        return _fingerprints(cfg, ds, test_ds)
 
     folder = {"command": "finetune", "inputs": inputs, "fingerprints": fingerprints if check_inputs else None}
     if dry_run:
@@ -414,7 +436,10 @@ def run_finetuning(
     save_checkpoint(module.weights_for_saving(), out / "last.pt", metadata={**metadata, "trained": True})
     best = load_checkpoint(out / "model.pt")
     records = [test_ds[int(i)] for i in splits["test"]]
-    metrics = evaluate_model(best, records, info, batch_size=cfg.batch_size)["metrics"]
+    with naming_file(getattr(test_ds, "path", None)):
+        metrics = evaluate_model(best, records, info, batch_size=cfg.batch_size)["metrics"]
+    if metrics.get("warning"):
+        warnings.warn(metrics["warning"], stacklevel=2)
     metrics.update(
         split="test",
         checkpoint=str(out / "model.pt"),

@@ -124,7 +124,7 @@ def _counts(cfg: PretrainConfig, sizes: dict[str, int], n: int) -> dict[str, int
 def plan_pretraining(cfg: PretrainConfig, world_size: int | None = None) -> PretrainPlan:
     """Open the upstream datasets and work out sizes, shares, counts, graphs and steps (no training)."""
     backbone = _backbone_name(cfg)
-    opened = {name: open_spec(spec, name) for name, spec in cfg.upstream.items()}
+    opened = {name: open_spec(spec, name, role="upstream") for name, spec in cfg.upstream.items()}
     sizes = {name: len(ds) for name, ds in opened.items()}
     counts = _counts(cfg, sizes, cfg.n_samples)
     if cfg.mixture == "temperature":
@@ -307,6 +307,13 @@ def check_start(cfg: PretrainConfig, out: Path, overwrite: bool) -> None:
     (reused without its start)."""
     if overwrite or not (Path(out) / "summary.json").exists():
         cfg.backbone.check_source()
+
+
+def run_inputs(cfg: PretrainConfig) -> dict[str, str]:
+    """The fingerprints a pretraining run with `cfg` records in inputs.json, from the files as they are now (the
+    experiment compares its finished cells with them)."""
+    datasets = {name: open_spec(spec, name, role="upstream") for name, spec in cfg.upstream.items()}
+    return input_fingerprints(datasets, (cfg.backbone.checkpoint,))
 
 
 def dry_run_outlook(cfg: PretrainConfig, plan: PretrainPlan, out: Path, *, resume: bool, overwrite: bool) -> str:
