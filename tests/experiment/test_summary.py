@@ -198,3 +198,18 @@ def test_mean_and_spread_are_printed_to_the_spread_s_second_digit() -> None:
     assert pm(123456.0, 2345.0) == "123500 ± 2300"  # the mean to the spread's hundreds
     assert pm(0.01234, 0.000456) == f"{fmt(0.01234)} ± {fmt(0.000456)}"  # spreads below 1e-3: fmt
     assert pm(5.0, 0.0) == "5 ± 0" and pm(5.0, None) == "5" and pm(None, None) == "-"
+
+
+def test_the_verdict_says_when_the_seeds_do_not_resolve_the_best():
+    """Four candidates within 0.7 meV/A of each other, against a seed spread of about 10, got 'ranked first and
+    it was best' without a word on the spread (the experiment review)."""
+    values = {"a": (824.0, 844.0), "b": (825.0, 843.0), "c": (900.0, 910.0)}  # a and b overlap; c lies apart
+    rows = [
+        row(name, "d", seed, v, csi=csi)
+        for name, csi in (("a", 1.0), ("b", 2.0), ("c", 3.0))
+        for seed, v in enumerate(values[name])
+    ]
+    text = summarize(rows)["tasks"]["d"]["verdict"]
+    assert "The seed ranges of a and b overlap: these seeds do not tell them apart" in text
+    apart = [r for r in rows if r["upstream"] != "b"]
+    assert "seed ranges of" not in summarize(apart)["tasks"]["d"]["verdict"]

@@ -304,7 +304,8 @@ def _measure_section(ranking: list[dict[str, Any]]) -> list[str]:
         "",
         "Spearman between each measure (oriented: positive = the measure ranked the candidates in the order "
         "finetuning did) and the seed-mean metric, all candidates, per task and budget; p-values in brackets "
-        f"(permutation tests). 'predicted' counts rho > 0, 'significant' rho > 0 with p < {ALPHA}.",
+        f"(permutation tests). 'rho > 0' counts the cases where it leaned the right way, however weakly; "
+        f"'significant' those with p < {ALPHA} too.",
         "",
     ]
     rows = []
@@ -315,7 +316,7 @@ def _measure_section(ranking: list[dict[str, Any]]) -> list[str]:
             cells.append("-" if c is None or c["rho"] is None else f"{c['rho']:.2f} ({c['p']:.2g})")
         rows.append([e["measure"], *cells, fmt(e["mean_rho"]), f"{e['positive']}/{e['n_cases']}",
                      f"{e['significant']}/{e['n_cases']}"])  # fmt: skip
-    return md + _table(["measure", *cases, "mean rho", "predicted", "significant"], rows)
+    return md + _table(["measure", *cases, "mean rho", "rho > 0", "significant"], rows)
 
 
 def write_report(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
@@ -368,7 +369,7 @@ def write_report(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: P
             md += _table(["set", "n", "Spearman", "p", "Kendall tau-b", "p", "test"], _corr_rows(b))
             if len(b.get("measures") or []) > 1:
                 md += ["Every measure against the metric (all candidates; oriented so that a positive correlation "
-                       "means the measure predicted the order):", ""]  # fmt: skip
+                       "means the measure ranked them in the order finetuning did):", ""]  # fmt: skip
                 md += _table(
                     ["measure", "better", "n", "Spearman", "p", "Kendall tau-b", "p"],
                     [[m["measure"], m["better"], str(m["n"]), fmt(m["spearman"]["statistic"]),

@@ -402,6 +402,17 @@ def _budget_verdict(b: dict[str, Any], scratch: dict[str, Any], unit: str) -> li
                 f"CSI ranked {low['name']} ({fmt(low['csi'])}) first, but it came {ordinal(low['rank_metric'])} of "
                 f"{b['n_ranked']}: {_pm(low, unit)}; best was {best['name']} ({_csi_rank(best)}): {_pm(best, unit)}."
             )
+    if best is not None and (best.get("n") or 0) >= 2:
+        tied = [
+            c["name"]
+            for c in b["candidates"]
+            if c is not best and (c.get("n") or 0) >= 2 and c["min"] <= best["max"] and best["min"] <= c["max"]
+        ]
+        if tied:
+            out.append(
+                f"The seed ranges of {best['name']} and {', '.join(tied)} overlap: these seeds do not tell them "
+                "apart, so which of them is best is not resolved."
+            )
     if best is not None and scratch["mean"] is not None:
         gain = "" if best["gain"] is None else f", gain {100 * best['gain']:.1f} %"
         verb = "beat" if best["mean"] < scratch["mean"] else "did not beat"
