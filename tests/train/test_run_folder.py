@@ -319,4 +319,5 @@ def test_a_settings_difference_names_a_removed_or_added_entry_once():
     assert config_diff(old, new) == ["seed: 1 -> 2", "upstream.mols: removed"]
     assert config_diff(new, old) == ["seed: 2 -> 1", "upstream.mols: added"]
     assert config_diff({"a": {"b": 1}}, {"a": {"b": 2, "c": 3}}) == ["a.b: 1 -> 2", "a.c: None -> 3"]
+    assert config_diff({"x": {"y": 1, "z": 2}}, {}) == ["x: removed"]
     assert config_diff(old, old) == [] and config_diff({"a": {"b": None}}, {"a": {"c": None}}) == []

@@ -198,10 +198,10 @@ def run_and_report(
 
     console = console or make_console()
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-    on_interrupt(  # said at the interrupt: whether any dataset had finished by then
+    on_interrupt(  # said at the interrupt: the cache folder is made when a first dataset's statistics are saved
         lambda: (
-            f"statistics of the datasets that finished are kept in {cache}; rerun the same command to resume from them"
-            if cache.is_dir() and any(cache.iterdir())
+            f"statistics of any dataset that finished are kept in {cache}; rerun the same command to resume from them"
+            if cache.is_dir()  # (a shared cache_dir may hold other runs' files: "any", not "the")
             else "no dataset had finished, so nothing was kept; rerun the same command to start again"
         )
     )

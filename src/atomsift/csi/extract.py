@@ -320,6 +320,7 @@ def get_extractor(spec: str, **options: Any) -> FeatureExtractor:
                 not args
                 and first is not None
                 and first.kind is first.POSITIONAL_OR_KEYWORD
+                and first.default is first.empty
                 and first.name not in options
             ):
                 fix = f"give its {first.name} after a colon: --extractor {key}:{first.name.upper()}"

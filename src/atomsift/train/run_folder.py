@@ -81,6 +81,8 @@ def _absent_prefix(d: dict[str, Any], dotted: str) -> str | None:
     """The shortest proper prefix of `dotted` missing from the nested mapping `d` ('upstream.mols' for
     'upstream.mols.path' when d['upstream'] has no 'mols'), or None."""
     parts = dotted.split(".")
+    if len(parts) > 1 and parts[0] not in d:
+        return parts[0]
     for i in range(1, len(parts)):
         if not isinstance(d, dict) or parts[i - 1] not in d:
             return None
