@@ -194,3 +194,30 @@ def test_files_of_others_in_out_are_not_replaced(tmp_path):
     )
     assert ev.returncode == 2 and "parity_energy.png but no evaluation" in ev.stderr, ev.stderr
     assert (theirs / "report.md").read_text() == "my notes\n"
+
+
+def test_a_grid_on_changed_data_reruns_with_overwrite_and_reports_stale_cells(tmp_path):
+    """After a data file changed, the cells were refused as 'changed', but --overwrite then stopped on the CSI
+    cache (computed on the old file) and --report-only pointed in a circle (the diff review)."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    from atomsift.data.bundled import resolve_bundled
+    from atomsift.experiment.config import ExperimentConfig
+    from atomsift.experiment.run import run_experiment
+    from atomsift.settings import validate
+
+    data = tmp_path / "acac.xyz"
+    shutil.copy(resolve_bundled("acac")[0], data)
+    exp = validate(ExperimentConfig, tiny(upstream={"acac": {"path": str(data), "val_size": 10}}, mixtures={}))
+    out, quiet = tmp_path / "exp", Console(file=io.StringIO(), width=200)
+    run_experiment(exp, out, console=quiet)
+    data.write_text(data.read_text().replace("energy=-", "energy=-1", 1))
+    with pytest.raises(Exception, match="input files .* changed since they ran"):
+        run_experiment(exp, out, console=quiet)
+    reported = run_experiment(exp, out, report_only=True, console=quiet)  # shown stale, CSI on the file as it is
+    assert reported["status_counts"] == {"stale": 1, "ok": 1}  # acac's finetuning stale, scratch's fine
+    rerun = run_experiment(exp, out, overwrite=True, console=quiet)
+    assert rerun["status_counts"] == {"ok": 2}

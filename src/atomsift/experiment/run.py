@@ -138,8 +138,8 @@ def check_reported_grid(out: Path, jobs: list[Job], states: list[tuple[Path, str
     """--report-only: refuse (unless --overwrite) a grid whose cell folders hold runs with other settings: the
     report would show those finished results as stale and experiment.yaml would record a grid that did not run
     (a grid that only grew, e.g. more seeds, is reported with its new cells pending)."""
-    conflict = _other_settings(jobs, states)
-    if not conflict:
+    conflict = _other_settings(jobs, [(f, st) for f, st in states if st != "changed"])  # same settings: no new
+    if not conflict:  # grid recorded (cells on changed files are reported stale, their CSI computed again)
         return
     raise ConfigError(
         f"--report-only: {conflict}; this report would show them as stale and replace experiment.yaml",
@@ -482,6 +482,9 @@ def run_experiment(
             preflight(exp, jobs, console, show=False)
         elif not overwrite:
             check_reported_grid(out, jobs, states)
+        # data that changed since the cells ran (refused above without --overwrite; reported as stale with
+        # --report-only) changed their CSI statistics too: computed again instead of refused by the cache
+        csi_changed = csi_changed or bool((counts or Counter()).get("changed"))
     print_grid(exp, jobs, counts or Counter(), console)
     write_text_atomic(out / "experiment.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
     console.rule("CSI of every candidate to every downstream task")
