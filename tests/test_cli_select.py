@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 
+from atomsift.errors import ConfigError
 from atomsift.experiment.config import MixtureSpec
 from atomsift.settings import validate
 from atomsift.train.config import PretrainConfig
@@ -147,8 +148,11 @@ def test_select_over_classes_writes_class_subsets_that_pretraining_reads(tmp_pat
     mixture = yaml.safe_load((out / "mixture-ox.yaml").read_text())
     assert set(mixture["upstream"]) <= set(sel.names)
     cfg_p = validate(PretrainConfig, {**mixture, "backbone": BACKBONE, "n_samples": 12}, source="the mixture file")
-    plan = plan_pretraining(cfg_p)
-    assert sum(p.count for p in plan.datasets) == 12
+    with pytest.raises(ConfigError, match="no training structures") as err:  # a class's share rounds to 0
+        plan_pretraining(cfg_p)  # (the plan passed, and training crashed drawing an empty subset)
+    least = int(err.value.fix.split("at least ")[1].split(",")[0])
+    plan = plan_pretraining(cfg_p.model_copy(update={"n_samples": least, "allow_repeats": True}))  # small classes
+    assert sum(p.count for p in plan.datasets) == least and min(p.count for p in plan.datasets) == 1
     for p in plan.datasets:
         if "@" in p.name:  # the dataset restricted to one class
             assert set(p.dataset.class_labels()) == {cands[p.name].label}
