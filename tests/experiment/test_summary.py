@@ -210,6 +210,6 @@ def test_the_verdict_says_when_the_seeds_do_not_resolve_the_best():
         for seed, v in enumerate(values[name])
     ]
     text = summarize(rows)["tasks"]["d"]["verdict"]
-    assert "The seed ranges of a and b overlap: these seeds do not tell them apart" in text
+    assert "The seed range of a overlaps that of b: these seeds do not tell them apart" in text
     apart = [r for r in rows if r["upstream"] != "b"]
-    assert "seed ranges of" not in summarize(apart)["tasks"]["d"]["verdict"]
+    assert "seed range of" not in summarize(apart)["tasks"]["d"]["verdict"]

@@ -409,9 +409,10 @@ def _budget_verdict(b: dict[str, Any], scratch: dict[str, Any], unit: str) -> li
             if c is not best and (c.get("n") or 0) >= 2 and c["min"] <= best["max"] and best["min"] <= c["max"]
         ]
         if tied:
+            others = f"that of {tied[0]}" if len(tied) == 1 else f"those of {', '.join(tied[:-1])} and {tied[-1]}"
             out.append(
-                f"The seed ranges of {best['name']} and {', '.join(tied)} overlap: these seeds do not tell them "
-                "apart, so which of them is best is not resolved."
+                f"The seed range of {best['name']} overlaps {others}: these seeds do not tell them apart, so which "
+                "of them is best is not resolved."
             )
     if best is not None and scratch["mean"] is not None:
         gain = "" if best["gain"] is None else f", gain {100 * best['gain']:.1f} %"
