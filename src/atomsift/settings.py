@@ -354,9 +354,16 @@ def refuse_foreign_outputs(out: str | Path, marker: str, outputs: Sequence[str],
         )
 
 
-def check_can_make(path: Path) -> None:
-    """Refuse, read only, a folder output that does not exist and cannot be made: its nearest existing parent is
-    a file or not writable (a dry run says so; a run would fail at mkdir with a bare OS error)."""
+def check_output_path(path: str | Path) -> None:
+    """Refuse, read only, a folder output that is an existing file, or that does not exist and cannot be made:
+    its nearest existing parent is a file or not writable (a dry run says so; a run would fail at mkdir)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            "--out names an existing file, but this command writes a folder",
+            file=path,
+            fix="choose a folder name for --out",
+        )
     if path.exists():
         return
     parent = next((p for p in path.absolute().parents if p.exists()), None)
@@ -377,13 +384,7 @@ def check_output_dir(path: str | Path, overwrite: bool | None = None) -> Path:
     it exists and is not empty. True: such a folder may exist; the command replaces its own files in it.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(
-            "--out names an existing file, but this command writes a folder",
-            file=path,
-            fix="choose a folder name for --out",
-        )
-    check_can_make(path)
+    check_output_path(path)
     if overwrite is False and path.is_dir() and any(path.iterdir()):
         raise ConfigError(
             "the --out folder exists and is not empty",

@@ -429,15 +429,12 @@ def _dry_outlook(
     """--dry-run's last line: the refusal the run would meet with `out` (its checks, read only), or that it
     would go ahead; {"refused": True} for the former (the command then exits 2, as the run would)."""
     from atomsift.errors import AtomsiftError
-    from atomsift.settings import check_can_make
+    from atomsift.settings import check_output_path
 
     try:
-        if out.exists():
-            check_output_dir(out)  # an existing file is refused; a folder is left as it is
-            if not overwrite:
-                refuse_foreign_outputs(out, "experiment.yaml", EXPERIMENT_FILES, what="atomsift experiment")
-        else:
-            check_can_make(out)
+        check_output_path(out)
+        if not overwrite:
+            refuse_foreign_outputs(out, "experiment.yaml", EXPERIMENT_FILES, what="atomsift experiment")
         check_csi_settings(out, exp, overwrite)
         check_folders(jobs, resume=resume, overwrite=overwrite)
     except AtomsiftError as exc:

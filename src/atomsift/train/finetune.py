@@ -215,8 +215,13 @@ def run_inputs(cfg: FinetuneConfig) -> dict[str, str]:
 
 def _fingerprints(cfg: FinetuneConfig, ds: Any, test_ds: Any) -> dict[str, str]:
     name = _task_name(cfg.data.path)
-    inputs = (cfg.checkpoint, cfg.backbone.checkpoint if cfg.backbone is not None else None)
-    return input_fingerprints({name: ds, **({f"{name} (test)": test_ds} if test_ds is not ds else {})}, inputs)
+    datasets = {name: ds, **({f"{name} (test)": test_ds} if test_ds is not ds else {})}
+    return input_fingerprints(datasets, _starting_files(cfg))
+
+
+def _starting_files(cfg: FinetuneConfig) -> tuple[str | None, str | None]:
+    """The weights a finetuning starts from: its --checkpoint and the backbone's own checkpoint, where given."""
+    return (cfg.checkpoint, cfg.backbone.checkpoint if cfg.backbone is not None else None)
 
 
 def _task_name(path: str) -> str:
@@ -318,7 +323,7 @@ def run_finetuning(
         + f"; target "
         f"{cfg.task.target} ({cfg.task.head} head, forces {cfg.task.forces or 'none'}); graph {graph_text}"
     )
-    inputs = (cfg.checkpoint, cfg.backbone.checkpoint if cfg.backbone is not None else None)
+    inputs = _starting_files(cfg)
 
     def fingerprints() -> dict[str, str]:  # only where the folder needs them (a checkpoint is hashed whole)
         return _fingerprints(cfg, ds, test_ds)

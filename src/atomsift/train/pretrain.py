@@ -294,12 +294,17 @@ def build_model(cfg: PretrainConfig, tasks: list[Task]) -> tuple[AtomsModel, dic
 
 def _folder_args(cfg: PretrainConfig, plan: PretrainPlan, check_inputs: bool = True) -> dict[str, Any]:
     """prepare_run's command, inputs and fingerprints for this run."""
-    starts_from = (cfg.backbone.checkpoint,)
 
     def fingerprints() -> dict[str, str]:  # only where the folder needs them (a checkpoint is hashed whole)
-        return input_fingerprints({d.name: d.dataset for d in plan.datasets}, starts_from)
+        return _fingerprints(cfg, {d.name: d.dataset for d in plan.datasets})
 
-    return {"command": "pretrain", "inputs": starts_from, "fingerprints": fingerprints if check_inputs else None}
+    inputs = (cfg.backbone.checkpoint,)
+    return {"command": "pretrain", "inputs": inputs, "fingerprints": fingerprints if check_inputs else None}
+
+
+def _fingerprints(cfg: PretrainConfig, datasets: dict[str, Any]) -> dict[str, str]:
+    """inputs.json of a pretraining: its datasets and its starting checkpoint."""
+    return input_fingerprints(datasets, (cfg.backbone.checkpoint,))
 
 
 def check_start(cfg: PretrainConfig, out: Path, overwrite: bool) -> None:
@@ -312,8 +317,7 @@ def check_start(cfg: PretrainConfig, out: Path, overwrite: bool) -> None:
 def run_inputs(cfg: PretrainConfig) -> dict[str, str]:
     """The fingerprints a pretraining run with `cfg` records in inputs.json, from the files as they are now (the
     experiment compares its finished cells with them)."""
-    datasets = {name: open_spec(spec, name, role="upstream") for name, spec in cfg.upstream.items()}
-    return input_fingerprints(datasets, (cfg.backbone.checkpoint,))
+    return _fingerprints(cfg, {name: open_spec(spec, name, role="upstream") for name, spec in cfg.upstream.items()})
 
 
 def dry_run_outlook(cfg: PretrainConfig, plan: PretrainPlan, out: Path, *, resume: bool, overwrite: bool) -> str:

@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 import yaml
 
 from atomsift.errors import AtomsiftError, ConfigError, DataError
-from atomsift.settings import check_can_make, check_output_dir, refuse_foreign_outputs, write_text_atomic
+from atomsift.settings import check_output_dir, check_output_path, refuse_foreign_outputs, write_text_atomic
 from atomsift.train.inputs import check_inputs, read_run_json, read_run_yaml
 
 P = ParamSpec("P")
@@ -195,10 +195,7 @@ def run_folder_decision(
     """
     out = Path(out)
     _flag_conflicts(out, resume, overwrite)
-    if out.exists():
-        check_output_dir(out)  # an existing file is refused (an existing folder is left as it is)
-    else:
-        check_can_make(out)
+    check_output_path(out)  # an existing file, or a folder that cannot be made, is refused
     if overwrite:
         for item in filter(None, inputs):
             if _removed_by_overwrite(out, Path(item)):

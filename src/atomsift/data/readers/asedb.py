@@ -142,10 +142,14 @@ def _row_record(row: Any, class_key: str | None, file: Path) -> Record:
     )
 
 
-def _is_ase_sqlite(path: Path) -> bool:
+def _has_sqlite_magic(path: Path) -> bool:
     with open(path, "rb") as fh:
-        if fh.read(16) != SQLITE_MAGIC:
-            return False
+        return fh.read(16) == SQLITE_MAGIC
+
+
+def _is_ase_sqlite(path: Path) -> bool:
+    if not _has_sqlite_magic(path):
+        return False
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -231,8 +235,7 @@ class AseDbDataset(Dataset):
             if path.suffix == ".json":
                 return _is_ase_json(path)
         except sqlite3.Error:  # an SQLite file that cannot be read (cut short): the reader says what is wrong
-            with open(path, "rb") as fh:
-                return path.suffix == ".db" and fh.read(16) == SQLITE_MAGIC
+            return path.suffix == ".db" and _has_sqlite_magic(path)
         return False
 
     _said_null = False
